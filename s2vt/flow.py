@@ -1,0 +1,40 @@
+"""Optical flow between consecutive frames, and flow images for a CNN.
+
+Flow images follow the LRCN / S2VT recipe: channel 0 = x-flow*16 + 128 and channel 1 =
+y-flow*16 + 128, each clipped to [0, 255]; channel 2 = flow magnitude*16 + 128, capped at
+255. A shape moving right gives channel 0 above 128, moving down gives channel 1 above
+128 (image y grows downwards). The paper used Brox flow; here OpenCV's DIS (default) or
+Farneback.
+"""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+METHODS = ("dis", "farneback")
+SCALE, OFFSET = 16.0, 128.0
+
+
+class FlowComputer:
+    """Dense flow ``prev -> next`` (BGR uint8 frames) in pixels, (H, W, 2) float32."""
+
+    def __init__(self, method: str = "dis"):
+        if method not in METHODS:
+            raise ValueError(f"unknown flow method {method!r}; choose one of {METHODS}")
+        self.method = method
+        self._dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM) if method == "dis" else None
+
+    def __call__(self, prev: np.ndarray, nxt: np.ndarray) -> np.ndarray:
+        a = cv2.cvtColor(prev, cv2.COLOR_BGR2GRAY) if prev.ndim == 3 else prev
+        b = cv2.cvtColor(nxt, cv2.COLOR_BGR2GRAY) if nxt.ndim == 3 else nxt
+        if self._dis is not None:
+            return self._dis.calc(a, b, None)
+        return cv2.calcOpticalFlowFarneback(a, b, None, 0.5, 3, 15, 3, 5, 1.2, 0)
+
+
+def flow_to_image(flow: np.ndarray) -> np.ndarray:
+    """(H, W, 2) flow in pixels -> (H, W, 3) uint8 flow image (x, y, magnitude)."""
+    x = np.clip(flow[..., 0] * SCALE + OFFSET, 0, 255)
+    y = np.clip(flow[..., 1] * SCALE + OFFSET, 0, 255)
+    mag = np.minimum(np.sqrt(flow[..., 0] ** 2 + flow[..., 1] ** 2) * SCALE + OFFSET, 255)
+    return np.stack([x, y, mag], axis=-1).round().astype(np.uint8)

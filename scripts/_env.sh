@@ -1,0 +1,37 @@
+# Shared set-up for scripts/demo.sh and scripts/test.sh: an idempotent .venv in the
+# checkout with the project installed, and a Java runtime for METEOR / PTB tokenizer.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+PY="${PYTHON:-python3}"
+VENV="$ROOT/.venv"
+EXTRAS="${S2VT_EXTRAS:-}"
+
+if [ ! -x "$VENV/bin/python" ]; then
+    echo "[s2vt] creating virtual environment in $VENV"
+    "$PY" -m venv "$VENV"
+fi
+STAMP="$VENV/.s2vt-installed${EXTRAS:+-$EXTRAS}"
+if [ ! -f "$STAMP" ] || [ setup.cfg -nt "$STAMP" ]; then
+    echo "[s2vt] installing the project and its dependencies (first run takes a few minutes)"
+    "$VENV/bin/python" -m pip install --quiet --upgrade pip setuptools wheel
+    # torch/torchvision pinned to the release pair this project is tested with; a
+    # machine that already has a compatible pair keeps it (see setup.cfg ranges)
+    "$VENV/bin/python" -m pip install --quiet "torch==2.14.1" "torchvision==0.29.1" \
+        || "$VENV/bin/python" -m pip install --quiet "torch>=2.11,<2.15" "torchvision>=0.26,<0.30"
+    "$VENV/bin/python" -m pip install --quiet -e ".${EXTRAS:+[$EXTRAS]}"
+    touch "$STAMP"
+fi
+
+if ! command -v java >/dev/null 2>&1; then
+    if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
+        echo "[s2vt] installing a Java runtime (default-jre-headless) for METEOR"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq && apt-get install -y -qq default-jre-headless >/dev/null
+    else
+        echo "[s2vt] error: no Java runtime found; METEOR and the PTB tokenizer need one." >&2
+        echo "       install it, e.g.: sudo apt-get install default-jre-headless" >&2
+        exit 1
+    fi
+fi
+export PATH="$VENV/bin:$PATH"
