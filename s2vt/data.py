@@ -1,0 +1,153 @@
+"""Training and evaluation data: features from the HDF5 store paired with captions.
+
+One training sample is one (video, caption) pair, so an epoch covers every caption.
+Videos with more than ``max_frames`` sampled frames are subsampled uniformly to
+``max_frames``. Annotated videos missing from the store (extraction failed or never
+ran) are skipped and counted: ``missing`` lists them, and training refuses to start when
+nothing is left.
+"""
+from __future__ import annotations
+
+import math
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from .store import FeatureStore
+from .vocab import Vocab
+
+
+def cap_frames(n: int, max_frames: int) -> np.ndarray:
+    """Indices of at most ``max_frames`` of ``n`` frames, spread uniformly, in order."""
+    if not max_frames or n <= max_frames:
+        return np.arange(n)
+    return np.linspace(0, n - 1, max_frames).round().astype(np.int64)
+
+
+class FeatureSource:
+    """Per-video (T, D) features from a store, optionally preloaded into memory."""
+
+    def __init__(self, store: FeatureStore, vids: Sequence[str], preload: bool = False):
+        self.store = store
+        self.cache: Dict[str, np.ndarray] = {}
+        if preload:
+            self.cache = {v: store.features(v) for v in vids}
+            store.close()  # workers re-open lazily if needed
+
+    def __call__(self, vid: str) -> np.ndarray:
+        f = self.cache.get(vid)
+        return f if f is not None else self.store.features(vid)
+
+
+def available(store: FeatureStore, vids: Sequence[str]) -> Tuple[List[str], List[str]]:
+    """(videos with features, videos without)."""
+    have = [v for v in vids if v in store]
+    return have, [v for v in vids if v not in store]
+
+
+class CaptionDataset(Dataset):
+    """(video features, caption token ids) pairs; ``set_epoch`` reseeds frame shuffling."""
+
+    def __init__(self, source: FeatureSource, items: Sequence[Tuple[str, List[str]]], vocab: Vocab,
+                 max_frames: int = 80, max_words: int = 20, shuffle_frames: bool = False, seed: int = 0):
+        self.source, self.max_frames, self.shuffle_frames, self.seed = source, max_frames, shuffle_frames, seed
+        self.samples: List[Tuple[str, List[int]]] = []
+        for vid, caps in items:
+            for c in caps:
+                ids = vocab.encode(c, max_words)
+                if ids:
+                    self.samples.append((vid, ids))
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int):
+        vid, ids = self.samples[i]
+        f = self.source(vid)
+        f = f[cap_frames(len(f), self.max_frames)]
+        if self.shuffle_frames:  # the paper's random-frame-order ablation; reproducible per (seed, epoch, i)
+            rng = np.random.default_rng([self.seed, self.epoch, i])
+            f = f[rng.permutation(len(f))]
+        return torch.from_numpy(np.ascontiguousarray(f)), ids
+
+
+def collate_captions(batch):
+    """-> feats (B, T, D), feat_lens (B,), words_in (B, L+1), targets (B, L+1), word_lens (B,)."""
+    from .vocab import Vocab as V
+
+    feats, caps = zip(*batch)
+    B = len(batch)
+    feat_lens = torch.tensor([len(f) for f in feats])
+    T, D = int(feat_lens.max()), feats[0].shape[1]
+    x = torch.zeros(B, T, D)
+    for i, f in enumerate(feats):
+        x[i, : len(f)] = f
+    L1 = max(len(c) for c in caps) + 1
+    words_in = torch.zeros(B, L1, dtype=torch.long)
+    targets = torch.zeros(B, L1, dtype=torch.long)
+    for i, c in enumerate(caps):
+        c = torch.tensor(c)
+        words_in[i, 0] = V.bos
+        words_in[i, 1: len(c) + 1] = c
+        targets[i, : len(c)] = c
+        targets[i, len(c)] = V.eos
+    word_lens = torch.tensor([len(c) + 1 for c in caps])
+    return x, feat_lens, words_in, targets, word_lens
+
+
+class VideoDataset(Dataset):
+    """One sample per video (for captioning a split): (vid, features)."""
+
+    def __init__(self, source: FeatureSource, vids: Sequence[str], max_frames: int = 80):
+        self.source, self.vids, self.max_frames = source, list(vids), max_frames
+
+    def __len__(self):
+        return len(self.vids)
+
+    def __getitem__(self, i):
+        f = self.source(self.vids[i])
+        return self.vids[i], torch.from_numpy(np.ascontiguousarray(f[cap_frames(len(f), self.max_frames)]))
+
+
+def collate_videos(batch):
+    """-> vids, feats (B, T, D), feat_lens (B,)."""
+    vids, feats = zip(*batch)
+    lens = torch.tensor([len(f) for f in feats])
+    x = torch.zeros(len(feats), int(lens.max()), feats[0].shape[1])
+    for i, f in enumerate(feats):
+        x[i, : len(f)] = f
+    return list(vids), x, lens
+
+
+class EpochSampler(Sampler):
+    """A seeded permutation per epoch, split across ranks, resumable mid-epoch.
+
+    Global batch k holds permutation[k*B:(k+1)*B]; rank r takes its every world-th item,
+    so a run on N processes sees the same global batches as a run on one.
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int = 0, rank: int = 0, world: int = 1, drop_last: bool = False):
+        self.n, self.B, self.seed, self.rank, self.world, self.drop_last = n, batch_size, seed, rank, world, drop_last
+        self.epoch, self.start_batch = 0, 0
+
+    def batches_per_epoch(self) -> int:
+        return self.n // self.B if self.drop_last else math.ceil(self.n / self.B)
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        self.epoch, self.start_batch = epoch, start_batch
+
+    def __iter__(self) -> Iterator[List[int]]:
+        g = torch.Generator().manual_seed(self.seed * 100003 + self.epoch)
+        perm = torch.randperm(self.n, generator=g).tolist()
+        for k in range(self.start_batch, self.batches_per_epoch()):
+            batch = perm[k * self.B:(k + 1) * self.B]
+            yield batch[self.rank::self.world]
+
+    def __len__(self) -> int:
+        return self.batches_per_epoch() - self.start_batch

@@ -1,0 +1,120 @@
+"""The S2VT model: one two-layer stacked LSTM that reads frames, then emits words.
+
+Per video with T frames and a caption of L words, the stack runs T + L + 1 steps:
+
+    step        0 .. T-1 (encode)            T .. T+L (decode)
+    LSTM1 in    linear(frame feature)        zeros
+    LSTM2 in    [LSTM1 out ; <pad> = zeros]  [LSTM1 out ; embed(<bos>, w1 .. wL)]
+    target      -                            w1 .. wL, <eos>
+
+Each video's sequence is packed to its own length, so its output does not depend on
+what else is in the batch, and training is two fused whole-sequence LSTM calls.
+Decoding goes through ``encode`` / ``step`` / ``reorder_state`` (see s2vt.decoding).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+State = Tuple[Tuple[torch.Tensor, torch.Tensor], Tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass
+class ModelConfig:
+    feat_dim: int = 4096     # VGG-16 fc7 in the paper; set from the feature store
+    vocab_size: int = 0      # set from the vocabulary
+    embed: int = 500         # frame projection and word embedding size (paper)
+    hidden: int = 1000       # units in each LSTM layer (paper)
+    dropout: float = 0.5     # on projected frames and LSTM outputs (regularises small datasets)
+    max_frames: int = 80     # encoder steps at most (paper: 80 in training)
+    max_words: int = 20      # caption words at most in training (paper)
+
+
+class S2VT(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        assert cfg.vocab_size > 4, f"vocab_size must be set (got {cfg.vocab_size})"
+        self.cfg = cfg
+        self.proj = nn.Linear(cfg.feat_dim, cfg.embed)
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.embed, padding_idx=0)  # <pad> embeds to zeros
+        self.lstm1 = nn.LSTM(cfg.embed, cfg.hidden, batch_first=True)
+        self.lstm2 = nn.LSTM(cfg.hidden + cfg.embed, cfg.hidden, batch_first=True)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.out = nn.Linear(cfg.hidden, cfg.vocab_size)
+
+    def forward(self, feats: torch.Tensor, feat_lens: torch.Tensor, words_in: torch.Tensor,
+                targets: Optional[torch.Tensor] = None, word_lens: Optional[torch.Tensor] = None):
+        """Teacher-forced logits over the decode steps, and the loss when targets are given.
+
+        feats: (B, T, D) padded frame features; feat_lens: (B,) on the CPU
+        words_in: (B, L+1) <bos> w1..wL padded with <pad>; targets: (B, L+1) w1..wL <eos>
+        word_lens: (B,) on the CPU, L+1 per caption (computed from words_in when omitted)
+        Returns logits (B, L+1, V) and the summed token NLL divided by B (or None).
+        """
+        B, T, _ = feats.shape
+        L1 = words_in.shape[1]
+        if word_lens is None:
+            word_lens = (words_in != 0).sum(1).cpu()  # (B,) includes <bos>
+        seq_lens = feat_lens.cpu() + word_lens    # (B,) steps of each video's sequence
+        S = T + L1
+        frames = self.drop(self.proj(feats))      # (B, T, E)
+        fmask = torch.arange(T, device=feats.device)[None, :] < feat_lens.to(feats.device)[:, None]
+        x1 = feats.new_zeros(B, S, self.cfg.embed)
+        x1[:, :T] = frames * fmask[..., None]     # zeros where a video has no frame
+        # word of each step: step s holds word s - T_i (decode steps only)
+        s = torch.arange(S, device=feats.device)[None, :]                      # (1, S)
+        j = s - feat_lens.to(feats.device)[:, None]                             # (B, S)
+        wmask = (j >= 0) & (j < word_lens.to(feats.device)[:, None])
+        j = j.clamp(0, L1 - 1)
+        words = torch.gather(words_in, 1, j) * wmask                            # (B, S) ids, 0 = <pad>
+        packed1 = pack_padded_sequence(x1, seq_lens, batch_first=True, enforce_sorted=False)
+        h1, _ = self.lstm1(packed1)
+        h1, _ = pad_packed_sequence(h1, batch_first=True, total_length=S)      # (B, S, H)
+        x2 = torch.cat([self.drop(h1), self.embed(words)], -1)                  # (B, S, H+E)
+        packed2 = pack_padded_sequence(x2, seq_lens, batch_first=True, enforce_sorted=False)
+        h2, _ = self.lstm2(packed2)
+        h2, _ = pad_packed_sequence(h2, batch_first=True, total_length=S)      # (B, S, H)
+        # decode-step outputs only: step T_i + k for k in 0..L
+        k = torch.arange(L1, device=feats.device)[None, :] + feat_lens.to(feats.device)[:, None]  # (B, L+1)
+        h_dec = torch.gather(h2, 1, k[..., None].expand(B, L1, h2.shape[-1]))  # (B, L+1, H)
+        logits = self.out(self.drop(h_dec))                                     # (B, L+1, V)
+        if targets is None:
+            return logits, None
+        nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1),
+                              ignore_index=0, reduction="sum")  # <pad> targets contribute nothing
+        return logits, nll / B
+
+    # ------------------------------------------------------------------ decoding API
+
+    def encode(self, feats: torch.Tensor, feat_lens: torch.Tensor) -> State:
+        """Read the frames; returns the (h, c) of both layers after each video's last frame.
+
+        feats: (B, T, D); feat_lens: (B,). State tensors: (1, B, H).
+        """
+        x1 = self.proj(feats)                                                   # (B, T, E)
+        lens = feat_lens.cpu()
+        packed1 = pack_padded_sequence(x1, lens, batch_first=True, enforce_sorted=False)
+        h1, s1 = self.lstm1(packed1)
+        h1, _ = pad_packed_sequence(h1, batch_first=True, total_length=feats.shape[1])
+        x2 = torch.cat([h1, h1.new_zeros(*h1.shape[:2], self.cfg.embed)], -1)   # (B, T, H+E)
+        _, s2 = self.lstm2(pack_padded_sequence(x2, lens, batch_first=True, enforce_sorted=False))
+        return s1, s2
+
+    def step(self, prev_tokens: torch.Tensor, state: State) -> Tuple[torch.Tensor, State]:
+        """One decode step. prev_tokens: (N,) -> log-probs (N, V) and the new state."""
+        s1, s2 = state
+        N = prev_tokens.shape[0]
+        h1, s1 = self.lstm1(s1[0].new_zeros(N, 1, self.cfg.embed), s1)          # (N, 1, H)
+        x2 = torch.cat([h1, self.embed(prev_tokens)[:, None]], -1)              # (N, 1, H+E)
+        h2, s2 = self.lstm2(x2, s2)
+        return F.log_softmax(self.out(h2[:, 0]).float(), -1), (s1, s2)
+
+    @staticmethod
+    def reorder_state(state: State, order: torch.Tensor) -> State:
+        """Select/permute batch rows of the state: ``order`` (N',) indexes dim 1."""
+        return tuple((h.index_select(1, order), c.index_select(1, order)) for h, c in state)
