@@ -1,0 +1,84 @@
+"""A self-contained HTML page of an evaluation: per video a keyframe strip, the generated
+caption, the references and per-video METEOR; sorted worst first, re-sortable by
+clicking a header. All text is escaped; images are inlined as base64 JPEG.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+from typing import Callable, Optional
+
+import cv2
+
+from .video import Sampling, VideoError, iter_frames
+
+
+def keyframes(path, n: int = 4, height: int = 72) -> list:
+    """Up to ``n`` evenly spaced frames of a video as base64 JPEG strings."""
+    out = []
+    try:
+        for _, frame in iter_frames(path, Sampling(num_frames=n)):
+            h, w = frame.shape[:2]
+            small = cv2.resize(frame, (max(1, round(w * height / h)), height), interpolation=cv2.INTER_AREA)
+            ok, buf = cv2.imencode(".jpg", small, [cv2.IMWRITE_JPEG_QUALITY, 80])
+            if ok:
+                out.append(base64.b64encode(buf.tobytes()).decode())
+    except VideoError:
+        pass
+    return out
+
+
+_STYLE = """
+body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}
+table{border-collapse:collapse;width:100%}
+th,td{border-bottom:1px solid #ddd;padding:6px;vertical-align:top;text-align:left}
+th{cursor:pointer;background:#f4f4f4;position:sticky;top:0}
+td.strip img{height:72px;margin-right:2px}
+.gen{font-weight:600}.refs{color:#555;font-size:90%}.score{font-variant-numeric:tabular-nums}
+"""
+_SCRIPT = """
+document.querySelectorAll('th[data-k]').forEach(function(th){th.addEventListener('click',function(){
+ var k=th.dataset.k,tb=document.querySelector('tbody'),rows=Array.from(tb.rows);
+ var asc=th.dataset.asc!=='1';th.dataset.asc=asc?'1':'0';
+ rows.sort(function(a,b){var x=a.dataset[k],y=b.dataset[k];
+   var nx=parseFloat(x),ny=parseFloat(y);if(!isNaN(nx)&&!isNaN(ny)){x=nx;y=ny;}
+   return (x<y?-1:x>y?1:0)*(asc?1:-1);});
+ rows.forEach(function(r){tb.appendChild(r);});});});
+"""
+
+
+def render(evaluation: dict, video_path: Optional[Callable[[str], Path]] = None, title: str = "s2vt evaluation",
+           frames: int = 4) -> str:
+    """HTML for an evaluation dict (as written by ``s2vt evaluate``)."""
+    e = html.escape
+    videos = evaluation["videos"]
+    order = sorted(videos, key=lambda v: videos[v].get("METEOR", 0.0))  # worst first
+    metrics = evaluation.get("metrics", {})
+    summary = ", ".join(f"{e(k)} {100 * v:.1f}" for k, v in metrics.items())
+    rows = []
+    for vid in order:
+        r = videos[vid]
+        imgs = keyframes(video_path(vid), frames) if video_path else []
+        strip = "".join(f'<img alt="frame" src="data:image/jpeg;base64,{b}">' for b in imgs)
+        refs = "<br>".join(e(x) for x in r.get("references", []))
+        m = r.get("METEOR", 0.0)
+        rows.append(f'<tr data-vid="{e(vid, quote=True)}" data-meteor="{m:.6f}" data-cider="{r.get("CIDEr", 0.0):.6f}">'
+                    f'<td>{e(vid)}</td><td class="strip">{strip}</td><td><div class="gen">{e(r.get("caption", ""))}</div>'
+                    f'<div class="refs">{refs}</div></td><td class="score">{100 * m:.1f}</td>'
+                    f'<td class="score">{100 * r.get("CIDEr", 0.0):.1f}</td></tr>')
+    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{e(title)}</title><style>{_STYLE}</style></head>"
+            f"<body><h1>{e(title)}</h1><p>{len(videos)} videos. Corpus: {summary}</p>"
+            "<p>Sorted from worst to best METEOR; click a header to re-sort.</p>"
+            "<table><thead><tr><th data-k='vid'>video</th><th>keyframes</th><th>generated / references</th>"
+            "<th data-k='meteor'>METEOR</th><th data-k='cider'>CIDEr</th></tr></thead>"
+            f"<tbody>{''.join(rows)}</tbody></table><script>{_SCRIPT}</script></body></html>")
+
+
+def write_report(evaluation_json, out_html, video_path: Optional[Callable[[str], Path]] = None,
+                 title: str = "s2vt evaluation") -> Path:
+    ev = json.loads(Path(evaluation_json).read_text())
+    out = Path(out_html)
+    out.write_text(render(ev, video_path, title), encoding="utf-8")
+    return out
