@@ -88,9 +88,13 @@ def _strip(ids: List[int]) -> List[int]:
 def beam_search(model, inputs, beam: int = 5, max_len: int = 30, len_penalty: float = 1.0) -> List[List[int]]:
     """Batched beam search over B videos x K beams.
 
-    A hypothesis ending in <eos> after n steps is scored ``sum log p / n ** len_penalty``;
-    a video is done when K hypotheses have finished, or at ``max_len`` (where <eos> is
-    forced). Returns the best finished hypothesis per video (token ids, no <eos>).
+    A hypothesis ending in <eos> after n steps is scored ``sum log p / n ** len_penalty``.
+    Each step expands every live beam, records finished candidates among the best 2K,
+    and keeps the K best unfinished ones. A video stops when no live beam can still beat
+    its best finished hypothesis (log-probs only fall, so a live beam's final score is at
+    most ``score / max_len ** len_penalty``), or at ``max_len`` where <eos> is forced.
+    The search is exact in that sense: it never stops early on a count of finished beams.
+    Returns the best hypothesis per video (token ids, no <eos>).
     """
     dec, inputs = _as_decoder(model), _as_inputs(inputs)
     B = inputs[0][0].shape[0]
@@ -104,7 +108,6 @@ def beam_search(model, inputs, beam: int = 5, max_len: int = 30, len_penalty: fl
     prev = torch.full((B * K,), BOS, dtype=torch.long, device=device)
     best = torch.full((B,), float("-inf"), device=device)    # best finished normalised score
     best_tokens = torch.full((B, max_len), PAD, dtype=torch.long, device=device)
-    n_finished = torch.zeros(B, dtype=torch.long, device=device)
     base = (torch.arange(B, device=device) * K)[:, None]     # (B, 1) offset of each video's beams
     for t in range(max_len):
         lp, state = dec.step(prev, state)                    # (B*K, V)
@@ -116,12 +119,9 @@ def beam_search(model, inputs, beam: int = 5, max_len: int = 30, len_penalty: fl
         cand = (scores[:, :, None] + lp.view(B, K, V)).view(B, K * V)
         top_scores, top_idx = cand.topk(min(2 * K, K * V), dim=1)   # (B, 2K)
         top_beam, top_tok = top_idx // V, top_idx % V
-        is_eos = top_tok == EOS
-        # finished hypotheses: <eos> among the first K candidates of a video not yet done
-        live = (n_finished < K)[:, None]
-        fin = is_eos & live & (torch.arange(top_idx.shape[1], device=device)[None, :] < K) & torch.isfinite(top_scores)
+        is_eos = (top_tok == EOS) & torch.isfinite(top_scores)
         norm = top_scores / float(t + 1) ** len_penalty
-        norm_fin = torch.where(fin, norm, torch.full_like(norm, float("-inf")))
+        norm_fin = torch.where(is_eos, norm, torch.full_like(norm, float("-inf")))
         cand_best, cand_arg = norm_fin.max(1)                       # (B,)
         improve = cand_best > best
         if bool(improve.any()):
@@ -130,12 +130,14 @@ def beam_search(model, inputs, beam: int = 5, max_len: int = 30, len_penalty: fl
             hyp[:, :t] = tokens[src]
             best_tokens = torch.where(improve[:, None], hyp, best_tokens)
             best = torch.where(improve, cand_best, best)
-        n_finished += fin.sum(1)
-        if bool((n_finished >= K).all()) or t == max_len - 1:
+        if t == max_len - 1:
             break
         # continue with the K best candidates that did not end
         cont_scores = torch.where(is_eos, torch.full_like(top_scores, float("-inf")), top_scores)
         scores, pick = cont_scores.topk(K, dim=1)                    # (B, K)
+        bound = scores[:, 0] / (float(max_len) ** len_penalty if len_penalty > 0 else 1.0)
+        if bool((best >= bound).all()):                              # nothing live can win any more
+            break
         src = (base + top_beam.gather(1, pick)).view(-1)             # (B*K,)
         prev = top_tok.gather(1, pick).view(-1)
         tokens = torch.cat([tokens[src], prev[:, None]], 1)

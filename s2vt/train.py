@@ -342,13 +342,14 @@ def validate(model, val_loader, source, refs, vocab, device, meteor, cfg: TrainC
 
 def _check_resume(ck: dict, cfg: TrainConfig, vocab: Vocab, signature: dict, path: Path) -> None:
     """Refuse to resume into a different architecture, vocabulary or feature extraction."""
+    if ck["vocab"] != vocab.to_list():
+        raise S2VTError(f"cannot resume {path}: the vocabulary differs ({len(ck['vocab'])} -> {len(vocab)} words: "
+                        "different training captions or --min-count)")
     old = ck["config"]["model"]
     new = asdict(cfg.model)
     diff = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in new if old.get(k) != new.get(k)]
     if diff:
         raise S2VTError(f"cannot resume {path}: the model differs ({'; '.join(diff)})")
-    if ck["vocab"] != vocab.to_list():
-        raise S2VTError(f"cannot resume {path}: the vocabulary differs (different training captions or --min-count)")
     sd = signature_diff(signature, ck["feature_signature"])
     if sd:
         raise S2VTError(f"cannot resume {path}: features were extracted differently ({'; '.join(sd)})")

@@ -1,0 +1,48 @@
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def shared_dir() -> Path:
+    return Path(os.environ.get("S2VT_SHARED", ROOT.parent / "shared"))
+
+
+@pytest.fixture(scope="session")
+def msvd_dir():
+    d = shared_dir() / "data" / "msvd"
+    if not (d / "youtube_mapping.txt").exists():
+        pytest.skip(f"MSVD caption files not found at {d} (set S2VT_SHARED to the shared/ folder)")
+    return d
+
+
+@pytest.fixture(scope="session")
+def tiny_synth(tmp_path_factory):
+    """A small embedded dataset written once per test session."""
+    from s2vt.synth import SynthConfig, generate
+
+    out = tmp_path_factory.mktemp("synth")
+    cfg = SynthConfig(train=12, val=4, test=4, frames=16, width=64, height=48, seed=3)
+    generate(out, cfg, progress=False)
+    return out, cfg
+
+
+@pytest.fixture(scope="session")
+def tiny_features(tiny_synth, tmp_path_factory):
+    """RGB and flow feature stores of the tiny dataset (EfficientNet-Lite0 at 64 px)."""
+    from s2vt.datasets import load_corpus
+    from s2vt.extract import ExtractConfig, extract
+
+    root, _ = tiny_synth
+    corpus = load_corpus("synthetic", root)
+    items = [(v, corpus.video_path(v)) for ids in corpus.splits.values() for v in ids]
+    out = tmp_path_factory.mktemp("feats")
+    stores = {}
+    for stream in ("rgb", "flow"):
+        cfg = ExtractConfig(stream=stream, stride=4, input_size=64, crop_ratio=1.0, workers=0)
+        stores[stream] = out / f"{stream}.h5"
+        s = extract(items, stores[stream], cfg, progress=False)
+        assert s.done == len(items) and not s.failed
+    return root, stores

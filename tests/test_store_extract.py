@@ -1,0 +1,156 @@
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import h5py
+import numpy as np
+import pytest
+
+from s2vt.errors import SignatureMismatch
+from s2vt.extract import ExtractConfig, extract, shard_items
+from s2vt.store import FeatureStore, FeatureWriter, check_signature, merge_stores
+
+from videos import moving_square, numbered, write
+
+CFG = dict(stride=4, input_size=64, crop_ratio=1.0, workers=0)
+
+
+def _videos(d, n=4, frames=12):
+    d.mkdir(exist_ok=True)
+    return [(f"v{i}", write(d / f"v{i}.avi", moving_square(frames, seed=i))) for i in range(n)]
+
+
+def test_features_shapes_indices_and_signature(tmp_path):
+    items = _videos(tmp_path / "v", 2, frames=10)
+    s = extract(items, tmp_path / "f.h5", ExtractConfig(**CFG), progress=False)
+    assert s.done == 2 and not s.failed and s.frames == 6
+    st = FeatureStore(tmp_path / "f.h5")
+    assert st.ids == ["v0", "v1"]
+    assert st.features("v0").shape == (3, 1280)
+    assert st.frame_indices("v0").tolist() == [0, 4, 8]
+    assert st.meta("v0")["decoded_frames"] == 10
+    sig = st.signature
+    assert sig["stream"] == "rgb" and sig["backbone"] == "efficientnet_lite0" and sig["layer"] == "pool"
+    assert sig["sampling"]["stride"] == 4 and sig["preprocess"]["size"] == 64 and sig["weights_digest"]
+
+
+def test_same_file_twice_gives_identical_features(tmp_path):
+    p = write(tmp_path / "a.avi", moving_square(12))
+    cfg = ExtractConfig(**CFG)
+    extract([("a", p)], tmp_path / "1.h5", cfg, progress=False)
+    extract([("a", p)], tmp_path / "2.h5", cfg, progress=False)
+    assert np.array_equal(FeatureStore(tmp_path / "1.h5").features("a"), FeatureStore(tmp_path / "2.h5").features("a"))
+
+
+def test_flow_stream_differs_for_motion_and_records_method(tmp_path):
+    still = write(tmp_path / "still.avi", [moving_square(1)[0]] * 12)
+    moving = write(tmp_path / "moving.avi", moving_square(12))
+    extract([("still", still), ("moving", moving)], tmp_path / "f.h5", ExtractConfig(stream="flow", **CFG), progress=False)
+    st = FeatureStore(tmp_path / "f.h5")
+    assert st.signature["flow"]["method"] == "dis"
+    assert np.abs(st.features("still") - st.features("moving")).max() > 0.1
+
+
+def test_bad_videos_reported_others_extracted(tmp_path):
+    good = _videos(tmp_path / "v", 2)
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "zero.mp4").write_bytes(b"")
+    (bad / "rand.mp4").write_bytes(np.random.default_rng(1).bytes(4000))
+    (bad / "text.avi").write_text("not a video")
+    full = write(bad / "full.avi", moving_square(60))
+    (bad / "cut.avi").write_bytes(full.read_bytes()[: full.stat().st_size // 2])
+    odd = write(bad / "odd.avi", [f[:37, :53] for f in moving_square(5)])
+    items = good + [(p.stem, p) for p in sorted(bad.iterdir()) if p.stem != "full"] + [("missing", tmp_path / "nope.mp4")]
+    s = extract(items, tmp_path / "f.h5", ExtractConfig(**CFG), progress=False)
+    st = FeatureStore(tmp_path / "f.h5")
+    assert set(st.ids) == {"v0", "v1", "odd"}
+    assert set(s.failed) == {"zero", "rand", "text", "cut", "missing"}
+    assert set(st.failed) == set(s.failed)
+    assert "empty" in st.failed["zero"]["reason"] and "not found" in st.failed["missing"]["reason"]
+    assert st.features("odd").shape == (2, 1280)
+    with pytest.raises(KeyError, match="extraction failed"):
+        st.features("zero")
+
+
+def test_cli_exit_status_says_whether_anything_failed(tmp_path):
+    good = write(tmp_path / "good.avi", moving_square(8))
+    args = [sys.executable, "-m", "s2vt", "extract", "--quiet", "--stride", "4", "--input-size", "64", "--workers", "0"]
+    r = subprocess.run(args + [str(good), "--out", str(tmp_path / "a.h5")], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    (tmp_path / "bad.mp4").write_bytes(b"")
+    r = subprocess.run(args + [str(good), str(tmp_path / "bad.mp4"), "--out", str(tmp_path / "b.h5")],
+                       capture_output=True, text=True)
+    assert r.returncode == 1 and "failed: bad: empty file" in r.stdout
+
+
+def test_rerun_skips_finished_and_signature_mismatch_refused(tmp_path):
+    items = _videos(tmp_path / "v", 3)
+    cfg = ExtractConfig(**CFG)
+    extract(items[:2], tmp_path / "f.h5", cfg, progress=False)
+    s = extract(items, tmp_path / "f.h5", cfg, progress=False)
+    assert (s.skipped, s.done) == (2, 1)
+    assert FeatureStore(tmp_path / "f.h5").ids == ["v0", "v1", "v2"]
+    with pytest.raises(SignatureMismatch, match=r"sampling: .*'stride': 4.*'stride': 8"):
+        extract(items, tmp_path / "f.h5", ExtractConfig(**{**CFG, "stride": 8}), progress=False)
+    with pytest.raises(SignatureMismatch, match="stream: 'rgb' != 'flow'"):
+        check_signature(FeatureStore(tmp_path / "f.h5").signature, {**FeatureStore(tmp_path / "f.h5").signature, "stream": "flow"}, "x")
+
+
+def test_killed_run_resumes_to_identical_store(tmp_path):
+    vids = tmp_path / "v"
+    _videos(vids, 10, frames=24)
+    cmd = [sys.executable, "-m", "s2vt", "extract", str(vids), "--quiet", "--stride", "2", "--input-size", "64",
+           "--crop-ratio", "1.0", "--workers", "0", "--batch-size", "8"]
+    subprocess.run(cmd + ["--out", str(tmp_path / "ref.h5")], check=True, capture_output=True)
+    out = tmp_path / "killed.h5"
+    p = subprocess.Popen(cmd + ["--out", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    parts = tmp_path / "killed.h5.parts"
+    t0 = time.time()
+    while time.time() - t0 < 120 and len(list(parts.glob("*.npz"))) < 3:
+        time.sleep(0.05)
+    os.kill(p.pid, signal.SIGKILL)
+    p.wait()
+    staged = len(list(parts.glob("*.npz")))
+    assert 3 <= staged < 10, f"kill came too late ({staged} staged)"
+    assert not out.exists()  # nothing published half-done
+    r = subprocess.run(cmd + ["--out", str(out)], capture_output=True, text=True, check=True)
+    assert f"skipped {staged} already done" in r.stdout
+    a, b = FeatureStore(tmp_path / "ref.h5"), FeatureStore(out)
+    assert a.ids == b.ids and len(a.ids) == 10
+    for v in a.ids:
+        assert np.array_equal(a.features(v), b.features(v)) and np.array_equal(a.frame_indices(v), b.frame_indices(v))
+    assert not parts.exists()
+
+
+def test_shards_and_merge(tmp_path):
+    items = _videos(tmp_path / "v", 5)
+    cfg = ExtractConfig(**CFG)
+    shards = []
+    for r in range(2):
+        mine = shard_items(items, r, 2)
+        out = tmp_path / f"f.shard{r}of2.h5"
+        extract(mine, out, cfg, progress=False, shard=(r, 2))
+        shards.append(out)
+    assert len(FeatureStore(shards[0])) == 3 and len(FeatureStore(shards[1])) == 2
+    merged = merge_stores(tmp_path / "all.h5", shards)
+    whole = tmp_path / "whole.h5"
+    extract(items, whole, cfg, progress=False)
+    m, w = FeatureStore(merged), FeatureStore(whole)
+    assert m.ids == w.ids == ["v0", "v1", "v2", "v3", "v4"]
+    check_signature(m.signature, w.signature, "merged")
+    for v in m.ids:
+        assert np.array_equal(m.features(v), w.features(v))
+
+
+def test_store_pickles_for_dataloader_workers(tmp_path):
+    import pickle
+
+    items = _videos(tmp_path / "v", 1)
+    extract(items, tmp_path / "f.h5", ExtractConfig(**CFG), progress=False)
+    st = FeatureStore(tmp_path / "f.h5")
+    st.features("v0")  # opens the file
+    clone = pickle.loads(pickle.dumps(st))
+    assert clone._file is None and np.array_equal(clone.features("v0"), st.features("v0"))

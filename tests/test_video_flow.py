@@ -1,0 +1,99 @@
+import numpy as np
+import pytest
+
+from s2vt.flow import FlowComputer, flow_to_image
+from s2vt.video import Sampling, VideoError, iter_frames, iter_video_paths
+
+from videos import moving_square, numbered, write
+
+
+def test_stride_sampling_counts_decoded_frames(tmp_path):
+    p = write(tmp_path / "n.avi", numbered(30))
+    info = {}
+    got = list(iter_frames(p, Sampling(stride=10), info=info))
+    assert [i for i, _ in got] == [0, 10, 20]
+    # the frame content matches its index (grey level 8*t)
+    assert [int(round(f.mean() / 8)) for _, f in got] == [0, 10, 20]
+    assert info["decoded_frames"] == 30
+
+
+def test_uniform_and_max_frames(tmp_path):
+    p = write(tmp_path / "n.avi", numbered(30))
+    assert [i for i, _ in iter_frames(p, Sampling(num_frames=4))] == [0, 10, 19, 29]
+    assert [i for i, _ in iter_frames(p, Sampling(stride=5, max_frames=3))] == [0, 5, 10]
+
+
+def test_video_shorter_than_stride_and_one_frame(tmp_path):
+    p = write(tmp_path / "s.avi", numbered(4))
+    assert [i for i, _ in iter_frames(p, Sampling(stride=10))] == [0]
+    one = write(tmp_path / "one.avi", numbered(1))
+    pairs = list(iter_frames(one, Sampling(stride=10), pairs=True))
+    assert len(pairs) == 1 and np.array_equal(pairs[0][1], pairs[0][2])  # paired with itself: zero flow
+
+
+def test_pairs_give_successor_and_last_frame_predecessor(tmp_path):
+    p = write(tmp_path / "n.avi", numbered(21))
+    got = list(iter_frames(p, Sampling(stride=10), pairs=True))
+    assert [i for i, *_ in got] == [0, 10, 20]
+    levels = [(int(round(a.mean() / 8)), int(round(b.mean() / 8))) for _, a, b in got]
+    assert levels == [(0, 1), (10, 11), (19, 20)]
+
+
+def test_large_frames_are_shrunk_on_decode(tmp_path):
+    big = [np.zeros((1080, 1920, 3), np.uint8) for _ in range(2)]
+    p = write(tmp_path / "big.avi", big)
+    (_, f), = list(iter_frames(p, Sampling(stride=10, short_side=256)))
+    assert f.shape == (256, 455, 3)
+
+
+def test_grayscale_video_decodes_to_three_channels(tmp_path):
+    frames = [np.full((24, 32), 100, np.uint8) for _ in range(3)]
+    p = write(tmp_path / "g.avi", frames, is_color=False)
+    (_, f), = list(iter_frames(p, Sampling(stride=10)))
+    assert f.shape == (24, 32, 3)
+
+
+def _put(path, data):
+    path.write_bytes(data)
+    return path
+
+
+@pytest.mark.parametrize("maker,reason", [
+    (lambda d: d / "missing.mp4", "file not found"),
+    (lambda d: _put(d / "zero.mp4", b""), "empty file"),
+    (lambda d: _put(d / "rand.mp4", np.random.default_rng(0).bytes(5000)), "cannot open|no frame"),
+    (lambda d: _put(d / "t.avi", b"hello, not a video\n" * 50), "cannot open|no frame"),
+])
+def test_bad_files_raise_with_reason(tmp_path, maker, reason):
+    with pytest.raises(VideoError, match=reason):
+        list(iter_frames(maker(tmp_path), Sampling(stride=2)))
+
+
+def test_truncated_avi_is_reported(tmp_path):
+    p = write(tmp_path / "full.avi", moving_square(60, 64, 48))
+    data = p.read_bytes()
+    cut = tmp_path / "cut.avi"
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(VideoError, match="truncated|no frame|cannot open"):
+        list(iter_frames(cut, Sampling(stride=5)))
+
+
+def test_flow_image_recipe_sign_and_magnitude(tmp_path):
+    frames = moving_square(3, dx=2)
+    for method in ("dis", "farneback"):
+        flow = FlowComputer(method)(frames[0], frames[1])
+        region = flow[20:28, 10:16]  # inside the square
+        assert region[..., 0].mean() > 1.0, f"{method}: rightward motion must give positive x-flow"
+        assert abs(region[..., 1].mean()) < 0.5
+    img = flow_to_image(np.array([[[2.0, -1.0], [0.0, 0.0], [20.0, 20.0]]], np.float32))
+    # x = 16*2+128, y = 16*-1+128, magnitude = 16*sqrt(5)+128
+    assert img[0, 0].tolist() == [160, 112, round(16 * 5 ** 0.5 + 128)]
+    assert img[0, 1].tolist() == [128, 128, 128]
+    assert img[0, 2].tolist() == [255, 255, 255]  # clipped / capped
+
+
+def test_folder_scan_is_recursive_and_sorted(tmp_path):
+    (tmp_path / "b").mkdir()
+    for p in ("b/x.MP4", "a.avi", "notes.txt", "c.mkv"):
+        (tmp_path / p).write_bytes(b"x")
+    assert [p.name for p in iter_video_paths(tmp_path)] == ["a.avi", "c.mkv", "x.MP4"]
