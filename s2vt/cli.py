@@ -175,15 +175,18 @@ def cmd_evaluate(a) -> int:
         if not a.features_flow:
             raise S2VTError("--checkpoint-flow needs --features-flow")
         members.append(Member(a.checkpoint_flow, a.features_flow))
+    from .metrics import Meteor
+
     cap = Captioner(members, a.device)
     weights, alpha_curve = None, None
-    if len(members) == 2:
-        alpha = a.alpha
-        if alpha is None:
-            alpha, alpha_curve = tune_alpha(cap, split_refs(a.dataset, a.annotations, "val"), beam=1)
-            print(f"alpha tuned on val: {alpha}", file=sys.stderr)
-        weights = [alpha, 1 - alpha]
-    r = evaluate(cap, split_refs(a.dataset, a.annotations, a.split), weights, a.beam)
+    with Meteor() as meteor:  # one JVM for every scoring below
+        if len(members) == 2:
+            alpha = a.alpha
+            if alpha is None:
+                alpha, alpha_curve = tune_alpha(cap, split_refs(a.dataset, a.annotations, "val"), beam=1, meteor=meteor)
+                print(f"alpha tuned on val: {alpha}", file=sys.stderr)
+            weights = [alpha, 1 - alpha]
+        r = evaluate(cap, split_refs(a.dataset, a.annotations, a.split), weights, a.beam, meteor=meteor)
     r.update(dataset=a.dataset, split=a.split, checkpoints=[m.checkpoint for m in members], alpha_curve=alpha_curve)
     out = Path(a.out) if a.out else Path(a.checkpoint).parent / f"eval_{a.split}_beam{a.beam}{'_fused' if weights else ''}.json"
     write_json(r, out)

@@ -38,6 +38,7 @@ class DemoPreset:
     beam: int
     workers: int = 2
     device: str = "cpu"
+    val_meteor: bool = True   # select checkpoints on val METEOR (else val loss)
 
 
 PRESETS = {
@@ -48,7 +49,7 @@ PRESETS = {
     # seconds: for tests
     "tiny": DemoPreset(SynthConfig(train=12, val=4, test=4, frames=16, width=64, height=48), stride=4,
                        input_size=64, model=ModelConfig(embed=32, hidden=32, dropout=0.0), epochs=1,
-                       batch_size=8, lr=2e-3, seeds=[0], beam=2, workers=0),
+                       batch_size=8, lr=2e-3, seeds=[0], beam=2, workers=0, val_meteor=False),
     # MSVD-sized set and the paper's model sizes: for a GPU
     "gpu": DemoPreset(SynthConfig(train=1200, val=100, test=670, frames=120, width=320, height=240), stride=10,
                       input_size=224, model=ModelConfig(), epochs=30, batch_size=64, lr=2e-4,
@@ -122,7 +123,8 @@ def run_demo(workdir="demo_out", preset: str = "cpu", fresh: bool = False, devic
                 continue
             cfg = TrainConfig(dataset="synthetic", annotations=str(data), features=str(stores[stream]), out=str(out),
                               epochs=p.epochs, batch_size=p.batch_size, lr=p.lr, seed=seed, device=device,
-                              shuffle_frames=shuffle, model=ModelConfig(**asdict(p.model)), log_every=1000)
+                              shuffle_frames=shuffle, model=ModelConfig(**asdict(p.model)), log_every=1000,
+                              val_meteor=p.val_meteor)
             print(f"-- {row}, seed {seed} -> {out}")
             res = train(cfg, progress=False)
             write_json(res, out / "done.json")
