@@ -115,7 +115,7 @@ def evaluate(captioner: Captioner, refs: Dict[str, List[str]], weights=None, bea
 
 def tune_alpha(captioner: Captioner, refs, beam: int = 1, grid=None, meteor: Optional[Meteor] = None):
     """Best RGB weight alpha (score = a*log p_rgb + (1-a)*log p_flow) by METEOR on ``refs``."""
-    grid = list(grid) if grid is not None else [round(a, 2) for a in np.linspace(0, 1, 11)]
+    grid = list(grid) if grid is not None else [round(float(a), 2) for a in np.linspace(0, 1, 11)]
     results = {}
     for a in grid:
         results[a] = evaluate(captioner, refs, [a, 1 - a], beam, meteor)["metrics"]["METEOR"]
