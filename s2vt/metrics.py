@@ -100,8 +100,9 @@ class Meteor:
                                      stderr=subprocess.PIPE)
         self._lines: "queue.Queue[Optional[str]]" = queue.Queue()
         self._stderr: List[str] = []
-        threading.Thread(target=self._pump_out, daemon=True).start()
-        threading.Thread(target=self._pump_err, daemon=True).start()
+        self._threads = [threading.Thread(target=f, daemon=True) for f in (self._pump_out, self._pump_err)]
+        for t in self._threads:
+            t.start()
         self._lock = threading.Lock()
 
     def _pump_out(self):
@@ -131,6 +132,8 @@ class Meteor:
         return line
 
     def _err(self) -> str:
+        if self.proc.poll() is not None or self._lines.empty():
+            self._threads[1].join(timeout=5)  # let the stderr pump catch up with a dead process
         return ("".join(self._stderr).strip()[-2000:]) or "(no stderr)"
 
     @staticmethod

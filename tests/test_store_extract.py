@@ -154,3 +154,24 @@ def test_store_pickles_for_dataloader_workers(tmp_path):
     st.features("v0")  # opens the file
     clone = pickle.loads(pickle.dumps(st))
     assert clone._file is None and np.array_equal(clone.features("v0"), st.features("v0"))
+
+
+def test_two_ranks_under_torchrun_environment_then_merge(tmp_path):
+    """Each process reads RANK/WORLD_SIZE (as torchrun sets them), writes its shard; merge joins them."""
+    vids = tmp_path / "v"
+    _videos(vids, 5)
+    out = tmp_path / "f.h5"
+    cmd = [sys.executable, "-m", "s2vt", "extract", str(vids), "--quiet", "--stride", "4", "--input-size", "64",
+           "--crop-ratio", "1.0", "--workers", "0", "--out", str(out)]
+    procs = [subprocess.Popen(cmd, env=dict(os.environ, RANK=str(r), WORLD_SIZE="2", OMP_NUM_THREADS="1"),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for r in range(2)]
+    for p in procs:
+        _, err = p.communicate(timeout=180)
+        assert p.returncode == 0, err.decode()[-2000:]
+    shards = [tmp_path / "f.shard0of2.h5", tmp_path / "f.shard1of2.h5"]
+    assert [len(FeatureStore(s)) for s in shards] == [3, 2]
+    r = subprocess.run([sys.executable, "-m", "s2vt", "merge-features", str(out)] + [str(s) for s in shards],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    m = FeatureStore(out)
+    assert m.ids == ["v0", "v1", "v2", "v3", "v4"] and "shard" not in m.signature
