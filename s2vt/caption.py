@@ -3,7 +3,7 @@ features were extracted (backbone, weights, preprocessing, sampling, flow), then
 """
 from __future__ import annotations
 
-from typing import List, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -13,7 +13,6 @@ from .backbones import Backbone, Preprocess
 from .decoding import Fusion, decode
 from .errors import S2VTError, SignatureMismatch
 from .extract import ExtractConfig, video_images
-from .store import signature_diff
 from .data import cap_frames
 
 

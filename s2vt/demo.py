@@ -12,7 +12,7 @@ import shutil
 import statistics
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Dict, List
 
@@ -156,7 +156,7 @@ def run_demo(workdir="demo_out", preset: str = "cpu", fresh: bool = False, devic
     timings["evaluation"] = time.time() - t
 
     _stage("5/6 results on the test split")
-    lines = [f"| model | METEOR | BLEU-4 | CIDEr |", "|---|---|---|---|"]
+    lines = ["| model | METEOR | BLEU-4 | CIDEr |", "|---|---|---|---|"]
     for row in ROW_ORDER:
         ms = per_seed[row]
         lines.append(f"| {row} | " + " | ".join(mean_spread([m[k] for m in ms]) for k in ("METEOR", "Bleu_4", "CIDEr")) + " |")
@@ -195,6 +195,6 @@ def run_demo(workdir="demo_out", preset: str = "cpu", fresh: bool = False, devic
     write_json(results, wd / "results.json")
     (wd / "results.md").write_text(table + "\n")
     print(f"\ndone in {timings['total'] / 60:.1f} min. Everything is in {wd}/:")
-    print(f"  data/ (videos, captions)  features/rgb.h5 features/flow.h5  runs/ (checkpoints, metrics, curves)")
+    print("  data/ (videos, captions)  features/rgb.h5 features/flow.h5  runs/ (checkpoints, metrics, curves)")
     print(f"  eval/ (per-video captions and scores)  results.md results.json  {report.name}")
     return results

@@ -143,7 +143,6 @@ def main(args):
                     opt.step()
 
                 res[name] = B / time_steps(step, args.steps, device)
-                del m, opt
             torch.manual_seed(0)
             model = S2VT(ModelConfig(feat_dim=D, vocab_size=len(vocab))).to(device)
             opt = torch.optim.Adam(model.parameters(), 1e-4)
@@ -174,7 +173,6 @@ def main(args):
             if "loop" in res:
                 line += f" | per-step loop {res['loop']:8.1f} -> {res['s2vt'] / res['loop']:.2f}x"
             print(line, flush=True)
-            del model, opt, loader, it
 
 
 if __name__ == "__main__":

@@ -1,5 +1,4 @@
 """Decoding tested with a fake decoder whose next-word probabilities are a hand-written table."""
-import math
 
 import torch
 

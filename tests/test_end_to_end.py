@@ -79,7 +79,7 @@ def test_caption_refuses_features_of_another_kind(trained, tmp_path):
 def test_evaluate_fused_and_report(trained, tmp_path):
     root, stores, runs = trained
     out = tmp_path / "ev.json"
-    r = run("evaluate", "--dataset", "synthetic", "--annotations", root, "--split", "test", "--checkpoint", runs["rgb"],
+    run("evaluate", "--dataset", "synthetic", "--annotations", root, "--split", "test", "--checkpoint", runs["rgb"],
             "--features", stores["rgb"], "--checkpoint-flow", runs["flow"], "--features-flow", stores["flow"],
             "--beam", "2", "--out", out)
     ev = json.loads(out.read_text())

@@ -4,15 +4,14 @@ import subprocess
 import sys
 import time
 
-import h5py
 import numpy as np
 import pytest
 
 from s2vt.errors import SignatureMismatch
 from s2vt.extract import ExtractConfig, extract, shard_items
-from s2vt.store import FeatureStore, FeatureWriter, check_signature, merge_stores
+from s2vt.store import FeatureStore, check_signature, merge_stores
 
-from videos import moving_square, numbered, write
+from videos import moving_square, write
 
 CFG = dict(stride=4, input_size=64, crop_ratio=1.0, workers=0)
 
@@ -62,7 +61,7 @@ def test_bad_videos_reported_others_extracted(tmp_path):
     (bad / "text.avi").write_text("not a video")
     full = write(bad / "full.avi", moving_square(60))
     (bad / "cut.avi").write_bytes(full.read_bytes()[: full.stat().st_size // 2])
-    odd = write(bad / "odd.avi", [f[:37, :53] for f in moving_square(5)])
+    write(bad / "odd.avi", [f[:37, :53] for f in moving_square(5)])
     items = good + [(p.stem, p) for p in sorted(bad.iterdir()) if p.stem != "full"] + [("missing", tmp_path / "nope.mp4")]
     s = extract(items, tmp_path / "f.h5", ExtractConfig(**CFG), progress=False)
     st = FeatureStore(tmp_path / "f.h5")

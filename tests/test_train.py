@@ -115,7 +115,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_features, tmp_path, 
 
 
 def test_missing_features_are_skipped_with_a_count(tiny_features, tmp_path, capsys):
-    from s2vt.store import FeatureStore, merge_stores
+    from s2vt.store import merge_stores
     import h5py
 
     root, stores = tiny_features

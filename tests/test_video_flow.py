@@ -40,10 +40,10 @@ def test_pairs_give_successor_and_last_frame_predecessor(tmp_path):
 
 
 def test_large_frames_are_shrunk_on_decode(tmp_path):
-    big = [np.zeros((1080, 1920, 3), np.uint8) for _ in range(2)]
+    big = [np.zeros((2160, 3840, 3), np.uint8) for _ in range(2)]  # 4K
     p = write(tmp_path / "big.avi", big)
     (_, f), = list(iter_frames(p, Sampling(stride=10, short_side=256)))
-    assert f.shape == (256, 455, 3)
+    assert f.shape == (256, 455, 3)  # short side bounded on decode
 
 
 def test_grayscale_video_decodes_to_three_channels(tmp_path):
