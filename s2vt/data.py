@@ -77,17 +77,22 @@ class CaptionDataset(Dataset):
         return torch.from_numpy(np.ascontiguousarray(f)), ids
 
 
+def pad_features(feats: Sequence[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+    """[(T_i, D)] -> zero-padded (B, T, D) and lengths (B,)."""
+    lens = torch.tensor([len(f) for f in feats])
+    x = torch.zeros(len(feats), int(lens.max()), feats[0].shape[1])
+    for i, f in enumerate(feats):
+        x[i, : len(f)] = f
+    return x, lens
+
+
 def collate_captions(batch):
     """-> feats (B, T, D), feat_lens (B,), words_in (B, L+1), targets (B, L+1), word_lens (B,)."""
     from .vocab import Vocab as V
 
     feats, caps = zip(*batch)
     B = len(batch)
-    feat_lens = torch.tensor([len(f) for f in feats])
-    T, D = int(feat_lens.max()), feats[0].shape[1]
-    x = torch.zeros(B, T, D)
-    for i, f in enumerate(feats):
-        x[i, : len(f)] = f
+    x, feat_lens = pad_features(feats)
     L1 = max(len(c) for c in caps) + 1
     words_in = torch.zeros(B, L1, dtype=torch.long)
     targets = torch.zeros(B, L1, dtype=torch.long)
@@ -118,11 +123,7 @@ class VideoDataset(Dataset):
 def collate_videos(batch):
     """-> vids, feats (B, T, D), feat_lens (B,)."""
     vids, feats = zip(*batch)
-    lens = torch.tensor([len(f) for f in feats])
-    x = torch.zeros(len(feats), int(lens.max()), feats[0].shape[1])
-    for i, f in enumerate(feats):
-        x[i, : len(f)] = f
-    return list(vids), x, lens
+    return (list(vids), *pad_features(feats))
 
 
 class EpochSampler(Sampler):

@@ -13,7 +13,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from . import checkpoint
-from .data import FeatureSource, cap_frames
+from .data import FeatureSource, cap_frames, pad_features
 from .datasets import load_corpus
 from .decoding import Fusion, decode
 from .errors import S2VTError
@@ -52,16 +52,9 @@ class _MultiFeatures(Dataset):
 
 
 def _collate(batch):
+    """-> vids, [(feats (B, T, D), lens (B,)) per store]."""
     vids, feats = zip(*batch)
-    inputs = []
-    for j in range(len(feats[0])):
-        fs = [f[j] for f in feats]
-        lens = torch.tensor([len(f) for f in fs])
-        x = torch.zeros(len(fs), int(lens.max()), fs[0].shape[1])
-        for i, f in enumerate(fs):
-            x[i, : len(f)] = f
-        inputs.append((x, lens))
-    return list(vids), inputs
+    return list(vids), [pad_features([f[j] for f in feats]) for j in range(len(feats[0]))]
 
 
 class Captioner:
