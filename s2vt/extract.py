@@ -87,8 +87,8 @@ def video_images(path, cfg: ExtractConfig, pre: Preprocess, info: dict) -> Itera
 class VideoChunks(IterableDataset):
     """Yields dicts: ``{vid, images (n,3,S,S) uint8, indices (n,), last, meta}`` or ``{vid, error}``."""
 
-    def __init__(self, items: Sequence[Tuple[str, str]], cfg: ExtractConfig):
-        self.items, self.cfg, self.pre = list(items), cfg, cfg.preprocess()
+    def __init__(self, items: Sequence[Tuple[str, str]], cfg: ExtractConfig, pre: Optional[Preprocess] = None):
+        self.items, self.cfg, self.pre = list(items), cfg, pre or cfg.preprocess()
 
     def __iter__(self):
         w = get_worker_info()
@@ -148,7 +148,7 @@ def extract(items: Sequence[Tuple[str, str]], out, cfg: ExtractConfig,
     done = writer.done_ids()
     todo = [(v, str(p)) for v, p in items if v not in done]
     summary = ExtractSummary(skipped=len(items) - len(todo), out=str(out))
-    ds = VideoChunks(todo, cfg)
+    ds = VideoChunks(todo, cfg, backbone.preprocess)  # crop exactly as the signature records
     workers = min(cfg.workers, len(todo))
     loader = DataLoader(ds, batch_size=None, num_workers=workers, pin_memory=device.type == "cuda",
                         prefetch_factor=4 if workers else None, persistent_workers=False)
