@@ -43,6 +43,8 @@ def _extract_items(a):
     from .video import iter_video_paths
 
     items = []
+    if a.dataset and not a.root:
+        raise S2VTError("--dataset needs --root (the dataset folder)")
     if a.dataset:
         corpus = load_corpus(a.dataset, a.root)
         for s in a.splits:
@@ -239,6 +241,8 @@ def cmd_report(a) -> int:
     from .datasets import load_corpus
     from .report import write_report
 
+    if a.dataset and not a.root:
+        raise S2VTError("--dataset needs --root (the dataset folder), for the keyframes")
     path_of = load_corpus(a.dataset, a.root).video_path if a.dataset else None
     out = write_report(a.evaluation, a.out or Path(a.evaluation).with_suffix(".html"), path_of)
     print(f"wrote {out}")

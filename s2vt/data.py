@@ -9,6 +9,7 @@ nothing is left.
 from __future__ import annotations
 
 import math
+import os
 from typing import Dict, Iterator, List, Sequence, Tuple
 
 import numpy as np
@@ -26,15 +27,33 @@ def cap_frames(n: int, max_frames: int) -> np.ndarray:
     return np.linspace(0, n - 1, max_frames).round().astype(np.int64)
 
 
+def available_memory() -> int:
+    """Bytes of physical memory not in use (Linux), or a conservative 4 GiB elsewhere."""
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 4 << 30
+
+
 class FeatureSource:
-    """Per-video (T, D) features from a store, optionally preloaded into memory."""
+    """Per-video (T, D) features from a store, optionally preloaded into memory.
+
+    With ``preload``, the features are read into memory once when they take less than
+    half the free memory; otherwise they are read from the HDF5 file on demand (and a
+    line says so).
+    """
 
     def __init__(self, store: FeatureStore, vids: Sequence[str], preload: bool = False):
         self.store = store
         self.cache: Dict[str, np.ndarray] = {}
         if preload:
-            self.cache = {v: store.features(v) for v in vids}
-            store.close()  # workers re-open lazily if needed
+            need, free = store.nbytes(vids), available_memory()
+            if need < free // 2:
+                self.cache = {v: store.features(v) for v in vids}
+                store.close()  # workers re-open lazily if needed
+            else:
+                print(f"[s2vt] features need {need / 2**30:.1f} GiB, {free / 2**30:.1f} GiB free: "
+                      f"reading {store.path} on demand instead of preloading")
 
     def __call__(self, vid: str) -> np.ndarray:
         f = self.cache.get(vid)

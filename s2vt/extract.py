@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
@@ -127,7 +128,12 @@ class ExtractSummary:
         fps = self.frames / self.seconds if self.seconds else 0.0
         out = [f"extracted {self.done} videos ({self.frames} frames, {fps:.1f} frames/s), "
                f"skipped {self.skipped} already done, failed {len(self.failed)} -> {self.out}"]
-        out += [f"  failed: {v}: {r}" for v, r in sorted(self.failed.items())]
+        failed = sorted(self.failed.items())
+        out += [f"  failed: {v}: {r}" for v, r in failed[:20]]
+        if len(failed) > 20:
+            kinds = Counter(r.split(":")[0] for _, r in failed)
+            out.append(f"  ... and {len(failed) - 20} more; by reason: " + ", ".join(f"{k} ({n})" for k, n in kinds.most_common()))
+            out.append("  (every failure and its reason is in the store's /failed group)")
         return out
 
 

@@ -202,6 +202,11 @@ class FeatureStore:
             raise KeyError(f"{vid} not in {self.path}" + (f" (extraction failed: {reason})" if reason else ""))
         return self._h5()["videos"][vid]["features"][()].astype(np.float32, copy=False)
 
+    def nbytes(self, vids: Iterable[str]) -> int:
+        """Bytes the float32 features of ``vids`` take in memory (from shapes; reads no data)."""
+        v = self._h5()["videos"]
+        return sum(4 * int(np.prod(v[x]["features"].shape)) for x in vids if x in self._ids)
+
     def frame_indices(self, vid: str) -> np.ndarray:
         return self._h5()["videos"][vid]["frame_indices"][()]
 

@@ -174,3 +174,18 @@ def test_two_ranks_under_torchrun_environment_then_merge(tmp_path):
     assert r.returncode == 0, r.stderr
     m = FeatureStore(out)
     assert m.ids == ["v0", "v1", "v2", "v3", "v4"] and "shard" not in m.signature
+
+
+def test_preload_only_when_it_fits(tmp_path, monkeypatch, capsys):
+    from s2vt import data
+
+    items = _videos(tmp_path / "v", 2)
+    extract(items, tmp_path / "f.h5", ExtractConfig(**CFG), progress=False)
+    st = FeatureStore(tmp_path / "f.h5")
+    assert st.nbytes(["v0", "v1"]) == 2 * 3 * 1280 * 4
+    src = data.FeatureSource(st, ["v0", "v1"], preload=True)
+    assert set(src.cache) == {"v0", "v1"}
+    monkeypatch.setattr(data, "available_memory", lambda: 1000)
+    lazy = data.FeatureSource(FeatureStore(tmp_path / "f.h5"), ["v0", "v1"], preload=True)
+    assert lazy.cache == {} and "on demand" in capsys.readouterr().out
+    assert np.array_equal(lazy("v1"), src("v1"))
