@@ -58,18 +58,21 @@ class S2VT(nn.Module):
         """
         B, T, _ = feats.shape
         L1 = words_in.shape[1]
+        # lengths stay on the CPU for packing; device copies are asynchronous from pinned batches
         if word_lens is None:
             word_lens = (words_in != 0).sum(1).cpu()  # (B,) includes <bos>
         seq_lens = feat_lens.cpu() + word_lens    # (B,) steps of each video's sequence
         S = T + L1
+        fl = feat_lens.to(feats.device, non_blocking=True)   # (B,) device copies
+        wl = word_lens.to(feats.device, non_blocking=True)
         frames = self.drop(self.proj(feats))      # (B, T, E)
-        fmask = torch.arange(T, device=feats.device)[None, :] < feat_lens.to(feats.device)[:, None]
+        fmask = torch.arange(T, device=feats.device)[None, :] < fl[:, None]
         x1 = feats.new_zeros(B, S, self.cfg.embed)
         x1[:, :T] = frames * fmask[..., None]     # zeros where a video has no frame
         # word of each step: step s holds word s - T_i (decode steps only)
         s = torch.arange(S, device=feats.device)[None, :]                      # (1, S)
-        j = s - feat_lens.to(feats.device)[:, None]                             # (B, S)
-        wmask = (j >= 0) & (j < word_lens.to(feats.device)[:, None])
+        j = s - fl[:, None]                             # (B, S)
+        wmask = (j >= 0) & (j < wl[:, None])
         j = j.clamp(0, L1 - 1)
         words = torch.gather(words_in, 1, j) * wmask                            # (B, S) ids, 0 = <pad>
         packed1 = pack_padded_sequence(x1, seq_lens, batch_first=True, enforce_sorted=False)
@@ -80,7 +83,7 @@ class S2VT(nn.Module):
         h2, _ = self.lstm2(packed2)
         h2, _ = pad_packed_sequence(h2, batch_first=True, total_length=S)      # (B, S, H)
         # decode-step outputs only: step T_i + k for k in 0..L
-        k = torch.arange(L1, device=feats.device)[None, :] + feat_lens.to(feats.device)[:, None]  # (B, L+1)
+        k = torch.arange(L1, device=feats.device)[None, :] + fl[:, None]  # (B, L+1)
         h_dec = torch.gather(h2, 1, k[..., None].expand(B, L1, h2.shape[-1]))  # (B, L+1, H)
         logits = self.out(self.drop(h_dec))                                     # (B, L+1, V)
         if targets is None:
