@@ -295,7 +295,9 @@ def build_parser() -> argparse.ArgumentParser:
                        formatter_class=F, description=(
                            "Samples frames (one in every --stride, or --num-frames uniformly), runs a CNN and "
                            "writes (T, D) features per video to --out. Re-running skips finished videos; a killed "
-                           "run resumes. Videos that cannot be decoded are reported and recorded in the store.\n"
+                           "run resumes. Videos that cannot be decoded are reported and recorded in the store. "
+                           "A video shorter than the stride gives one step (its first frame); for flow, the last "
+                           "sampled frame is paired with its predecessor.\n"
                            "Exit status: 0 all extracted, 1 some videos failed (the rest are in the store), "
                            "2 usage or setup error."),
                        epilog=_examples("s2vt extract data/synthetic/videos --stream rgb --out features/rgb.h5",
