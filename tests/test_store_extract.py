@@ -61,12 +61,14 @@ def test_bad_videos_reported_others_extracted(tmp_path):
     (bad / "text.avi").write_text("not a video")
     full = write(bad / "full.avi", moving_square(60))
     (bad / "cut.avi").write_bytes(full.read_bytes()[: full.stat().st_size // 2])
+    full_mp4 = write(bad / "full4.mp4", moving_square(60), fourcc="mp4v")
+    (bad / "cut4.mp4").write_bytes(full_mp4.read_bytes()[: full_mp4.stat().st_size // 2])
     write(bad / "odd.avi", [f[:37, :53] for f in moving_square(5)])
-    items = good + [(p.stem, p) for p in sorted(bad.iterdir()) if p.stem != "full"] + [("missing", tmp_path / "nope.mp4")]
+    items = good + [(p.stem, p) for p in sorted(bad.iterdir()) if not p.stem.startswith("full")] + [("missing", tmp_path / "nope.mp4")]
     s = extract(items, tmp_path / "f.h5", ExtractConfig(**CFG), progress=False)
     st = FeatureStore(tmp_path / "f.h5")
     assert set(st.ids) == {"v0", "v1", "odd"}
-    assert set(s.failed) == {"zero", "rand", "text", "cut", "missing"}
+    assert set(s.failed) == {"zero", "rand", "text", "cut", "cut4", "missing"}
     assert set(st.failed) == set(s.failed)
     assert "empty" in st.failed["zero"]["reason"] and "not found" in st.failed["missing"]["reason"]
     assert st.features("odd").shape == (2, 1280)
