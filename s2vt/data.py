@@ -126,23 +126,26 @@ def collate_captions(batch):
 
 
 class VideoDataset(Dataset):
-    """One sample per video (for captioning a split): (vid, features)."""
+    """One sample per video, for captioning: (vid, [features from each source])."""
 
-    def __init__(self, source: FeatureSource, vids: Sequence[str], max_frames: int = 80):
-        self.source, self.vids, self.max_frames = source, list(vids), max_frames
+    def __init__(self, sources: Sequence[FeatureSource], vids: Sequence[str], max_frames: Sequence[int]):
+        self.sources, self.vids, self.max_frames = list(sources), list(vids), list(max_frames)
 
     def __len__(self):
         return len(self.vids)
 
     def __getitem__(self, i):
-        f = self.source(self.vids[i])
-        return self.vids[i], torch.from_numpy(np.ascontiguousarray(f[cap_frames(len(f), self.max_frames)]))
+        out = []
+        for source, m in zip(self.sources, self.max_frames):
+            f = source(self.vids[i])
+            out.append(torch.from_numpy(np.ascontiguousarray(f[cap_frames(len(f), m)])))
+        return self.vids[i], out
 
 
 def collate_videos(batch):
-    """-> vids, feats (B, T, D), feat_lens (B,)."""
+    """-> vids, [(feats (B, T, D), lens (B,)) per source]."""
     vids, feats = zip(*batch)
-    return (list(vids), *pad_features(feats))
+    return list(vids), [pad_features([f[j] for f in feats]) for j in range(len(feats[0]))]
 
 
 class EpochSampler(Sampler):

@@ -10,10 +10,10 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from . import checkpoint
-from .data import FeatureSource, cap_frames, pad_features
+from .data import FeatureSource, VideoDataset, collate_videos
 from .datasets import load_corpus
 from .decoding import Fusion, decode
 from .errors import S2VTError
@@ -36,25 +36,16 @@ class Member:
     features: str
 
 
-class _MultiFeatures(Dataset):
-    def __init__(self, sources, vids, max_frames):
-        self.sources, self.vids, self.max_frames = sources, vids, max_frames
-
-    def __len__(self):
-        return len(self.vids)
-
-    def __getitem__(self, i):
-        out = []
-        for s, m in zip(self.sources, self.max_frames):
-            f = s(self.vids[i])
-            out.append(torch.from_numpy(np.ascontiguousarray(f[cap_frames(len(f), m)])))
-        return self.vids[i], out
-
-
-def _collate(batch):
-    """-> vids, [(feats (B, T, D), lens (B,)) per store]."""
-    vids, feats = zip(*batch)
-    return list(vids), [pad_features([f[j] for f in feats]) for j in range(len(feats[0]))]
+@torch.inference_mode()
+def caption_features(decoder, sources: Sequence[FeatureSource], max_frames: Sequence[int], vids: Sequence[str],
+                     vocab, device, beam: int = 1, max_len: int = 30, batch_size: int = 128) -> Dict[str, str]:
+    """Captions of ``vids`` by ``decoder`` (a model or a Fusion) reading one source per member."""
+    loader = DataLoader(VideoDataset(sources, vids, max_frames), batch_size=batch_size, collate_fn=collate_videos)
+    out = {}
+    for ids, inputs in loader:
+        toks = decode(decoder, [(x.to(device), lens) for x, lens in inputs], beam=beam, max_len=max_len)
+        out.update({v: vocab.decode(t) for v, t in zip(ids, toks)})
+    return out
 
 
 class Captioner:
@@ -83,15 +74,9 @@ class Captioner:
     def caption(self, vids: Sequence[str], weights: Optional[Sequence[float]] = None, beam: int = 1,
                 max_len: int = 30, batch_size: int = 128) -> Dict[str, str]:
         weights = list(weights) if weights is not None else [1.0] * len(self.models)
-        fusion = Fusion(list(zip(self.models, weights)))
         maxf = [ck["config"]["model"]["max_frames"] for ck in self.cks]
-        loader = DataLoader(_MultiFeatures(self.sources, list(vids), maxf), batch_size=batch_size, collate_fn=_collate)
-        out = {}
-        for ids, inputs in loader:
-            inputs = [(x.to(self.device), l) for x, l in inputs]
-            toks = decode(fusion, inputs, beam=beam, max_len=max_len)
-            out.update({v: self.vocab.decode(t) for v, t in zip(ids, toks)})
-        return out
+        return caption_features(Fusion(list(zip(self.models, weights))), self.sources, maxf, vids, self.vocab,
+                                self.device, beam, max_len, batch_size)
 
 
 def evaluate(captioner: Captioner, refs: Dict[str, List[str]], weights=None, beam: int = 1,

@@ -14,15 +14,13 @@ import os
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Dict, List
 
 import torch
 from torch.utils.data import DataLoader
 
 from . import checkpoint
-from .data import CaptionDataset, EpochSampler, FeatureSource, VideoDataset, available, collate_captions, collate_videos
+from .data import CaptionDataset, EpochSampler, FeatureSource, available, collate_captions
 from .datasets import load_corpus
-from .decoding import decode
 from .errors import S2VTError
 from .model import ModelConfig, S2VT
 from .store import FeatureStore, signature_diff
@@ -100,19 +98,6 @@ def make_scheduler(opt, cfg: TrainConfig):
     else:
         raise S2VTError(f"unknown schedule {cfg.schedule!r} (none, step or cosine)")
     return torch.optim.lr_scheduler.LambdaLR(opt, f)
-
-
-@torch.inference_mode()
-def caption_videos(model: S2VT, source: FeatureSource, vids: List[str], vocab: Vocab, device,
-                   beam: int = 1, max_len: int = 30, batch_size: int = 128, max_frames: int = 80) -> Dict[str, str]:
-    """Captions for ``vids`` (batched)."""
-    model.eval()
-    loader = DataLoader(VideoDataset(source, vids, max_frames), batch_size=batch_size, collate_fn=collate_videos)
-    out = {}
-    for ids, feats, lens in loader:
-        toks = decode(model, (feats.to(device), lens), beam=beam, max_len=max_len)
-        out.update({v: vocab.decode(t) for v, t in zip(ids, toks)})
-    return out
 
 
 @torch.inference_mode()
@@ -333,7 +318,10 @@ def validate(model, val_loader, source, refs, vocab, device, meteor, cfg: TrainC
     if meteor is not None:
         from .metrics import score
 
-        caps = caption_videos(model, source, list(refs), vocab, device, max_frames=cfg.model.max_frames)
+        from .evaluate import caption_features
+
+        model.eval()
+        caps = caption_features(model, [source], [cfg.model.max_frames], list(refs), vocab, device)
         corpus, _ = score(refs, caps, meteor=meteor)
         rec["val_meteor"] = corpus["METEOR"]
         rec["val_cider"] = corpus["CIDEr"]
