@@ -109,9 +109,7 @@ def cmd_merge(a) -> int:
 
 def _add_dataclass_args(p, cls, skip=()):
     for f in dataclasses.fields(cls):
-        if f.name in skip or dataclasses.is_dataclass(f.default_factory if f.default_factory is not dataclasses.MISSING else None):
-            continue
-        if f.name == "model":
+        if f.name in skip:
             continue
         flag = "--" + f.name.replace("_", "-")
         default = f.default if f.default is not dataclasses.MISSING else None
@@ -346,7 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--config", help="JSON config (as written to a run's config.json); flags override it")
     s.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     s.add_argument("--quiet", action="store_true")
-    _add_dataclass_args(s, TrainConfig)
+    _add_dataclass_args(s, TrainConfig, skip=("model",))  # model fields get their own flags below
     for f in dataclasses.fields(ModelConfig):
         if f.name in ("feat_dim", "vocab_size"):
             continue

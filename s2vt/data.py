@@ -3,7 +3,7 @@
 One training sample is one (video, caption) pair, so an epoch covers every caption.
 Videos with more than ``max_frames`` sampled frames are subsampled uniformly to
 ``max_frames``. Annotated videos missing from the store (extraction failed or never
-ran) are skipped and counted: ``missing`` lists them, and training refuses to start when
+ran) are skipped and counted by the trainer, which refuses to start when
 nothing is left.
 """
 from __future__ import annotations
@@ -58,12 +58,6 @@ class FeatureSource:
     def __call__(self, vid: str) -> np.ndarray:
         f = self.cache.get(vid)
         return f if f is not None else self.store.features(vid)
-
-
-def available(store: FeatureStore, vids: Sequence[str]) -> Tuple[List[str], List[str]]:
-    """(videos with features, videos without)."""
-    have = [v for v in vids if v in store]
-    return have, [v for v in vids if v not in store]
 
 
 class CaptionDataset(Dataset):

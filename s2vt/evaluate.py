@@ -53,7 +53,7 @@ class Captioner:
 
     def __init__(self, members: Sequence[Member], device="cpu"):
         self.device = torch.device(device)
-        self.models, self.vocab, self.stores, self.cks = [], None, [], []
+        self.models, self.vocab, self.stores, self.max_frames = [], None, [], []
         for m in members:
             ck = checkpoint.load(m.checkpoint)
             model, vocab = checkpoint.build_model(ck)
@@ -63,7 +63,8 @@ class Captioner:
             store = FeatureStore(m.features)
             check_signature(store.signature, ck["feature_signature"], str(store.path))
             self.models.append(model.to(self.device))
-            self.vocab, self.cks = vocab, self.cks + [ck]
+            self.vocab = vocab
+            self.max_frames.append(ck["config"]["model"]["max_frames"])
             self.stores.append(store)
         self.sources = [FeatureSource(s, [], preload=False) for s in self.stores]
 
@@ -74,8 +75,7 @@ class Captioner:
     def caption(self, vids: Sequence[str], weights: Optional[Sequence[float]] = None, beam: int = 1,
                 max_len: int = 30, batch_size: int = 128) -> Dict[str, str]:
         weights = list(weights) if weights is not None else [1.0] * len(self.models)
-        maxf = [ck["config"]["model"]["max_frames"] for ck in self.cks]
-        return caption_features(Fusion(list(zip(self.models, weights))), self.sources, maxf, vids, self.vocab,
+        return caption_features(Fusion(list(zip(self.models, weights))), self.sources, self.max_frames, vids, self.vocab,
                                 self.device, beam, max_len, batch_size)
 
 
@@ -132,7 +132,7 @@ def markdown_table(results: Dict[str, Dict[str, dict]], columns: Sequence[str], 
         for c in columns:
             for m in metrics:
                 v = by_col.get(c, {}).get(m)
-                cells.append("-" if v is None else (f"{100 * v:.1f}" if not isinstance(v, str) else v))
+                cells.append("-" if v is None else f"{100 * v:.1f}")
             if paper_dataset and paper_dataset.get(c):
                 p = PAPER.get((paper_dataset[c], row))
                 cells.append("-" if p is None else f"{p:.1f}")

@@ -25,7 +25,7 @@ from .errors import S2VTError, SignatureMismatch
 FORMAT = "s2vt-features"
 VERSION = 1
 # signature fields that do not change what a feature means
-_NOT_COMPARED = {"created_by", "shard"}
+_NOT_COMPARED = {"shard"}
 
 
 def signature_diff(have: dict, want: dict) -> List[str]:

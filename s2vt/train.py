@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from . import checkpoint
-from .data import CaptionDataset, EpochSampler, FeatureSource, available, collate_captions
+from .data import CaptionDataset, EpochSampler, FeatureSource, collate_captions
 from .datasets import load_corpus
 from .errors import S2VTError
 from .model import ModelConfig, S2VT
@@ -165,22 +165,21 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
     store = FeatureStore(cfg.features)
     train_items = corpus.split_items(cfg.train_split)
     val_items = corpus.split_items(cfg.val_split)
-    have_tr, miss_tr = available(store, [v for v, _ in train_items])
-    have_va, miss_va = available(store, [v for v, _ in val_items])
+    miss_tr = [v for v, _ in train_items if v not in store]
+    miss_va = [v for v, _ in val_items if v not in store]
+    train_items = [(v, c) for v, c in train_items if v in store]
+    val_items = [(v, c) for v, c in val_items if v in store]
     if miss_tr or miss_va:
         print(f"[s2vt] skipping {len(miss_tr)} train / {len(miss_va)} val videos without features in "
               f"{store.path} (e.g. {(miss_tr + miss_va)[:3]}; see its failed list)")
-    if not have_tr:
+    if not train_items:
         raise S2VTError(f"no training video of {cfg.dataset} at {cfg.annotations} has features in {store.path}")
-    keep_tr, keep_va = set(have_tr), set(have_va)
-    train_items = [(v, c) for v, c in train_items if v in keep_tr]
-    val_items = [(v, c) for v, c in val_items if v in keep_va]
     vocab = Vocab.build([c for _, caps in train_items for c in caps], cfg.min_count)  # training split only
     cfg.model.feat_dim = int(store.signature["dim"])
     cfg.model.vocab_size = len(vocab)
     if ck is not None:
         _check_resume(ck, cfg, vocab, store.signature, last_path)
-    source = FeatureSource(store, have_tr + have_va, preload=cfg.preload)
+    source = FeatureSource(store, [v for v, _ in train_items + val_items], preload=cfg.preload)
     train_ds = CaptionDataset(source, train_items, vocab, cfg.model.max_frames, cfg.model.max_words,
                               cfg.shuffle_frames, cfg.seed)
     val_ds = CaptionDataset(source, val_items, vocab, cfg.model.max_frames, cfg.model.max_words)
