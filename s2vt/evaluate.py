@@ -3,6 +3,7 @@ fusion weight on validation, and lay results out as the paper's table.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -140,7 +141,8 @@ def markdown_table(results: Dict[str, Dict[str, dict]], columns: Sequence[str], 
     return "\n".join(lines)
 
 
-def benchmark(spec: List[dict], out_dir, beam: int = 5, device: str = "cpu", progress: bool = True) -> Tuple[str, dict]:
+def benchmark(spec: List[dict], out_dir, beam: int = 5, device: str = "cpu", progress: bool = True,
+              meteor: Optional[Meteor] = None) -> Tuple[str, dict]:
     """Evaluate the paper's rows on every dataset/split of ``spec``.
 
     spec: [{"name": "msvd", "dataset": "msvd", "annotations": ROOT, "splits": ["test"],
@@ -149,7 +151,7 @@ def benchmark(spec: List[dict], out_dir, beam: int = 5, device: str = "cpu", pro
     """
     results: Dict[str, Dict[str, dict]] = {r: {} for r in ROWS}
     columns, paper_of, alphas = [], {}, {}
-    with Meteor() as meteor:
+    with (contextlib.nullcontext(meteor) if meteor is not None else Meteor()) as meteor:  # one JVM for all
         for entry in spec:
             models = {k: Member(**entry[k]) for k in ("rgb", "flow", "random") if entry.get(k)}
             alpha = entry.get("alpha")

@@ -140,8 +140,11 @@ def train_one_epoch(model, fwd, loader, optimizer, cfg: TrainConfig, device, sta
             return
 
 
-def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict:
-    """Train an S2VT model; returns a summary with the best validation score and paths."""
+def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, meteor=None) -> dict:
+    """Train an S2VT model; returns a summary with the best validation score and paths.
+
+    ``meteor``: a running :class:`s2vt.metrics.Meteor` to reuse for validation (else one is started).
+    """
     from tqdm import tqdm
 
     rank, world = dist_info()
@@ -213,11 +216,13 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
         (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
         vocab.save(out / "vocab.json")
 
-    meteor = None
-    if cfg.val_meteor and rank == 0 and val_items:
+    own_meteor = False
+    if not (cfg.val_meteor and rank == 0 and val_items):
+        meteor = None
+    elif meteor is None:
         from .metrics import Meteor
 
-        meteor = Meteor()
+        meteor, own_meteor = Meteor(), True
     refs = {v: caps for v, caps in val_items}
     metrics_path = out / "metrics.jsonl"
     if rank == 0 and ck is None and metrics_path.exists():
@@ -306,7 +311,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
             checkpoint.save(snapshot(), best_path)
     finally:
         bar.close()
-        if meteor is not None:
+        if own_meteor:
             meteor.close()
     return {"out": str(out), "best": state["best"], "best_epoch": state["best_epoch"], "steps": state["step"],
             "best_path": str(best_path), "last_path": str(last_path)}
