@@ -61,6 +61,7 @@ class TrainConfig:
     workers: int = 0                  # DataLoader worker processes
     preload: bool = True              # read all features into memory first (when they fit)
     log_every: int = 50
+    val_every: int = 1                # validate (and maybe save best.pt) every N epochs and after the last
     save_every: int = 0               # also write last.pt every N steps (0 = per epoch only)
     model: ModelConfig = field(default_factory=ModelConfig)
 
@@ -278,7 +279,10 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, meteor=
             state["epoch"] += 1
             state["batch"] = 0
             scheduler.step()
-            if rank == 0:
+            due = state["epoch"] % cfg.val_every == 0 or state["epoch"] >= cfg.epochs
+            if rank == 0 and not due:
+                checkpoint.save(snapshot(), last_path)
+            if rank == 0 and due:
                 rec = validate(model, val_loader, source, refs, vocab, device, meteor, cfg)
                 rec.update(epoch=state["epoch"], step=state["step"])
                 score = rec["val_meteor"] if meteor is not None else -rec["val_loss"]
