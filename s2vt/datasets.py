@@ -11,29 +11,45 @@ Supported on-disk forms:
   tab-separated CLIP_ID, START_ALIGNED, END_ALIGNED, START_EXTRACTED, END_EXTRACTED,
   SENTENCE). Only M-VAD clips (ids starting with ``3``) are kept; others are counted as
   skipped. Videos: ``ROOT/MOVIE/CLIP_ID.avi``.
+* ``msrvtt``: the official ``train_val_videodatainfo.json`` and ``test_videodatainfo.json``
+  (both required), in ROOT or in any folder one level below it (e.g. ``ROOT/annotations/``).
+  Each is an object with ``videos`` (``{video_id, split, ...}``, split ``train`` |
+  ``validate`` | ``test`` -> train/val/test) and ``sentences`` (``{video_id, caption, ...}``).
+  Videos: ``ROOT/TrainValVideo/ID.mp4`` and ``ROOT/TestVideo/ID.mp4``, else the file named
+  ``ID.<ext>`` anywhere under ROOT.
+* ``vatex``: ``vatex_training_v*.json`` (train) and ``vatex_validation_v*.json`` (val),
+  both required, and the public test file with English captions
+  (``vatex_public_test_english_v*.json`` or ``vatex_test_v*.json``; optional: when absent
+  the test split is empty and counted in ``skipped``), in ROOT or one folder below. Each is
+  a list of ``{videoID, enCap: [...], chCap: [...]}``; only ``enCap`` is read. Videos:
+  ``ID.<ext>`` anywhere under ROOT (``ROOT/videos/ID.mp4`` when none is found).
 * ``generic`` (and ``synthetic``, which ``s2vt synth`` writes in this form):
   ``captions.tsv`` (``video_id<TAB>caption``) with ``train.txt``/``val.txt``/``test.txt``
   id lists. Videos: ``ROOT/videos/ID.<ext>``.
 
-Bad lines raise :class:`DataError` naming file and line. Documented skips (empty
-captions, LSMDC clips that are not M-VAD, captions of ids in no split) are counted in
-``Corpus.skipped`` and shown by ``s2vt dataset-info``.
+Every video id obeys :func:`s2vt.ids.check_video_id` (so a path built from an id stays in
+its folder). Bad lines or entries raise :class:`DataError` naming the file and the line or
+JSON place (``videos[12].video_id``). Documented skips (empty captions, LSMDC clips that are
+not M-VAD, captions of ids in no split or of unknown videos, videos without captions, a
+missing VATEX test file) are counted in ``Corpus.skipped`` and shown by ``s2vt dataset-info``.
 """
 from __future__ import annotations
 
 import csv
 import io
+import json
+import os
 import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from .errors import DataError, S2VTError
+from .ids import check_video_id
 
 SPLITS = ("train", "val", "test")
 VIDEO_EXTENSIONS = (".avi", ".mp4", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv")
-_SAFE_ID = re.compile(r"^[A-Za-z0-9_\-.]+$")
 
 
 @dataclass
@@ -48,7 +64,8 @@ class Corpus:
     skipped: Counter = field(default_factory=Counter)
 
     def video_path(self, vid: str) -> Path:
-        return self.path_of(vid)
+        """The video file of ``vid`` (inside ``root``: ids obey :mod:`s2vt.ids`)."""
+        return self.path_of(check_video_id(vid, f"dataset {self.name}"))
 
     def split_items(self, split: str) -> List[Tuple[str, List[str]]]:
         if split not in self.splits:
@@ -79,11 +96,13 @@ def read_lines(path: Path) -> Iterator[Tuple[int, str]]:
             yield n, text.rstrip("\r\n")
 
 
-def check_id(vid: str, path: Path, line: int) -> str:
-    """Video ids become file names: refuse anything that could escape the dataset root."""
-    if not vid or not _SAFE_ID.match(vid) or ".." in vid:
-        raise DataError(path, f"invalid video id {vid!r} (allowed: letters, digits, '_', '-', '.'; no '/' or '..')", line)
-    return vid
+def check_id(vid: str, path: Path, line) -> str:
+    """``vid`` if it obeys :func:`s2vt.ids.check_video_id`, else DataError at ``path:line``
+    (``line`` a line number or a JSON place). Ids become file names: none escapes its folder."""
+    try:
+        return check_video_id(vid)
+    except S2VTError as e:
+        raise DataError(path, str(e), line) from None
 
 
 def _add_caption(captions: Dict[str, List[str]], skipped: Counter, vid: str, text: str) -> None:
@@ -125,7 +144,7 @@ def read_youtube_mapping(path: Path) -> Dict[str, str]:
         cols = line.split()
         if len(cols) != 2:
             raise DataError(path, f"expected 'CLIPNAME vidN', found {len(cols)} fields", n)
-        clip, vid = check_id(cols[0], path, n), cols[1]
+        clip, vid = check_id(cols[0], path, n), check_id(cols[1], path, n)
         try:
             msvd_split_of(vid)
         except ValueError as e:
@@ -148,6 +167,7 @@ def load_msvd(root: Path) -> Corpus:
     if all(p.is_file() for p in s2vt_files):
         for split, path in zip(SPLITS, s2vt_files):
             for n, (vid, text) in _split_file_lines(path, 2):
+                check_id(vid, path, n)
                 if vid not in vid_to_clip:
                     raise DataError(path, f"video id {vid!r} is not in {mapping_path.name}", n)
                 if msvd_split_of(vid) != split:
@@ -175,7 +195,7 @@ def load_msvd(root: Path) -> Corpus:
                 raise DataError(corpus_csv, f"Start/End must be integers, found {row[1]!r}/{row[2]!r}", n)
             if start > end:
                 raise DataError(corpus_csv, f"Start {start} is after End {end}", n)
-            clip = f"{row[0]}_{start}_{end}"
+            clip = check_id(f"{row[0]}_{start}_{end}", corpus_csv, n)
             if clip not in clip_to_vid:
                 skipped["clip not in youtube_mapping.txt"] += 1
                 continue
@@ -242,6 +262,207 @@ def load_mvad(root: Path) -> Corpus:
                   lambda v: root / _mvad_movie(v) / f"{v}.avi", skipped)
 
 
+# ----------------------------------------------------------------------------- JSON annotation helpers
+
+_JSON_KINDS = {dict: "an object", list: "a list", str: "text", int: "a number", float: "a number",
+               bool: "true/false", type(None): "null"}
+
+
+def _kind(value) -> str:
+    return _JSON_KINDS.get(type(value), type(value).__name__)
+
+
+def read_json(path: Path):
+    """The parsed JSON of ``path``; a bad byte or syntax error is a DataError with its place."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(path, "file not found")
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise DataError(path, f"not valid UTF-8 ({e.reason} at byte {e.start}); re-encode the file as UTF-8")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise DataError(path, f"malformed JSON (line {e.lineno}, column {e.colno}): {e.msg}",
+                        f"{e.lineno}:{e.colno}") from None
+    except RecursionError:
+        raise DataError(path, "malformed JSON: nested too deeply") from None
+
+
+def _get(obj, key: str, kind: type, path: Path, place: str = ""):
+    """``obj[key]`` checked to be a JSON ``kind``; else DataError naming ``path`` and ``place``."""
+    if not isinstance(obj, dict):
+        raise DataError(path, f"expected an object, found {_kind(obj)}", place or None)
+    if key not in obj:
+        raise DataError(path, f"missing field {key!r}", place or None)
+    value = obj[key]
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+        raise DataError(path, f"expected {_JSON_KINDS[kind]}, found {_kind(value)}",
+                        f"{place}.{key}" if place else key)
+    return value
+
+
+def find_annotation(root: Path, patterns: Sequence[str]) -> Optional[Path]:
+    """The one file matching any of ``patterns`` in ``root`` or a folder one level below it
+    (None when there is none; DataError when there are several)."""
+    found = sorted({p for pat in patterns for g in (pat, f"*/{pat}") for p in root.glob(g) if p.is_file()})
+    if len(found) > 1:
+        names = ", ".join(str(p.relative_to(root)) for p in found)
+        raise DataError(root, f"several files match {' or '.join(patterns)}: {names}; keep one")
+    return found[0] if found else None
+
+
+def index_videos(root: Path) -> Dict[str, Path]:
+    """``{stem: path}`` of every video file under ``root``, in one walk that follows
+    symlinked folders (each real folder once). On a name clash ``.mp4`` wins, then path order."""
+    index: Dict[str, Path] = {}
+    seen = set()
+    for d, dirs, files in os.walk(root, followlinks=True):
+        st = os.stat(d)
+        if (st.st_dev, st.st_ino) in seen:
+            dirs[:] = []
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        dirs.sort()
+        for f in sorted(files, key=lambda f: (not f.lower().endswith(".mp4"), f)):
+            stem, ext = os.path.splitext(f)
+            if ext.lower() in VIDEO_EXTENSIONS and stem not in index:
+                index[stem] = Path(d) / f
+    return index
+
+
+def _video_finder(root: Path, default: Callable[[str], Path]) -> Callable[[str], Path]:
+    """``path_of``: ``default(vid)`` when that file exists, else the video of that name found
+    under ``root`` (indexed once, on the first miss), else ``default(vid)``."""
+    index: Optional[Dict[str, Path]] = None
+
+    def path_of(vid: str) -> Path:
+        nonlocal index
+        p = default(vid)
+        if p.exists():
+            return p
+        if index is None:
+            index = index_videos(root)
+        return index.get(vid, p)
+    return path_of
+
+
+def _splits_with_captions(split_of: Dict[str, str], captions: Dict[str, List[str]],
+                          skipped: Counter) -> Dict[str, List[str]]:
+    """Split lists in ``split_of`` order; videos with no caption are counted, not kept."""
+    splits: Dict[str, List[str]] = {s: [] for s in SPLITS}
+    for vid, split in split_of.items():
+        if vid in captions:
+            splits[split].append(vid)
+        else:
+            skipped["video without captions"] += 1
+    return splits
+
+
+# ----------------------------------------------------------------------------- MSR-VTT
+
+MSRVTT_FILES = ("train_val_videodatainfo.json", "test_videodatainfo.json")
+MSRVTT_SPLITS = {"train": "train", "validate": "val", "test": "test"}
+
+
+def _msrvtt_videos(videos: list, path: Path, split_of: Dict[str, str], first: Dict[str, str]) -> None:
+    for i, v in enumerate(videos):
+        place = f"videos[{i}]"
+        vid = check_id(_get(v, "video_id", str, path, place), path, f"{place}.video_id")
+        split = _get(v, "split", str, path, place)
+        if split not in MSRVTT_SPLITS:
+            raise DataError(path, f"unknown split {split!r} (expected train, validate or test)", f"{place}.split")
+        if vid in split_of:
+            raise DataError(path, f"duplicate video id {vid!r} (first at {first[vid]})", f"{place}.video_id")
+        split_of[vid] = MSRVTT_SPLITS[split]
+        first[vid] = f"{path.name}:{place}"
+
+
+def _msrvtt_sentences(sentences: list, path: Path, split_of: Dict[str, str],
+                      captions: Dict[str, List[str]], skipped: Counter) -> None:
+    for i, s in enumerate(sentences):
+        place = f"sentences[{i}]"
+        vid = _get(s, "video_id", str, path, place)
+        text = _get(s, "caption", str, path, place)
+        if vid not in split_of:
+            check_id(vid, path, f"{place}.video_id")
+            skipped["caption of an unknown video"] += 1
+            continue
+        _add_caption(captions, skipped, vid, text)
+
+
+def load_msrvtt(root: Path) -> Corpus:
+    """MSR-VTT from its two official JSON files (see the module docstring)."""
+    root = Path(root)
+    split_of: Dict[str, str] = {}  # every video of both files, in file order
+    first: Dict[str, str] = {}
+    documents = []
+    for name in MSRVTT_FILES:
+        path = find_annotation(root, [name])
+        if path is None:
+            raise DataError(root, f"MSR-VTT annotation file {name} is neither here nor one folder below "
+                                  "(see data/README.md)")
+        doc = read_json(path)
+        if not isinstance(doc, dict):
+            raise DataError(path, f"the top level must be an object with 'videos' and 'sentences', found {_kind(doc)}")
+        _msrvtt_videos(_get(doc, "videos", list, path), path, split_of, first)
+        documents.append((path, _get(doc, "sentences", list, path)))
+    captions: Dict[str, List[str]] = {}
+    skipped: Counter = Counter()
+    for path, sentences in documents:
+        _msrvtt_sentences(sentences, path, split_of, captions, skipped)
+    splits = _splits_with_captions(split_of, captions, skipped)
+    folder = {"train": "TrainValVideo", "val": "TrainValVideo", "test": "TestVideo"}
+    path_of = _video_finder(root, lambda v: root / folder[split_of[v]] / f"{v}.mp4")
+    return Corpus("msrvtt", root, captions, splits, path_of, skipped)
+
+
+# ----------------------------------------------------------------------------- VATEX
+
+VATEX_FILES = {"train": ("vatex_training_v*.json",), "val": ("vatex_validation_v*.json",),
+               "test": ("vatex_public_test_english_v*.json", "vatex_test_v*.json")}
+VATEX_OPTIONAL = ("test",)
+
+
+def _vatex_entries(entries: list, path: Path, split: str, split_of: Dict[str, str], first: Dict[str, str],
+                   captions: Dict[str, List[str]], skipped: Counter) -> None:
+    for i, e in enumerate(entries):
+        place = f"[{i}]"
+        vid = check_id(_get(e, "videoID", str, path, place), path, f"{place}.videoID")
+        if vid in split_of:
+            raise DataError(path, f"duplicate video id {vid!r} (first at {first[vid]})", f"{place}.videoID")
+        split_of[vid], first[vid] = split, f"{path.name}:{place}"
+        for j, text in enumerate(_get(e, "enCap", list, path, place)):
+            if not isinstance(text, str):
+                raise DataError(path, f"a caption must be text, found {_kind(text)}", f"{place}.enCap[{j}]")
+            _add_caption(captions, skipped, vid, text)
+
+
+def load_vatex(root: Path) -> Corpus:
+    """VATEX (English captions) from its JSON files (see the module docstring)."""
+    root = Path(root)
+    split_of: Dict[str, str] = {}
+    first: Dict[str, str] = {}
+    captions: Dict[str, List[str]] = {}
+    skipped: Counter = Counter()
+    for split, patterns in VATEX_FILES.items():
+        path = find_annotation(root, patterns)
+        if path is None and split in VATEX_OPTIONAL:
+            skipped[f"{split} split empty: no {' or '.join(patterns)} file"] += 1
+            continue
+        if path is None:
+            raise DataError(root, f"VATEX {split} annotation file {' or '.join(patterns)} is neither here "
+                                  "nor one folder below (see data/README.md)")
+        entries = read_json(path)
+        if not isinstance(entries, list):
+            raise DataError(path, f"the top level must be a list of {{videoID, enCap}} objects, found {_kind(entries)}")
+        _vatex_entries(entries, path, split, split_of, first, captions, skipped)
+    splits = _splits_with_captions(split_of, captions, skipped)
+    return Corpus("vatex", root, captions, splits, _video_finder(root, lambda v: root / "videos" / f"{v}.mp4"),
+                  skipped)
+
+
 # ----------------------------------------------------------------------------- generic
 
 def find_video(folder: Path, vid: str) -> Path:
@@ -286,13 +507,16 @@ def load_generic(root: Path, name: str = "generic") -> Corpus:
 LOADERS = {
     "msvd": load_msvd,
     "mvad": load_mvad,
+    "msrvtt": load_msrvtt,
+    "vatex": load_vatex,
     "generic": load_generic,
     "synthetic": lambda root: load_generic(root, "synthetic"),
 }
 
 
 def load_corpus(name: str, root) -> Corpus:
-    """Load dataset ``name`` (msvd, mvad, generic, synthetic) from ``root``."""
+    """Load dataset ``name`` (a key of ``LOADERS``: msvd, mvad, msrvtt, vatex, generic, synthetic)
+    from ``root``."""
     if name not in LOADERS:
         raise S2VTError(f"unknown dataset {name!r}; choose one of {', '.join(LOADERS)}")
     root = Path(root)

@@ -90,7 +90,7 @@ def test_mvad_lsmdc_format(tmp_path):
     ("3001_X_00.00.01.000-00.00.02.000\t00.00.01.000\t00.00.02.000\tSomeone", "expected 6"),
     ("3001_X_00.00.01.000-00.00.02.000\t00.00.01\t00.00.02.000\t00.00.01.000\t00.00.02.000\tHi", "bad timestamp"),
     ("3001_X_00.00.01.000-00.00.02.000\t00.00.05.000\t00.00.02.000\t00.00.01.000\t00.00.02.000\tHi", "start time is after"),
-    ("../../etc/passwd\t00.00.01.000\t00.00.02.000\t00.00.01.000\t00.00.02.000\tHi", "invalid video id"),
+    ("../../etc/passwd\t00.00.01.000\t00.00.02.000\t00.00.01.000\t00.00.02.000\tHi", "contains a path separator"),
 ])
 def test_mvad_bad_lines(tmp_path, line, msg):
     with pytest.raises(DataError, match=r"LSMDC16_annos_training.csv:1: .*" + msg):
@@ -114,8 +114,9 @@ def test_generic_format_and_skips(tmp_path):
 @pytest.mark.parametrize("caps,train,msg", [
     (b"a\tok\na\tbad\tthird\n", b"a\n", r"captions.tsv:2: expected 2"),
     (b"a\tok\nb\t\xff\xfe bad\n", b"a\n", r"captions.tsv:2: not valid UTF-8"),
-    (b"a/b\tok\n", b"a/b\n", r"captions.tsv:1: invalid video id"),
-    (b"..\tok\n", b"..\n", r"captions.tsv:1: invalid video id"),
+    (b"a/b\tok\n", b"a/b\n", r"captions.tsv:1: video id 'a/b' contains a path separator"),
+    (b"..\tok\n", b"..\n", r"captions.tsv:1: video id '..' starts with a dot"),
+    (b"a\tok\nb\tok\nc\tok\n", b"a\n.hidden\n", r"train.txt:2: video id '.hidden' starts with a dot"),
     (b"a\tok\nb\tok\nc\tok\n", b"a\na\n", r"train.txt:2: duplicate video id"),
     (b"a\tok\nb\tok\nc\tok\n", b"zz\n", r"train.txt:1: video id 'zz' has no caption"),
 ])
