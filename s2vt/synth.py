@@ -22,12 +22,19 @@ from __future__ import annotations
 
 import json
 import math
+import multiprocessing
+import os
+import re
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional, Tuple
 
 import cv2
 import numpy as np
+
+from .errors import S2VTError
+from .fileio import atomic_write, fsync_dir
 
 COLOURS = {  # name -> BGR
     "red": (40, 40, 220),
@@ -46,6 +53,16 @@ TEMPLATES = {
     "grow": ("a {c} {s} grows", "a {c} {t} is getting bigger", "the {c} {s} expands", "a {c} {t} is growing larger"),
     "shrink": ("a {c} {s} shrinks", "a {c} {t} is getting smaller", "the {c} {s} contracts", "a {c} {t} is shrinking"),
     "spin": ("a {c} {s} spins", "a {c} {t} is rotating", "the {c} {s} turns around", "a {c} {t} is spinning"),
+}
+# the words that name each motion in the captions above (s2vt.attributes parses with them)
+MOTION_WORDS = {
+    "left": ("left", "leftward", "leftwards"),
+    "right": ("right", "rightward", "rightwards"),
+    "up": ("up", "upward", "upwards", "rising", "rises"),
+    "down": ("down", "downward", "downwards", "falling", "falls"),
+    "grow": ("grows", "growing", "bigger", "larger", "expands", "expanding"),
+    "shrink": ("shrinks", "shrinking", "smaller", "contracts", "contracting"),
+    "spin": ("spins", "spinning", "rotating", "rotates", "turns", "turning"),
 }
 
 
@@ -147,42 +164,116 @@ def write_video(path: Path, frames: np.ndarray, fps: float) -> None:
     tmp.replace(path)
 
 
-def generate(out_dir, cfg: SynthConfig = SynthConfig(), progress: bool = True) -> Path:
-    """Write the embedded dataset to ``out_dir``; same config and seed -> same files."""
-    from tqdm import tqdm
+SPLITS = ("train", "val", "test")
+OWN_FILES = ("captions.tsv", "train.txt", "val.txt", "test.txt", "clips.jsonl", "synth_config.json")
+CLIP_FILE = re.compile(r"clip\d{5}(\.part)?\.(avi|mp4)(\.tmp)?$")  # what generate writes in videos/
 
-    out = Path(out_dir)
-    (out / "videos").mkdir(parents=True, exist_ok=True)
+
+def plan(cfg: SynthConfig) -> List[Tuple[int, str, str, tuple]]:
+    """Every clip to write, in order: (index, video id, split, (colour, shape, motion)).
+
+    Balanced: cycles through every combination, shuffled, before repeating one.
+    """
     rng = np.random.default_rng(cfg.seed)
     all_combos = combos()
     sizes = {"train": cfg.train, "val": cfg.val, "test": cfg.test}
-    n_total = sum(sizes.values())
-    # balanced: cycle through every combination, shuffled, before repeating one
     order: List[tuple] = []
-    while len(order) < n_total:
+    while len(order) < sum(sizes.values()):
         order += [all_combos[i] for i in rng.permutation(len(all_combos))]
-    meta, caption_lines, split_ids = [], [], {s: [] for s in sizes}
-    k = 0
-    bar = tqdm(total=n_total, desc="synth", unit="clip", disable=not progress)
-    for split, n in sizes.items():
-        for _ in range(n):
-            colour, shape, motion = order[k]
-            vid = f"clip{k:05d}"
-            k += 1
-            clip_rng = np.random.default_rng([cfg.seed, k])
-            traj = trajectory(motion, cfg, clip_rng)
-            write_video(out / "videos" / f"{vid}{cfg.ext}", render(shape, colour, traj, cfg, clip_rng), cfg.fps)
-            caps = captions_for(colour, shape, motion, cfg.captions_per_clip, clip_rng)
-            caption_lines += [f"{vid}\t{c}" for c in caps]
-            split_ids[split].append(vid)
-            meta.append({"id": vid, "split": split, "colour": colour, "shape": shape, "motion": motion, **traj})
+    splits = [s for s in SPLITS for _ in range(sizes[s])]
+    return [(k, f"clip{k:05d}", split, order[k]) for k, split in enumerate(splits)]
+
+
+def make_clip(job) -> Tuple[dict, List[str]]:
+    """Render and write one clip; returns its clips.jsonl record and its captions.
+
+    ``job = (index, vid, split, combo, cfg, videos_dir)``. The clip's random generator is
+    seeded by (cfg.seed, index + 1) alone, so the bytes do not depend on which process
+    writes it or in which order.
+    """
+    k, vid, split, (colour, shape, motion), cfg, videos = job
+    clip_rng = np.random.default_rng([cfg.seed, k + 1])
+    traj = trajectory(motion, cfg, clip_rng)
+    write_video(Path(videos) / f"{vid}{cfg.ext}", render(shape, colour, traj, cfg, clip_rng), cfg.fps)
+    caps = captions_for(colour, shape, motion, cfg.captions_per_clip, clip_rng)
+    return {"id": vid, "split": split, "colour": colour, "shape": shape, "motion": motion, **traj}, caps
+
+
+def _init_worker() -> None:
+    cv2.setNumThreads(1)  # one clip per process: no nested thread pools
+
+
+def remove_dataset(out: Path) -> None:
+    """Delete what a previous ``generate`` wrote in ``out`` (its files and clips), nothing else."""
+    for name in OWN_FILES:
+        for f in (out / name, out / (name + ".tmp")):
+            f.unlink(missing_ok=True)
+    videos = out / "videos"
+    if videos.is_dir():
+        for f in videos.iterdir():
+            if f.is_file() and CLIP_FILE.fullmatch(f.name):
+                f.unlink()
+        if not any(videos.iterdir()):
+            videos.rmdir()
+
+
+def _prepare(out: Path, overwrite: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise S2VTError(f"{out} is a file; give `s2vt synth` a folder")
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            raise S2VTError(f"{out} is not empty; choose an empty folder, or pass overwrite=True "
+                            "(`s2vt synth --overwrite`) to replace a dataset generated there before "
+                            "(only its own files are removed)")
+        remove_dataset(out)
+    (out / "videos").mkdir(parents=True, exist_ok=True)
+
+
+def _clips(jobs: list, workers: int, progress: bool):
+    """Yield make_clip results in job order, from ``workers`` processes (1: this process)."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(jobs), desc="synth", unit="clip", disable=not progress)
+    if workers <= 1:
+        for job in jobs:
+            yield make_clip(job)
             bar.update()
+    else:
+        ctx = multiprocessing.get_context("spawn")  # no fork of a parent that may hold torch/OpenCV threads
+        chunk = max(1, min(8, len(jobs) // (4 * workers)))
+        with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker) as pool:
+            for res in pool.map(make_clip, jobs, chunksize=chunk):
+                yield res
+                bar.update()
     bar.close()
-    (out / "captions.tsv").write_text("\n".join(caption_lines) + "\n")
-    for split, ids in split_ids.items():
-        (out / f"{split}.txt").write_text("\n".join(ids) + "\n")
-    with open(out / "clips.jsonl", "w") as f:
-        for m in meta:
-            f.write(json.dumps(m) + "\n")
-    (out / "synth_config.json").write_text(json.dumps(asdict(cfg), indent=2))
+
+
+def default_workers(n_clips: int) -> int:
+    """All usable cores, but at least 8 clips per process (a process costs ~1 s to start)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(cores, n_clips // 8))
+
+
+def generate(out_dir, cfg: SynthConfig = SynthConfig(), progress: bool = True, workers: Optional[int] = None,
+             overwrite: bool = False) -> Path:
+    """Write the embedded dataset to ``out_dir``; same config and seed -> byte-identical files.
+
+    workers: processes rendering clips (None: all cores; 1: this process); the files do
+    not depend on it. A non-empty ``out_dir`` is refused unless ``overwrite``, which
+    first removes what an earlier ``generate`` wrote there (never other files).
+    """
+    out = Path(out_dir)
+    _prepare(out, overwrite)
+    jobs = [(k, vid, split, combo, cfg, str(out / "videos")) for k, vid, split, combo in plan(cfg)]
+    workers = default_workers(len(jobs)) if workers is None else max(1, min(workers, len(jobs)))
+    meta, caption_lines = [], []
+    for m, caps in _clips(jobs, workers, progress):
+        meta.append(m)
+        caption_lines += [f"{m['id']}\t{c}" for c in caps]
+    atomic_write(out / "captions.tsv", "\n".join(caption_lines) + "\n")
+    for split in SPLITS:
+        atomic_write(out / f"{split}.txt", "".join(f"{m['id']}\n" for m in meta if m["split"] == split) or "\n")
+    atomic_write(out / "clips.jsonl", "".join(json.dumps(m) + "\n" for m in meta))
+    atomic_write(out / "synth_config.json", json.dumps(asdict(cfg), indent=2))
+    fsync_dir(out)
     return out

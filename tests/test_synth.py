@@ -2,7 +2,9 @@ import json
 
 import cv2
 import numpy as np
+import pytest
 
+from s2vt.errors import S2VTError
 from s2vt.synth import COLOURS, SynthConfig, generate
 
 
@@ -87,3 +89,72 @@ def test_deterministic_by_seed(tmp_path):
         assert (tmp_path / "a" / f).read_text() == (tmp_path / "b" / f).read_text()
     fa, fb = _read(tmp_path / "a/videos/clip00000.avi"), _read(tmp_path / "b/videos/clip00000.avi")
     assert all(np.array_equal(x, y) for x, y in zip(fa, fb))
+
+
+def _tree(root):
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_worker_count_does_not_change_a_byte(tmp_path):
+    cfg = SynthConfig(train=6, val=2, test=2, frames=8, width=48, height=32, seed=4)
+    generate(tmp_path / "one", cfg, progress=False, workers=1)
+    generate(tmp_path / "two", cfg, progress=False, workers=2)
+    one, two = _tree(tmp_path / "one"), _tree(tmp_path / "two")
+    assert len(one) == 10 + 6  # clips + captions.tsv, 3 split files, clips.jsonl, synth_config.json
+    assert one.keys() == two.keys()
+    for name in one:
+        assert one[name] == two[name], name
+
+
+def test_refuses_a_non_empty_folder_without_overwrite(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    cfg = SynthConfig(train=2, val=1, test=1, frames=4, width=32, height=32)
+    with pytest.raises(S2VTError, match=f"{tmp_path}.*overwrite"):
+        generate(tmp_path, cfg, progress=False, workers=1)
+    assert not (tmp_path / "videos").exists()
+
+
+def test_overwrite_removes_only_its_own_files(tmp_path):
+    generate(tmp_path, SynthConfig(train=6, val=2, test=2, frames=4, width=32, height=32), progress=False, workers=1)
+    (tmp_path / "notes.txt").write_text("mine")
+    (tmp_path / "videos" / "holiday.avi").write_bytes(b"not a clip of ours")
+    small = SynthConfig(train=2, val=1, test=1, frames=4, width=32, height=32, seed=1)
+    generate(tmp_path, small, progress=False, workers=1, overwrite=True)
+    clips = sorted(p.name for p in (tmp_path / "videos").glob("clip*"))
+    assert clips == [f"clip{k:05d}.avi" for k in range(4)]  # no clip of the old set left behind
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+    assert (tmp_path / "videos" / "holiday.avi").read_bytes() == b"not a clip of ours"
+    assert json.loads((tmp_path / "synth_config.json").read_text())["seed"] == 1
+    assert len((tmp_path / "clips.jsonl").read_text().splitlines()) == 4
+
+
+def test_every_template_parses_to_its_own_attributes():
+    from s2vt.attributes import parse
+    from s2vt.synth import SHAPES, SYNONYMS, TEMPLATES
+
+    for motion, templates in TEMPLATES.items():
+        for t in templates:
+            for shape in SHAPES:
+                for name in SYNONYMS[shape]:
+                    cap = t.format(c="green", s=name, t=name)
+                    assert parse(cap) == ("green", shape, motion), cap
+
+
+def test_attribute_accuracy_of_hand_written_captions():
+    from s2vt.attributes import Attributes, accuracy, parse
+
+    truth = {"a": Attributes("red", "circle", "left"), "b": Attributes("blue", "square", "grow"),
+             "c": Attributes("yellow", "triangle", "down"), "d": Attributes("green", "square", "spin")}
+    captions = {
+        "a": "A red ball is moving left.",             # all right, through synonyms
+        "b": "the blue box is getting bigger",          # all right
+        "c": "a yellow triangle moves up",              # wrong motion
+        "d": "a red and green square spins",            # two colours: colour wrong
+    }
+    assert parse(captions["b"]) == ("blue", "square", "grow")
+    assert parse("a thing goes somewhere") == (None, None, None)
+    assert parse("the green circle is falling") == ("green", "circle", "down")
+    acc = accuracy(captions, truth)
+    assert acc == {"acc_colour": 0.75, "acc_shape": 1.0, "acc_motion": 0.75, "acc_all": 0.5}
+    with pytest.raises(S2VTError, match="ground truth"):
+        accuracy({"zz": "a red ball"}, truth)
