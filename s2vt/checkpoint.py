@@ -1,49 +1,104 @@
-"""Checkpoints: one dict of tensors and plain types that rebuilds everything.
+"""Checkpoints: one typed record that rebuilds everything, and the only code that reads one.
 
-Written atomically (temp file, fsync, rename), so a crash mid-write leaves the previous
-file intact; read with ``torch.load(weights_only=True)``, so a file crafted to run code
-when unpickled is refused.
+A :class:`Checkpoint` holds the model config and weights, the vocabulary, the feature
+signature of the store it was trained on, the decoding defaults, the resolved training
+config, the loop state, optimiser/scheduler state and RNG state. On disk it is a dict of
+tensors and plain types, written atomically (``fileio.atomic_write``) and read with
+``torch.load(weights_only=True)``, so a file crafted to run code when unpickled is refused.
 """
 from __future__ import annotations
 
-import os
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any, Dict, Optional
 
 import torch
 
+from .config import ConfigError, from_dict
+from .decoding import DecodeConfig
 from .errors import S2VTError
+from .fileio import atomic_write
+from .model import ModelConfig, S2VT
+from .vocab import Vocab
+
+FORMAT = "s2vt-checkpoint"
+VERSION = 2
+_REQUIRED = ("model", "model_config", "vocab", "feature_signature")
 
 
-def save(obj: dict, path) -> None:
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+class CheckpointError(S2VTError):
+    """A file that is not a usable s2vt checkpoint."""
 
 
-def load(path, map_location="cpu") -> dict:
-    path = Path(path)
+@dataclass
+class Checkpoint:
+    model_config: ModelConfig
+    weights: Dict[str, torch.Tensor]
+    vocab: Vocab
+    feature_signature: dict
+    decoding: DecodeConfig = field(default_factory=DecodeConfig)
+    train_config: dict = field(default_factory=dict)   # the resolved TrainConfig, as written to config.json
+    state: dict = field(default_factory=dict)          # loop state: step, epoch, batch, best, ...
+    optimizer: Optional[dict] = None
+    scheduler: Optional[dict] = None
+    rng: Optional[dict] = None
+
+    @property
+    def max_frames(self) -> int:
+        return self.model_config.max_frames
+
+    def build_model(self, device="cpu") -> S2VT:
+        """The model in eval mode on ``device``, weights loaded."""
+        model = S2VT(self.model_config)
+        try:
+            model.load_state_dict(self.weights)
+        except RuntimeError as e:
+            raise CheckpointError(f"weights do not fit the recorded model config: {str(e).splitlines()[0][:300]}")
+        return model.to(device).eval()
+
+    def save(self, path) -> Path:
+        d = {"format": FORMAT, "version": VERSION, "model": self.weights, "model_config": asdict(self.model_config),
+             "vocab": self.vocab.to_list(), "feature_signature": self.feature_signature,
+             "decoding": asdict(self.decoding), "config": self.train_config, "state": self.state,
+             "optimizer": self.optimizer, "scheduler": self.scheduler, "rng": self.rng}
+        return atomic_write(path, lambda f: torch.save(d, f))
+
+    @classmethod
+    def load(cls, path, map_location="cpu") -> "Checkpoint":
+        path = Path(path)
+        d = _read(path, map_location)
+        missing = [k for k in _REQUIRED if k not in d]
+        if d.get("format") != FORMAT or missing:
+            raise CheckpointError(f"{path} is not an s2vt checkpoint"
+                                  + (f" (missing {', '.join(missing)})" if missing else " (no format tag)"))
+        try:
+            mc = from_dict(ModelConfig, d["model_config"], "model_config")
+            dec = from_dict(DecodeConfig, d.get("decoding") or {}, "decoding")
+            vocab = Vocab.from_list(d["vocab"])
+        except (ConfigError, TypeError, ValueError) as e:
+            raise CheckpointError(f"{path}: malformed checkpoint: {e}")
+        if len(vocab) != mc.vocab_size:
+            raise CheckpointError(f"{path}: vocabulary of {len(vocab)} words but the model expects {mc.vocab_size}")
+        if not isinstance(d["feature_signature"], dict):
+            raise CheckpointError(f"{path}: malformed checkpoint: feature_signature is not a dict")
+        return cls(mc, d["model"], vocab, d["feature_signature"], dec, d.get("config") or {}, d.get("state") or {},
+                   d.get("optimizer"), d.get("scheduler"), d.get("rng"))
+
+
+def _read(path: Path, map_location) -> Dict[str, Any]:
     if not path.is_file():
-        raise S2VTError(f"checkpoint not found: {path}")
+        raise CheckpointError(f"checkpoint not found: {path}")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path} is empty (0 bytes): not a checkpoint")
     try:
-        ck = torch.load(path, map_location=map_location, weights_only=True)
+        d = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # includes pickle payloads that weights_only refuses
-        raise S2VTError(f"refusing to load {path}: not a plain-tensor checkpoint ({type(e).__name__}: "
-                        f"{str(e).splitlines()[0][:300]})")
-    if not isinstance(ck, dict) or "model" not in ck or "config" not in ck:
-        raise S2VTError(f"{path} is not an s2vt checkpoint (missing 'model' or 'config')")
-    return ck
+        first = (str(e).splitlines() or [""])[0][:300]
+        raise CheckpointError(f"refusing to load {path}: not a plain-tensor s2vt checkpoint ({type(e).__name__}: {first})")
+    if not isinstance(d, dict):
+        raise CheckpointError(f"{path} is not an s2vt checkpoint (holds a {type(d).__name__})")
+    return d
 
 
-def build_model(ck: dict):
-    """Rebuild the S2VT model and vocabulary from a checkpoint alone."""
-    from .model import ModelConfig, S2VT
-    from .vocab import Vocab
-
-    model = S2VT(ModelConfig(**ck["config"]["model"]))
-    model.load_state_dict(ck["model"])
-    model.eval()
-    return model, Vocab.from_list(ck["vocab"])
+def load(path, map_location="cpu") -> Checkpoint:
+    return Checkpoint.load(path, map_location)

@@ -1,20 +1,65 @@
 """The ``s2vt`` command line. Each subcommand parses its arguments and calls one function
-of the package; ``s2vt COMMAND --help`` shows examples."""
+of the package; ``s2vt COMMAND --help`` shows examples.
+
+Training and decoding flags are made from the config dataclasses (their help is the
+field's text); flags several commands share (``--device``, ``--beam``, ``--overwrite``)
+are defined once. Errors print one line: exit 2 when the command or its input must
+change, 1 for a failure while running, 130 when interrupted.
+"""
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
+import os
 import sys
 from pathlib import Path
 
 from .errors import S2VTError
 
 F = argparse.RawDescriptionHelpFormatter
+DATASETS = "msvd, mvad, msrvtt, vatex, generic or synthetic"
 
 
 def _examples(*lines: str) -> str:
-    return "examples:\n" + "\n".join(f"  {l}" for l in lines)
+    return "examples:\n" + "\n".join(f"  {line}" for line in lines)
+
+
+def _read_json(path: str, what: str):
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise S2VTError(f"{what} {path} does not exist")
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise S2VTError(f"{what} {path} is not valid JSON: {e}")
+
+
+def check_output(out: Path, inputs=(), overwrite: bool = False, ours=lambda p: False) -> Path:
+    """Refuse an output path that is one of the inputs, or an existing file this command did not write."""
+    out = Path(out)
+    for i in inputs:
+        if i and Path(i).exists() and out.exists() and out.resolve() == Path(i).resolve():
+            raise S2VTError(f"--out {out} is one of this command's inputs; choose another output path")
+    if out.is_dir():
+        raise S2VTError(f"--out {out} is a folder; give a file path")
+    if out.exists() and not overwrite and not ours(out):
+        raise S2VTError(f"--out {out} exists and was not written by this command; pass --overwrite to replace it")
+    return out
+
+
+def _is_evaluation(p: Path) -> bool:
+    try:
+        d = json.loads(p.read_text())
+        return isinstance(d, dict) and "metrics" in d and "videos" in d
+    except (OSError, ValueError):
+        return False
+
+
+def _is_report(p: Path) -> bool:
+    try:
+        with open(p, "rb") as f:
+            return b"s2vt-report" in f.read(4096)
+    except OSError:
+        return False
 
 
 # ----------------------------------------------------------------------------- synth / dataset-info
@@ -24,7 +69,7 @@ def cmd_synth(a) -> int:
 
     cfg = SynthConfig(train=a.train, val=a.val, test=a.test, frames=a.frames, width=a.width, height=a.height,
                       fps=a.fps, captions_per_clip=a.captions_per_clip, seed=a.seed, ext=a.ext)
-    out = generate(a.out_dir, cfg)
+    out = generate(a.out_dir, cfg, workers=a.workers, overwrite=a.overwrite)
     print(f"wrote {cfg.train + cfg.val + cfg.test} clips to {out}")
     return 0
 
@@ -38,8 +83,28 @@ def cmd_dataset_info(a) -> int:
 
 # ----------------------------------------------------------------------------- extract
 
+def _list_items(path: str):
+    from .ids import check_video_id
+
+    items = []
+    try:
+        lines = Path(path).read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise S2VTError(f"--list {path}: cannot read it ({e})")
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        cols = line.split("\t")
+        if len(cols) > 2:
+            raise S2VTError(f"{path}:{n}: expected 'path' or 'id<TAB>path', found {len(cols)} columns")
+        p = Path(cols[-1].strip())
+        items.append((check_video_id(cols[0].strip() if len(cols) == 2 else p.stem, f"{path}:{n}"), p))
+    return items
+
+
 def _extract_items(a):
     from .datasets import load_corpus
+    from .ids import check_video_id
     from .video import iter_video_paths
 
     items = []
@@ -48,22 +113,19 @@ def _extract_items(a):
     if a.dataset:
         corpus = load_corpus(a.dataset, a.root)
         for s in a.splits:
-            items += [(v, corpus.video_path(v)) for v in corpus.splits[s]]
+            items += [(v, corpus.video_path(v)) for v, _ in corpus.split_items(s)]
     if a.list:
-        for n, line in enumerate(Path(a.list).read_text().splitlines(), 1):
-            if not line.strip():
-                continue
-            cols = line.split("\t")
-            p = Path(cols[-1].strip())
-            items.append((cols[0].strip() if len(cols) == 2 else p.stem, p))
+        items += _list_items(a.list)
     for v in a.videos:
         p = Path(v)
         if p.is_dir():
             for f in iter_video_paths(p):
                 rel = f.relative_to(p).with_suffix("")
-                items.append(("__".join(rel.parts), f))
+                items.append((check_video_id("__".join(rel.parts), str(f)), f))
+        elif p.exists():
+            items.append((check_video_id(p.stem, str(p)), p))
         else:
-            items.append((p.stem, p))
+            raise S2VTError(f"{p}: no such file or folder")
     seen = {}
     for vid, p in items:
         if vid in seen and seen[vid] != p:
@@ -72,19 +134,24 @@ def _extract_items(a):
     return sorted(seen.items())
 
 
+def _shard(text: str):
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise S2VTError(f"--shard {text!r}: expected I/N with integers, e.g. 0/4")
+    if n < 1 or not 0 <= i < n:
+        raise S2VTError(f"--shard {text}: need N >= 1 and 0 <= I < N")
+    return i, n
+
+
 def cmd_extract(a) -> int:
     from .extract import ExtractConfig, env_shard, extract, shard_items, shard_path
 
     items = _extract_items(a)
     if not items:
         raise S2VTError("no videos given: pass folders/files, --list FILE or --dataset NAME --root DIR")
-    shard = None
-    if a.shard:
-        i, n = (int(x) for x in a.shard.split("/"))
-        shard = (i, n)
-    elif env_shard():
-        shard = env_shard()
-    out = a.out
+    shard = _shard(a.shard) if a.shard else env_shard()
+    out = Path(a.out)
     if shard and shard[1] > 1:
         items = shard_items(items, *shard)
         out = shard_path(a.out, *shard)
@@ -92,6 +159,8 @@ def cmd_extract(a) -> int:
                         num_frames=a.num_frames, max_frames=a.max_frames, input_size=a.input_size,
                         crop_ratio=a.crop_ratio, flow_method=a.flow_method, batch_size=a.batch_size,
                         workers=a.workers, device=a.device, precision="bf16" if a.bf16 else "fp32")
+    if any(Path(p).exists() and out.exists() and Path(p).resolve() == out.resolve() for _, p in items):
+        raise S2VTError(f"--out {out} is one of the videos to extract")
     summary = extract(items, out, cfg, progress=not a.quiet, shard=shard)
     print("\n".join(summary.lines()))
     return 1 if summary.failed else 0
@@ -100,6 +169,10 @@ def cmd_extract(a) -> int:
 def cmd_merge(a) -> int:
     from .store import merge_stores
 
+    if any(Path(i).exists() and Path(a.out).exists() and Path(i).resolve() == Path(a.out).resolve() for i in a.inputs):
+        raise S2VTError(f"{a.out} is also an input; merge into a new file")
+    if Path(a.out).exists() and not a.overwrite:
+        raise S2VTError(f"{a.out} exists; pass --overwrite to replace it, or choose another output")
     out = merge_stores(a.out, a.inputs)
     print(f"merged {len(a.inputs)} stores into {out}")
     return 0
@@ -107,59 +180,59 @@ def cmd_merge(a) -> int:
 
 # ----------------------------------------------------------------------------- train
 
-def _add_dataclass_args(p, cls, skip=()):
-    for f in dataclasses.fields(cls):
-        if f.name in skip:
-            continue
-        flag = "--" + f.name.replace("_", "-")
-        default = f.default if f.default is not dataclasses.MISSING else None
-        t = f.type if not isinstance(f.type, str) else {"int": int, "float": float, "str": str, "bool": bool}.get(f.type, str)
-        if t is bool:
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=f"(default: {default})")
-        else:
-            p.add_argument(flag, type=t, default=None, help=f"(default: {default})")
+def train_config(a):
+    """TrainConfig from --config (if any) with the flags given on top; validated by the dataclasses."""
+    from .config import overrides
+    from .model import ModelConfig
+    from .train import TrainConfig
+
+    base = _read_json(a.config, "--config") if a.config else {}
+    if not isinstance(base, dict):
+        raise S2VTError(f"--config {a.config} must hold a JSON object (as a run's config.json)")
+    merged = {**base, **overrides(a, TrainConfig)}
+    merged.pop("model", None)
+    model = {**(base.get("model") or {}), **overrides(a, ModelConfig, "model_")}
+    cfg = TrainConfig.from_dict({**merged, "model": model})
+    for req in ("annotations", "features"):
+        if not getattr(cfg, req):
+            raise S2VTError(f"--{req} is required (or set it in --config)")
+    return cfg
 
 
 def cmd_train(a) -> int:
-    from .model import ModelConfig
-    from .train import TrainConfig, train
+    from .train import train
 
-    base = {}
-    if a.config:
-        base = json.loads(Path(a.config).read_text())
-    cfg = TrainConfig.from_dict(base) if base else TrainConfig()
-    for f in dataclasses.fields(TrainConfig):
-        v = getattr(a, f.name, None)
-        if f.name != "model" and v is not None:
-            setattr(cfg, f.name, v)
-    for f in dataclasses.fields(ModelConfig):
-        v = getattr(a, f"model_{f.name}", None)
-        if v is not None:
-            setattr(cfg.model, f.name, v)
-    if cfg.optimizer == "sgd" and a.lr is None and not base:
-        cfg.lr = 0.01  # the SGD preset
-    for req in ("annotations", "features"):
-        if not getattr(cfg, req):
-            raise S2VTError(f"--{req} is required")
-    res = train(cfg, resume=a.resume, progress=not a.quiet)
+    res = train(train_config(a), resume=a.resume, progress=not a.quiet, overwrite=a.overwrite)
     print(json.dumps(res, indent=1))
     return 0
 
 
 # ----------------------------------------------------------------------------- caption / evaluate / score
 
+def _alpha(a):
+    import math
+
+    if a.alpha is not None and not (math.isfinite(a.alpha) and 0.0 <= a.alpha <= 1.0):
+        raise S2VTError(f"--alpha {a.alpha}: the RGB weight must be a number in [0, 1]")
+    return a.alpha
+
+
 def cmd_caption(a) -> int:
-    from .caption import VideoCaptioner
+    from .caption import video_captioner
+    from .decoding import DecodeConfig
     from .video import VideoError
 
+    alpha = _alpha(a)
+    DecodeConfig(beam=a.beam)  # validates --beam
     cks = [a.checkpoint] + ([a.checkpoint_flow] if a.checkpoint_flow else [])
-    weights = [a.weights] + ([a.weights_flow] if a.checkpoint_flow else [])
-    vc = VideoCaptioner(cks, weights, alpha=a.alpha, device=a.device)
+    cnn_weights = [a.weights] + ([a.weights_flow] if a.checkpoint_flow else [])
+    cap = video_captioner(cks, cnn_weights, device=a.device)
+    weights = [0.5 if alpha is None else alpha, 0.5 if alpha is None else 1 - alpha] if a.checkpoint_flow else None
     rc = 0
     for v in a.videos:
         try:
-            cap = vc.caption(v, beam=a.beam)
-            print(json.dumps({"video": v, "caption": cap}) if a.json else f"{v}\t{cap}", flush=True)
+            text = cap.caption([v], weights, beam=a.beam)[v]
+            print(json.dumps({"video": v, "caption": text}) if a.json else f"{v}\t{text}", flush=True)
         except (VideoError, S2VTError) as e:
             rc = 1
             print(json.dumps({"video": v, "error": str(e)}) if a.json else f"{v}\terror: {e}", flush=True)
@@ -168,27 +241,32 @@ def cmd_caption(a) -> int:
 
 
 def cmd_evaluate(a) -> int:
-    from .evaluate import Captioner, Member, evaluate, split_refs, tune_alpha, write_json
+    from .evaluate import Captioner, Member, evaluate, split_refs, tune_alpha
+    from .decoding import DecodeConfig
+    from .fileio import write_json
+    from .metrics import Meteor
 
+    alpha = _alpha(a)
+    DecodeConfig(beam=a.beam)
     members = [Member(a.checkpoint, a.features)]
     if a.checkpoint_flow:
         if not a.features_flow:
             raise S2VTError("--checkpoint-flow needs --features-flow")
         members.append(Member(a.checkpoint_flow, a.features_flow))
-    from .metrics import Meteor
-
-    cap = Captioner(members, a.device)
+    fused = len(members) == 2
+    out = Path(a.out) if a.out else Path(a.checkpoint).parent / f"eval_{a.split}_beam{a.beam}{'_fused' if fused else ''}.json"
+    check_output(out, [x for m in members for x in (m.checkpoint, m.features)] + [a.annotations], a.overwrite, _is_evaluation)
+    refs = split_refs(a.dataset, a.annotations, a.split)
+    cap = Captioner.from_members(members, a.device)
     weights, alpha_curve = None, None
     with Meteor() as meteor:  # one JVM for every scoring below
-        if len(members) == 2:
-            alpha = a.alpha
+        if fused:
             if alpha is None:
                 alpha, alpha_curve = tune_alpha(cap, split_refs(a.dataset, a.annotations, "val"), beam=1, meteor=meteor)
                 print(f"alpha tuned on val: {alpha}", file=sys.stderr)
             weights = [alpha, 1 - alpha]
-        r = evaluate(cap, split_refs(a.dataset, a.annotations, a.split), weights, a.beam, meteor=meteor)
+        r = evaluate(cap, refs, weights, a.beam, meteor=meteor)
     r.update(dataset=a.dataset, split=a.split, checkpoints=[m.checkpoint for m in members], alpha_curve=alpha_curve)
-    out = Path(a.out) if a.out else Path(a.checkpoint).parent / f"eval_{a.split}_beam{a.beam}{'_fused' if weights else ''}.json"
     write_json(r, out)
     print(json.dumps({"metrics": r["metrics"], "videos": len(r["videos"]), "missing": len(r["missing"]),
                       "written": str(out)}, indent=1))
@@ -216,19 +294,25 @@ def cmd_score(a) -> int:
 
 
 def cmd_benchmark(a) -> int:
+    from .decoding import DecodeConfig
     from .evaluate import benchmark
 
+    DecodeConfig(beam=a.beam)
     if a.spec:
-        spec = json.loads(Path(a.spec).read_text())
+        spec = _read_json(a.spec, "--spec")
     else:
         if not (a.dataset and a.annotations):
             raise S2VTError("give --spec FILE.json, or --dataset and --annotations with model options")
         entry = {"name": a.dataset, "dataset": a.dataset, "annotations": a.annotations, "splits": a.splits}
         for k in ("rgb", "flow", "random"):
             ck, ft = getattr(a, f"{k}_checkpoint"), getattr(a, f"{k}_features")
+            if bool(ck) != bool(ft):
+                raise S2VTError(f"--{k}-checkpoint and --{k}-features go together")
             if ck:
                 entry[k] = {"checkpoint": ck, "features": ft}
         spec = [entry]
+    if Path(a.out).exists() and not Path(a.out).is_dir():
+        raise S2VTError(f"--out {a.out} is a file; benchmark writes a folder of results")
     table, _ = benchmark(spec, a.out, beam=a.beam, device=a.device)
     print(table)
     print(f"\nwritten: {Path(a.out) / 'benchmark.md'}, {Path(a.out) / 'benchmark.json'}")
@@ -242,8 +326,10 @@ def cmd_report(a) -> int:
     if a.dataset and not a.root:
         raise S2VTError("--dataset needs --root (the dataset folder), for the keyframes")
     path_of = load_corpus(a.dataset, a.root).video_path if a.dataset else None
-    out = write_report(a.evaluation, a.out or Path(a.evaluation).with_suffix(".html"), path_of)
-    print(f"wrote {out}")
+    out = check_output(Path(a.out or Path(a.evaluation).with_suffix(".html")), [a.evaluation], a.overwrite, _is_report)
+    if out.suffix.lower() not in (".html", ".htm"):
+        raise S2VTError(f"--out {out}: the report is an HTML page; give a .html path")
+    print(f"wrote {write_report(a.evaluation, out, path_of)}")
     return 0
 
 
@@ -256,41 +342,52 @@ def cmd_demo(a) -> int:
 
 # ----------------------------------------------------------------------------- parser
 
-def build_parser() -> argparse.ArgumentParser:
-    from .extract import ExtractConfig
-    from .model import ModelConfig
-    from .train import TrainConfig
+def _shared_flags():
+    """Parent parsers for flags several commands take, defined once."""
+    device = argparse.ArgumentParser(add_help=False)
+    device.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ... (default: cpu)")
+    beam = argparse.ArgumentParser(add_help=False)
+    beam.add_argument("--beam", type=int, default=5, help="beam size; 1 = greedy (default: 5)")
+    overwrite = argparse.ArgumentParser(add_help=False)
+    overwrite.add_argument("--overwrite", action="store_true", help="replace an existing output this command did not write")
+    return {"device": device, "beam": beam, "overwrite": overwrite}
 
-    p = argparse.ArgumentParser(prog="s2vt", formatter_class=F, description=(
-        "S2VT video captioning: extract CNN features, train the stacked LSTM, caption videos, benchmark METEOR."),
-        epilog=_examples("s2vt demo", "s2vt synth data/synthetic",
-                         "s2vt extract data/synthetic/videos --stream rgb --out features/synth_rgb.h5",
-                         "s2vt train --dataset synthetic --annotations data/synthetic --features features/synth_rgb.h5 --out runs/rgb",
-                         "s2vt caption video.mp4 --checkpoint runs/rgb/best.pt"))
-    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    s = sub.add_parser("synth", help="generate the embedded dataset of moving shapes", formatter_class=F,
-                       epilog=_examples("s2vt synth data/synthetic", "s2vt synth /tmp/tiny --train 20 --val 5 --test 5 --ext .mp4"))
-    s.add_argument("out_dir")
+def _add_synth(sub, shared):
     from .synth import SynthConfig
 
+    s = sub.add_parser("synth", help="generate the embedded dataset of moving shapes", formatter_class=F,
+                       parents=[shared["overwrite"]],
+                       epilog=_examples("s2vt synth data/synthetic", "s2vt synth /tmp/tiny --train 20 --val 5 --test 5 --ext .mp4"))
+    s.add_argument("out_dir", help="folder to write (must be empty, or a dataset written by s2vt synth with --overwrite)")
     d = SynthConfig()
-    for name in ("train", "val", "test", "frames", "width", "height", "captions_per_clip", "seed"):
-        s.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name), help=f"(default: {getattr(d, name)})")
-    s.add_argument("--fps", type=float, default=d.fps)
-    s.add_argument("--ext", choices=[".avi", ".mp4"], default=d.ext)
+    helps = {"train": "clips in the train split", "val": "clips in the val split", "test": "clips in the test split",
+             "frames": "frames per clip", "width": "frame width (px)", "height": "frame height (px)",
+             "captions_per_clip": "paraphrased captions per clip", "seed": "random seed (same seed, same bytes)"}
+    for name, text in helps.items():
+        s.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name),
+                       help=f"{text} (default: {getattr(d, name)})")
+    s.add_argument("--fps", type=float, default=d.fps, help=f"frame rate of the files (default: {d.fps})")
+    s.add_argument("--ext", choices=[".avi", ".mp4"], default=d.ext, help=f"container (default: {d.ext})")
+    s.add_argument("--workers", type=int, default=None, help="processes writing clips (default: all cores)")
     s.set_defaults(fn=cmd_synth)
 
+
+def _add_dataset_info(sub, shared):
     s = sub.add_parser("dataset-info", help="videos and captions per split, as JSON", formatter_class=F,
                        epilog=_examples("s2vt dataset-info msvd --root ../shared/data/msvd",
                                         "s2vt dataset-info synthetic --root data/synthetic"))
-    s.add_argument("name", help="msvd, mvad, generic or synthetic")
+    s.add_argument("name", help=DATASETS)
     s.add_argument("--root", required=True, help="dataset folder")
     s.set_defaults(fn=cmd_dataset_info)
 
+
+def _add_extract(sub, shared):
+    from .extract import ExtractConfig
+
     e = ExtractConfig()
     s = sub.add_parser("extract", help="cache CNN features of RGB frames or optical-flow images in HDF5",
-                       formatter_class=F, description=(
+                       formatter_class=F, parents=[shared["device"]], description=(
                            "Samples frames (one in every --stride, or --num-frames uniformly), runs a CNN and "
                            "writes (T, D) features per video to --out. Re-running skips finished videos; a killed "
                            "run resumes. Videos that cannot be decoded are reported and recorded in the store. "
@@ -303,83 +400,85 @@ def build_parser() -> argparse.ArgumentParser:
                                         "s2vt extract clips/ --cnn vgg16 --weights ~/weights/vgg16-397923af.pth --out features/vgg.h5",
                                         "torchrun --nproc_per_node 4 -m s2vt extract clips/ --out f.h5 --device cuda   # then: s2vt merge-features f.h5 f.shard*of4.h5"))
     s.add_argument("videos", nargs="*", help="video files or folders (searched recursively)")
-    s.add_argument("--out", required=True, help="HDF5 feature file")
-    s.add_argument("--stream", choices=["rgb", "flow"], default=e.stream)
+    s.add_argument("--out", required=True, help="HDF5 feature file (created, or resumed when it exists)")
+    s.add_argument("--stream", choices=["rgb", "flow"], default=e.stream, help="RGB frames or optical-flow images")
     s.add_argument("--list", help="text file of video paths (or 'id<TAB>path' lines)")
-    s.add_argument("--dataset", help="take videos from a dataset (msvd, mvad, generic, synthetic)")
+    s.add_argument("--dataset", help=f"take videos from a dataset ({DATASETS})")
     s.add_argument("--root", help="dataset root for --dataset")
-    s.add_argument("--splits", nargs="+", default=["train", "val", "test"])
+    s.add_argument("--splits", nargs="+", default=["train", "val", "test"], help="splits of --dataset to extract")
     s.add_argument("--cnn", default=e.cnn, help="efficientnet_lite0 (default, offline), vgg16, alexnet, resnet152")
     s.add_argument("--layer", help="feature layer (default per CNN: pool, fc7, fc7, pool)")
     s.add_argument("--weights", help="CNN weights file (vgg16/alexnet/resnet152: torchvision .pth)")
     s.add_argument("--stride", type=int, default=e.stride, help="keep one frame in every N (default: 10, the paper)")
     s.add_argument("--num-frames", type=int, default=0, help="instead of a stride: K frames spread uniformly")
     s.add_argument("--max-frames", type=int, default=0, help="at most this many frames per video (0: all)")
-    s.add_argument("--input-size", type=int, default=e.input_size, help="CNN input crop (default: 224)")
+    s.add_argument("--input-size", type=int, default=e.input_size, help="CNN input crop side in pixels (default: 224)")
     s.add_argument("--crop-ratio", type=float, default=e.crop_ratio, help="crop / resized short side (default: 0.875)")
-    s.add_argument("--flow-method", choices=["dis", "farneback"], default=e.flow_method)
-    s.add_argument("--batch-size", type=int, default=e.batch_size)
+    s.add_argument("--flow-method", choices=["dis", "farneback"], default=e.flow_method, help="OpenCV optical flow")
+    s.add_argument("--batch-size", type=int, default=e.batch_size, help="images per CNN call")
     s.add_argument("--workers", type=int, default=e.workers, help="decoding processes")
-    s.add_argument("--device", default=e.device, help="cpu, cuda, cuda:1 ...")
-    s.add_argument("--bf16", action="store_true", help="bf16 autocast for the CNN (recorded in the store)")
+    s.add_argument("--bf16", action="store_true", help="bf16 autocast for the CNN on CUDA (recorded in the store)")
     s.add_argument("--shard", help="I/N: process every N-th video from the I-th, writing OUT.shardIofN.h5 "
                                    "(set automatically under torchrun)")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(fn=cmd_extract)
 
-    s = sub.add_parser("merge-features", help="join shard stores into one", formatter_class=F,
+    s = sub.add_parser("merge-features", help="join shard stores into one", formatter_class=F, parents=[shared["overwrite"]],
                        epilog=_examples("s2vt merge-features features/all.h5 features/all.shard*of4.h5"))
-    s.add_argument("out")
-    s.add_argument("inputs", nargs="+")
+    s.add_argument("out", help="the merged HDF5 file to write")
+    s.add_argument("inputs", nargs="+", help="shard stores written by `s2vt extract --shard`")
     s.set_defaults(fn=cmd_merge)
 
-    s = sub.add_parser("train", help="train the S2VT stacked LSTM", formatter_class=F,
+
+def _add_train(sub, shared):
+    from .config import add_arguments
+    from .model import ModelConfig
+    from .train import TrainConfig
+
+    s = sub.add_parser("train", help="train the S2VT stacked LSTM", formatter_class=F, parents=[shared["overwrite"]],
                        description="Options default to the paper (E=500, H=1000, 80 frames, 20 words). "
                                    "The resolved config is written to OUT/config.json.",
                        epilog=_examples(
                            "s2vt train --dataset synthetic --annotations data/synthetic --features features/rgb.h5 --out runs/rgb",
                            "s2vt train --dataset msvd --annotations data/msvd --features features/msvd_vgg.h5 --out runs/msvd_vgg --device cuda --amp",
                            "s2vt train ... --out runs/rgb --resume            # continue from runs/rgb/last.pt",
+                           "s2vt train --config runs/rgb/config.json --out runs/rgb2 --seed 1",
                            "torchrun --nproc_per_node 8 -m s2vt train ... --device cuda"))
     s.add_argument("--config", help="JSON config (as written to a run's config.json); flags override it")
     s.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
-    s.add_argument("--quiet", action="store_true")
-    _add_dataclass_args(s, TrainConfig, skip=("model",))  # model fields get their own flags below
-    for f in dataclasses.fields(ModelConfig):
-        if f.name in ("feat_dim", "vocab_size"):
-            continue
-        s.add_argument("--" + f.name.replace("_", "-"), dest=f"model_{f.name}", type=type(f.default), default=None,
-                       help=f"model (default: {f.default})")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_arguments(s, TrainConfig, skip=("model",))
+    add_arguments(s.add_argument_group("model"), ModelConfig, dest_prefix="model_")
     s.set_defaults(fn=cmd_train)
 
-    s = sub.add_parser("caption", help="caption raw video files", formatter_class=F,
+
+def _add_caption(sub, shared):
+    s = sub.add_parser("caption", help="caption raw video files", formatter_class=F, parents=[shared["device"], shared["beam"]],
                        epilog=_examples("s2vt caption video.mp4 --checkpoint runs/rgb/best.pt",
                                         "s2vt caption a.mp4 b.avi --checkpoint runs/rgb/best.pt --checkpoint-flow runs/flow/best.pt --alpha 0.6 --json"))
-    s.add_argument("videos", nargs="+")
-    s.add_argument("--checkpoint", required=True)
+    s.add_argument("videos", nargs="+", help="video files")
+    s.add_argument("--checkpoint", required=True, help="a trained model (best.pt)")
     s.add_argument("--checkpoint-flow", help="a flow model to fuse with")
-    s.add_argument("--alpha", type=float, default=0.5, help="RGB weight in fusion (tune it with s2vt evaluate)")
-    s.add_argument("--beam", type=int, default=5)
+    s.add_argument("--alpha", type=float, help="RGB weight in fusion, in [0, 1] (default: 0.5; tune it with s2vt evaluate)")
     s.add_argument("--weights", help="CNN weights for the RGB model's backbone, if not the offline default")
     s.add_argument("--weights-flow", help="CNN weights for the flow model's backbone")
-    s.add_argument("--device", default="cpu")
     s.add_argument("--json", action="store_true", help="one JSON object per video")
     s.set_defaults(fn=cmd_caption)
 
+
+def _add_evaluate(sub, shared):
     s = sub.add_parser("evaluate", help="caption a split and score it (METEOR, BLEU, CIDEr, ROUGE-L)",
-                       formatter_class=F, epilog=_examples(
+                       formatter_class=F, parents=[shared["device"], shared["beam"], shared["overwrite"]], epilog=_examples(
                            "s2vt evaluate --dataset synthetic --annotations data/synthetic --checkpoint runs/rgb/best.pt --features features/rgb.h5",
                            "s2vt evaluate ... --checkpoint-flow runs/flow/best.pt --features-flow features/flow.h5   # fusion, alpha tuned on val"))
-    s.add_argument("--dataset", required=True)
-    s.add_argument("--annotations", required=True)
-    s.add_argument("--split", default="test")
-    s.add_argument("--checkpoint", required=True)
-    s.add_argument("--features", required=True)
-    s.add_argument("--checkpoint-flow")
-    s.add_argument("--features-flow")
-    s.add_argument("--alpha", type=float, help="fusion RGB weight (default: tuned on val)")
-    s.add_argument("--beam", type=int, default=5)
-    s.add_argument("--device", default="cpu")
+    s.add_argument("--dataset", required=True, help=DATASETS)
+    s.add_argument("--annotations", required=True, help="dataset root")
+    s.add_argument("--split", default="test", help="split to caption and score (default: test)")
+    s.add_argument("--checkpoint", required=True, help="a trained model (best.pt)")
+    s.add_argument("--features", required=True, help="the feature store the model reads")
+    s.add_argument("--checkpoint-flow", help="a flow model to fuse with")
+    s.add_argument("--features-flow", help="the flow model's feature store")
+    s.add_argument("--alpha", type=float, help="fusion RGB weight in [0, 1] (default: tuned on val)")
     s.add_argument("--out", help="JSON output (default: next to the checkpoint)")
     s.set_defaults(fn=cmd_evaluate)
 
@@ -387,56 +486,96 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog=_examples("s2vt score --references refs.tsv --candidates cands.tsv"))
     s.add_argument("--references", required=True, help="video_id<TAB>caption, many lines per video")
     s.add_argument("--candidates", required=True, help="video_id<TAB>caption, one line per video")
-    s.add_argument("--per-video", action="store_true")
+    s.add_argument("--per-video", action="store_true", help="also print every video's scores")
     s.add_argument("--no-meteor", action="store_true", help="skip METEOR (no Java needed)")
     s.set_defaults(fn=cmd_score)
 
+
+def _add_benchmark(sub, shared):
     s = sub.add_parser("benchmark", help="the paper's table over datasets and splits", formatter_class=F,
-                       epilog=_examples(
+                       parents=[shared["device"], shared["beam"]], epilog=_examples(
                            "s2vt benchmark --dataset msvd --annotations data/msvd --rgb-checkpoint runs/vgg/best.pt "
                            "--rgb-features features/msvd_vgg.h5 --flow-checkpoint runs/flow/best.pt --flow-features features/msvd_flow.h5 --out bench/",
                            "s2vt benchmark --spec bench.json --out bench/"))
     s.add_argument("--spec", help="JSON list of {name, dataset, annotations, splits, rgb, flow, random}")
-    s.add_argument("--dataset")
-    s.add_argument("--annotations")
-    s.add_argument("--splits", nargs="+", default=["test"])
-    for k in ("rgb", "flow", "random"):
-        s.add_argument(f"--{k}-checkpoint")
-        s.add_argument(f"--{k}-features")
-    s.add_argument("--beam", type=int, default=5)
-    s.add_argument("--device", default="cpu")
-    s.add_argument("--out", default="benchmark")
+    s.add_argument("--dataset", help=DATASETS)
+    s.add_argument("--annotations", help="dataset root")
+    s.add_argument("--splits", nargs="+", default=["test"], help="splits to evaluate (default: test)")
+    for k, what in (("rgb", "RGB"), ("flow", "flow"), ("random", "RGB random-frame-order")):
+        s.add_argument(f"--{k}-checkpoint", help=f"the {what} model")
+        s.add_argument(f"--{k}-features", help=f"the {what} model's feature store")
+    s.add_argument("--out", default="benchmark", help="results folder (default: benchmark)")
     s.set_defaults(fn=cmd_benchmark)
 
+
+def _add_report(sub, shared):
     s = sub.add_parser("report", help="HTML page of an evaluation (keyframes, captions, scores)", formatter_class=F,
+                       parents=[shared["overwrite"]],
                        epilog=_examples("s2vt report runs/rgb/eval_test_beam5.json --dataset synthetic --root data/synthetic"))
     s.add_argument("evaluation", help="JSON written by s2vt evaluate")
-    s.add_argument("--dataset")
-    s.add_argument("--root")
-    s.add_argument("--out")
+    s.add_argument("--dataset", help=f"the evaluation's dataset ({DATASETS}), for keyframes")
+    s.add_argument("--root", help="dataset root, for keyframes")
+    s.add_argument("--out", help="HTML file (default: the evaluation's path with .html)")
     s.set_defaults(fn=cmd_report)
 
+
+def _add_demo(sub, shared):
     s = sub.add_parser("demo", help="the whole pipeline on the embedded dataset", formatter_class=F,
                        epilog=_examples("s2vt demo", "s2vt demo --preset tiny --workdir /tmp/demo",
                                         "s2vt demo --preset gpu --device cuda"))
-    s.add_argument("--workdir", default="demo_out")
-    s.add_argument("--preset", choices=["cpu", "tiny", "gpu"], default="cpu")
-    s.add_argument("--fresh", action="store_true", help="start over instead of reusing finished stages")
-    s.add_argument("--device", default="")
-    s.add_argument("--seeds", type=int, nargs="+")
+    s.add_argument("--workdir", default="demo_out", help="folder for everything the demo writes (default: demo_out)")
+    s.add_argument("--preset", choices=["cpu", "tiny", "gpu"], default="cpu", help="sizes (default: cpu)")
+    s.add_argument("--fresh", action="store_true", help="start over (removes only what an earlier demo wrote)")
+    s.add_argument("--device", default="", help="default: the preset's device")
+    s.add_argument("--seeds", type=int, nargs="+", help="seeds to train (default: the preset's)")
     s.set_defaults(fn=cmd_demo)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="s2vt", formatter_class=F, description=(
+        "S2VT video captioning: extract CNN features, train the stacked LSTM, caption videos, benchmark METEOR."),
+        epilog=_examples("s2vt demo", "s2vt synth data/synthetic",
+                         "s2vt extract data/synthetic/videos --stream rgb --out features/synth_rgb.h5",
+                         "s2vt train --dataset synthetic --annotations data/synthetic --features features/synth_rgb.h5 --out runs/rgb",
+                         "s2vt caption video.mp4 --checkpoint runs/rgb/best.pt"))
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    shared = _shared_flags()
+    for add in (_add_synth, _add_dataset_info, _add_extract, _add_train, _add_caption, _add_evaluate,
+                _add_benchmark, _add_report, _add_demo):
+        add(sub, shared)
     return p
 
 
+INTERRUPTED = {"train": "last.pt holds the last finished epoch; add --resume to continue",
+               "extract": "finished videos are kept; re-run the same command to resume",
+               "demo": "finished stages are kept; re-run the same command to resume"}
+
+
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
     try:
-        return args.fn(args)
-    except S2VTError as e:
-        print(f"s2vt {args.command}: error: {e}", file=sys.stderr)
-        return 2
+        args = build_parser().parse_args(argv)
+        try:
+            return args.fn(args)
+        except S2VTError as e:
+            print(f"s2vt {args.command}: error: {e}", file=sys.stderr)
+            return getattr(e, "exit_code", 2)
+        except OSError as e:
+            where = f" {e.filename}" if e.filename else ""
+            print(f"s2vt {args.command}: error:{where}: {e.strerror or e} (check the path, its permissions and free space)",
+                  file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            print(f"s2vt {args.command}: interrupted ({INTERRUPTED.get(args.command, 'nothing was left half-written')})",
+                  file=sys.stderr)
+            return 130
+        except Exception as e:  # a bug: one line, the traceback on request
+            if os.environ.get("S2VT_DEBUG"):
+                raise
+            print(f"s2vt {args.command}: internal error: {type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''} "
+                  "(set S2VT_DEBUG=1 for the traceback)", file=sys.stderr)
+            return 1
     except KeyboardInterrupt:
-        print(f"s2vt {args.command}: interrupted (finished work is kept; re-run to resume)", file=sys.stderr)
+        print("s2vt: interrupted", file=sys.stderr)
         return 130
 
 

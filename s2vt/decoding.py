@@ -7,13 +7,29 @@ and a flow model scores each step as ``alpha * log p_rgb + (1 - alpha) * log p_f
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import List, Sequence, Tuple
 
 import torch
 
+from .config import check_fields, option
+from .errors import S2VTError
 from .vocab import Vocab
 
 BOS, EOS, PAD = Vocab.bos, Vocab.eos, Vocab.pad
+MAX_LEN = 30  # words a generated caption may have (training captions: at most 20)
+
+
+@dataclass
+class DecodeConfig:
+    """How captions are generated; stored in every checkpoint as its defaults."""
+
+    beam: int = option(5, "beam size (1 = greedy)", low=1, high=100)
+    max_len: int = option(MAX_LEN, "words a generated caption may have at most", low=1, high=1000)
+    len_penalty: float = option(1.0, "beam score = sum log p / length ** len_penalty", low=0.0, high=10.0)
+
+    def __post_init__(self):
+        check_fields(self)
 
 
 class Fusion:
@@ -25,9 +41,11 @@ class Fusion:
 
     def __init__(self, members: Sequence[Tuple[torch.nn.Module, float]]):
         self.members = [(m, float(w)) for m, w in members if w != 0]
-        assert self.members, "fusion needs at least one member with non-zero weight"
+        if not self.members:
+            raise S2VTError("fusion needs at least one member with non-zero weight")
         sizes = {m.cfg.vocab_size for m, _ in self.members}
-        assert len(sizes) == 1, f"fused models must share one vocabulary, got sizes {sizes}"
+        if len(sizes) != 1:
+            raise S2VTError(f"fused models must share one vocabulary, got sizes {sorted(sizes)}")
         self.keep = [i for i, (_, w) in enumerate(members) if w != 0]
 
     def encode(self, inputs: Sequence[Tuple[torch.Tensor, torch.Tensor]]):
@@ -56,7 +74,7 @@ def _as_inputs(inputs):
 
 
 @torch.inference_mode()
-def greedy(model, inputs, max_len: int = 30) -> List[List[int]]:
+def greedy(model, inputs, max_len: int = MAX_LEN) -> List[List[int]]:
     """Most likely word at each step until <eos>. Returns token ids per video (no <eos>)."""
     dec, inputs = _as_decoder(model), _as_inputs(inputs)
     B = inputs[0][0].shape[0]
@@ -85,7 +103,7 @@ def _strip(ids: List[int]) -> List[int]:
 
 
 @torch.inference_mode()
-def beam_search(model, inputs, beam: int = 5, max_len: int = 30, len_penalty: float = 1.0) -> List[List[int]]:
+def beam_search(model, inputs, beam: int = 5, max_len: int = MAX_LEN, len_penalty: float = 1.0) -> List[List[int]]:
     """Batched beam search over B videos x K beams.
 
     A hypothesis ending in <eos> after n steps is scored ``sum log p / n ** len_penalty``.
@@ -145,7 +163,7 @@ def beam_search(model, inputs, beam: int = 5, max_len: int = 30, len_penalty: fl
     return [_strip(r) for r in best_tokens.tolist()]
 
 
-def decode(model, inputs, beam: int = 1, max_len: int = 30, len_penalty: float = 1.0) -> List[List[int]]:
+def decode(model, inputs, beam: int = 1, max_len: int = MAX_LEN, len_penalty: float = 1.0) -> List[List[int]]:
     """Greedy for ``beam <= 1``, else beam search."""
     if beam <= 1:
         return greedy(model, inputs, max_len)

@@ -4,80 +4,23 @@ fusion weight on validation, and lay results out as the paper's table.
 from __future__ import annotations
 
 import contextlib
-import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
-import torch
-from torch.utils.data import DataLoader
 
-from . import checkpoint
-from .data import FeatureSource, VideoDataset, collate_videos
+from .captioner import Captioner, Member
 from .datasets import load_corpus
-from .decoding import Fusion, decode
 from .errors import S2VTError
+from .fileio import write_json
 from .metrics import Meteor, score
-from .store import FeatureStore, check_signature
 
 # MSVD METEOR (%) reported by the paper, and M-VAD
 PAPER = {
     ("msvd", "Flow"): 24.3, ("msvd", "RGB"): 29.2, ("msvd", "RGB random order"): 28.2,
     ("msvd", "RGB+Flow"): 29.8, ("mvad", "RGB"): 6.7,
-}
+}  # no S2VT figures on MSR-VTT or VATEX in the paper: their columns show "-"
 ROWS = ("Flow", "RGB", "RGB random order", "RGB+Flow")
-
-
-@dataclass
-class Member:
-    """One model of an evaluation: its checkpoint and the feature store it reads."""
-
-    checkpoint: str
-    features: str
-
-
-@torch.inference_mode()
-def caption_features(decoder, sources: Sequence[FeatureSource], max_frames: Sequence[int], vids: Sequence[str],
-                     vocab, device, beam: int = 1, max_len: int = 30, batch_size: int = 128) -> Dict[str, str]:
-    """Captions of ``vids`` by ``decoder`` (a model or a Fusion) reading one source per member."""
-    loader = DataLoader(VideoDataset(sources, vids, max_frames), batch_size=batch_size, collate_fn=collate_videos)
-    out = {}
-    for ids, inputs in loader:
-        toks = decode(decoder, [(x.to(device), lens) for x, lens in inputs], beam=beam, max_len=max_len)
-        out.update({v: vocab.decode(t) for v, t in zip(ids, toks)})
-    return out
-
-
-class Captioner:
-    """Models (one, or RGB + flow to fuse) with their stores, ready to caption videos."""
-
-    def __init__(self, members: Sequence[Member], device="cpu"):
-        self.device = torch.device(device)
-        self.models, self.vocab, self.stores, self.max_frames = [], None, [], []
-        for m in members:
-            ck = checkpoint.load(m.checkpoint)
-            model, vocab = checkpoint.build_model(ck)
-            if self.vocab is not None and vocab != self.vocab:
-                raise S2VTError(f"{m.checkpoint}: fused models must share one vocabulary; train them on the same "
-                                "captions with the same --min-count")
-            store = FeatureStore(m.features)
-            check_signature(store.signature, ck["feature_signature"], str(store.path))
-            self.models.append(model.to(self.device))
-            self.vocab = vocab
-            self.max_frames.append(ck["config"]["model"]["max_frames"])
-            self.stores.append(store)
-        self.sources = [FeatureSource(s, [], preload=False) for s in self.stores]
-
-    def available(self, vids: Sequence[str]) -> Tuple[List[str], List[str]]:
-        have = [v for v in vids if all(v in s for s in self.stores)]
-        return have, [v for v in vids if v not in set(have)]
-
-    def caption(self, vids: Sequence[str], weights: Optional[Sequence[float]] = None, beam: int = 1,
-                max_len: int = 30, batch_size: int = 128) -> Dict[str, str]:
-        weights = list(weights) if weights is not None else [1.0] * len(self.models)
-        return caption_features(Fusion(list(zip(self.models, weights))), self.sources, self.max_frames, vids, self.vocab,
-                                self.device, beam, max_len, batch_size)
 
 
 def evaluate(captioner: Captioner, refs: Dict[str, List[str]], weights=None, beam: int = 1,
@@ -100,15 +43,6 @@ def tune_alpha(captioner: Captioner, refs, beam: int = 1, grid=None, meteor: Opt
         results[a] = evaluate(captioner, refs, [a, 1 - a], beam, meteor)["metrics"]["METEOR"]
     best = max(results, key=lambda a: (results[a], -abs(a - 0.5)))
     return best, results
-
-
-def write_json(obj, path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, ensure_ascii=False))
-    tmp.replace(path)
-    return path
 
 
 def split_refs(dataset: str, root, split: str) -> Dict[str, List[str]]:
@@ -141,39 +75,88 @@ def markdown_table(results: Dict[str, Dict[str, dict]], columns: Sequence[str], 
     return "\n".join(lines)
 
 
+def check_spec(spec) -> List[dict]:
+    """Validate a benchmark spec (a JSON list of entries); names become file names, so they obey the id rule."""
+    from .ids import id_problem
+
+    if not isinstance(spec, list) or not spec:
+        raise S2VTError("a benchmark spec is a non-empty JSON list of {name, dataset, annotations, splits, rgb, flow, random}")
+    for i, e in enumerate(spec):
+        if not isinstance(e, dict):
+            raise S2VTError(f"spec[{i}] must be an object, got {type(e).__name__}")
+        for key in ("name", "dataset", "annotations"):
+            if not isinstance(e.get(key), str) or not e.get(key):
+                raise S2VTError(f"spec[{i}].{key} must be a non-empty string")
+        problem = id_problem(e["name"])
+        if problem:
+            raise S2VTError(f"spec[{i}].name: {problem.replace('video id', 'name')}")
+        models = [k for k in MODELS if e.get(k)]
+        if not models:
+            raise S2VTError(f"spec[{i}] ({e['name']}) names no model: give rgb, flow and/or random "
+                            "as {checkpoint, features}")
+        for k in models:
+            if not isinstance(e[k], dict) or set(e[k]) != {"checkpoint", "features"}:
+                raise S2VTError(f"spec[{i}].{k} must be {{\"checkpoint\": PATH, \"features\": PATH}}")
+        splits = e.get("splits", ["test"])
+        if not isinstance(splits, list) or not splits or not all(isinstance(x, str) for x in splits):
+            raise S2VTError(f"spec[{i}].splits must be a non-empty list of split names")
+        alpha = e.get("alpha")
+        if alpha is not None and not (isinstance(alpha, (int, float)) and 0 <= alpha <= 1):
+            raise S2VTError(f"spec[{i}].alpha must be a number in [0, 1], got {alpha!r}")
+    return spec
+
+
+MODELS = ("rgb", "flow", "random")
+# table row -> (members it fuses)
+ROW_MEMBERS = {"Flow": ("flow",), "RGB": ("rgb",), "RGB random order": ("random",), "RGB+Flow": ("rgb", "flow")}
+
+
+def file_stem(name: str, split: str, row: str) -> str:
+    return f"{name}_{split}_{row.replace(' ', '_').replace('+', '_')}"
+
+
+def benchmark_entry(entry: dict, out_dir: Path, beam: int, device: str, meteor: Meteor) -> Tuple[dict, Optional[float]]:
+    """Every row the entry's models allow, on each of its splits: {(row, column): metrics}, alpha."""
+    models = {k: Member(**entry[k]) for k in MODELS if entry.get(k)}
+    alpha = entry.get("alpha")
+    if "rgb" in models and "flow" in models and alpha is None:
+        fused = Captioner.from_members([models["rgb"], models["flow"]], device)
+        alpha, _ = tune_alpha(fused, split_refs(entry["dataset"], entry["annotations"], "val"), 1, meteor=meteor)
+    results = {}
+    for split in entry.get("splits", ["test"]):
+        refs = split_refs(entry["dataset"], entry["annotations"], split)
+        for row, members in ROW_MEMBERS.items():
+            if not all(m in models for m in members):
+                continue
+            weights = [alpha, 1 - alpha] if len(members) == 2 else None
+            r = evaluate(Captioner.from_members([models[m] for m in members], device), refs, weights, beam, meteor)
+            results[(row, f"{entry['name']} {split}")] = r["metrics"]
+            write_json(r, out_dir / f"{file_stem(entry['name'], split, row)}.json")
+    return results, alpha
+
+
 def benchmark(spec: List[dict], out_dir, beam: int = 5, device: str = "cpu", progress: bool = True,
               meteor: Optional[Meteor] = None) -> Tuple[str, dict]:
     """Evaluate the paper's rows on every dataset/split of ``spec``.
 
     spec: [{"name": "msvd", "dataset": "msvd", "annotations": ROOT, "splits": ["test"],
             "rgb": {"checkpoint", "features"}, "flow": {...}, "random": {...}}]  (any model may be absent)
-    RGB+Flow uses alpha tuned on the dataset's val split. Returns (markdown, results).
+    RGB+Flow uses alpha tuned on the dataset's val split (or the entry's "alpha"). Returns (markdown, results).
     """
+    spec, out_dir = check_spec(spec), Path(out_dir)
     results: Dict[str, Dict[str, dict]] = {r: {} for r in ROWS}
     columns, paper_of, alphas = [], {}, {}
     with (contextlib.nullcontext(meteor) if meteor is not None else Meteor()) as meteor:  # one JVM for all
         for entry in spec:
-            models = {k: Member(**entry[k]) for k in ("rgb", "flow", "random") if entry.get(k)}
-            alpha = entry.get("alpha")
-            if "rgb" in models and "flow" in models and alpha is None:
-                refs_val = split_refs(entry["dataset"], entry["annotations"], "val")
-                alpha, _ = tune_alpha(Captioner([models["rgb"], models["flow"]], device), refs_val, beam=1, meteor=meteor)
-            alphas[entry["name"]] = alpha
+            found, alphas[entry["name"]] = benchmark_entry(entry, out_dir, beam, device, meteor)
             for split in entry.get("splits", ["test"]):
                 col = f"{entry['name']} {split}"
                 columns.append(col)
                 paper_of[col] = entry["dataset"] if split == "test" else None
-                refs = split_refs(entry["dataset"], entry["annotations"], split)
-                for row, members, w in (("Flow", ["flow"], None), ("RGB", ["rgb"], None),
-                                        ("RGB random order", ["random"], None),
-                                        ("RGB+Flow", ["rgb", "flow"], [alpha, 1 - alpha] if alpha is not None else None)):
-                    if not all(m in models for m in members):
-                        continue
-                    r = evaluate(Captioner([models[m] for m in members], device), refs, w, beam, meteor)
-                    results[row][col] = r["metrics"]
-                    write_json(r, Path(out_dir) / f"{entry['name']}_{split}_{row.replace(' ', '_').replace('+', '_')}.json")
+            for (row, col), metrics in found.items():
+                results[row][col] = metrics
     table = markdown_table({r: v for r, v in results.items() if v}, columns, ("METEOR", "Bleu_4", "CIDEr"), paper_of)
     payload = {"table": table, "results": results, "alphas": alphas, "beam": beam, "spec": spec}
-    write_json(payload, Path(out_dir) / "benchmark.json")
-    (Path(out_dir) / "benchmark.md").write_text(table + "\n")
+    write_json(payload, out_dir / "benchmark.json")
+    (out_dir / "benchmark.md").write_text(table + "\n")
     return table, payload

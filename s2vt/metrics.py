@@ -31,7 +31,9 @@ _BREAKS = re.compile("[\r\n\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]")
 
 
 class MetricError(S2VTError):
-    pass
+    """The scorers (Java METEOR, PTB tokenizer) failed while running (exit status 1)."""
+
+    exit_code = 1
 
 
 def _pkg_dir() -> Path:

@@ -21,24 +21,32 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from .config import ConfigError, check_fields, option
+
 State = Tuple[Tuple[torch.Tensor, torch.Tensor], Tuple[torch.Tensor, torch.Tensor]]
 
 
 @dataclass
 class ModelConfig:
-    feat_dim: int = 4096     # VGG-16 fc7 in the paper; set from the feature store
-    vocab_size: int = 0      # set from the vocabulary
-    embed: int = 500         # frame projection and word embedding size (paper)
-    hidden: int = 1000       # units in each LSTM layer (paper)
-    dropout: float = 0.5     # on projected frames and LSTM outputs (regularises small datasets)
-    max_frames: int = 80     # encoder steps at most (paper: 80 in training)
-    max_words: int = 20      # caption words at most in training (paper)
+    feat_dim: int = option(4096, "feature size (VGG-16 fc7 in the paper); set from the feature store",
+                           low=1, cli=False)
+    vocab_size: int = option(0, "words in the vocabulary; set from the training captions", low=0, cli=False)
+    embed: int = option(500, "frame projection and word embedding size (paper: 500)", low=1)
+    hidden: int = option(1000, "units in each LSTM layer (paper: 1000)", low=1)
+    dropout: float = option(0.5, "dropout on projected frames and LSTM outputs", low=0.0, high=0.95)
+    max_frames: int = option(80, "encoder steps at most; longer videos are subsampled uniformly (paper: 80)",
+                             low=1)
+    max_words: int = option(20, "caption words at most in training (paper: 20)", low=1)
+
+    def __post_init__(self):
+        check_fields(self)
 
 
 class S2VT(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        assert cfg.vocab_size > 4, f"vocab_size must be set (got {cfg.vocab_size})"
+        if cfg.vocab_size <= 4:
+            raise ConfigError(f"ModelConfig.vocab_size must be set from a vocabulary (got {cfg.vocab_size})")
         self.cfg = cfg
         self.proj = nn.Linear(cfg.feat_dim, cfg.embed)
         self.embed = nn.Embedding(cfg.vocab_size, cfg.embed, padding_idx=0)  # <pad> embeds to zeros
@@ -48,38 +56,40 @@ class S2VT(nn.Module):
         self.out = nn.Linear(cfg.hidden, cfg.vocab_size)
 
     def forward(self, feats: torch.Tensor, feat_lens: torch.Tensor, words_in: torch.Tensor,
-                targets: Optional[torch.Tensor] = None, word_lens: Optional[torch.Tensor] = None):
+                targets: Optional[torch.Tensor] = None, word_lens: Optional[torch.Tensor] = None,
+                device_lens: Optional[Tuple[torch.Tensor, torch.Tensor]] = None):
         """Teacher-forced logits over the decode steps, and the loss when targets are given.
 
         feats: (B, T, D) padded frame features; feat_lens: (B,) on the CPU
         words_in: (B, L+1) <bos> w1..wL padded with <pad>; targets: (B, L+1) w1..wL <eos>
         word_lens: (B,) on the CPU, L+1 per caption (computed from words_in when omitted)
+        device_lens: (feat_lens, word_lens) already on feats' device (saves two copies per step)
+        A batch ordered by decreasing T_i + L_i + 1 packs without a permutation.
         Returns logits (B, L+1, V) and the summed token NLL divided by B (or None).
         """
         B, T, _ = feats.shape
         L1 = words_in.shape[1]
-        # lengths stay on the CPU for packing; device copies are asynchronous from pinned batches
         if word_lens is None:
             word_lens = (words_in != 0).sum(1).cpu()  # (B,) includes <bos>
-        seq_lens = feat_lens.cpu() + word_lens    # (B,) steps of each video's sequence
+        seq_lens = feat_lens.cpu() + word_lens    # (B,) steps of each video's sequence, for packing (CPU)
         S = T + L1
-        fl = feat_lens.to(feats.device, non_blocking=True)   # (B,) device copies
-        wl = word_lens.to(feats.device, non_blocking=True)
+        fl, wl = device_lens if device_lens is not None else (
+            feat_lens.to(feats.device, non_blocking=True), word_lens.to(feats.device, non_blocking=True))
+        is_sorted = bool((seq_lens[:-1] >= seq_lens[1:]).all())
         frames = self.drop(self.proj(feats))      # (B, T, E)
         fmask = torch.arange(T, device=feats.device)[None, :] < fl[:, None]
-        x1 = feats.new_zeros(B, S, self.cfg.embed)
-        x1[:, :T] = frames * fmask[..., None]     # zeros where a video has no frame
+        x1 = F.pad(frames * fmask[..., None], (0, 0, 0, L1))  # (B, S, E): zeros where a video has no frame
         # word of each step: step s holds word s - T_i (decode steps only)
         s = torch.arange(S, device=feats.device)[None, :]                      # (1, S)
         j = s - fl[:, None]                             # (B, S)
         wmask = (j >= 0) & (j < wl[:, None])
         j = j.clamp(0, L1 - 1)
         words = torch.gather(words_in, 1, j) * wmask                            # (B, S) ids, 0 = <pad>
-        packed1 = pack_padded_sequence(x1, seq_lens, batch_first=True, enforce_sorted=False)
+        packed1 = pack_padded_sequence(x1, seq_lens, batch_first=True, enforce_sorted=is_sorted)
         h1, _ = self.lstm1(packed1)
         h1, _ = pad_packed_sequence(h1, batch_first=True, total_length=S)      # (B, S, H)
         x2 = torch.cat([self.drop(h1), self.embed(words)], -1)                  # (B, S, H+E)
-        packed2 = pack_padded_sequence(x2, seq_lens, batch_first=True, enforce_sorted=False)
+        packed2 = pack_padded_sequence(x2, seq_lens, batch_first=True, enforce_sorted=is_sorted)
         h2, _ = self.lstm2(packed2)
         h2, _ = pad_packed_sequence(h2, batch_first=True, total_length=S)      # (B, S, H)
         # decode-step outputs only: step T_i + k for k in 0..L

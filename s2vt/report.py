@@ -1,6 +1,7 @@
 """A self-contained HTML page of an evaluation: per video a keyframe strip, the generated
 caption, the references and per-video METEOR; sorted worst first, re-sortable by
-clicking a header. All text is escaped; images are inlined as base64 JPEG.
+clicking a header. All text is escaped; images are inlined as base64 JPEG. Also the
+training curves (``curves.png``) drawn from a run's ``metrics.jsonl``.
 """
 from __future__ import annotations
 
@@ -12,6 +13,9 @@ from typing import Callable, Optional
 
 import cv2
 
+from .errors import S2VTError
+from .fileio import atomic_write
+from .ids import id_problem
 from .video import Sampling, VideoError, iter_frames
 
 
@@ -60,7 +64,7 @@ def render(evaluation: dict, video_path: Optional[Callable[[str], Path]] = None,
     rows = []
     for vid in order:
         r = videos[vid]
-        imgs = keyframes(video_path(vid), frames) if video_path else []
+        imgs = _keyframes_of(vid, video_path, frames)
         strip = "".join(f'<img alt="frame" src="data:image/jpeg;base64,{b}">' for b in imgs)
         refs = "<br>".join(e(x) for x in r.get("references", []))
         m = r.get("METEOR", 0.0)
@@ -68,7 +72,7 @@ def render(evaluation: dict, video_path: Optional[Callable[[str], Path]] = None,
                     f'<td>{e(vid)}</td><td class="strip">{strip}</td><td><div class="gen">{e(r.get("caption", ""))}</div>'
                     f'<div class="refs">{refs}</div></td><td class="score">{100 * m:.1f}</td>'
                     f'<td class="score">{100 * r.get("CIDEr", 0.0):.1f}</td></tr>')
-    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{e(title)}</title><style>{_STYLE}</style></head>"
+    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><meta name='generator' content='s2vt-report'><title>{e(title)}</title><style>{_STYLE}</style></head>"
             f"<body><h1>{e(title)}</h1><p>{len(videos)} videos. Corpus: {summary}</p>"
             "<p>Sorted from worst to best METEOR; click a header to re-sort.</p>"
             "<table><thead><tr><th data-k='vid'>video</th><th>keyframes</th><th>generated / references</th>"
@@ -76,9 +80,49 @@ def render(evaluation: dict, video_path: Optional[Callable[[str], Path]] = None,
             f"<tbody>{''.join(rows)}</tbody></table><script>{_SCRIPT}</script></body></html>")
 
 
+def _keyframes_of(vid: str, video_path, frames: int) -> list:
+    """Keyframes of a video by id; none when the id is not a valid one (paths stay inside the dataset)."""
+    if video_path is None or id_problem(vid):
+        return []
+    try:
+        return keyframes(video_path(vid), frames)
+    except S2VTError:
+        return []
+
+
 def write_report(evaluation_json, out_html, video_path: Optional[Callable[[str], Path]] = None,
                  title: str = "s2vt evaluation") -> Path:
-    ev = json.loads(Path(evaluation_json).read_text())
-    out = Path(out_html)
-    out.write_text(render(ev, video_path, title), encoding="utf-8")
-    return out
+    try:
+        ev = json.loads(Path(evaluation_json).read_text())
+    except (OSError, ValueError) as e:
+        raise S2VTError(f"cannot read evaluation {evaluation_json}: {e}")
+    if not isinstance(ev, dict) or not isinstance(ev.get("videos"), dict):
+        raise S2VTError(f"{evaluation_json} is not an evaluation written by `s2vt evaluate` (no 'videos' object)")
+    return atomic_write(Path(out_html), render(ev, video_path, title))
+
+
+def plot_curves(metrics_path: Path, png: Path) -> None:
+    """Training loss per log interval, validation loss and METEOR per epoch, from ``metrics.jsonl``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    recs = [json.loads(line) for line in open(metrics_path)] if Path(metrics_path).exists() else []
+    tr = [(r["step"], r["train_loss"]) for r in recs if "train_loss" in r]
+    va = [(r["step"], r["val_loss"]) for r in recs if "val_loss" in r]
+    me = [(r["step"], 100 * r["val_meteor"]) for r in recs if "val_meteor" in r]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    if tr:
+        axes[0].plot(*zip(*tr), label="train")
+    if va:
+        axes[0].plot(*zip(*va), "o-", label="val")
+    axes[0].set(xlabel="step", ylabel="loss (per token)", title="loss")
+    if tr or va:
+        axes[0].legend()
+    if me:
+        axes[1].plot(*zip(*me), "o-")
+    axes[1].set(xlabel="step", ylabel="METEOR", title="val METEOR (greedy)")
+    fig.tight_layout()
+    fig.savefig(png, dpi=80)
+    plt.close(fig)

@@ -1,377 +1,480 @@
-"""Training: ``s2vt train``. One function per job, explicit arguments, no globals.
+"""Training: ``s2vt train``, in the shape of torchvision's reference scripts.
 
-The run directory receives ``config.json``, ``vocab.json``, ``metrics.jsonl``,
-``curves.png``, ``last.pt`` (every epoch and at the end) and ``best.pt`` (best
-validation score). ``--resume`` continues from ``last.pt`` exactly: same data order,
+:func:`train` sets up (data, model, optimiser, resume), then runs a short epoch loop over
+:func:`train_one_epoch` and :func:`validate`, each returning what it measured. The loop's
+progress lives in one small :class:`LoopState`; the caller's config is never mutated.
+
+The run directory receives ``config.json`` (the resolved config), ``vocab.json``,
+``metrics.jsonl``, ``curves.png``, ``last.pt`` (every epoch and at the end) and ``best.pt``
+(best validation score). ``--resume`` continues from ``last.pt`` exactly: same data order,
 same dropout masks, bitwise-equal weights on the CPU. Under ``torchrun`` each process
 trains on its slice of every global batch (DDP); rank 0 validates and writes.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
+from datetime import timedelta
 from pathlib import Path
+from typing import Dict, List, Optional
 
 import torch
-from torch.utils.data import DataLoader
 
-from . import checkpoint
-from .data import CaptionDataset, EpochSampler, FeatureSource, collate_captions
+from .batches import BatchStream, CaptionTable, EpochSampler, FeatureBank, StoreFeatures, place_bank
+from .captioner import Captioner
+from .checkpoint import Checkpoint
+from .config import ConfigError, check_device, check_fields, from_dict, option
 from .datasets import load_corpus
 from .errors import S2VTError
+from .fileio import write_json
 from .model import ModelConfig, S2VT
 from .store import FeatureStore, signature_diff
 from .vocab import Vocab
 
+LR_PRESETS = {"adam": 2e-4, "sgd": 0.01}
+# options a resumed run may change; any other difference from last.pt is refused
+RESUMABLE_CHANGES = {"epochs", "max_steps", "log_every", "save_every", "val_every", "patience", "device", "compile"}
+
 
 class TrainingDiverged(S2VTError):
-    pass
+    """Loss or gradients became non-finite: a failure while running (exit status 1)."""
+
+    exit_code = 1
 
 
 @dataclass
 class TrainConfig:
-    dataset: str = "synthetic"        # msvd | mvad | generic | synthetic
-    annotations: str = ""             # dataset root (captions and split files)
-    features: str = ""                # HDF5 feature store from `s2vt extract`
-    out: str = "runs/s2vt"            # run directory
-    train_split: str = "train"
-    val_split: str = "val"
-    epochs: int = 30
-    max_steps: int = 0                # stop after this many optimiser steps (0 = no limit)
-    batch_size: int = 64
-    optimizer: str = "adam"           # adam | sgd
-    lr: float = 2e-4                  # adam preset; sgd preset: 0.01 with momentum 0.9
-    momentum: float = 0.9             # sgd only
-    weight_decay: float = 0.0
-    grad_clip: float = 5.0            # max global gradient norm
-    schedule: str = "none"            # none | step | cosine (per epoch)
-    step_epochs: int = 10             # step schedule: multiply lr by gamma every step_epochs
-    gamma: float = 0.5
-    min_count: int = 1                # vocabulary: words seen at least this often in training
-    val_meteor: bool = True           # select the model on val METEOR of greedy captions (else val loss)
-    patience: int = 0                 # early stopping: epochs without improvement (0 = off)
-    shuffle_frames: bool = False      # the paper's random-frame-order ablation
-    seed: int = 0
-    device: str = "cpu"
-    amp: bool = False                 # bf16 autocast (CUDA)
-    compile: bool = False             # torch.compile the training forward
-    workers: int = 0                  # DataLoader worker processes
-    preload: bool = True              # read all features into memory first (when they fit)
-    log_every: int = 50
-    val_every: int = 1                # validate (and maybe save best.pt) every N epochs and after the last
-    save_every: int = 0               # also write last.pt every N steps (0 = per epoch only)
+    dataset: str = option("synthetic", "dataset format of --annotations (msvd, mvad, msrvtt, vatex, generic, synthetic)")
+    annotations: str = option("", "dataset root: caption and split files")
+    features: str = option("", "HDF5 feature store written by `s2vt extract`")
+    out: str = option("runs/s2vt", "run folder: checkpoints, config.json, metrics.jsonl, curves.png")
+    train_split: str = option("train", "split to train on")
+    val_split: str = option("val", "split to validate on (empty: no validation, the last epoch is kept)")
+    epochs: int = option(30, "passes over every training caption", low=1)
+    max_steps: int = option(0, "stop after this many optimiser steps (0: no limit)", low=0)
+    batch_size: int = option(64, "(video, caption) pairs per optimiser step", low=1)
+    optimizer: str = option("adam", "optimiser", choices=("adam", "sgd"))
+    lr: Optional[float] = option(None, "learning rate (preset: adam 2e-4, sgd 0.01)", low=0.0, low_open=True, high=10.0)
+    momentum: float = option(0.9, "SGD momentum", low=0.0, high=0.999)
+    weight_decay: float = option(0.0, "L2 weight decay", low=0.0, high=1.0)
+    grad_clip: float = option(5.0, "clip the global gradient norm to this", low=0.0, low_open=True)
+    schedule: str = option("none", "learning-rate schedule per epoch", choices=("none", "step", "cosine"))
+    step_epochs: int = option(10, "step schedule: multiply the lr by --gamma every this many epochs", low=1)
+    gamma: float = option(0.5, "step schedule factor", low=0.0, low_open=True, high=1.0)
+    min_count: int = option(1, "vocabulary: keep words seen at least this often in the training split", low=1)
+    val_meteor: bool = option(True, "select the model on val METEOR of greedy captions (else on val loss)")
+    val_every: int = option(1, "validate every N epochs (and after the last)", low=1)
+    patience: int = option(0, "early stopping: validations without improvement (0: off)", low=0)
+    shuffle_frames: bool = option(False, "the paper's random-frame-order ablation")
+    seed: int = option(0, "seed of the data order, frame shuffling and initial weights", low=0)
+    device: str = option("cpu", "cpu, cuda, cuda:1, ...")
+    amp: bool = option(False, "bf16 autocast and a bf16 feature bank (CUDA only)")
+    compile: bool = option(False, "torch.compile the training forward")
+    log_every: int = option(50, "write a train-loss line to metrics.jsonl every N steps", low=1)
+    save_every: int = option(0, "also write last.pt every N steps (0: once per epoch)", low=0)
+    dist_timeout: int = option(300, "seconds to wait for torchrun peers before giving up", low=1)
     model: ModelConfig = field(default_factory=ModelConfig)
+
+    def __post_init__(self):
+        check_fields(self)
+        if not isinstance(self.model, ModelConfig):
+            raise ConfigError(f"TrainConfig.model must be a ModelConfig, got {type(self.model).__name__}")
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
-        names = {f.name for f in fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise S2VTError(f"unknown training options: {sorted(unknown)}")
-        d = dict(d)
-        d["model"] = ModelConfig(**d.get("model", {}))
-        return cls(**d)
+        # fields of earlier versions that no longer mean anything are accepted and dropped
+        return from_dict(cls, d, "training config", nested={"model": ModelConfig}, ignore=("workers", "preload"))
+
+    def resolved(self) -> "TrainConfig":
+        """A copy with presets filled in (the lr of the chosen optimiser)."""
+        lr = self.lr if self.lr is not None else LR_PRESETS[self.optimizer]
+        return dataclasses.replace(self, lr=lr, model=dataclasses.replace(self.model))
+
+
+@dataclass
+class LoopState:
+    step: int = 0           # optimiser steps taken
+    epoch: int = 0          # epochs finished
+    batch: int = 0          # batches of the current epoch finished
+    best: float = -math.inf  # best validation score (higher is better)
+    best_epoch: int = -1
+    stale: int = 0          # validations since the last improvement
+
+
+@dataclass
+class TrainData:
+    vocab: Vocab
+    table: CaptionTable
+    stream: BatchStream
+    sampler: EpochSampler
+    val_table: Optional[CaptionTable]
+    val_stream: Optional[BatchStream]
+    val_refs: Dict[str, List[str]]
+    store: FeatureStore
 
 
 def dist_info():
     """(rank, world size) from torchrun's environment; (0, 1) otherwise."""
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    try:
+        return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    except ValueError:
+        raise ConfigError("RANK and WORLD_SIZE must be integers (as torchrun sets them)")
 
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    fused = {"fused": True} if next(model.parameters()).is_cuda else {}
     if cfg.optimizer == "adam":
-        return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    raise S2VTError(f"unknown optimizer {cfg.optimizer!r} (adam or sgd)")
+        return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, **fused)
+    return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, **fused)
 
 
 def make_scheduler(opt, cfg: TrainConfig):
-    if cfg.schedule == "none":
-        f = lambda e: 1.0
-    elif cfg.schedule == "step":
+    if cfg.schedule == "step":
         f = lambda e: cfg.gamma ** (e // cfg.step_epochs)
     elif cfg.schedule == "cosine":
         f = lambda e: 0.5 * (1 + math.cos(math.pi * min(e, cfg.epochs) / cfg.epochs))
     else:
-        raise S2VTError(f"unknown schedule {cfg.schedule!r} (none, step or cosine)")
+        f = lambda e: 1.0
     return torch.optim.lr_scheduler.LambdaLR(opt, f)
 
 
-@torch.inference_mode()
-def evaluate_loss(model: S2VT, loader, device) -> float:
-    """Mean token NLL over a loader of captions."""
-    model.eval()
-    tot, n = 0.0, 0
-    for feats, flens, win, tgt, wlens in loader:
-        _, loss = model(feats.to(device), flens, win.to(device), tgt.to(device), wlens)
-        tot += float(loss) * len(feats)
-        n += int(wlens.sum())
-    return tot / max(n, 1)
+def train_step(model, fwd, optimizer, batch, cfg: TrainConfig, world: int = 1):
+    """One optimiser step on ``batch``; returns (loss, finite flag) as device tensors (no host sync)."""
+    with torch.autocast(batch.feats.device.type, dtype=torch.bfloat16, enabled=cfg.amp):
+        _, loss = fwd(batch.feats, batch.feat_lens, batch.words_in, batch.targets, batch.word_lens, batch.device_lens)
+    # per-caption NLL normalised by the global batch: N processes == one process
+    scaled = loss * (len(batch) * world / cfg.batch_size) if world > 1 else loss
+    optimizer.zero_grad(set_to_none=True)
+    scaled.backward()
+    gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip, foreach=True)
+    optimizer.step()
+    return loss.detach(), torch.isfinite(loss.detach()) & torch.isfinite(gnorm)
 
 
-def train_one_epoch(model, fwd, loader, optimizer, cfg: TrainConfig, device, state: dict, run: dict, world: int,
-                    log, on_step) -> None:
-    """One pass over ``loader``; updates ``state`` (step, batch) and ``run`` (non-finite flag, running sums)."""
+def train_one_epoch(model, fwd, optimizer, batches, cfg: TrainConfig, state: LoopState, world: int = 1,
+                    on_step=None) -> dict:
+    """Steps over ``batches`` (the rest of this epoch); returns loss sums and counts of the pass.
+
+    Stops early at ``cfg.max_steps``. ``on_step(state, stats)`` runs after every step (logging, saving).
+    """
     model.train()
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp)
-    for feats, flens, win, tgt, wlens in loader:
-        feats, win, tgt = feats.to(device, non_blocking=True), win.to(device, non_blocking=True), tgt.to(device, non_blocking=True)
-        with autocast:
-            _, loss = fwd(feats, flens, win, tgt, wlens)
-        # per-caption NLL normalised by the global batch: N processes == one process
-        scaled = loss * (len(feats) * world / cfg.batch_size) if world > 1 else loss
-        optimizer.zero_grad(set_to_none=True)
-        scaled.backward()
-        gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        optimizer.step()
-        run["bad"] |= ~(torch.isfinite(loss.detach()) & torch.isfinite(gnorm))  # no host sync here
-        run["loss_sum"] += loss.detach() * len(feats)
-        run["tokens"] += int(wlens.sum())
-        run["samples"] += len(feats)
-        state["step"] += 1
-        state["batch"] += 1
-        on_step()
-        if state["step"] % cfg.log_every == 0:
-            log()
-        if cfg.max_steps and state["step"] >= cfg.max_steps:
-            return
+    device = next(model.parameters()).device
+    stats = {"loss_sum": torch.zeros((), device=device), "ok": torch.ones((), dtype=torch.bool, device=device),
+             "tokens": 0, "samples": 0, "t0": time.time()}
+    for batch in batches:
+        loss, ok = train_step(model, fwd, optimizer, batch, cfg, world)
+        stats["ok"] &= ok
+        stats["loss_sum"] += loss * len(batch)
+        stats["tokens"] += int(batch.word_lens.sum())
+        stats["samples"] += len(batch)
+        state.step += 1
+        state.batch += 1
+        if on_step is not None:
+            on_step(state, stats)
+        if cfg.max_steps and state.step >= cfg.max_steps:
+            break
+    return stats
 
 
-def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, meteor=None) -> dict:
+@torch.inference_mode()
+def validate(model, data: TrainData, cfg: TrainConfig, epoch: int, meteor=None) -> dict:
+    """Val loss (mean token NLL) and, with ``meteor``, METEOR/CIDEr of greedy captions."""
+    from .metrics import score
+
+    model.eval()
+    rec: dict = {"val_loss": float("nan")}
+    if data.val_stream is not None:
+        tot, n = torch.zeros((), device=next(model.parameters()).device), 0
+        order = [list(range(i, min(i + cfg.batch_size, len(data.val_table))))
+                 for i in range(0, len(data.val_table), cfg.batch_size)]
+        for b in data.val_stream.epoch(order, 0):
+            with torch.autocast(b.feats.device.type, dtype=torch.bfloat16, enabled=cfg.amp):
+                _, loss = model(b.feats, b.feat_lens, b.words_in, b.targets, b.word_lens, b.device_lens)
+            tot += loss.float() * len(b)
+            n += int(b.word_lens.sum())
+        rec["val_loss"] = float(tot) / max(n, 1)
+    if meteor is not None and data.val_refs:
+        cap = Captioner([model], [StoreFeatures(data.store, cfg.model.max_frames)], data.vocab, model_device(model))
+        caps = cap.caption(list(data.val_refs), beam=1, batch_size=256)
+        corpus, _ = score(data.val_refs, caps, meteor=meteor)
+        rec.update(val_meteor=corpus["METEOR"], val_cider=corpus["CIDEr"])
+    return rec
+
+
+def model_device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+# ----------------------------------------------------------------------------- setup
+
+def load_data(cfg: TrainConfig, device: torch.device, rank: int, world: int, log=print) -> TrainData:
+    """Captions, vocabulary (training split only) and a batch stream over the feature bank."""
+    corpus = load_corpus(cfg.dataset, cfg.annotations)
+    store = FeatureStore(cfg.features)
+    usable = lambda items: [(v, c) for v, c in items if v in store]
+    train_all = corpus.split_items(cfg.train_split)
+    val_all = corpus.split_items(cfg.val_split) if cfg.val_split else []
+    train_items, val_items = usable(train_all), usable(val_all)
+    missing = [v for v, _ in train_all + val_all if v not in store]
+    if missing:
+        log(f"[s2vt] skipping {len(train_all) - len(train_items)} train / {len(val_all) - len(val_items)} val "
+            f"videos without features in {store.path} (e.g. {missing[:3]}; see its failed list)")
+    if not train_items:
+        raise S2VTError(f"no training video of {cfg.dataset} at {cfg.annotations} has features in {store.path}")
+    if not val_items:
+        log(f"[s2vt] no validation: split {cfg.val_split!r} has no video with features; the last epoch is kept")
+    vocab = Vocab.build([c for _, caps in train_items for c in caps], cfg.min_count)
+    vids = list(dict.fromkeys(v for v, _ in train_items + val_items))  # one bank row per video
+    table = CaptionTable(train_items, vocab, cfg.model.max_words, vids)
+    if len(table) == 0:
+        raise S2VTError(f"no training caption has a word in the vocabulary (check --min-count, {cfg.annotations})")
+    val_table = CaptionTable(val_items, vocab, cfg.model.max_words, vids) if val_items else None
+    dtype = torch.bfloat16 if cfg.amp else torch.float32
+    bank = build_bank(store, vids, cfg.model.max_frames, device, dtype, log)
+    stream = lambda t, shuffle: BatchStream(t, bank, device, cfg.model.max_frames, shuffle, cfg.seed, store, dtype)
+    sampler = EpochSampler(len(table), cfg.batch_size, cfg.seed, rank, world, drop_last=world > 1)
+    return TrainData(vocab, table, stream(table, cfg.shuffle_frames), sampler, val_table,
+                     stream(val_table, False) if val_table else None, {v: c for v, c in val_items}, store)
+
+
+def build_bank(store: FeatureStore, vids: List[str], max_frames: int, device, dtype, log) -> Optional[FeatureBank]:
+    """The feature bank on the device when it fits, else in host memory; None: read the store per batch."""
+    place = place_bank(FeatureBank.nbytes(store, vids, max_frames, dtype), device)
+    if place == "store":
+        log(f"[s2vt] features of {len(vids)} videos do not fit in memory: reading {store.path} for every batch")
+        return None
+    if place == "host":
+        log(f"[s2vt] features do not fit in {device} memory: keeping them in pinned host memory")
+    return FeatureBank.build(store, vids, max_frames, device if place == "device" else "cpu", dtype, pin=place == "host")
+
+
+def setup_distributed(device: torch.device, world: int, timeout: int) -> torch.device:
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        try:
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timedelta(seconds=timeout))
+        except (RuntimeError, ValueError) as e:
+            raise S2VTError(f"could not join the {world}-process training group (RANK={os.environ.get('RANK')}, "
+                            f"MASTER_ADDR={os.environ.get('MASTER_ADDR')}): {str(e).splitlines()[0][:200]}. "
+                            "Start every process with torchrun, or unset RANK/WORLD_SIZE for one process.")
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(device)
+    return device
+
+
+def check_run_folder(out: Path, resume: bool, overwrite: bool) -> None:
+    """Refuse to replace another run's checkpoints unless asked to resume or overwrite."""
+    if out.exists() and not out.is_dir():
+        raise S2VTError(f"--out {out} is a file, not a folder")
+    if resume:
+        if not (out / "last.pt").is_file():
+            raise S2VTError(f"--resume: {out / 'last.pt'} does not exist (train without --resume first)")
+        return
+    existing = [p.name for p in (out / "last.pt", out / "best.pt") if p.exists()]
+    if existing and not overwrite:
+        raise S2VTError(f"{out} already holds a run ({', '.join(existing)}): pass --resume to continue it, "
+                        "--overwrite to replace it, or choose another --out")
+
+
+def check_resume(ck: Checkpoint, cfg: TrainConfig, vocab: Vocab, signature: dict, path: Path) -> None:
+    """Refuse to resume into a different architecture, vocabulary, feature extraction or recipe."""
+    if ck.vocab != vocab:
+        raise S2VTError(f"cannot resume {path}: the vocabulary differs ({len(ck.vocab)} -> {len(vocab)} words: "
+                        "different training captions or --min-count)")
+    old, new = asdict(ck.model_config), asdict(cfg.model)
+    diff = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in new if old.get(k) != new.get(k)]
+    if diff:
+        raise S2VTError(f"cannot resume {path}: the model differs ({'; '.join(diff)})")
+    sd = signature_diff(signature, ck.feature_signature)
+    if sd:
+        raise S2VTError(f"cannot resume {path}: features were extracted differently ({'; '.join(sd)})")
+    was, now = ck.train_config, asdict(cfg)
+    recipe = [f"--{k.replace('_', '-')}: {was.get(k)!r} -> {now[k]!r}" for k in now
+              if k not in RESUMABLE_CHANGES | {"model"} and k in was and was[k] != now[k]]
+    if recipe:
+        raise S2VTError(f"cannot resume {path} with a different recipe ({'; '.join(recipe)}); "
+                        f"only {', '.join(sorted(RESUMABLE_CHANGES))} may change on --resume")
+
+
+def snapshot(model, optimizer, scheduler, state: LoopState, cfg: TrainConfig, data: TrainData) -> Checkpoint:
+    device = model_device(model)
+    rng = {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
+    return Checkpoint(cfg.model, model.state_dict(), data.vocab, data.store.signature, train_config=asdict(cfg),
+                      state=asdict(state), optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), rng=rng)
+
+
+def restore(ck: Checkpoint, model, optimizer, scheduler, device) -> LoopState:
+    model.load_state_dict(ck.weights)
+    optimizer.load_state_dict(ck.optimizer)
+    scheduler.load_state_dict(ck.scheduler)
+    torch.set_rng_state(ck.rng["torch"])
+    if device.type == "cuda" and ck.rng.get("cuda") is not None:
+        torch.cuda.set_rng_state(ck.rng["cuda"], device)
+    return LoopState(**ck.state)
+
+
+def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, meteor=None, overwrite: bool = False) -> dict:
     """Train an S2VT model; returns a summary with the best validation score and paths.
 
     ``meteor``: a running :class:`s2vt.metrics.Meteor` to reuse for validation (else one is started).
     """
     from tqdm import tqdm
 
+    cfg = cfg.resolved()
     rank, world = dist_info()
-    device = torch.device(cfg.device)
+    device = check_device(cfg.device)
+    if cfg.amp and device.type != "cuda":
+        raise ConfigError("--amp (bf16) is for CUDA devices; on the CPU it is slower than fp32: drop --amp")
     if world > 1:
-        import torch.distributed as dist
-
-        if not dist.is_initialized():
-            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-        if device.type == "cuda":
-            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-            torch.cuda.set_device(device)
+        device = setup_distributed(device, world, cfg.dist_timeout)
     out = Path(cfg.out)
-    last_path, best_path = out / "last.pt", out / "best.pt"
-    ck = checkpoint.load(last_path) if resume else None
-    if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-
-    # ---- data
-    corpus = load_corpus(cfg.dataset, cfg.annotations)
-    store = FeatureStore(cfg.features)
-    train_items = corpus.split_items(cfg.train_split)
-    val_items = corpus.split_items(cfg.val_split)
-    miss_tr = [v for v, _ in train_items if v not in store]
-    miss_va = [v for v, _ in val_items if v not in store]
-    train_items = [(v, c) for v, c in train_items if v in store]
-    val_items = [(v, c) for v, c in val_items if v in store]
-    if miss_tr or miss_va:
-        print(f"[s2vt] skipping {len(miss_tr)} train / {len(miss_va)} val videos without features in "
-              f"{store.path} (e.g. {(miss_tr + miss_va)[:3]}; see its failed list)")
-    if not train_items:
-        raise S2VTError(f"no training video of {cfg.dataset} at {cfg.annotations} has features in {store.path}")
-    vocab = Vocab.build([c for _, caps in train_items for c in caps], cfg.min_count)  # training split only
-    cfg.model.feat_dim = int(store.signature["dim"])
-    cfg.model.vocab_size = len(vocab)
+    check_run_folder(out, resume, overwrite)
+    ck = Checkpoint.load(out / "last.pt") if resume else None
+    data = load_data(cfg, device, rank, world, log=print if rank == 0 else (lambda *a: None))
+    cfg.model.feat_dim, cfg.model.vocab_size = int(data.store.signature["dim"]), len(data.vocab)  # our own copy
     if ck is not None:
-        _check_resume(ck, cfg, vocab, store.signature, last_path)
-    source = FeatureSource(store, [v for v, _ in train_items + val_items], preload=cfg.preload)
-    train_ds = CaptionDataset(source, train_items, vocab, cfg.model.max_frames, cfg.model.max_words,
-                              cfg.shuffle_frames, cfg.seed)
-    val_ds = CaptionDataset(source, val_items, vocab, cfg.model.max_frames, cfg.model.max_words)
-    sampler = EpochSampler(len(train_ds), cfg.batch_size, cfg.seed, rank, world, drop_last=world > 1)
-    gen = torch.Generator()  # the loader's own seed source: keeps the global RNG for dropout only
-    loader = DataLoader(train_ds, batch_sampler=sampler, collate_fn=collate_captions, num_workers=cfg.workers,
-                        pin_memory=device.type == "cuda", generator=gen, persistent_workers=cfg.workers > 0)
-    val_loader = DataLoader(val_ds, batch_size=cfg.batch_size, collate_fn=collate_captions, generator=gen)
-
-    # ---- model and optimiser
+        check_resume(ck, cfg, data.vocab, data.store.signature, out / "last.pt")
     torch.manual_seed(cfg.seed)
     model = S2VT(cfg.model).to(device)
-    optimizer = make_optimizer(model, cfg)
+    optimizer, scheduler = make_optimizer(model, cfg), None
     scheduler = make_scheduler(optimizer, cfg)
-    state = {"step": 0, "epoch": 0, "batch": 0, "best": -math.inf, "best_epoch": -1, "stale": 0}
-    if ck is not None:
-        model.load_state_dict(ck["model"])
-        optimizer.load_state_dict(ck["optimizer"])
-        scheduler.load_state_dict(ck["scheduler"])
-        state.update({k: ck["state"][k] for k in ("step", "epoch", "batch", "best", "best_epoch", "stale")})
-        torch.set_rng_state(ck["rng"]["torch"])
-        if device.type == "cuda" and ck["rng"].get("cuda") is not None:
-            torch.cuda.set_rng_state(ck["rng"]["cuda"], device)
-    ddp = model
+    state = restore(ck, model, optimizer, scheduler, device) if ck is not None else LoopState()
+    fwd = model
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
-        ddp = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
-    fwd = torch.compile(ddp) if cfg.compile else ddp
-    if rank == 0:
-        (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
-        vocab.save(out / "vocab.json")
-
-    own_meteor = False
-    if not (cfg.val_meteor and rank == 0 and val_items):
-        meteor = None
-    elif meteor is None:
+        fwd = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+    fwd = torch.compile(fwd) if cfg.compile else fwd
+    writer = RunWriter(out, cfg, data, rank, fresh=ck is None)
+    own_meteor = meteor is None and cfg.val_meteor and rank == 0 and bool(data.val_refs)
+    if own_meteor:
         from .metrics import Meteor
 
-        meteor, own_meteor = Meteor(), True
-    refs = {v: caps for v, caps in val_items}
-    metrics_path = out / "metrics.jsonl"
-    if rank == 0 and ck is None and metrics_path.exists():
-        metrics_path.unlink()
-    run = {"bad": torch.zeros((), dtype=torch.bool, device=device), "loss_sum": torch.zeros((), device=device),
-           "tokens": 0, "samples": 0, "t0": time.time()}
-    bar = tqdm(total=cfg.max_steps or cfg.epochs * sampler.batches_per_epoch(), initial=state["step"],
+        meteor = Meteor()
+    meteor = meteor if cfg.val_meteor and rank == 0 else None
+    bar = tqdm(total=cfg.max_steps or cfg.epochs * data.sampler.batches_per_epoch(), initial=state.step,
                desc="train", unit="step", disable=not progress or rank != 0)
-
-    def check_finite():
-        if bool(run["bad"]):
-            raise TrainingDiverged(f"loss or gradient norm became NaN/inf before step {state['step']}; "
-                                   f"stopped without saving (last good checkpoint: {last_path if last_path.exists() else 'none'}). "
-                                   f"Try a lower --lr or --grad-clip.")
-
-    def log():
-        check_finite()
-        el = time.time() - run["t0"]
-        tok_loss = float(run["loss_sum"]) / max(run["tokens"], 1)  # summed NLL / tokens
-        rec = {"step": state["step"], "epoch": state["epoch"], "train_loss": tok_loss,
-               "lr": optimizer.param_groups[0]["lr"], "samples_per_s": run["samples"] * world / max(el, 1e-9)}
-        if rank == 0:
-            with open(metrics_path, "a") as f:
-                f.write(json.dumps(rec) + "\n")
-        bar.set_postfix(loss=f"{tok_loss:.3f}", samples_s=f"{rec['samples_per_s']:.0f}")
-        run.update(loss_sum=torch.zeros((), device=device), tokens=0, samples=0, t0=time.time())
-
-    def snapshot() -> dict:
-        return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "state": dict(state), "config": asdict(cfg), "vocab": vocab.to_list(),
-                "feature_signature": store.signature,
-                "rng": {"torch": torch.get_rng_state(),
-                        "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}}
-
-    def save_last():
-        check_finite()
-        if rank == 0:
-            checkpoint.save(snapshot(), last_path)
-
-    def on_step():
-        bar.update()
-        if cfg.save_every and state["step"] % cfg.save_every == 0:
-            save_last()
-
+    save = lambda: writer.save_last(snapshot(model, optimizer, scheduler, state, cfg, data), state)
     try:
-        while state["epoch"] < cfg.epochs and not (cfg.max_steps and state["step"] >= cfg.max_steps):
-            sampler.set_epoch(state["epoch"], state["batch"])
-            train_ds.set_epoch(state["epoch"])
-            train_one_epoch(model, fwd, loader, optimizer, cfg, device, state, run, world, log, on_step)
-            if state["batch"] < sampler.batches_per_epoch():  # stopped mid-epoch (max_steps)
-                break
-            check_finite()
-            state["epoch"] += 1
-            state["batch"] = 0
-            scheduler.step()
-            due = state["epoch"] % cfg.val_every == 0 or state["epoch"] >= cfg.epochs
-            if rank == 0 and not due:
-                checkpoint.save(snapshot(), last_path)
-            if rank == 0 and due:
-                rec = validate(model, val_loader, source, refs, vocab, device, meteor, cfg)
-                rec.update(epoch=state["epoch"], step=state["step"])
-                score = rec["val_meteor"] if meteor is not None else -rec["val_loss"]
-                improved = score > state["best"]
-                if improved:
-                    state.update(best=score, best_epoch=state["epoch"], stale=0)
-                else:
-                    state["stale"] += 1
-                with open(metrics_path, "a") as f:
-                    f.write(json.dumps(rec) + "\n")
-                snap = snapshot()
-                checkpoint.save(snap, last_path)
-                if improved:
-                    checkpoint.save(snap, best_path)
-                plot_curves(metrics_path, out / "curves.png")
-                bar.write(f"epoch {state['epoch']}: val loss {rec['val_loss']:.3f}"
-                          + (f", val METEOR {100 * rec['val_meteor']:.1f}" if meteor is not None else "")
-                          + (" (best)" if improved else ""))
-            if world > 1:
-                import torch.distributed as dist
-
-                flag = torch.tensor([state["stale"]], device=device)
-                dist.broadcast(flag, 0)
-                state["stale"] = int(flag)
-            if cfg.patience and state["stale"] >= cfg.patience:
-                bar.write(f"early stop: no improvement for {cfg.patience} epochs")
-                break
-        save_last()
-        if rank == 0 and not best_path.exists():
-            checkpoint.save(snapshot(), best_path)
+        run_epochs(model, fwd, optimizer, scheduler, data, cfg, state, world, device, writer, bar, save, meteor)
+        if not writer.best_path.exists() and rank == 0:  # no validation ran: the last model is the one kept
+            snapshot(model, optimizer, scheduler, state, cfg, data).save(writer.best_path)
     finally:
         bar.close()
         if own_meteor:
             meteor.close()
-    return {"out": str(out), "best": state["best"], "best_epoch": state["best_epoch"], "steps": state["step"],
-            "best_path": str(best_path), "last_path": str(last_path)}
+    return {"out": str(out), "best": state.best, "best_epoch": state.best_epoch, "steps": state.step,
+            "best_path": str(writer.best_path), "last_path": str(writer.last_path)}
 
 
-def validate(model, val_loader, source, refs, vocab, device, meteor, cfg: TrainConfig) -> dict:
-    rec = {"val_loss": evaluate_loss(model, val_loader, device) if len(val_loader.dataset) else float("nan")}
-    if meteor is not None:
-        from .metrics import score
+def run_epochs(model, fwd, optimizer, scheduler, data: TrainData, cfg: TrainConfig, state: LoopState, world: int,
+               device, writer: "RunWriter", bar, save, meteor) -> None:
+    """The epoch loop: train, validate when due, keep the best, stop early on patience."""
+    def on_step(st: LoopState, stats: dict) -> None:
+        bar.update()
+        if st.step % cfg.log_every == 0:
+            writer.log_train(st, stats, optimizer, world, bar)
+        if cfg.save_every and st.step % cfg.save_every == 0:
+            save()
 
-        from .evaluate import caption_features
+    while state.epoch < cfg.epochs and not (cfg.max_steps and state.step >= cfg.max_steps):
+        batches = data.stream.epoch(data.sampler.batches(state.epoch, state.batch), state.epoch)
+        stats = train_one_epoch(model, fwd, optimizer, batches, cfg, state, world, on_step)
+        writer.check_finite(stats, state)
+        if state.batch < data.sampler.batches_per_epoch():  # stopped mid-epoch (max_steps)
+            break
+        state.epoch, state.batch = state.epoch + 1, 0
+        scheduler.step()
+        if state.epoch % cfg.val_every == 0 or state.epoch >= cfg.epochs:
+            t = time.time()
+            rec = validate(model, data, cfg, state.epoch, meteor) if writer.rank == 0 else {}
+            writer.select(rec, state, meteor is not None, time.time() - t, bar)
+            if writer.rank == 0:
+                ck = snapshot(model, optimizer, scheduler, state, cfg, data)
+                writer.save_epoch(ck, improved=state.stale == 0 and state.best_epoch == state.epoch)
+        elif writer.rank == 0:
+            save()
+        if world > 1:
+            state.stale = broadcast_int(state.stale, device)
+        if cfg.patience and state.stale >= cfg.patience:
+            bar.write(f"early stop: no improvement in {cfg.patience} validations")
+            break
+    save()
 
-        model.eval()
-        caps = caption_features(model, [source], [cfg.model.max_frames], list(refs), vocab, device)
-        corpus, _ = score(refs, caps, meteor=meteor)
-        rec["val_meteor"] = corpus["METEOR"]
-        rec["val_cider"] = corpus["CIDEr"]
-    return rec
+
+def broadcast_int(value: int, device) -> int:
+    import torch.distributed as dist
+
+    t = torch.tensor([value], device=device)
+    dist.broadcast(t, 0)
+    return int(t)
 
 
-def _check_resume(ck: dict, cfg: TrainConfig, vocab: Vocab, signature: dict, path: Path) -> None:
-    """Refuse to resume into a different architecture, vocabulary or feature extraction."""
-    if ck["vocab"] != vocab.to_list():
-        raise S2VTError(f"cannot resume {path}: the vocabulary differs ({len(ck['vocab'])} -> {len(vocab)} words: "
-                        "different training captions or --min-count)")
-    old = ck["config"]["model"]
-    new = asdict(cfg.model)
-    diff = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in new if old.get(k) != new.get(k)]
-    if diff:
-        raise S2VTError(f"cannot resume {path}: the model differs ({'; '.join(diff)})")
-    sd = signature_diff(signature, ck["feature_signature"])
-    if sd:
-        raise S2VTError(f"cannot resume {path}: features were extracted differently ({'; '.join(sd)})")
+class RunWriter:
+    """Everything rank 0 writes into the run folder: config, vocabulary, metrics, curves, checkpoints."""
 
+    def __init__(self, out: Path, cfg: TrainConfig, data: TrainData, rank: int, fresh: bool):
+        self.out, self.rank, self.cfg = out, rank, cfg
+        self.last_path, self.best_path, self.metrics = out / "last.pt", out / "best.pt", out / "metrics.jsonl"
+        if rank == 0:
+            out.mkdir(parents=True, exist_ok=True)
+            write_json(asdict(cfg), out / "config.json", indent=2)
+            write_json(data.vocab.to_list(), out / "vocab.json", indent=0)
+            if fresh:
+                self.best_path.unlink(missing_ok=True)
+                self.metrics.unlink(missing_ok=True)
 
-def plot_curves(metrics_path: Path, png: Path) -> None:
-    """Training loss per log interval, validation loss and METEOR per epoch."""
-    import matplotlib
+    def append(self, rec: dict) -> None:
+        if self.rank == 0:
+            with open(self.metrics, "a") as f:
+                f.write(json.dumps(rec) + "\n")
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    def check_finite(self, stats: dict, state: LoopState) -> None:
+        if not bool(stats["ok"]):
+            raise TrainingDiverged(f"loss or gradient norm became NaN/inf before step {state.step}; stopped without "
+                                   f"saving (last good checkpoint: {self.last_path if self.last_path.exists() else 'none'}). "
+                                   "Try a lower --lr or --grad-clip, and check the features for NaN.")
 
-    recs = [json.loads(l) for l in open(metrics_path)]
-    tr = [(r["step"], r["train_loss"]) for r in recs if "train_loss" in r]
-    va = [(r["step"], r["val_loss"]) for r in recs if "val_loss" in r]
-    me = [(r["step"], 100 * r["val_meteor"]) for r in recs if "val_meteor" in r]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
-    if tr:
-        axes[0].plot(*zip(*tr), label="train")
-    if va:
-        axes[0].plot(*zip(*va), "o-", label="val")
-    axes[0].set(xlabel="step", ylabel="loss (per token)", title="loss")
-    axes[0].legend()
-    if me:
-        axes[1].plot(*zip(*me), "o-")
-    axes[1].set(xlabel="step", ylabel="METEOR", title="val METEOR (greedy)")
-    fig.tight_layout()
-    fig.savefig(png, dpi=80)
-    plt.close(fig)
+    def log_train(self, state: LoopState, stats: dict, optimizer, world: int, bar) -> None:
+        self.check_finite(stats, state)
+        el = time.time() - stats["t0"]
+        loss = float(stats["loss_sum"]) / max(stats["tokens"], 1)  # summed NLL / tokens
+        self.append({"step": state.step, "epoch": state.epoch, "train_loss": loss, "lr": optimizer.param_groups[0]["lr"],
+                     "samples_per_s": stats["samples"] * world / max(el, 1e-9)})
+        bar.set_postfix(loss=f"{loss:.3f}", samples_s=f"{stats['samples'] * world / max(el, 1e-9):.0f}")
+        stats.update(loss_sum=torch.zeros_like(stats["loss_sum"]), tokens=0, samples=0, t0=time.time())
+
+    def select(self, rec: dict, state: LoopState, by_meteor: bool, seconds: float, bar) -> None:
+        """Update best/stale from a validation record; log it."""
+        if self.rank != 0:
+            return
+        if not math.isfinite(rec["val_loss"]) and "val_meteor" not in rec:
+            return  # no validation data: nothing to select on
+        score = rec["val_meteor"] if by_meteor else -rec["val_loss"]
+        if score > state.best:
+            state.best, state.best_epoch, state.stale = score, state.epoch, 0
+        else:
+            state.stale += 1
+        rec.update(epoch=state.epoch, step=state.step, val_seconds=seconds)
+        self.append(rec)
+        bar.write(f"epoch {state.epoch}: val loss {rec['val_loss']:.3f}"
+                  + (f", val METEOR {100 * rec['val_meteor']:.1f}" if by_meteor else "")
+                  + (" (best)" if state.best_epoch == state.epoch else ""))
+
+    def save_epoch(self, ck: Checkpoint, improved: bool) -> None:
+        ck.save(self.last_path)
+        if improved:
+            ck.save(self.best_path)
+        from .report import plot_curves
+
+        plot_curves(self.metrics, self.out / "curves.png")
+
+    def save_last(self, ck: Checkpoint, state: LoopState) -> None:
+        if self.rank == 0:
+            ck.save(self.last_path)

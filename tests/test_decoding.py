@@ -2,6 +2,8 @@
 
 import torch
 
+from s2vt.errors import S2VTError
+
 from s2vt.decoding import EOS, Fusion, beam_search, greedy
 from s2vt.model import ModelConfig, S2VT
 
@@ -115,5 +117,5 @@ def test_fusion_refuses_different_vocabularies():
 
     torch.manual_seed(0)
     other = S2VT(ModelConfig(feat_dim=5, vocab_size=11, embed=8, hidden=16))
-    with pytest.raises(AssertionError, match="share one vocabulary"):
+    with pytest.raises(S2VTError, match="share one vocabulary"):
         Fusion([(_model(0), 0.5), (other, 0.5)])

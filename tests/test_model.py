@@ -1,7 +1,20 @@
 import torch
 
-from s2vt.data import collate_captions
+from s2vt.batches import pad_features
 from s2vt.model import ModelConfig, S2VT
+from s2vt.vocab import Vocab
+
+
+def collate_captions(samples):
+    """[(feats (T, D), word ids)] -> feats, feat_lens, words_in, targets, word_lens (plain per-sample padding)."""
+    feats, caps = zip(*samples)
+    x, fl = pad_features(feats)
+    L1 = max(len(c) for c in caps) + 1
+    win, tgt = torch.zeros(len(caps), L1, dtype=torch.long), torch.zeros(len(caps), L1, dtype=torch.long)
+    for i, c in enumerate(caps):
+        win[i, 0], win[i, 1:len(c) + 1] = Vocab.bos, torch.tensor(c)
+        tgt[i, :len(c)], tgt[i, len(c)] = torch.tensor(c), Vocab.eos
+    return x, fl, win, tgt, torch.tensor([len(c) + 1 for c in caps])
 
 
 def tiny(V=12, D=6, **kw):

@@ -1,0 +1,94 @@
+"""One captioner for every job that turns features into sentences: training's validation,
+``s2vt evaluate`` / ``benchmark`` (features from HDF5 stores) and ``s2vt caption`` (features
+computed from raw video files).
+
+A captioner is a list of members, each a model with its own feature source (a callable
+``key -> (T, D)`` tensor, already capped to the model's ``max_frames``), decoded together
+by shallow fusion (one member is a fusion of one). Checkpoints are loaded here and in no
+other place of the decoding path, and fused members must share one vocabulary.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+
+from .batches import StoreFeatures, pad_features
+from .checkpoint import Checkpoint
+from .decoding import DecodeConfig, Fusion, decode
+from .errors import S2VTError
+from .store import FeatureStore, check_signature
+from .vocab import Vocab
+
+FeatureFn = Callable[[str], torch.Tensor]
+
+
+@dataclass
+class Member:
+    """One model of an evaluation: its checkpoint and the feature store it reads."""
+
+    checkpoint: str
+    features: str
+
+
+def load_checkpoints(paths: Sequence[str]) -> List[Checkpoint]:
+    """Checkpoints that can be fused: the same vocabulary, else an error naming the file."""
+    cks = [Checkpoint.load(p) for p in paths]
+    for p, ck in zip(paths[1:], cks[1:]):
+        if ck.vocab != cks[0].vocab:
+            raise S2VTError(f"{p}: its vocabulary differs from {paths[0]}'s ({len(ck.vocab)} vs "
+                            f"{len(cks[0].vocab)} words); fused models must be trained on the same captions "
+                            "with the same --min-count")
+    return cks
+
+
+class Captioner:
+    """Models with their feature sources, ready to caption videos by key (id or path)."""
+
+    def __init__(self, models: Sequence[torch.nn.Module], sources: Sequence[FeatureFn], vocab: Vocab,
+                 device="cpu", decoding: Optional[DecodeConfig] = None):
+        if len(models) != len(sources) or not models:
+            raise S2VTError("a captioner needs one feature source per model")
+        self.models, self.sources, self.vocab = list(models), list(sources), vocab
+        self.device = torch.device(device)
+        self.decoding = decoding or DecodeConfig()
+
+    @classmethod
+    def from_members(cls, members: Sequence[Member], device="cpu", preload: Sequence[str] = ()) -> "Captioner":
+        """Models from checkpoints reading the stores they were trained on (signatures checked)."""
+        cks = load_checkpoints([m.checkpoint for m in members])
+        models, sources = [], []
+        for m, ck in zip(members, cks):
+            store = FeatureStore(m.features)
+            check_signature(store.signature, ck.feature_signature, str(store.path))
+            models.append(ck.build_model(device))
+            sources.append(StoreFeatures(store, ck.max_frames, preload))
+        return cls(models, sources, cks[0].vocab, device, cks[0].decoding)
+
+    def available(self, vids: Sequence[str]) -> Tuple[List[str], List[str]]:
+        """(ids every store has, ids some store lacks), for store-backed members."""
+        have = [v for v in vids if all(v in s for s in self.sources)]
+        kept = set(have)
+        return have, [v for v in vids if v not in kept]
+
+    @torch.inference_mode()
+    def caption(self, keys: Sequence[str], weights: Optional[Sequence[float]] = None, beam: Optional[int] = None,
+                max_len: Optional[int] = None, batch_size: int = 128) -> Dict[str, str]:
+        """Captions of ``keys``; ``weights`` per member (default equal), beam/max_len from the checkpoint."""
+        weights = list(weights) if weights is not None else [1.0] * len(self.models)
+        beam = self.decoding.beam if beam is None else beam
+        max_len = self.decoding.max_len if max_len is None else max_len
+        fusion = Fusion(list(zip(self.models, weights)))
+        for m in self.models:
+            m.eval()
+        out: Dict[str, str] = {}
+        for i in range(0, len(keys), batch_size):
+            chunk = list(keys[i:i + batch_size])
+            inputs = []
+            for source in self.sources:
+                x, lens = pad_features([source(k) for k in chunk])
+                inputs.append((x.to(self.device, non_blocking=True), lens))
+            toks = decode(fusion, inputs, beam=beam, max_len=max_len, len_penalty=self.decoding.len_penalty)
+            out.update({k: self.vocab.decode(t) for k, t in zip(chunk, toks)})
+        return out

@@ -1,0 +1,132 @@
+"""Typed configs: fields carry their help text, configs check their own values, and the
+command line is made from them one way.
+
+A config dataclass declares each field with :func:`option` (default, help, choices,
+range). ``check_fields(self)`` in its ``__post_init__`` validates types, ranges, choices
+and finiteness, so Python callers and the CLI get the same errors. :func:`add_arguments`
+turns the fields into argparse flags whose help is the field's text (fairseq-style).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import typing
+from typing import Any, Iterable, Optional, Sequence
+
+from .errors import S2VTError
+
+
+class ConfigError(S2VTError):
+    """A configuration value that makes no sense; the message names the flag."""
+
+
+def option(default: Any, help: str, choices: Optional[Sequence] = None, low: Optional[float] = None,
+           high: Optional[float] = None, low_open: bool = False, cli: bool = True) -> Any:
+    """A dataclass field with its help text and allowed values (``low``/``high`` inclusive unless ``low_open``)."""
+    meta = {"help": help, "choices": choices, "low": low, "high": high, "low_open": low_open, "cli": cli}
+    if isinstance(default, (list, dict)):
+        return dataclasses.field(default_factory=lambda: type(default)(default), metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _base_type(tp):
+    """int, float, str or bool from an annotation (``Optional[X]`` -> X)."""
+    if isinstance(tp, str):
+        return {"int": int, "float": float, "str": str, "bool": bool}.get(tp.replace("Optional[", "").rstrip("]"))
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    return args[0] if args else tp
+
+
+def check_value(name: str, value: Any, f: dataclasses.Field, owner: str) -> None:
+    """Raise ConfigError when ``value`` breaks the field's type, choices or range."""
+    m, tp = f.metadata, _base_type(f.type)
+    where = f"{flag(name)} ({owner}.{name})"
+    if value is None and (isinstance(f.type, str) and "Optional" in f.type):
+        return
+    if tp in (int, float, str, bool):
+        ok = isinstance(value, tp) and not (tp is int and isinstance(value, bool))
+        if tp is float and isinstance(value, int) and not isinstance(value, bool):
+            ok = True
+        if not ok:
+            raise ConfigError(f"{where} must be {tp.__name__}, got {value!r} ({type(value).__name__})")
+    if m.get("choices") and value not in m["choices"]:
+        raise ConfigError(f"{where} must be one of {', '.join(map(str, m['choices']))}, got {value!r}")
+    if tp in (int, float) and value is not None:
+        if not math.isfinite(value):
+            raise ConfigError(f"{where} must be a finite number, got {value!r}")
+        low, high = m.get("low"), m.get("high")
+        if low is not None and (value < low or (m.get("low_open") and value == low)):
+            raise ConfigError(f"{where} must be {'>' if m.get('low_open') else '>='} {low}, got {value!r}")
+        if high is not None and value > high:
+            raise ConfigError(f"{where} must be <= {high}, got {value!r}")
+
+
+def check_fields(obj) -> None:
+    """Validate every field of a config dataclass declared with :func:`option`."""
+    for f in dataclasses.fields(obj):
+        if "help" in f.metadata:
+            check_value(f.name, getattr(obj, f.name), f, type(obj).__name__)
+
+
+def from_dict(cls, d: Any, what: str = "config", nested: Optional[dict] = None, ignore: Iterable[str] = ()):
+    """Build ``cls`` from a dict, refusing unknown keys; ``nested`` maps a field to its config class."""
+    if not isinstance(d, dict):
+        raise ConfigError(f"{what} must be a JSON object, got {type(d).__name__}")
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(d) - names - set(ignore)
+    if unknown:
+        raise ConfigError(f"{what}: unknown options {sorted(unknown)} (known: {', '.join(sorted(names))})")
+    d = {k: v for k, v in d.items() if k in names}
+    for key, sub in (nested or {}).items():
+        if key in d:
+            d[key] = from_dict(sub, d[key], f"{what}.{key}")
+    return cls(**d)
+
+
+def add_arguments(parser: argparse.ArgumentParser, cls, dest_prefix: str = "", skip: Iterable[str] = ()) -> None:
+    """One flag per field of ``cls`` with the field's help; defaults stay None (= not given)."""
+    for f in dataclasses.fields(cls):
+        m = f.metadata
+        if f.name in skip or "help" not in m or not m.get("cli", True):
+            continue
+        tp = _base_type(f.type)
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        shown = "" if default in (None, "") else f" (default: {default})"
+        kw = dict(dest=dest_prefix + f.name, default=None, help=m["help"] + shown)
+        if tp is bool:
+            parser.add_argument(flag(f.name), action=argparse.BooleanOptionalAction, **kw)
+        else:
+            parser.add_argument(flag(f.name), type=tp, choices=m.get("choices"), **kw)
+
+
+def overrides(args: argparse.Namespace, cls, dest_prefix: str = "") -> dict:
+    """The fields of ``cls`` given on the command line (not None)."""
+    out = {}
+    for f in dataclasses.fields(cls):
+        v = getattr(args, dest_prefix + f.name, None)
+        if v is not None:
+            out[f.name] = v
+    return out
+
+
+def check_device(device: str):
+    """A torch.device that exists here, or ConfigError saying what is available."""
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ConfigError(f"--device {device!r} is not a device name (cpu, cuda, cuda:1, ...): {e}")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"--device {device}: no CUDA GPU is available here; use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ConfigError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) here")
+    elif dev.type not in ("cpu", "mps"):
+        raise ConfigError(f"--device {device}: unsupported device type {dev.type!r} (cpu or cuda)")
+    return dev
