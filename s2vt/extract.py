@@ -1,31 +1,64 @@
 """The extraction driver: videos -> sampled frames (or flow images) -> CNN -> HDF5.
 
-Worker processes decode videos, compute flow and crop images (uint8, in chunks of at
-most ``chunk`` frames so a long video never sits in memory whole); the main process
-batches chunks across videos through the CNN on ``device`` and stages each finished
-video in the store. A video that fails at any point is recorded with its reason and
-nothing of it is kept. Re-running skips finished videos.
+Three things run at once so the wall time approaches max(decode time, CNN time):
+
+* worker processes decode videos, compute flow and crop images (uint8 tensors, in chunks
+  of at most ``chunk`` frames so a long video never sits in memory whole);
+* the main process copies chunks into a staging buffer (pinned on CUDA), sends each full
+  batch to the device with a non-blocking copy on a side stream, runs the CNN, and starts
+  the device-to-host copy of its features; it waits for a batch only when the next one
+  is already queued on the device (``Pipeline``);
+* a writer thread (``store.BackgroundWriter``) makes finished videos durable in groups.
+
+A video that fails at any point (decoding, no frame sampled, non-finite features) is
+recorded with its reason and nothing of it is kept. Re-running skips finished videos.
 """
 from __future__ import annotations
 
 import os
 import time
-from collections import Counter
+import warnings
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Deque, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from .backbones import Backbone, Preprocess, SPECS, prepare
-from .flow import FlowComputer, flow_to_image
-from .store import FeatureWriter, VERSION
+from .backbones import SPECS, Backbone, Preprocess, check_backbone, prepare
+from .errors import S2VTError
+from .flow import METHODS, OFFSET, SCALE, FlowComputer, flow_to_image
+from .store import VERSION, BackgroundWriter, FeatureWriter
 from .video import Sampling, iter_frames
 
 STREAMS = ("rgb", "flow")
+
+
+def check_device(device: str) -> torch.device:
+    """The torch.device ``device`` names, if it exists on this machine; else S2VTError."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError) as e:
+        raise S2VTError(f"--device {device!r} is not a device name (cpu, cuda, cuda:1, ...): {e}")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise S2VTError(f"--device {device}: no CUDA GPU is available here; use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise S2VTError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) here")
+    elif dev.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise S2VTError(f"--device {device}: MPS is not available here; use --device cpu")
+    elif dev.type != "cpu":
+        raise S2VTError(f"--device {device}: unsupported device type {dev.type!r} (cpu, cuda or mps)")
+    return dev
+
+
+def _int_at_least(flag: str, value, low: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+        raise S2VTError(f"{flag} must be an integer >= {low}, not {value!r}")
 
 
 @dataclass
@@ -38,28 +71,49 @@ class ExtractConfig:
     num_frames: int = 0               # >0: this many frames spread uniformly instead of a stride
     max_frames: int = 0               # cap on sampled frames per video (0 = none)
     input_size: int = 224             # CNN crop side
-    crop_ratio: float = 0.875         # crop side / resized short side (224 of 256)
+    crop_ratio: float = 0.875         # crop side / resized short side (224 of 256), in (0, 1]
     flow_method: str = "dis"
     batch_size: int = 64              # images per CNN call
-    workers: int = 2                  # decoding processes (0 = decode in the main process)
+    workers: Optional[int] = None     # decoding processes; None = cores - 1 on a GPU, 2 on the CPU; 0 = in-process
     chunk: int = 32                   # frames per worker message (bounds memory)
     device: str = "cpu"
-    precision: str = "fp32"           # fp32 or bf16 (autocast; recorded in the signature)
+    precision: str = "fp32"           # fp32 or bf16 (autocast, GPU only; recorded in the signature)
 
     def __post_init__(self):
         if self.stream not in STREAMS:
-            raise ValueError(f"stream must be one of {STREAMS}, not {self.stream!r}")
+            raise S2VTError(f"--stream must be one of {', '.join(STREAMS)}, not {self.stream!r}")
+        if self.flow_method not in METHODS:
+            raise S2VTError(f"--flow-method must be one of {', '.join(METHODS)}, not {self.flow_method!r}")
         if self.precision not in ("fp32", "bf16"):
-            raise ValueError("precision must be fp32 or bf16")
-        if self.cnn not in SPECS:
-            raise ValueError(f"unknown CNN {self.cnn!r}; choose one of {', '.join(SPECS)}")
+            raise S2VTError(f"precision must be fp32 or bf16 (--bf16), not {self.precision!r}")
+        for flag, value, low in (("--batch-size", self.batch_size, 1), ("--chunk", self.chunk, 1),
+                                 ("--input-size", self.input_size, 16)):
+            _int_at_least(flag, value, low)
+        if self.workers is not None:
+            _int_at_least("--workers", self.workers, 0)
+        if not (isinstance(self.crop_ratio, (int, float)) and 0 < self.crop_ratio <= 1):
+            raise S2VTError(f"--crop-ratio must be in (0, 1] (crop side / resized short side), not {self.crop_ratio!r}")
+        check_backbone(self.cnn, self.layer, self.input_size)
+        self.sampling()  # --stride / --num-frames / --max-frames
+        dev = check_device(self.device)
+        if self.precision == "bf16" and dev.type == "cpu":
+            # CPUs without bf16 units run a bf16 CNN ~60x slower than fp32: compute (and record) fp32
+            warnings.warn("--bf16 is for GPUs; on the CPU the CNN runs (and the store records) fp32", stacklevel=3)
+            self.precision = "fp32"
 
     def sampling(self) -> Sampling:
         return Sampling(stride=self.stride, num_frames=self.num_frames, max_frames=self.max_frames)
 
     def preprocess(self) -> Preprocess:
         base = SPECS[self.cnn].preprocess
-        return Preprocess(self.input_size, self.crop_ratio, base.mean, base.std)
+        return Preprocess(self.input_size, float(self.crop_ratio), base.mean, base.std)
+
+    def decode_workers(self) -> int:
+        """Decoding processes: ``workers``, or by default every core but one on a GPU, 2 on the CPU."""
+        if self.workers is not None:
+            return self.workers
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        return max(1, cores - 1) if torch.device(self.device).type != "cpu" else min(2, cores)
 
 
 def make_signature(cfg: ExtractConfig, backbone: Backbone) -> dict:
@@ -70,7 +124,7 @@ def make_signature(cfg: ExtractConfig, backbone: Backbone) -> dict:
                         "short_side": s.short_side},
            "precision": cfg.precision}
     if cfg.stream == "flow":
-        sig["flow"] = {"method": cfg.flow_method, "scale": 16, "offset": 128}
+        sig["flow"] = {"method": cfg.flow_method, "scale": SCALE, "offset": OFFSET}
     return sig
 
 
@@ -86,7 +140,7 @@ def video_images(path, cfg: ExtractConfig, pre: Preprocess, info: dict) -> Itera
 
 
 class VideoChunks(IterableDataset):
-    """Yields dicts: ``{vid, images (n,3,S,S) uint8, indices (n,), last, meta}`` or ``{vid, error}``."""
+    """Yields dicts: ``{vid, images (n,3,S,S) uint8 tensor, indices (n,), last, meta}`` or ``{vid, error}``."""
 
     def __init__(self, items: Sequence[Tuple[str, str]], cfg: ExtractConfig, pre: Optional[Preprocess] = None):
         self.items, self.cfg, self.pre = list(items), cfg, pre or cfg.preprocess()
@@ -95,6 +149,7 @@ class VideoChunks(IterableDataset):
         w = get_worker_info()
         items = self.items if w is None else self.items[w.id::w.num_workers]
         cv2.setNumThreads(1)
+        S = self.pre.size
         for vid, path in items:
             info: dict = {}
             imgs, idx = [], []
@@ -103,16 +158,105 @@ class VideoChunks(IterableDataset):
                     imgs.append(img)
                     idx.append(i)
                     if len(imgs) == self.cfg.chunk:
-                        yield {"vid": vid, "images": np.stack(imgs), "indices": np.array(idx), "last": False}
+                        yield {"vid": vid, "images": torch.from_numpy(np.stack(imgs)), "indices": np.array(idx),
+                               "last": False}
                         imgs, idx = [], []
             except Exception as e:  # any failure of one video is reported, never fatal
                 yield {"vid": vid, "error": str(e) or type(e).__name__, "source": str(path)}
                 continue
-            S = self.pre.size
-            yield {"vid": vid, "images": np.stack(imgs) if imgs else np.zeros((0, 3, S, S), np.uint8),
+            # tensors travel from workers through shared memory, not pickled pipes
+            yield {"vid": vid, "images": torch.from_numpy(np.stack(imgs) if imgs else np.zeros((0, 3, S, S), np.uint8)),
                    "indices": np.array(idx, np.int64), "last": True,
                    "meta": {"fps": info.get("fps", 0.0), "decoded_frames": info.get("decoded_frames", 0),
                             "source": str(path)}}
+
+
+class Pipeline:
+    """uint8 image batches -> CNN features on ``device``, without making the host wait.
+
+    ``add(owner, images)`` copies (n, 3, S, S) uint8 rows into a staging buffer (pinned on
+    CUDA). Each full batch is launched: a non-blocking host-to-device copy (on a side
+    stream, so it overlaps the previous batch's CNN), the CNN under autocast, and a
+    non-blocking copy of its (n, D) float32 features back to pinned host memory. The host
+    waits for a batch only once the next one is queued on the device. ``add`` and
+    ``flush`` return the finished rows as ``[(owner, (k, D) float32 array), ...]`` in order.
+    """
+
+    def __init__(self, backbone: Backbone, device: torch.device, batch_size: int, size: int,
+                 precision: str = "fp32"):
+        self.backbone, self.device, self.batch_size = backbone, device, batch_size
+        self.cuda = device.type == "cuda"
+        n_bufs = 2 if self.cuda else 1  # fill one while the other is being copied to the device
+        self.bufs = [torch.empty((batch_size, 3, size, size), dtype=torch.uint8, pin_memory=self.cuda)
+                     for _ in range(n_bufs)]
+        self.copied: List[Optional[torch.cuda.Event]] = [None] * n_bufs  # buffer's last H2D copy done
+        self.copy_stream = torch.cuda.Stream(device) if self.cuda else None
+        self.autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+        self.k, self.fill, self.owners = 0, 0, []   # buffer being filled, rows in it, (owner, rows) runs
+        self.inflight: Deque[tuple] = deque()       # (done event, host features, owners) per launched batch
+        self.images = 0
+
+    def add(self, owner, images: torch.Tensor) -> list:
+        """Queue (n, 3, S, S) uint8 ``images`` of ``owner``; returns finished rows."""
+        done, i = [], 0
+        while i < len(images):
+            if self.fill == 0 and self.copied[self.k] is not None:
+                self.copied[self.k].synchronize()  # long done: the copy of two batches ago
+            n = min(len(images) - i, self.batch_size - self.fill)
+            self.bufs[self.k][self.fill:self.fill + n].copy_(images[i:i + n])
+            self.owners.append((owner, n))
+            self.fill, i = self.fill + n, i + n
+            if self.fill == self.batch_size:
+                done += self._launch()
+        return done
+
+    def flush(self) -> list:
+        """Launch the partial batch and wait for every batch in flight."""
+        done = self._launch() if self.fill else []
+        while self.inflight:
+            done += self._collect()
+        return done
+
+    @torch.inference_mode()
+    def _launch(self) -> list:
+        n, buf = self.fill, self.bufs[self.k]
+        if self.cuda:
+            with torch.cuda.stream(self.copy_stream):
+                x = buf[:n].to(self.device, non_blocking=True)
+                self.copied[self.k] = torch.cuda.Event()
+                self.copied[self.k].record(self.copy_stream)
+            compute = torch.cuda.current_stream(self.device)
+            compute.wait_stream(self.copy_stream)
+            x.record_stream(compute)
+        else:
+            x = buf[:n].to(self.device)  # the CPU uses the buffer itself: it is refilled after the CNN ran
+        with self.autocast:
+            y = self.backbone(x).float()  # (n, D)
+        event = None
+        if self.cuda:
+            host = torch.empty(y.shape, dtype=torch.float32, pin_memory=True)
+            host.copy_(y, non_blocking=True)
+            event = torch.cuda.Event()
+            event.record(compute)
+        else:
+            host = y.cpu()
+        self.inflight.append((event, host, self.owners))
+        self.images += n
+        self.k, self.fill, self.owners = (self.k + 1) % len(self.bufs), 0, []
+        done = []
+        while len(self.inflight) > (1 if self.cuda else 0):  # keep the device one batch ahead
+            done += self._collect()
+        return done
+
+    def _collect(self) -> list:
+        event, host, owners = self.inflight.popleft()
+        if event is not None:
+            event.synchronize()
+        arr, k, out = host.numpy(), 0, []
+        for owner, n in owners:
+            out.append((owner, arr[k:k + n].copy() if self.cuda else arr[k:k + n]))  # pinned blocks get reused
+            k += n
+        return out
 
 
 @dataclass
@@ -137,6 +281,72 @@ class ExtractSummary:
         return out
 
 
+class _Videos:
+    """Per-video bookkeeping of the main loop: rows sent to the CNN and received back;
+    a video is finished once its last chunk arrived and every row came back."""
+
+    def __init__(self, writer: BackgroundWriter, summary: ExtractSummary, dim: int, bar):
+        self.writer, self.summary, self.dim, self.bar = writer, summary, dim, bar
+        self.state: Dict[str, dict] = {}
+
+    def chunk(self, msg: dict) -> None:
+        s = self.state.setdefault(msg["vid"], {"feats": [], "indices": [], "sent": 0, "got": 0, "meta": None})
+        s["indices"].append(np.asarray(msg["indices"], np.int64))
+        s["sent"] += len(msg["images"])
+        if msg["last"]:
+            s["meta"] = msg["meta"]
+            self._maybe_finish(msg["vid"])
+
+    def rows(self, done: list) -> None:
+        for vid, arr in done:
+            s = self.state.get(vid)
+            if s is not None:  # None: the video failed after some of its rows were queued
+                s["feats"].append(arr)
+                s["got"] += len(arr)
+                self._maybe_finish(vid)
+
+    def fail(self, vid: str, reason: str, source: str) -> None:
+        self.state.pop(vid, None)
+        self.writer.add_failure(vid, reason, source)
+        self.summary.failed[vid] = reason
+        self.bar.update()
+
+    def _maybe_finish(self, vid: str) -> None:
+        s = self.state[vid]
+        if s["meta"] is None or s["got"] < s["sent"]:
+            return
+        source = s["meta"].get("source", "")
+        if not s["sent"]:
+            return self.fail(vid, "no frame sampled", source)
+        feats = np.concatenate(s["feats"])  # (T, D)
+        if not np.isfinite(feats).all():
+            return self.fail(vid, "non-finite features (NaN or inf) from the CNN", source)
+        del self.state[vid]
+        self.writer.add(vid, feats, np.concatenate(s["indices"]), s["meta"])
+        self.summary.done += 1
+        self.summary.frames += len(feats)
+        self.bar.update()
+
+
+def _loader(todo, cfg: ExtractConfig, pre: Preprocess) -> DataLoader:
+    workers = min(cfg.decode_workers(), len(todo))
+    return DataLoader(VideoChunks(todo, cfg, pre), batch_size=None, num_workers=workers,
+                      prefetch_factor=4 if workers else None, persistent_workers=False)
+
+
+def _run(todo, cfg: ExtractConfig, backbone: Backbone, device: torch.device, videos: _Videos) -> None:
+    """The main loop: worker chunks -> Pipeline -> finished videos to the writer thread."""
+    pipe = Pipeline(backbone, device, cfg.batch_size, backbone.preprocess.size, cfg.precision)
+    for msg in _loader(todo, cfg, backbone.preprocess):  # crop exactly as the signature records
+        if "error" in msg:
+            videos.fail(msg["vid"], msg["error"], msg["source"])
+            continue
+        done = pipe.add(msg["vid"], msg["images"]) if len(msg["images"]) else []
+        videos.chunk(msg)
+        videos.rows(done)
+    videos.rows(pipe.flush())
+
+
 def extract(items: Sequence[Tuple[str, str]], out, cfg: ExtractConfig,
             backbone: Optional[Backbone] = None, progress: bool = True,
             shard: Optional[Tuple[int, int]] = None) -> ExtractSummary:
@@ -144,9 +354,10 @@ def extract(items: Sequence[Tuple[str, str]], out, cfg: ExtractConfig,
     from tqdm import tqdm
 
     t0 = time.time()
-    device = torch.device(cfg.device)
-    backbone = backbone or Backbone(cfg.cnn, cfg.layer, cfg.weights, cfg.preprocess())
-    backbone = backbone.to(device)
+    if shard is not None:
+        check_shard(*shard)
+    device = check_device(cfg.device)
+    backbone = (backbone or Backbone(cfg.cnn, cfg.layer, cfg.weights, cfg.preprocess())).to(device)
     sig = make_signature(cfg, backbone)
     if shard:
         sig["shard"] = f"{shard[0]}/{shard[1]}"
@@ -154,81 +365,38 @@ def extract(items: Sequence[Tuple[str, str]], out, cfg: ExtractConfig,
     done = writer.done_ids()
     todo = [(v, str(p)) for v, p in items if v not in done]
     summary = ExtractSummary(skipped=len(items) - len(todo), out=str(out))
-    ds = VideoChunks(todo, cfg, backbone.preprocess)  # crop exactly as the signature records
-    workers = min(cfg.workers, len(todo))
-    loader = DataLoader(ds, batch_size=None, num_workers=workers, pin_memory=device.type == "cuda",
-                        prefetch_factor=4 if workers else None, persistent_workers=False)
-    state: Dict[str, dict] = {}      # vid -> {"feats": [...], "indices": [...], "last": bool, "meta": {}}
-    pending: List[Tuple[str, torch.Tensor]] = []
-    bar = tqdm(total=len(todo), desc=f"extract {cfg.stream}", unit="video", disable=not progress)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
-
-    def run_batch():
-        if not pending:
-            return
-        x = torch.cat([t for _, t in pending]).to(device, non_blocking=True)
-        with torch.inference_mode(), autocast:
-            y = backbone(x).float().cpu().numpy()
-        k = 0
-        for vid, t in pending:
-            state[vid]["feats"].append(y[k:k + len(t)])
-            k += len(t)
-        pending.clear()
-        summary.frames += k
-        for vid in [v for v, s in state.items() if s["last"]]:
-            finish(vid)
-
-    def finish(vid):
-        s = state.pop(vid)
-        feats = np.concatenate(s["feats"]) if s["feats"] else np.zeros((0, backbone.dim), np.float32)
-        indices = np.concatenate(s["indices"])
-        if len(feats) == 0:
-            writer.add_failure(vid, "no frame sampled", s["meta"].get("source", ""))
-            summary.failed[vid] = "no frame sampled"
-        else:
-            writer.add(vid, feats.astype(np.float32), indices, s["meta"])
-            summary.done += 1
-        bar.update()
-        el = time.time() - t0
-        bar.set_postfix(frames_s=f"{summary.frames / el:.0f}", failed=len(summary.failed))
-
-    try:
-        for msg in loader:
-            vid = msg["vid"]
-            if "error" in msg:
-                state.pop(vid, None)
-                pending[:] = [(v, t) for v, t in pending if v != vid]
-                writer.add_failure(vid, msg["error"], msg["source"])
-                summary.failed[vid] = msg["error"]
-                bar.update()
-                continue
-            s = state.setdefault(vid, {"feats": [], "indices": [], "last": False, "meta": {}})
-            images = torch.as_tensor(msg["images"])
-            s["indices"].append(np.asarray(msg["indices"]))
-            if len(images):
-                pending.append((vid, images))
-            if msg["last"]:
-                s["last"], s["meta"] = True, msg["meta"]
-            if sum(len(t) for _, t in pending) >= cfg.batch_size:
-                run_batch()
-        run_batch()
-        for vid in [v for v, s in state.items() if s["last"]]:
-            finish(vid)
-    finally:
-        bar.close()
-    writer.finalize()
+    bg = BackgroundWriter(writer)
+    with tqdm(total=len(todo), desc=f"extract {cfg.stream}", unit="video", disable=not progress) as bar:
+        try:
+            if todo:
+                _run(todo, cfg, backbone, device, _Videos(bg, summary, backbone.dim, bar))
+        except BaseException:
+            try:
+                bg.stop()  # what finished stays durable for the re-run
+            except Exception:
+                pass
+            raise
+        bg.finish()
     summary.seconds = time.time() - t0
     return summary
 
 
+def check_shard(rank: int, world: int) -> Tuple[int, int]:
+    """(rank, world) when 0 <= rank < world; else S2VTError."""
+    ints = all(isinstance(x, int) and not isinstance(x, bool) for x in (rank, world))
+    if not ints or world < 1 or not 0 <= rank < world:
+        raise S2VTError(f"--shard {rank}/{world}: need integers with N >= 1 and 0 <= I < N")
+    return rank, world
+
+
 def shard_items(items: Sequence, rank: int, world: int) -> list:
     """Every ``world``-th item starting at ``rank`` (items sorted by id first)."""
-    if not 0 <= rank < world:
-        raise ValueError(f"shard {rank}/{world}: rank must be in [0, {world})")
+    check_shard(rank, world)
     return sorted(items)[rank::world]
 
 
 def shard_path(out, rank: int, world: int) -> Path:
+    check_shard(rank, world)
     out = Path(out)
     return out.with_name(f"{out.stem}.shard{rank}of{world}{out.suffix}") if world > 1 else out
 
@@ -236,5 +404,55 @@ def shard_path(out, rank: int, world: int) -> Path:
 def env_shard() -> Optional[Tuple[int, int]]:
     """(rank, world size) set by torchrun, if any."""
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
-        return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+        r, w = os.environ["RANK"], os.environ["WORLD_SIZE"]
+        try:
+            rank, world = int(r), int(w)
+        except ValueError:
+            raise S2VTError(f"RANK={r!r} and WORLD_SIZE={w!r} (set by torchrun) must be integers")
+        if world < 1 or not 0 <= rank < world:
+            raise S2VTError(f"RANK={r} WORLD_SIZE={w} (set by torchrun): need WORLD_SIZE >= 1 and 0 <= RANK < WORLD_SIZE")
+        return rank, world
     return None
+
+
+# ----------------------------------------------------------------------------- benchmark
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_stages(items: Sequence[Tuple[str, str]], cfg: ExtractConfig, workdir, backbone: Optional[Backbone] = None) -> dict:
+    """Wall times of decode-only (the same workers decoding, sampling and cropping, no CNN),
+    CNN-only (the same ``Pipeline`` on ready uint8 images: staging, transfers, CNN) and the
+    full extraction into ``workdir/bench.h5``, on the same files; ``ratio`` = extraction /
+    max(decode-only, CNN-only)."""
+    device = check_device(cfg.device)
+    backbone = (backbone or Backbone(cfg.cnn, cfg.layer, cfg.weights, cfg.preprocess())).to(device)
+    t = time.perf_counter()
+    images = sum(len(m["images"]) for m in _loader(list(items), cfg, backbone.preprocess) if "images" in m)
+    decode_s = time.perf_counter() - t
+
+    S = backbone.preprocess.size
+    chunk = torch.randint(0, 256, (cfg.chunk, 3, S, S), dtype=torch.uint8)
+    pipe = Pipeline(backbone, device, cfg.batch_size, S, cfg.precision)
+    for _ in range(max(1, cfg.batch_size // cfg.chunk)):  # warm-up: one batch
+        pipe.add(0, chunk)
+    pipe.flush()
+    _sync(device)
+    t = time.perf_counter()
+    for k in range(0, images, cfg.chunk):
+        pipe.add(k, chunk[: min(cfg.chunk, images - k)])
+    pipe.flush()
+    _sync(device)
+    cnn_s = time.perf_counter() - t
+
+    t = time.perf_counter()
+    s = extract(items, Path(workdir) / "bench.h5", cfg, backbone=backbone, progress=False)
+    extract_s = time.perf_counter() - t
+    if s.failed or s.frames != images:
+        raise S2VTError(f"benchmark extraction failed: {s.lines()}")
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
+    return {"device": name, "stream": cfg.stream, "decode_only_s": round(decode_s, 3), "cnn_only_s": round(cnn_s, 3),
+            "extraction_s": round(extract_s, 3), "images": images,
+            "ratio": round(extract_s / max(decode_s, cnn_s), 3)}

@@ -11,8 +11,11 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from .errors import S2VTError
+
 METHODS = ("dis", "farneback")
-SCALE, OFFSET = 16.0, 128.0
+# flow image = flow * SCALE + OFFSET (the LRCN recipe); the store signature records both
+SCALE, OFFSET = 16, 128
 
 
 class FlowComputer:
@@ -20,7 +23,7 @@ class FlowComputer:
 
     def __init__(self, method: str = "dis"):
         if method not in METHODS:
-            raise ValueError(f"unknown flow method {method!r}; choose one of {METHODS}")
+            raise S2VTError(f"--flow-method {method!r} is unknown; choose one of {', '.join(METHODS)}")
         self.method = method
         self._dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM) if method == "dis" else None
 

@@ -1,19 +1,30 @@
 """The HDF5 feature store: per-video (T, D) CNN activations with a self-describing
 signature, written crash-safely and resumably. Format: ``features/README.md``.
 
-Writing goes through a staging folder ``FILE.h5.parts/``: each finished video is one
-``.npz`` written to a temporary name and renamed (atomic), so ``kill -9`` at any moment
-loses at most the videos in flight. ``finalize`` writes a new HDF5 file (the previous
-file's videos plus the staged ones) to a temporary name and renames it over ``FILE.h5``,
-so the store on disk is always a complete, readable file. A re-run reads both and skips
-every finished video.
+Writing (``FeatureWriter``) goes through a staging folder ``FILE.h5.parts/``:
+
+* group commit: finished videos (and failures) collect in memory and are written
+  together as one ``gNNNNNN.npz`` file (temporary name, one fsync, rename, fsync of the
+  folder) every ``commit_seconds`` or every ``commit_videos`` videos. A video counts as
+  done for a re-run only once its group file is durable; ``kill -9`` at any moment loses
+  at most the last uncommitted group.
+* after each commit the same videos are appended to a working HDF5 file
+  ``FILE.h5.parts/work.h5`` (a byte copy of the previous ``FILE.h5`` when there is one),
+  so ``finalize`` only closes it, fsyncs it and renames it over ``FILE.h5``: the file on
+  disk is always a complete, readable store.
+* the working file is never trusted after a crash: the next writer rebuilds it from the
+  previous ``FILE.h5`` and the committed group files (appending is idempotent).
+
+``BackgroundWriter`` runs a ``FeatureWriter`` on its own thread behind a bounded queue.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
+import queue
 import shutil
+import threading
+import time
 from pathlib import Path
 from typing import Iterable, List, Optional
 
@@ -21,7 +32,8 @@ import h5py
 import numpy as np
 
 from .errors import S2VTError, SignatureMismatch
-
+from .fileio import atomic_write, fsync_dir
+from .ids import check_video_id, id_problem
 FORMAT = "s2vt-features"
 VERSION = 1
 # signature fields that do not change what a feature means
@@ -45,17 +57,44 @@ def check_signature(have: dict, want: dict, what: str) -> None:
         raise SignatureMismatch(f"{what} was extracted differently from what is expected: " + "; ".join(diff))
 
 
-def _stage_name(vid: str) -> str:
-    return hashlib.sha1(vid.encode()).hexdigest()[:20]
+def stage_dir(path) -> Path:
+    """The staging folder of the store at ``path``."""
+    return Path(str(path) + ".parts")
+
+
+def _read_group(p: Path) -> List[dict]:
+    """Records of one committed group file: ``{kind, vid, ...}`` (+ ``features``/``frame_indices``)."""
+    with np.load(p, allow_pickle=False) as z:
+        index = json.loads(str(z["index"]))
+        for i, r in enumerate(index):
+            if r["kind"] == "video":
+                r["features"], r["frame_indices"] = z[f"f{i}"], z[f"i{i}"]
+    return index
+
+
+def _group_vids(p: Path) -> List[tuple]:
+    """(kind, vid) of each record of a group file, reading only its index."""
+    with np.load(p, allow_pickle=False) as z:
+        return [(r["kind"], r["vid"]) for r in json.loads(str(z["index"]))]
+
+
+def staged_ids(path) -> set:
+    """Videos whose features are durable in the staging folder of the store at ``path``."""
+    out = set()
+    for p in sorted(stage_dir(path).glob("g*.npz")):
+        out.update(v for kind, v in _group_vids(p) if kind == "video")
+    return out
 
 
 class FeatureWriter:
-    """Add videos (or failures) one at a time; ``finalize`` publishes the HDF5 file."""
+    """Add videos (or failures); ``commit`` makes them durable as one group; ``finalize``
+    publishes the HDF5 file. Not thread-safe: one thread (see ``BackgroundWriter``) calls it."""
 
-    def __init__(self, path, signature: dict):
-        self.path = Path(path)
-        self.signature = signature
-        self.stage = Path(str(self.path) + ".parts")
+    def __init__(self, path, signature: dict, commit_seconds: float = 0.5, commit_videos: int = 256,
+                 commit_bytes: int = 256 << 20):
+        self.path, self.signature = Path(path), signature
+        self.stage = stage_dir(self.path)
+        self.commit_seconds, self.commit_videos, self.commit_bytes = commit_seconds, commit_videos, commit_bytes
         self.existing: Optional[FeatureStore] = None
         if self.path.exists():
             self.existing = FeatureStore(self.path)
@@ -65,80 +104,212 @@ class FeatureWriter:
         if sig_file.exists():
             check_signature(json.loads(sig_file.read_text()), signature, str(self.stage))
         else:
-            _atomic_write_bytes(sig_file, json.dumps(signature, sort_keys=True).encode())
+            atomic_write(sig_file, json.dumps(signature, sort_keys=True))
+            fsync_dir(self.stage)
+        for p in list(self.stage.glob("*.tmp")) + [self.stage / "work.h5"]:  # never trusted after a crash
+            p.unlink(missing_ok=True)
+        self._groups = self._readable_groups()
+        self._seq = max((int(p.stem[1:]) for p in self._groups), default=0)
+        self._pending: List[dict] = []
+        self._pending_bytes, self._since = 0, 0.0
+        self._work: Optional[h5py.File] = None
+        self._built = False  # work.h5 holds the previous store and every committed group
+
+    def _readable_groups(self) -> List[Path]:
+        out = []
+        for p in sorted(self.stage.glob("g*.npz")):
+            try:
+                _group_vids(p)
+                out.append(p)
+            except Exception:  # renamed only after its fsync, so only a damaged disk gets here: redo those videos
+                p.unlink(missing_ok=True)
+        return out
 
     def done_ids(self) -> set:
-        """Videos already extracted (in the store or staged): a re-run skips them."""
+        """Videos already extracted (in the store or durably staged): a re-run skips them."""
         done = set(self.existing.ids) if self.existing else set()
-        for p in self.stage.glob("*.npz"):
-            try:
-                with np.load(p, allow_pickle=False) as z:
-                    done.add(str(z["vid"]))
-            except Exception:  # a file cut short by a crash before its rename cannot exist; be safe anyway
-                p.unlink(missing_ok=True)
+        for p in self._groups:
+            done.update(v for kind, v in _group_vids(p) if kind == "video")
         return done
 
+    def check(self, vid: str, features: np.ndarray, frame_indices: np.ndarray) -> None:
+        """S2VTError unless ``vid`` is a valid id and ``features`` (T, D) finite with T >= 1
+        rows matching the T ``frame_indices`` (and D the signature's ``dim``)."""
+        check_video_id(vid, f"{self.path}: video id")
+        f, idx = np.asarray(features), np.asarray(frame_indices)
+        dim = self.signature.get("dim")
+        if f.ndim != 2 or idx.ndim != 1 or len(f) != len(idx) or (dim is not None and f.shape[1] != dim):
+            raise S2VTError(f"{self.path}: video {vid}: features {f.shape} must be (T, {dim or 'D'}) with one row "
+                            f"per frame index ({idx.shape})")
+        if len(f) == 0:
+            raise S2VTError(f"{self.path}: video {vid} has no frames; record it with add_failure instead")
+        if not np.isfinite(f).all():
+            raise S2VTError(f"{self.path}: video {vid} has non-finite features (NaN or inf)")
+
     def add(self, vid: str, features: np.ndarray, frame_indices: np.ndarray, meta: dict) -> None:
-        assert features.ndim == 2 and len(features) == len(frame_indices), \
-            f"{vid}: features {features.shape} do not match {len(frame_indices)} frame indices"
-        assert np.isfinite(features).all(), f"{vid}: non-finite features"
-        p = self.stage / f"{_stage_name(vid)}.npz"
-        tmp = p.with_suffix(".tmp")
-        with open(tmp, "wb") as f:
-            np.savez(f, vid=np.array(vid), features=features, frame_indices=np.asarray(frame_indices, np.int64),
-                     meta=np.array(json.dumps(meta)))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, p)
-        (self.stage / f"{_stage_name(vid)}.failed.json").unlink(missing_ok=True)
+        """Stage one video: ``features`` (T, D) float32, ``frame_indices`` (T,) int64, ``meta``
+        (fps, decoded_frames, source). Durable after the next ``commit``."""
+        self.check(vid, features, frame_indices)
+        f = np.ascontiguousarray(features, np.float32)
+        self._stage({"kind": "video", "vid": vid, "meta": meta, "features": f,
+                     "frame_indices": np.asarray(frame_indices, np.int64)}, f.nbytes)
 
     def add_failure(self, vid: str, reason: str, source: str = "") -> None:
-        p = self.stage / f"{_stage_name(vid)}.failed.json"
-        _atomic_write_bytes(p, json.dumps({"vid": vid, "reason": reason, "source": source}).encode())
+        check_video_id(vid, f"{self.path}: video id")
+        self._stage({"kind": "failed", "vid": vid, "reason": str(reason), "source": str(source)}, 256)
+
+    def _stage(self, record: dict, nbytes: int) -> None:
+        if not self._pending:
+            self._since = time.monotonic()
+        self._pending.append(record)
+        self._pending_bytes += nbytes
+        if len(self._pending) >= self.commit_videos or self._pending_bytes >= self.commit_bytes:
+            self.commit()
+
+    def commit_due_in(self) -> Optional[float]:
+        """Seconds until the pending group is due (0: now), None when nothing is pending."""
+        if not self._pending:
+            return None
+        return max(0.0, self._since + self.commit_seconds - time.monotonic())
+
+    def commit(self) -> None:
+        """Make every pending record durable: one group file, one fsync, one rename, one folder
+        fsync; then append the group to the working HDF5 file."""
+        if not self._pending:
+            return
+        records, self._pending, self._pending_bytes = self._pending, [], 0
+        self._seq += 1
+        p = self.stage / f"g{self._seq:06d}.npz"
+        index, arrays = [], {}
+        for i, r in enumerate(records):
+            index.append({k: v for k, v in r.items() if k not in ("features", "frame_indices")})
+            if r["kind"] == "video":
+                arrays[f"f{i}"], arrays[f"i{i}"] = r["features"], r["frame_indices"]
+        atomic_write(p, lambda f: np.savez(f, index=np.array(json.dumps(index)), **arrays))
+        fsync_dir(self.stage)
+        self._groups.append(p)
+        _apply(self._working(), records)
+
+    def _working(self) -> h5py.File:
+        """The working HDF5 file: the previous store (byte copy) plus every committed group."""
+        work = self.stage / "work.h5"
+        if self._work is None and self._built:  # closed by this writer, complete: reopen
+            self._work = h5py.File(work, "a")
+        if self._work is None:
+            if self.existing:
+                shutil.copyfile(self.existing.path, work)
+                self._work = h5py.File(work, "a")
+            else:
+                self._work = h5py.File(work, "w")
+                _write_header(self._work, self.signature)
+            for p in self._groups:  # left by an interrupted run, or committed before this file existed
+                _apply(self._work, _read_group(p))
+            self._built = True
+        return self._work
 
     def finalize(self) -> Path:
-        """Write the complete store (old + staged) to a temp file, rename it into place."""
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        staged = sorted(self.stage.glob("*.npz"))
-        failed = {}
-        if self.existing:
-            failed.update(self.existing.failed)
-        for p in sorted(self.stage.glob("*.failed.json")):
-            d = json.loads(p.read_text())
-            failed[d["vid"]] = {"reason": d["reason"], "source": d.get("source", "")}
-        with h5py.File(tmp, "w") as out:
-            _write_header(out, self.signature)
-            written = set()
-            for p in staged:
-                with np.load(p, allow_pickle=False) as z:
-                    vid = str(z["vid"])
-                    _write_video(out, vid, z["features"], z["frame_indices"], json.loads(str(z["meta"])))
-                written.add(vid)
-            if self.existing:
-                with h5py.File(self.existing.path, "r") as old:
-                    for vid in old["videos"]:
-                        if vid not in written:
-                            old.copy(old["videos"][vid], out["videos"], name=vid)
-                            written.add(vid)
-            for vid, d in failed.items():
-                if vid not in written:
-                    g = out["failed"].create_group(vid)
-                    g.attrs["reason"], g.attrs["source"] = d["reason"], d.get("source", "")
-        with open(tmp, "rb+") as f:
+        """Commit, then publish the working file as ``FILE.h5`` (fsync, atomic rename)."""
+        self.commit()
+        if self._work is None and self.existing and not self._groups:
+            shutil.rmtree(self.stage, ignore_errors=True)  # nothing new: the store is already complete
+            return self.path
+        work = self._working()
+        work.close()
+        self._work = None
+        with open(self.stage / "work.h5", "rb+") as f:
             os.fsync(f.fileno())
-        os.replace(tmp, self.path)
+        os.replace(self.stage / "work.h5", self.path)
+        fsync_dir(self.path.parent)
         shutil.rmtree(self.stage, ignore_errors=True)
+        self._groups, self._built = [], False
         self.existing = FeatureStore(self.path)
         return self.path
 
+    def close(self) -> None:
+        """Commit what is pending and release the working file (no publish: a re-run resumes)."""
+        self.commit()
+        if self._work is not None:
+            self._work.close()
+            self._work = None
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+
+def _apply(f: h5py.File, records: List[dict]) -> None:
+    """Write a group's records into an open store (idempotent: a replayed record replaces itself)."""
+    videos, failed = f["videos"], f["failed"]
+    for r in records:
+        vid = r["vid"]
+        if r["kind"] == "video":
+            if vid in videos:
+                del videos[vid]
+            if vid in failed:
+                del failed[vid]
+            _write_video(f, vid, r["features"], r["frame_indices"], r["meta"])
+        elif vid not in videos:
+            if vid in failed:
+                del failed[vid]
+            g = failed.create_group(vid)
+            g.attrs["reason"], g.attrs["source"] = r["reason"], r.get("source", "")
+
+
+class BackgroundWriter:
+    """A ``FeatureWriter`` driven by its own thread behind a bounded queue, so the caller never
+    waits on the disk (only when ``max_queue`` items are already waiting). Arguments are
+    checked in the caller (S2VTError at once); an error on the thread is raised by the next
+    call, or by ``finish``. Pending groups are committed on time even while no video arrives."""
+
+    def __init__(self, writer: FeatureWriter, max_queue: int = 64):
+        self.writer = writer
+        self._q: "queue.Queue" = queue.Queue(max_queue)
+        self._error: Optional[BaseException] = None
+        self._thread = threading.Thread(target=self._run, name="s2vt-store-writer", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        w = self.writer
+        try:
+            while True:
+                try:
+                    item = self._q.get(timeout=w.commit_due_in())
+                except queue.Empty:
+                    w.commit()
+                    continue
+                if item is None:
+                    w.close()
+                    return
+                getattr(w, item[0])(*item[1:])
+                if w.commit_due_in() == 0:
+                    w.commit()
+        except BaseException as e:  # surfaced in the caller's thread
+            self._error = e
+            while True:  # keep draining so a blocked put never hangs
+                if self._q.get() is None:
+                    return
+
+    def _put(self, item) -> None:
+        if self._error is not None:
+            raise self._error
+        self._q.put(item)
+
+    def add(self, vid: str, features: np.ndarray, frame_indices: np.ndarray, meta: dict) -> None:
+        self.writer.check(vid, features, frame_indices)
+        self._put(("add", vid, features, frame_indices, meta))
+
+    def add_failure(self, vid: str, reason: str, source: str = "") -> None:
+        check_video_id(vid, f"{self.writer.path}: video id")
+        self._put(("add_failure", vid, reason, source))
+
+    def stop(self) -> None:
+        """Commit everything queued and stop the thread (the store is not published)."""
+        if self._thread.is_alive():
+            self._q.put(None)
+            self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+    def finish(self) -> Path:
+        """``stop``, then publish the store."""
+        self.stop()
+        return self.writer.finalize()
 
 
 def _write_header(f: h5py.File, signature: dict) -> None:
@@ -156,6 +327,31 @@ def _write_video(f: h5py.File, vid: str, feats, idx, meta: dict) -> None:
         g.attrs[k] = v
 
 
+def _read_index(f: h5py.File, path: Path):
+    """(signature, sorted ids, failed) of an open store; S2VTError naming ``path`` when the
+    file is not an s2vt store, has no readable signature or holds an invalid video id."""
+    def bad(why: str):
+        return S2VTError(f"{path} is not a usable s2vt feature file: {why} (re-create it with `s2vt extract`)")
+
+    if f.attrs.get("format") != FORMAT:
+        raise bad(f"no '{FORMAT}' format attribute")
+    try:
+        signature = json.loads(f.attrs["signature"])
+    except (KeyError, TypeError, ValueError):
+        raise bad("no readable signature attribute")
+    if not isinstance(signature, dict):
+        raise bad("its signature is not a JSON object")
+    if not isinstance(f.get("videos"), h5py.Group) or not isinstance(f.get("failed"), h5py.Group):
+        raise bad("no /videos or /failed group")
+    ids = sorted(f["videos"])
+    for vid in ids + list(f["failed"]):
+        if id_problem(vid):
+            raise bad(f"group name {vid!r}: {id_problem(vid)}")
+    failed = {v: {"reason": str(g.attrs.get("reason", "")), "source": str(g.attrs.get("source", ""))}
+              for v, g in f["failed"].items()}
+    return signature, ids, failed
+
+
 class FeatureStore:
     """Read-only view of a feature file; opens the HDF5 file lazily once per process,
     so it can be handed to DataLoader workers."""
@@ -166,14 +362,9 @@ class FeatureStore:
             raise S2VTError(f"feature file not found: {self.path} (create it with `s2vt extract`)")
         try:
             with h5py.File(self.path, "r") as f:
-                if f.attrs.get("format") != FORMAT:
-                    raise S2VTError(f"{self.path} is not an s2vt feature file (no '{FORMAT}' format attribute)")
-                self.signature = json.loads(f.attrs["signature"])
-                self.ids = sorted(f["videos"])
-                self.failed = {v: {"reason": str(g.attrs["reason"]), "source": str(g.attrs.get("source", ""))}
-                               for v, g in f["failed"].items()}
+                self.signature, self.ids, self.failed = _read_index(f, self.path)
         except OSError as e:
-            raise S2VTError(f"cannot read feature file {self.path}: {e}")
+            raise S2VTError(f"cannot read feature file {self.path}: not an HDF5 file, or damaged ({e})")
         self._ids = set(self.ids)
         self._file = None
         self._pid = None
@@ -196,11 +387,15 @@ class FeatureStore:
         return len(self.ids)
 
     def features(self, vid: str) -> np.ndarray:
-        """(T, D) float32 features of ``vid``."""
+        """(T, D) float32 features of ``vid``; S2VTError if they are not all finite."""
         if vid not in self._ids:
             reason = self.failed.get(vid, {}).get("reason")
             raise KeyError(f"{vid} not in {self.path}" + (f" (extraction failed: {reason})" if reason else ""))
-        return self._h5()["videos"][vid]["features"][()].astype(np.float32, copy=False)
+        x = self._h5()["videos"][vid]["features"][()].astype(np.float32, copy=False)
+        if not np.isfinite(x).all():
+            raise S2VTError(f"{self.path}: video {vid} has non-finite features (NaN or inf); delete the file "
+                            "and extract again")
+        return x
 
     def nbytes(self, vids: Iterable[str]) -> int:
         """Bytes the float32 features of ``vids`` take in memory (from shapes; reads no data)."""
@@ -243,5 +438,8 @@ def merge_stores(out, inputs: Iterable) -> Path:
                 if vid not in f["videos"] and vid not in f["failed"]:
                     g = f["failed"].create_group(vid)
                     g.attrs["reason"], g.attrs["source"] = d["reason"], d["source"]
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
     os.replace(tmp, out)
+    fsync_dir(out.parent)
     return out

@@ -41,8 +41,10 @@ class Sampling:
     short_side: int = 256  # frames are resized so their short side is at most this
 
     def __post_init__(self):
-        if self.stride < 1 or self.num_frames < 0 or self.max_frames < 0 or self.short_side < 16:
-            raise ValueError(f"invalid sampling {self}")
+        for flag, value, low in (("--stride", self.stride, 1), ("--num-frames", self.num_frames, 0),
+                                 ("--max-frames", self.max_frames, 0), ("short_side", self.short_side, 16)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise S2VTError(f"{flag} must be an integer >= {low}, not {value!r}")
 
 
 def open_video(path) -> Tuple[cv2.VideoCapture, float, int]:
@@ -160,5 +162,5 @@ def iter_video_paths(folder, extensions=None) -> Iterator[Path]:
     for dirpath, dirnames, filenames in os.walk(folder):
         dirnames.sort()
         for f in sorted(filenames):
-            if f.lower().endswith(exts) and ".part." not in f:
+            if f.lower().endswith(exts):  # dots inside a name (lecture.part.1.avi) are fine
                 yield Path(dirpath) / f

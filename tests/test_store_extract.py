@@ -9,7 +9,7 @@ import pytest
 
 from s2vt.errors import SignatureMismatch
 from s2vt.extract import ExtractConfig, extract, shard_items
-from s2vt.store import FeatureStore, check_signature, merge_stores
+from s2vt.store import FeatureStore, check_signature, merge_stores, staged_ids
 
 from videos import moving_square, write
 
@@ -100,30 +100,73 @@ def test_rerun_skips_finished_and_signature_mismatch_refused(tmp_path):
         check_signature(FeatureStore(tmp_path / "f.h5").signature, {**FeatureStore(tmp_path / "f.h5").signature, "stream": "flow"}, "x")
 
 
+def _staged(out) -> set:
+    try:
+        return staged_ids(out)
+    except FileNotFoundError:  # the run just published the store and removed its staging folder
+        return set(FeatureStore(out).ids)
+
+
+def _run_and_kill(cmd, out, ready):
+    """Start ``cmd``, SIGKILL it as soon as ``ready()`` holds; the videos then durably staged."""
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    t0 = time.time()
+    while time.time() - t0 < 120 and p.poll() is None and not ready():
+        time.sleep(0.02)
+    os.kill(p.pid, signal.SIGKILL)
+    p.wait()
+    return _staged(out)
+
+
+def _same_store(a, b):
+    a, b = FeatureStore(a), FeatureStore(b)
+    assert a.ids == b.ids and a.failed == b.failed and a.signature == b.signature
+    for v in a.ids:
+        assert np.array_equal(a.features(v), b.features(v)) and np.array_equal(a.frame_indices(v), b.frame_indices(v))
+        assert a.meta(v) == b.meta(v)
+
+
 def test_killed_run_resumes_to_identical_store(tmp_path):
     vids = tmp_path / "v"
     _videos(vids, 10, frames=24)
     cmd = [sys.executable, "-m", "s2vt", "extract", str(vids), "--quiet", "--stride", "2", "--input-size", "64",
            "--crop-ratio", "1.0", "--workers", "0", "--batch-size", "8"]
-    subprocess.run(cmd + ["--out", str(tmp_path / "ref.h5")], check=True, capture_output=True)
+    extract(sorted((p.stem, p) for p in vids.iterdir()), tmp_path / "ref.h5",
+            ExtractConfig(stride=2, input_size=64, crop_ratio=1.0, workers=0, batch_size=8), progress=False)
     out = tmp_path / "killed.h5"
-    p = subprocess.Popen(cmd + ["--out", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    parts = tmp_path / "killed.h5.parts"
-    t0 = time.time()
-    while time.time() - t0 < 120 and len(list(parts.glob("*.npz"))) < 3:
-        time.sleep(0.05)
-    os.kill(p.pid, signal.SIGKILL)
-    p.wait()
-    staged = len(list(parts.glob("*.npz")))
+    staged = len(_run_and_kill(cmd + ["--out", str(out)], out, lambda: len(_staged(out)) >= 3))
     assert 3 <= staged < 10, f"kill came too late ({staged} staged)"
     assert not out.exists()  # nothing published half-done
     r = subprocess.run(cmd + ["--out", str(out)], capture_output=True, text=True, check=True)
     assert f"skipped {staged} already done" in r.stdout
-    a, b = FeatureStore(tmp_path / "ref.h5"), FeatureStore(out)
-    assert a.ids == b.ids and len(a.ids) == 10
-    for v in a.ids:
-        assert np.array_equal(a.features(v), b.features(v)) and np.array_equal(a.frame_indices(v), b.frame_indices(v))
-    assert not parts.exists()
+    assert len(FeatureStore(out).ids) == 10
+    _same_store(tmp_path / "ref.h5", out)
+    assert not (tmp_path / "killed.h5.parts").exists()
+
+
+def test_three_kills_at_different_points_then_resume_equals_clean_run(tmp_path):
+    """SIGKILL at start-up, after the first durable group, and part-way through a resumed run;
+    the same command then completes a store equal to an uninterrupted run (features, frame
+    indices, metadata, failures, signature)."""
+    vids = tmp_path / "v"
+    _videos(vids, 12, frames=36)
+    (vids / "broken.avi").write_bytes(b"not a video")
+    opts = dict(stride=2, input_size=96, crop_ratio=1.0, workers=0, batch_size=8)
+    cmd = [sys.executable, "-m", "s2vt", "extract", str(vids), "--quiet", "--stride", "2", "--input-size", "96",
+           "--crop-ratio", "1.0", "--workers", "0", "--batch-size", "8"]
+    extract(sorted((p.stem, p) for p in vids.iterdir()), tmp_path / "ref.h5", ExtractConfig(**opts), progress=False)
+    out = tmp_path / "killed.h5"
+    parts = tmp_path / "killed.h5.parts"
+    cmd += ["--out", str(out)]
+    counts = [len(_run_and_kill(cmd, out, lambda: (parts / "signature.json").exists()))]
+    counts.append(len(_run_and_kill(cmd, out, lambda: len(_staged(out)) >= 1)))
+    counts.append(len(_run_and_kill(cmd, out, lambda: len(_staged(out)) > counts[1])))
+    assert counts[0] < counts[1] < counts[2] < 12, f"kills did not land part-way: {counts}"
+    assert not out.exists()
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    assert r.returncode == 1 and f"skipped {counts[2]} already done" in r.stdout, r.stdout + r.stderr
+    _same_store(tmp_path / "ref.h5", out)
+    assert set(FeatureStore(out).failed) == {"broken"} and not parts.exists()
 
 
 def test_shards_and_merge(tmp_path):
@@ -178,16 +221,8 @@ def test_two_ranks_under_torchrun_environment_then_merge(tmp_path):
     assert m.ids == ["v0", "v1", "v2", "v3", "v4"] and "shard" not in m.signature
 
 
-def test_preload_only_when_it_fits(tmp_path, monkeypatch, capsys):
-    from s2vt import data
-
+def test_nbytes_from_shapes(tmp_path):
     items = _videos(tmp_path / "v", 2)
     extract(items, tmp_path / "f.h5", ExtractConfig(**CFG), progress=False)
     st = FeatureStore(tmp_path / "f.h5")
-    assert st.nbytes(["v0", "v1"]) == 2 * 3 * 1280 * 4
-    src = data.FeatureSource(st, ["v0", "v1"], preload=True)
-    assert set(src.cache) == {"v0", "v1"}
-    monkeypatch.setattr(data, "available_memory", lambda: 1000)
-    lazy = data.FeatureSource(FeatureStore(tmp_path / "f.h5"), ["v0", "v1"], preload=True)
-    assert lazy.cache == {} and "on demand" in capsys.readouterr().out
-    assert np.array_equal(lazy("v1"), src("v1"))
+    assert st.nbytes(["v0", "v1", "absent"]) == 2 * 3 * 1280 * 4
