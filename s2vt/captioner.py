@@ -87,7 +87,11 @@ class Captioner:
             chunk = list(keys[i:i + batch_size])
             inputs = []
             for source in self.sources:
-                x, lens = pad_features([source(k) for k in chunk])
+                feats = [source(k) for k in chunk]
+                empty = [k for k, f in zip(chunk, feats) if len(f) == 0]
+                if empty:
+                    raise S2VTError(f"video {empty[0]} has no frames in its features; re-extract it")
+                x, lens = pad_features(feats)
                 inputs.append((x.to(self.device, non_blocking=True), lens))
             toks = decode(fusion, inputs, beam=beam, max_len=max_len, len_penalty=self.decoding.len_penalty)
             out.update({k: self.vocab.decode(t) for k, t in zip(chunk, toks)})

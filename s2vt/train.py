@@ -24,7 +24,7 @@ from typing import Dict, List, Optional
 
 import torch
 
-from .batches import BatchStream, CaptionTable, EpochSampler, FeatureBank, StoreFeatures, place_bank
+from .batches import BatchStream, CaptionTable, EpochSampler, FeatureBank, StoreFeatures, num_frames, place_bank
 from .captioner import Captioner
 from .checkpoint import Checkpoint
 from .config import ConfigError, check_device, check_fields, from_dict, option
@@ -215,11 +215,12 @@ def load_data(cfg: TrainConfig, device: torch.device, rank: int, world: int, log
     """Captions, vocabulary (training split only) and a batch stream over the feature bank."""
     corpus = load_corpus(cfg.dataset, cfg.annotations)
     store = FeatureStore(cfg.features)
-    usable = lambda items: [(v, c) for v, c in items if v in store]
+    usable = lambda items: [(v, c) for v, c in items if v in store and num_frames(store, v) > 0]
     train_all = corpus.split_items(cfg.train_split)
     val_all = corpus.split_items(cfg.val_split) if cfg.val_split else []
     train_items, val_items = usable(train_all), usable(val_all)
-    missing = [v for v, _ in train_all + val_all if v not in store]
+    kept = {v for v, _ in train_items + val_items}
+    missing = [v for v, _ in train_all + val_all if v not in kept]
     if missing:
         log(f"[s2vt] skipping {len(train_all) - len(train_items)} train / {len(val_all) - len(val_items)} val "
             f"videos without features in {store.path} (e.g. {missing[:3]}; see its failed list)")

@@ -1,18 +1,25 @@
 #!/usr/bin/env python
-"""Training samples/s at the paper's shapes against two baselines run in the same process.
+"""Training samples/s at the paper's shapes: our training path against baselines run in the same process.
+
+Per batch size, four figures (samples/s):
 
 * ceiling: a bare fused step of the same shapes - linear 4096->500, nn.LSTM(500,1000),
   nn.LSTM(1500,1000) over the padded (frames + words) sequence, linear to the vocabulary,
   cross-entropy, backward, Adam - with tensors already on the device;
 * loop: the same model written with per-time-step nn.LSTMCell calls (as public
-  re-implementations are);
-* s2vt: our model (packed, masked, exact per-video lengths) with data loading from an
-  HDF5 feature store through the DataLoader included.
+  re-implementations are); null with --skip-loop;
+* model_alone: our model (packed, exact per-video lengths) and the optimiser step
+  ``s2vt train`` takes, on one batch already on the device;
+* end_to_end: the same, with every batch built by the batch stream ``s2vt train`` uses
+  (the feature bank when the features fit on the device, else the host path) from an HDF5
+  feature store of --videos generated videos.
 
-  python scripts/bench_train.py --batch-sizes 64 --steps 3         # CPU
-  python scripts/bench_train.py --device cuda --amp --batch-sizes 64 256
+  python scripts/bench_train.py --batch-sizes 64 --steps 3                 # CPU, paper shapes
+  python scripts/bench_train.py --feat-dim 1024 --vocab 2000 --batch-sizes 32 --json
+  python scripts/bench_train.py --device cuda --amp --batch-sizes 64 256 --steps 20 --json
 """
 import argparse
+import json
 import tempfile
 import time
 from pathlib import Path
@@ -21,11 +28,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader
 
-from s2vt.data import CaptionDataset, EpochSampler, FeatureSource, collate_captions
+from s2vt.batches import BatchStream, CaptionTable, EpochSampler, FeatureBank, place_bank
 from s2vt.model import ModelConfig, S2VT
 from s2vt.store import FeatureStore, FeatureWriter
+from s2vt.train import TrainConfig, make_optimizer, train_step
 from s2vt.vocab import Vocab
 
 
@@ -38,10 +45,11 @@ def parse_args(argv=None):
     p.add_argument("--feat-dim", type=int, default=4096)
     p.add_argument("--vocab", type=int, default=13000)
     p.add_argument("--videos", type=int, default=96, help="videos in the generated feature store")
+    p.add_argument("--captions", type=int, default=2, help="captions per video")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--amp", action="store_true", help="bf16 autocast")
-    p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--skip-loop", action="store_true")
+    p.add_argument("--amp", action="store_true", help="bf16 autocast (and a bf16 feature bank)")
+    p.add_argument("--skip-loop", action="store_true", help="do not time the per-step LSTMCell loop")
+    p.add_argument("--json", action="store_true", help="end with one JSON line of the figures")
     return p.parse_args(argv)
 
 
@@ -103,76 +111,96 @@ def time_steps(step, n, device):
     return (time.perf_counter() - t) / n
 
 
+def make_store(path: Path, args, words):
+    """A feature store of --videos videos with --frames frames and --captions captions of --words words."""
+    rng = np.random.default_rng(0)
+    w = FeatureWriter(path, {"stream": "rgb", "dim": args.feat_dim})
+    items = []
+    for i in range(args.videos):
+        w.add(f"v{i}", rng.standard_normal((args.frames, args.feat_dim), dtype=np.float32), np.arange(args.frames), {})
+        items.append((f"v{i}", [" ".join(rng.choice(words, args.words)) for _ in range(args.captions)]))
+    w.finalize()
+    return FeatureStore(path), items
+
+
+def bench_baselines(B, args, device, ac) -> dict:
+    D, V, T, L = args.feat_dim, args.vocab, args.frames, args.words
+    feats = torch.randn(B, T, D, device=device)
+    win = torch.randint(4, V, (B, L + 1), device=device)
+    tgt = torch.randint(4, V, (B, L + 1), device=device)
+    res = {"loop": None}
+    for name, cls in (("ceiling", Ceiling), ("loop", Loop)):
+        if name == "loop" and args.skip_loop:
+            continue
+        torch.manual_seed(0)
+        m = cls(D, V).to(device)
+        opt = torch.optim.Adam(m.parameters(), 1e-4)
+
+        def step():
+            with ac():
+                loss = m(feats, win, tgt)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+        res[name] = B / time_steps(step, args.steps, device)
+    return res
+
+
+def bench_ours(B, args, device, stream, n_samples, vocab_size) -> dict:
+    """model_alone and end_to_end with the optimiser step s2vt train takes (train_step)."""
+    cfg = TrainConfig(batch_size=B, lr=1e-4, amp=args.amp, device=str(device))
+    torch.manual_seed(0)
+    model = S2VT(ModelConfig(feat_dim=args.feat_dim, vocab_size=vocab_size)).to(device).train()
+    opt = make_optimizer(model, cfg)
+    sampler = EpochSampler(n_samples, B, seed=0)
+    state = {"epoch": 0, "it": iter(())}
+
+    def next_batch():
+        for _ in range(2):
+            try:
+                return next(state["it"])
+            except StopIteration:  # a new epoch: works whatever the batch size
+                state["epoch"] += 1
+                state["it"] = stream.epoch(sampler.batches(state["epoch"]), state["epoch"])
+        raise RuntimeError("the store holds no sample")
+
+    fixed = next_batch()
+    res = {"model_alone": B / time_steps(lambda: train_step(model, model, opt, fixed, cfg), args.steps, device)}
+    res["end_to_end"] = B / time_steps(lambda: train_step(model, model, opt, next_batch(), cfg), args.steps, device)
+    return res
+
+
 def main(args):
     device = torch.device(args.device)
-    D, V, T, L = args.feat_dim, args.vocab, args.frames, args.words
     ac = lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp)
-    rng = np.random.default_rng(0)
-    words = [f"w{i}" for i in range(V - 4)]
+    words = [f"w{i}" for i in range(args.vocab - 4)]
     vocab = Vocab(words)
+    dtype = torch.bfloat16 if args.amp else torch.float32
+    dev = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
+    print(f"device: {dev}; torch {torch.__version__}; {args.frames} frames x {args.feat_dim}-d, {args.words} words, "
+          f"E=500, H=1000, vocab {args.vocab}{', bf16 autocast' if args.amp else ''}")
+    results = {}
     with tempfile.TemporaryDirectory() as tmp:
-        store_path = Path(tmp) / "f.h5"
-        w = FeatureWriter(store_path, {"stream": "rgb", "dim": D})
-        items = []
-        for i in range(args.videos):
-            w.add(f"v{i}", rng.standard_normal((T, D), dtype=np.float32), np.arange(T), {})
-            items.append((f"v{i}", [" ".join(rng.choice(words, L)) for _ in range(2)]))
-        w.finalize()
-        store = FeatureStore(store_path)
-        ds = CaptionDataset(FeatureSource(store, [v for v, _ in items], preload=True), items, vocab, T, L)
-        dev = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
-        print(f"device: {dev}; torch {torch.__version__}; {T} frames x {D}-d, {L} words, E=500, H=1000, "
-              f"vocab {V}{', bf16 autocast' if args.amp else ''}")
+        store, items = make_store(Path(tmp) / "f.h5", args, words)
+        vids = [v for v, _ in items]
+        table = CaptionTable(items, vocab, args.words, vids)
+        place = place_bank(FeatureBank.nbytes(store, vids, args.frames, dtype), device)
+        bank = None if place == "store" else FeatureBank.build(store, vids, args.frames,
+                                                              device if place == "device" else "cpu", dtype, pin=place == "host")
+        stream = BatchStream(table, bank, device, args.frames, store=store, dtype=dtype)
+        print(f"batch path: {'feature bank on ' + str(device) if place == 'device' else place + ' path'}")
         for B in args.batch_sizes:
-            feats = torch.randn(B, T, D, device=device)
-            win = torch.randint(4, V, (B, L + 1), device=device)
-            tgt = torch.randint(4, V, (B, L + 1), device=device)
-            res = {}
-            for name, cls in (("ceiling", Ceiling), ("loop", Loop)):
-                if name == "loop" and args.skip_loop:
-                    continue
-                torch.manual_seed(0)
-                m = cls(D, V).to(device)
-                opt = torch.optim.Adam(m.parameters(), 1e-4)
-
-                def step():
-                    with ac():
-                        loss = m(feats, win, tgt)
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-
-                res[name] = B / time_steps(step, args.steps, device)
-            torch.manual_seed(0)
-            model = S2VT(ModelConfig(feat_dim=D, vocab_size=len(vocab))).to(device)
-            opt = torch.optim.Adam(model.parameters(), 1e-4)
-            sampler = EpochSampler(len(ds), B, seed=0, drop_last=True)
-            loader = DataLoader(ds, batch_sampler=sampler, collate_fn=collate_captions, num_workers=args.workers,
-                                pin_memory=device.type == "cuda", persistent_workers=args.workers > 0)
-            it = iter(loader)
-
-            def ours():
-                nonlocal it
-                try:
-                    batch = next(it)
-                except StopIteration:
-                    sampler.set_epoch(sampler.epoch + 1)
-                    it = iter(loader)
-                    batch = next(it)
-                f, fl, wi, tg, wl = batch
-                with ac():
-                    _, loss = model(f.to(device, non_blocking=True), fl, wi.to(device, non_blocking=True),
-                                    tg.to(device, non_blocking=True), wl)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
-                opt.step()
-
-            res["s2vt"] = B / time_steps(ours, args.steps, device)
-            line = f"batch {B:4d}: s2vt {res['s2vt']:8.1f} samples/s | ceiling {res['ceiling']:8.1f} -> {res['s2vt'] / res['ceiling']:.2f}x"
-            if "loop" in res:
-                line += f" | per-step loop {res['loop']:8.1f} -> {res['s2vt'] / res['loop']:.2f}x"
+            res = {**bench_baselines(B, args, device, ac), **bench_ours(B, args, device, stream, len(table), len(vocab))}
+            results[str(B)] = res
+            line = (f"batch {B:4d}: end_to_end {res['end_to_end']:8.1f} | model_alone {res['model_alone']:8.1f} "
+                    f"-> e2e/model {res['end_to_end'] / res['model_alone']:.2f}x | ceiling {res['ceiling']:8.1f} "
+                    f"-> e2e/ceiling {res['end_to_end'] / res['ceiling']:.2f}x")
+            if res["loop"]:
+                line += f" | loop {res['loop']:8.1f} -> e2e/loop {res['end_to_end'] / res['loop']:.2f}x"
             print(line, flush=True)
+    if args.json:
+        print(json.dumps({"device": dev, "torch": torch.__version__, "amp": args.amp, "results": results}))
 
 
 if __name__ == "__main__":

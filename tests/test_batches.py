@@ -1,0 +1,108 @@
+"""The feature bank's batches equal the plain per-sample batches, value by value."""
+import numpy as np
+import pytest
+import torch
+
+from s2vt.batches import (BatchStream, CaptionTable, EpochSampler, FeatureBank, cap_frames, frame_permutation,
+                          place_bank, reference_batch)
+from s2vt.store import FeatureStore, FeatureWriter
+from s2vt.vocab import Vocab
+
+WORDS = [f"w{i}" for i in range(30)]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """A store of 9 videos with 0..14 frames of 5-d features and captions of 1..7 words."""
+    rng = np.random.default_rng(0)
+    path = tmp_path_factory.mktemp("bank") / "f.h5"
+    w = FeatureWriter(path, {"stream": "rgb", "dim": 5})
+    items = []
+    for i, n in enumerate([3, 14, 7, 1, 12, 9, 2, 11, 6]):
+        w.add(f"v{i}", rng.standard_normal((n, 5)).astype(np.float32), np.arange(n) * 10, {})
+        items.append((f"v{i}", [" ".join(rng.choice(WORDS, rng.integers(1, 8))) for _ in range(rng.integers(1, 4))]))
+    w.finalize()
+    return FeatureStore(path), items, Vocab(WORDS)
+
+
+def assert_same(a, b):
+    for name in ("feats", "feat_lens", "words_in", "targets", "word_lens"):
+        x, y = getattr(a, name), getattr(b, name)
+        assert x.shape == y.shape, name
+        assert torch.equal(x.float(), y.float()), name
+
+
+def stream_for(store, items, vocab, bank: bool, shuffle=False, max_frames=8, seed=3):
+    vids = [v for v, _ in items]
+    table = CaptionTable(items, vocab, max_words=5, vids=vids)
+    b = FeatureBank.build(store, vids, max_frames) if bank else None
+    return table, BatchStream(table, b, "cpu", max_frames, shuffle, seed, store)
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+@pytest.mark.parametrize("bank", [True, False])
+def test_batches_equal_plain_per_sample_batches(corpus, shuffle, bank):
+    store, items, vocab = corpus
+    table, stream = stream_for(store, items, vocab, bank, shuffle)
+    sampler = EpochSampler(len(table), 4, seed=3)
+    for epoch in (0, 1):
+        order = sampler.batches(epoch)
+        got = list(stream.epoch(order, epoch))
+        assert len(got) == sampler.batches_per_epoch() == len(order)
+        for idx, batch in zip(order, got):
+            ref = reference_batch(store, table, stream.sort_batch(idx), 8, shuffle, seed=3, epoch=epoch)
+            assert_same(batch, ref)
+            seq = (batch.feat_lens + batch.word_lens).tolist()
+            assert seq == sorted(seq, reverse=True)  # packs without a permutation
+            assert sorted(stream.sort_batch(idx).tolist()) == sorted(idx)
+
+
+def test_frames_are_capped_uniformly_and_shuffled_per_seed_epoch_sample(corpus):
+    store, items, vocab = corpus
+    assert cap_frames(14, 8).tolist() == [0, 2, 4, 6, 7, 9, 11, 13] and cap_frames(5, 8).tolist() == [0, 1, 2, 3, 4]
+    table, stream = stream_for(store, items, vocab, True, shuffle=True)
+    i = int(np.flatnonzero(table.video_row == 1)[0])  # a caption of v1 (14 frames -> 8)
+    b0 = next(stream.epoch([[i]], 0))
+    b1 = next(stream.epoch([[i]], 1))
+    capped = store.features("v1")[cap_frames(14, 8)]
+    assert np.array_equal(b0.feats[0].numpy(), capped[frame_permutation(3, 0, i, 8)])
+    assert not torch.equal(b0.feats, b1.feats)  # another epoch, another order
+    assert sorted(map(tuple, b0.feats[0].tolist())) == sorted(map(tuple, capped.tolist()))  # same frames
+
+
+def test_ddp_slices_cover_each_global_batch_and_resume_skips_done_batches(corpus):
+    store, items, vocab = corpus
+    n = len(CaptionTable(items, vocab, 5))
+    one = EpochSampler(n, 4, seed=1).batches(2)
+    r0 = EpochSampler(n, 4, seed=1, rank=0, world=2).batches(2)
+    r1 = EpochSampler(n, 4, seed=1, rank=1, world=2).batches(2)
+    for g, a, b in zip(one, r0, r1):
+        assert sorted(a + b) == sorted(g) and a == g[0::2] and b == g[1::2]
+    assert EpochSampler(n, 4, seed=1).batches(2, start_batch=2) == one[2:]
+
+
+def test_bank_holds_capped_frames_back_to_back(corpus):
+    store, items, vocab = corpus
+    vids = [v for v, _ in items]
+    bank = FeatureBank.build(store, vids, 8)
+    assert bank.lengths.tolist() == [3, 8, 7, 1, 8, 8, 2, 8, 6]
+    assert bank.feats.shape == (int(bank.lengths.sum()) + 1, 5) and not bank.feats[-1].any()
+    f = store.features("v4")[cap_frames(12, 8)]
+    assert np.array_equal(bank.feats[bank.offsets[4]: bank.offsets[4] + 8].numpy(), f)
+    assert FeatureBank.nbytes(store, vids, 8, torch.bfloat16) == (int(bank.lengths.sum()) + 1) * 5 * 2
+
+
+def test_bank_is_placed_where_it_fits(monkeypatch):
+    from s2vt import batches
+
+    monkeypatch.setattr(batches, "available_memory", lambda: 1000)
+    assert place_bank(400, torch.device("cpu")) == "device"
+    assert place_bank(600, torch.device("cpu")) == "store"
+
+
+def test_captions_are_tokenised_once_with_lengths(corpus):
+    store, items, vocab = corpus
+    table = CaptionTable([("v0", ["w1 w2 w3", "zzz", "w4"])], vocab, max_words=2)
+    # "zzz" is all unknown words -> one <unk>; captions are cut at max_words
+    assert table.lengths.tolist() == [2, 1, 1]
+    assert table.ids.tolist() == [[vocab.stoi["w1"], vocab.stoi["w2"]], [vocab.unk, 0], [vocab.stoi["w4"], 0]]
