@@ -119,3 +119,38 @@ def test_fusion_refuses_different_vocabularies():
     other = S2VT(ModelConfig(feat_dim=5, vocab_size=11, embed=8, hidden=16))
     with pytest.raises(S2VTError, match="share one vocabulary"):
         Fusion([(_model(0), 0.5), (other, 0.5)])
+
+
+def _exhaustive_best(table, max_len, len_penalty):
+    """Best caption by enumerating every token sequence: score = sum log p / (len + 1) ** len_penalty."""
+    import itertools
+    import math
+
+    words = [t for t in range(3, V)]
+    best, best_seq = -math.inf, None
+    for n in range(max_len):  # n words, then <eos> (step n + 1 <= max_len)
+        for seq in itertools.product(words, repeat=n):
+            prev, lp = 1, 0.0
+            for tok in list(seq) + [EOS]:
+                p = table.get(prev, {EOS: 1.0}).get(tok, 1e-12)
+                lp += math.log(p)
+                prev = tok
+            score = lp / float(n + 1) ** len_penalty
+            if score > best + 1e-9:
+                best, best_seq = score, list(seq)
+    return best_seq
+
+
+def test_beam_search_with_length_penalty_matches_exhaustive_search():
+    g = torch.Generator().manual_seed(0)
+    for trial in range(6):
+        table = {}
+        for prev in (1, 3, 4, 5, 6):  # a random Markov table over every token
+            p = torch.rand(V, generator=g) ** 3
+            p[0] = p[1] = 0
+            p = p / p.sum()
+            table[prev] = {t: float(p[t]) for t in range(2, V)}
+        for penalty in (0.0, 0.7, 1.0, 2.0):
+            want = _exhaustive_best(table, max_len=4, len_penalty=penalty)
+            got = beam_search(TableDecoder(table), INPUT, beam=V ** 3, max_len=4, len_penalty=penalty)
+            assert got == [want], (trial, penalty)

@@ -194,3 +194,122 @@ def test_two_process_ddp_matches_single_process(tiny_features, tmp_path):
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=2e-5, rtol=1e-4)
     assert checkpoint.load(tmp_path / "ddp" / "last.pt").state["step"] == 4
+
+
+# ----------------------------------------------------------------------------- recipe and config
+
+def test_sgd_and_adam_presets_are_resolved_in_the_library():
+    from s2vt.train import TrainConfig
+
+    assert TrainConfig(optimizer="sgd").resolved().lr == 0.01
+    assert TrainConfig().resolved().lr == 2e-4
+    assert TrainConfig(optimizer="sgd", lr=0.3).resolved().lr == 0.3
+    cfg = TrainConfig(optimizer="sgd")
+    cfg.resolved().model.hidden = 7
+    assert cfg.lr is None and cfg.model.hidden == 1000  # the caller's config is never mutated
+
+
+@pytest.mark.parametrize("schedule, want", [
+    ("none", [1, 1, 1, 1, 1]), ("step", [1, 1, 0.5, 0.5, 0.25]), ("cosine", [1, 0.904508, 0.654508, 0.345492, 0.095492]),
+])
+def test_lr_schedules_per_epoch(schedule, want):
+    from s2vt.train import TrainConfig, make_optimizer, make_scheduler
+
+    cfg = TrainConfig(lr=1.0, schedule=schedule, step_epochs=2, gamma=0.5, epochs=5).resolved()
+    model = S2VT(ModelConfig(feat_dim=4, vocab_size=6, embed=4, hidden=4))
+    opt = make_optimizer(model, cfg)
+    sched = make_scheduler(opt, cfg)
+    got = []
+    for _ in range(5):
+        got.append(opt.param_groups[0]["lr"])
+        sched.step()
+    assert got == pytest.approx(want, abs=1e-6)
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("grad_clip", -5.0, r"--grad-clip .* must be > 0"), ("epochs", 0, r"--epochs .* must be >= 1"),
+    ("lr", float("nan"), r"--lr .* finite"), ("batch_size", 0, r"--batch-size .* >= 1"),
+    ("schedule", "linear", r"--schedule .* one of none, step, cosine"), ("epochs", "3", r"--epochs .* must be int"),
+    ("val_every", 0, r"--val-every"), ("gamma", 2.0, r"--gamma .* <= 1"),
+])
+def test_training_config_checks_its_own_values(field, value, message):
+    from s2vt.config import ConfigError
+    from s2vt.train import TrainConfig
+
+    with pytest.raises(ConfigError, match=message):
+        TrainConfig(**{field: value})
+
+
+@pytest.mark.parametrize("field, value", [("max_words", -2), ("hidden", 0), ("dropout", 1.5), ("max_frames", 0)])
+def test_model_config_checks_its_own_values(field, value):
+    from s2vt.config import ConfigError
+
+    with pytest.raises(ConfigError, match="--" + field.replace("_", "-")):
+        ModelConfig(**{field: value})
+
+
+def test_config_file_merges_under_flags(tmp_path):
+    from s2vt.cli import build_parser, train_config
+
+    (tmp_path / "c.json").write_text(json.dumps({"epochs": 7, "lr": 0.1, "annotations": "A", "features": "F",
+                                                 "model": {"hidden": 24, "embed": 9}, "workers": 2}))
+    args = build_parser().parse_args(["train", "--config", str(tmp_path / "c.json"), "--epochs", "3", "--embed", "16"])
+    cfg = train_config(args)
+    assert (cfg.epochs, cfg.lr, cfg.annotations, cfg.model.hidden, cfg.model.embed) == (3, 0.1, "A", 24, 16)
+    (tmp_path / "bad.json").write_text(json.dumps({"epochs": 3, "colour": "red"}))
+    with pytest.raises(S2VTError, match=r"unknown options \['colour'\]"):
+        train_config(build_parser().parse_args(["train", "--config", str(tmp_path / "bad.json")]))
+    (tmp_path / "typed.json").write_text(json.dumps({"epochs": "ten"}))
+    with pytest.raises(S2VTError, match=r"--epochs .* must be int, got 'ten'"):
+        train_config(build_parser().parse_args(["train", "--config", str(tmp_path / "typed.json")]))
+
+
+def test_patience_stops_after_stale_validations(tiny_features, tmp_path, monkeypatch):
+    from s2vt import train as train_mod
+
+    scores = iter([3.0, 2.0, 2.5, 2.6, 1.0, 1.0])  # val loss: improves once (epoch 2), then never again
+    monkeypatch.setattr(train_mod, "validate", lambda *a, **k: {"val_loss": next(scores)})
+    res = train(cfg_for(tiny_features, tmp_path / "r", epochs=6, patience=2), progress=False)
+    assert res["best_epoch"] == 2 and res["steps"] == 4 * 6  # stopped after epoch 4 (2 stale validations)
+    assert checkpoint.load(tmp_path / "r" / "best.pt").state["epoch"] == 2
+
+
+def test_selection_on_val_meteor_keeps_the_best_epoch(tiny_features, tmp_path):
+    res = train(cfg_for(tiny_features, tmp_path / "r", epochs=3, val_meteor=True, lr=1e-2), progress=False)
+    recs = [json.loads(l) for l in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    meteor = {r["epoch"]: r["val_meteor"] for r in recs if "val_meteor" in r}
+    assert sorted(meteor) == [1, 2, 3]
+    best_epoch = max(meteor, key=lambda e: (meteor[e], -e))  # first epoch reaching the maximum
+    assert res["best_epoch"] == best_epoch and res["best"] == pytest.approx(meteor[best_epoch])
+    assert checkpoint.load(tmp_path / "r" / "best.pt").state["epoch"] == best_epoch
+
+
+def test_val_every_validates_every_n_epochs_and_after_the_last(tiny_features, tmp_path):
+    train(cfg_for(tiny_features, tmp_path / "r", epochs=5, val_every=2), progress=False)
+    recs = [json.loads(l) for l in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in recs if "val_loss" in r] == [2, 4, 5]
+
+
+def test_existing_run_is_not_replaced_without_resume_or_overwrite(tiny_features, tmp_path):
+    train(cfg_for(tiny_features, tmp_path / "r", max_steps=2), progress=False)
+    before = (tmp_path / "r" / "best.pt").read_bytes()
+    with pytest.raises(S2VTError, match="already holds a run.*--resume.*--overwrite"):
+        train(cfg_for(tiny_features, tmp_path / "r", max_steps=1), progress=False)
+    assert (tmp_path / "r" / "best.pt").read_bytes() == before
+    train(cfg_for(tiny_features, tmp_path / "r", max_steps=1), progress=False, overwrite=True)
+    assert checkpoint.load(tmp_path / "r" / "last.pt").state["step"] == 1
+
+
+def test_vocabulary_comes_from_the_training_split_only(tiny_features, tmp_path):
+    from s2vt.datasets import load_corpus
+    from s2vt.vocab import tokenize
+
+    root, _ = tiny_features
+    corpus = load_corpus("synthetic", root)
+    train(cfg_for(tiny_features, tmp_path / "r", max_steps=1), progress=False)
+    vocab = set(checkpoint.load(tmp_path / "r" / "last.pt").vocab.to_list()[4:])
+    words = lambda split: {w for _, caps in corpus.split_items(split) for c in caps for w in tokenize(c)}
+    assert vocab == words("train")
+    # the trainer's choice of split decides: training on val gives val's words
+    train(cfg_for(tiny_features, tmp_path / "v", max_steps=1, train_split="val", val_split="train"), progress=False)
+    assert set(checkpoint.load(tmp_path / "v" / "last.pt").vocab.to_list()[4:]) == words("val")
