@@ -14,6 +14,7 @@ import os
 import sys
 from pathlib import Path
 
+from .config import check_device
 from .errors import S2VTError
 
 F = argparse.RawDescriptionHelpFormatter
@@ -224,6 +225,7 @@ def cmd_caption(a) -> int:
 
     alpha = _alpha(a)
     DecodeConfig(beam=a.beam)  # validates --beam
+    check_device(a.device)
     cks = [a.checkpoint] + ([a.checkpoint_flow] if a.checkpoint_flow else [])
     cnn_weights = [a.weights] + ([a.weights_flow] if a.checkpoint_flow else [])
     cap = video_captioner(cks, cnn_weights, device=a.device)
@@ -248,6 +250,7 @@ def cmd_evaluate(a) -> int:
 
     alpha = _alpha(a)
     DecodeConfig(beam=a.beam)
+    check_device(a.device)
     members = [Member(a.checkpoint, a.features)]
     if a.checkpoint_flow:
         if not a.features_flow:
@@ -298,6 +301,7 @@ def cmd_benchmark(a) -> int:
     from .evaluate import benchmark
 
     DecodeConfig(beam=a.beam)
+    check_device(a.device)
     if a.spec:
         spec = _read_json(a.spec, "--spec")
     else:

@@ -1,0 +1,143 @@
+"""Hostile command lines: one line per refusal, no traceback, nothing the command did not create is damaged."""
+import hashlib
+import json
+
+import pytest
+
+from s2vt.cli import main
+
+
+@pytest.fixture(scope="module")
+def run(tiny_features, tmp_path_factory):
+    from s2vt.model import ModelConfig
+    from s2vt.train import TrainConfig, train
+
+    root, stores = tiny_features
+    out = tmp_path_factory.mktemp("cli") / "run"
+    train(TrainConfig(dataset="synthetic", annotations=str(root), features=str(stores["rgb"]), out=str(out),
+                      max_steps=2, batch_size=8, val_meteor=False, model=ModelConfig(embed=8, hidden=8)), progress=False)
+    return root, stores, out / "best.pt"
+
+
+def digest(path) -> str:
+    return hashlib.sha256(open(path, "rb").read()).hexdigest()
+
+
+def refused(capsys, argv, code=2, *needles):
+    rc = main([str(a) for a in argv])
+    err = capsys.readouterr().err
+    assert rc == code, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    for n in needles:
+        assert n in err, err
+    return err
+
+
+def test_evaluate_refuses_to_overwrite_its_inputs(run, capsys):
+    root, stores, ck = run
+    base = ["evaluate", "--dataset", "synthetic", "--annotations", root, "--checkpoint", ck, "--features", stores["rgb"]]
+    before = digest(ck), digest(stores["rgb"])
+    refused(capsys, base + ["--out", ck], 2, "is one of this command's inputs")
+    refused(capsys, base + ["--out", stores["rgb"]], 2, "is one of this command's inputs")
+    assert (digest(ck), digest(stores["rgb"])) == before
+
+
+def test_report_refuses_to_replace_its_input_or_a_foreign_file(run, tmp_path, capsys):
+    ev = tmp_path / "ev.json"
+    ev.write_text(json.dumps({"metrics": {}, "videos": {}}))
+    before = digest(ev)
+    refused(capsys, ["report", ev, "--out", ev], 2, "is one of this command's inputs")
+    mine = tmp_path / "notes.html"
+    mine.write_text("<p>my notes</p>")
+    refused(capsys, ["report", ev, "--out", mine], 2, "was not written by this command", "--overwrite")
+    assert digest(ev) == before and mine.read_text() == "<p>my notes</p>"
+    assert main(["report", str(ev), "--out", str(tmp_path / "r.html")]) == 0
+    assert main(["report", str(ev), "--out", str(tmp_path / "r.html")]) == 0  # its own output may be replaced
+
+
+@pytest.mark.parametrize("flags, needle", [
+    (["--beam", "0"], "--beam"), (["--alpha", "nan"], "--alpha"), (["--alpha", "2"], "--alpha"),
+    (["--device", "cuda:7"], "--device"), (["--device", "banana"], "--device"),
+])
+def test_caption_refuses_values_that_make_no_sense(run, capsys, flags, needle):
+    root, stores, ck = run
+    video = next((root / "videos").iterdir())
+    refused(capsys, ["caption", video, "--checkpoint", ck, "--checkpoint-flow", ck, *flags], 2, needle)
+
+
+@pytest.mark.parametrize("flags, needle", [
+    (["--grad-clip", "-5"], "--grad-clip"), (["--max-words", "-2"], "--max-words"), (["--epochs", "0"], "--epochs"),
+    (["--lr", "inf"], "--lr"), (["--device", "cuda"], "no CUDA GPU"), (["--amp"], "--amp"),
+])
+def test_train_refuses_values_that_make_no_sense(run, tmp_path, capsys, flags, needle):
+    root, stores, _ = run
+    refused(capsys, ["train", "--dataset", "synthetic", "--annotations", root, "--features", stores["rgb"],
+                     "--out", tmp_path / "r", *flags], 2, needle)
+    assert not (tmp_path / "r" / "best.pt").exists()
+
+
+def test_train_config_file_errors_are_one_line(run, tmp_path, capsys):
+    (tmp_path / "c.json").write_text("{not json")
+    refused(capsys, ["train", "--config", tmp_path / "c.json"], 2, "is not valid JSON")
+    (tmp_path / "c.json").write_text("[1, 2]")
+    refused(capsys, ["train", "--config", tmp_path / "c.json"], 2, "JSON object")
+
+
+def test_zero_byte_and_foreign_checkpoints_are_refused(run, tmp_path, capsys):
+    root, stores, _ = run
+    (tmp_path / "empty.pt").write_bytes(b"")
+    (tmp_path / "junk.pt").write_bytes(b"\x00junk" * 50)
+    for bad, needle in ((tmp_path / "empty.pt", "empty"), (tmp_path / "junk.pt", "refusing to load")):
+        refused(capsys, ["evaluate", "--dataset", "synthetic", "--annotations", root, "--checkpoint", bad,
+                         "--features", stores["rgb"], "--out", tmp_path / "e.json"], 2, needle)
+
+
+@pytest.mark.parametrize("spec, needle", [
+    ([{"name": "../../x", "dataset": "synthetic", "annotations": "A", "rgb": {"checkpoint": "c", "features": "f"}}],
+     "path separator"),
+    ([{"name": "x", "dataset": "synthetic", "annotations": "A"}], "names no model"),
+    ({"name": "x"}, "non-empty JSON list"),
+])
+def test_benchmark_spec_is_checked(tmp_path, capsys, spec, needle):
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    refused(capsys, ["benchmark", "--spec", tmp_path / "spec.json", "--out", tmp_path / "b"], 2, needle)
+    assert not (tmp_path / "b").exists() and not (tmp_path.parent / "x_test_RGB.json").exists()
+
+
+@pytest.mark.parametrize("line, needle", [("a/b\tx.mp4", "path separator"), ("..\tx.mp4", "starts with a dot"),
+                                          ("\tx.mp4", "empty"), ("a\tb\tc", "columns")])
+def test_extract_list_ids_follow_the_id_rule(tmp_path, capsys, line, needle):
+    (tmp_path / "list.txt").write_text(line + "\n")
+    err = refused(capsys, ["extract", "--list", tmp_path / "list.txt", "--out", tmp_path / "f.h5"], 2, needle)
+    assert "list.txt:1" in err and not (tmp_path / "f.h5").exists()
+
+
+@pytest.mark.parametrize("shard", ["0/0", "3/2", "x", "1/-1"])
+def test_extract_shard_is_checked(tmp_path, capsys, shard, tiny_synth):
+    root, _ = tiny_synth
+    refused(capsys, ["extract", root / "videos", "--out", tmp_path / "f.h5", "--shard", shard], 2, "--shard")
+
+
+def test_runtime_oserror_is_one_line_naming_the_file(run, tmp_path, capsys):
+    root, stores, ck = run
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        import os
+
+        if os.access(ro, os.W_OK):  # running as root: permissions are not enforced
+            pytest.skip("permissions are not enforced for this user")
+        refused(capsys, ["report", tmp_path / "missing.json", "--out", ro / "r.html"], 2, "missing.json")
+    finally:
+        ro.chmod(0o755)
+
+
+def test_distributed_run_without_peers_fails_in_bounded_time(run, tmp_path, capsys, monkeypatch):
+    root, stores, _ = run
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", "29517")
+    refused(capsys, ["train", "--dataset", "synthetic", "--annotations", root, "--features", stores["rgb"],
+                     "--out", tmp_path / "r", "--dist-timeout", "3", "--quiet"], 2, "could not join the 2-process")
