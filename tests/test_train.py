@@ -313,3 +313,37 @@ def test_vocabulary_comes_from_the_training_split_only(tiny_features, tmp_path):
     # the trainer's choice of split decides: training on val gives val's words
     train(cfg_for(tiny_features, tmp_path / "v", max_steps=1, train_split="val", val_split="train"), progress=False)
     assert set(checkpoint.load(tmp_path / "v" / "last.pt").vocab.to_list()[4:]) == words("val")
+
+
+def test_bank_and_store_paths_train_the_same_checkpoint(tiny_features, tmp_path, monkeypatch):
+    """Features in a bank or read from the store per batch: same seed, bitwise the same weights (CPU)."""
+    from s2vt import train as train_mod
+
+    train(cfg_for(tiny_features, tmp_path / "bank", max_steps=8, shuffle_frames=True), progress=False)
+    monkeypatch.setattr(train_mod, "place_bank", lambda need, device: "store")
+    train(cfg_for(tiny_features, tmp_path / "store", max_steps=8, shuffle_frames=True), progress=False)
+    a = checkpoint.load(tmp_path / "bank" / "last.pt").weights
+    b = checkpoint.load(tmp_path / "store" / "last.pt").weights
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_tune_alpha_picks_the_best_weight_and_breaks_ties_towards_half():
+    from s2vt.evaluate import tune_alpha
+    from s2vt.metrics import Meteor
+
+    refs = {"v1": ["a red ball moves left"], "v2": ["a blue box grows"]}
+
+    class Fake:  # captions are right only at alpha 0.3
+        def available(self, vids):
+            return list(vids), []
+
+        def caption(self, vids, weights=None, beam=1):
+            good = abs(weights[0] - 0.3) < 1e-9
+            return {v: refs[v][0] if good else "nothing at all" for v in vids}
+
+    with Meteor() as meteor:
+        best, curve = tune_alpha(Fake(), refs, meteor=meteor)
+        assert best == 0.3 and curve[0.3] > max(v for a, v in curve.items() if a != 0.3)
+        best, _ = tune_alpha(Fake(), refs, grid=[0.0, 0.4, 0.7, 1.0], meteor=meteor)
+        assert best == 0.4  # all tie: nearest 0.5
