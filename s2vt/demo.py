@@ -1,9 +1,15 @@
 """``s2vt demo``: the whole pipeline on the embedded dataset, with the paper's ablations.
 
 Stages (each reused on a re-run unless ``--fresh``): generate the dataset, extract RGB
-and flow features, train RGB / flow / RGB-random-order models for each seed, tune the
-fusion weight on val, evaluate on test, print the table (mean and spread over seeds),
-caption a held-out test video from its raw file, and write the HTML report.
+and flow features, train RGB / flow / RGB-random-order models for each seed, run
+``evaluate.benchmark`` (fusion weight tuned on val, every row on test), print the
+table (mean and standard deviation over seeds of METEOR, BLEU-4, CIDEr and the
+per-attribute accuracies), state which findings hold beyond seed noise, caption a
+held-out test video from its raw file, and write the HTML report.
+
+The work folder is the demo's own: it holds a marker file (``.s2vt-demo``). A non-empty
+folder without one is refused, and ``--fresh`` deletes only what the demo writes
+(``OWN``), never other files.
 """
 from __future__ import annotations
 
@@ -12,17 +18,22 @@ import shutil
 import statistics
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
+from .attributes import accuracy, load_truth
 from .datasets import load_corpus
-from .evaluate import Captioner, Member, evaluate, tune_alpha, write_json
+from .errors import S2VTError
 from .extract import ExtractConfig, extract
+from .fileio import atomic_write, write_json
 from .metrics import Meteor, score
 from .model import ModelConfig
 from .synth import SynthConfig, generate
 from .train import TrainConfig, train
+
+MARKER = ".s2vt-demo"
+OWN = ("data", "features", "runs", "bench", "report.html", "results.md", "results.json")
 
 
 @dataclass
@@ -36,31 +47,58 @@ class DemoPreset:
     lr: float
     seeds: List[int]
     beam: int
-    workers: int = 2
+    workers: int = 2          # decoding processes of the feature extraction
     device: str = "cpu"
     val_meteor: bool = True   # select checkpoints on val METEOR (else val loss)
+    val_every: int = 1        # validate every N epochs (and after the last)
+    alpha: Optional[float] = None  # fixed fusion weight (None: tuned on val by the benchmark)
+    train_extra: dict = field(default_factory=dict)  # further TrainConfig fields
 
 
 PRESETS = {
-    # a few minutes on a 2-core CPU
+    # ~10 minutes on a 2-core CPU
     "cpu": DemoPreset(SynthConfig(train=300, val=40, test=80, frames=48, width=128, height=96), stride=4,
                       input_size=112, model=ModelConfig(embed=128, hidden=256, dropout=0.3, max_frames=80),
-                      epochs=12, batch_size=32, lr=2e-3, seeds=[0, 1, 2], beam=5),
+                      epochs=12, batch_size=32, lr=2e-3, seeds=[0, 1, 2], beam=5, val_every=3),
     # seconds: for tests
     "tiny": DemoPreset(SynthConfig(train=12, val=4, test=4, frames=16, width=64, height=48), stride=4,
                        input_size=64, model=ModelConfig(embed=32, hidden=32, dropout=0.0), epochs=1,
-                       batch_size=8, lr=2e-3, seeds=[0], beam=2, workers=0, val_meteor=False),
-    # MSVD-sized set and the paper's model sizes: for a GPU
+                       batch_size=8, lr=2e-3, seeds=[0], beam=2, workers=0, val_meteor=False, alpha=0.5),
+    # MSVD-sized set and the paper's model sizes: one GPU, about ten minutes
     "gpu": DemoPreset(SynthConfig(train=1200, val=100, test=670, frames=120, width=320, height=240), stride=10,
-                      input_size=224, model=ModelConfig(), epochs=30, batch_size=64, lr=2e-4,
-                      seeds=[0, 1, 2], beam=5, workers=8, device="cuda"),
+                      input_size=224, model=ModelConfig(), epochs=20, batch_size=64, lr=2e-4,
+                      seeds=[0, 1, 2], beam=5, workers=8, device="cuda", val_every=5),
 }
 
 ROW_ORDER = ("constant caption", "Flow", "RGB", "RGB random order", "RGB+Flow")
+TRAINED = (("RGB", "rgb", False), ("Flow", "flow", False), ("RGB random order", "rgb", True))  # row, stream, shuffle
+BENCH_KEY = {"RGB": "rgb", "Flow": "flow", "RGB random order": "random"}
+COLUMNS = (("METEOR", "METEOR"), ("BLEU-4", "Bleu_4"), ("CIDEr", "CIDEr"), ("colour", "acc_colour"),
+           ("shape", "acc_shape"), ("motion", "acc_motion"), ("all three", "acc_all"))
 
 
 def _stage(msg: str) -> None:
     print(f"\n== {msg}", flush=True)
+
+
+def prepare_workdir(wd: Path, fresh: bool) -> None:
+    """Claim ``wd`` for the demo (marker file); with ``fresh``, delete the demo's own outputs only."""
+    if wd.exists() and not wd.is_dir():
+        raise S2VTError(f"--workdir {wd} is a file; give a folder")
+    marked = (wd / MARKER).exists()
+    if wd.is_dir() and any(wd.iterdir()) and not marked:
+        raise S2VTError(f"--workdir {wd} is not empty and was not written by `s2vt demo` (no {MARKER} file); "
+                        "nothing was deleted. Give an empty or new folder as --workdir")
+    if fresh and marked:
+        for name in OWN:
+            p = wd / name
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p)
+            elif p.exists() or p.is_symlink():
+                p.unlink()
+    wd.mkdir(parents=True, exist_ok=True)
+    atomic_write(wd / MARKER, "This folder is an `s2vt demo` work folder; `s2vt demo --fresh` deletes only: "
+                 + ", ".join(OWN) + "\n")
 
 
 def constant_baseline(corpus, split: str) -> Dict[str, str]:
@@ -70,36 +108,18 @@ def constant_baseline(corpus, split: str) -> Dict[str, str]:
     return {v: best for v in corpus.splits[split]}
 
 
-def mean_spread(values: List[float]) -> str:
-    m = 100 * statistics.mean(values)
-    return f"{m:.1f} ± {100 * statistics.stdev(values):.1f}" if len(values) > 1 else f"{m:.1f}"
-
-
-def run_demo(workdir="demo_out", preset: str = "cpu", fresh: bool = False, device: str = "", seeds=None) -> dict:
-    t_start = time.time()
-    p = PRESETS[preset]
-    device = device or p.device
-    seeds = list(seeds) if seeds else p.seeds
-    wd = Path(workdir)
-    if fresh and wd.exists():
-        shutil.rmtree(wd)
-    wd.mkdir(parents=True, exist_ok=True)
-    timings = {}
-
-    data = wd / "data"
-    _stage(f"1/6 embedded dataset -> {data}")
-    t = time.time()
+def make_dataset(data: Path, cfg: SynthConfig, workers: Optional[int]):
     cfg_file = data / "synth_config.json"
-    if cfg_file.exists() and json.loads(cfg_file.read_text()) == asdict(p.synth):
+    if cfg_file.exists() and json.loads(cfg_file.read_text()) == asdict(cfg):
         print("reusing the generated dataset")
     else:
-        generate(data, p.synth)
+        generate(data, cfg, workers=workers, overwrite=True)
     corpus = load_corpus("synthetic", data)
     print(json.dumps(corpus.stats()["splits"]))
-    timings["dataset"] = time.time() - t
+    return corpus
 
-    _stage("2/6 features (RGB frames and optical-flow images, EfficientNet-Lite0)")
-    t = time.time()
+
+def make_features(wd: Path, p: DemoPreset, corpus, device: str) -> Dict[str, Path]:
     items = [(v, corpus.video_path(v)) for ids in corpus.splits.values() for v in ids]
     stores = {}
     for stream in ("rgb", "flow"):
@@ -109,92 +129,187 @@ def run_demo(workdir="demo_out", preset: str = "cpu", fresh: bool = False, devic
         stores[stream].parent.mkdir(exist_ok=True)
         summary = extract(items, stores[stream], ecfg)
         print("\n".join(summary.lines()))
-    timings["features"] = time.time() - t
+    return stores
 
-    _stage(f"3/6 training (seeds {seeds}): RGB, Flow, RGB random frame order")
-    t = time.time()
-    runs: Dict[str, Dict[int, Path]] = {"RGB": {}, "Flow": {}, "RGB random order": {}}
+
+def train_all(wd: Path, p: DemoPreset, data: Path, stores, seeds, device: str, meteor) -> tuple:
+    """Train every (row, seed); returns ({row: {seed: run dir}}, seconds spent validating or None)."""
+    runs: Dict[str, Dict[int, Path]] = {row: {} for row, _, _ in TRAINED}
+    val_s: Optional[float] = 0.0
     for seed in seeds:
-        for row, stream, shuffle in (("RGB", "rgb", False), ("Flow", "flow", False), ("RGB random order", "rgb", True)):
+        for row, stream, shuffle in TRAINED:
             out = wd / "runs" / f"{row.replace(' ', '_').lower()}_seed{seed}"
             runs[row][seed] = out
             if (out / "done.json").exists():
                 print(f"reusing {out}")
-                continue
-            cfg = TrainConfig(dataset="synthetic", annotations=str(data), features=str(stores[stream]), out=str(out),
-                              epochs=p.epochs, batch_size=p.batch_size, lr=p.lr, seed=seed, device=device,
-                              shuffle_frames=shuffle, model=ModelConfig(**asdict(p.model)), log_every=1000,
-                              val_meteor=p.val_meteor)
-            print(f"-- {row}, seed {seed} -> {out}")
-            res = train(cfg, progress=False)
-            write_json(res, out / "done.json")
-    timings["training"] = time.time() - t
+                res = json.loads((out / "done.json").read_text())
+            else:
+                cfg = TrainConfig(dataset="synthetic", annotations=str(data), features=str(stores[stream]),
+                                  out=str(out), epochs=p.epochs, batch_size=p.batch_size, lr=p.lr, seed=seed,
+                                  device=device, shuffle_frames=shuffle, model=ModelConfig(**asdict(p.model)),
+                                  log_every=1000, val_meteor=p.val_meteor, val_every=p.val_every, **p.train_extra)
+                print(f"-- {row}, seed {seed} -> {out}", flush=True)
+                res = train(cfg, progress=False, meteor=meteor)
+                write_json(res, out / "done.json")
+            val_s = val_s + res["val_s"] if val_s is not None and "val_s" in res else None
+    return runs, val_s
 
-    _stage("4/6 fusion weight on val, evaluation on test")
-    t = time.time()
+
+def _bench_file(bench: Path, name: str, split: str, row: str) -> Path:
+    """Where ``evaluate.benchmark`` writes one row's captions and scores."""
+    return bench / f"{name}_{split}_{row.replace(' ', '_').replace('+', '_')}.json"
+
+
+def evaluate_all(bench: Path, p: DemoPreset, data: Path, corpus, stores, runs, seeds, device: str, meteor) -> tuple:
+    """``evaluate.benchmark`` over one spec per seed, plus the constant caption, with attribute accuracies.
+
+    Returns (per_seed: {row: [metrics dict per seed]}, alphas: {seed: alpha}).
+    """
+    from .evaluate import benchmark
+
+    truth = load_truth(data)
     test_refs = dict(corpus.split_items("test"))
-    val_refs = dict(corpus.split_items("val"))
+    const_caps = constant_baseline(corpus, "test")
+    const, _ = score(test_refs, const_caps, meteor=meteor)
     per_seed: Dict[str, List[dict]] = {r: [] for r in ROW_ORDER}
-    alphas = {}
-    evals = wd / "eval"
-    with Meteor() as meteor:
-        const, _ = score(test_refs, constant_baseline(corpus, "test"), meteor=meteor)
-        per_seed["constant caption"] = [const]
-        for seed in seeds:
-            members = {row: Member(str(runs[row][seed] / "best.pt"), str(stores["flow" if row == "Flow" else "rgb"]))
-                       for row in runs}
-            for row in ("Flow", "RGB", "RGB random order"):
-                r = evaluate(Captioner([members[row]], device), test_refs, beam=p.beam, meteor=meteor)
-                write_json(r, evals / f"{row.replace(' ', '_')}_seed{seed}.json")
-                per_seed[row].append(r["metrics"])
-            fused = Captioner([members["RGB"], members["Flow"]], device)
-            alpha, curve = tune_alpha(fused, val_refs, beam=1, meteor=meteor)
-            alphas[seed] = {"alpha": alpha, "val_meteor": curve}
-            r = evaluate(fused, test_refs, [alpha, 1 - alpha], beam=p.beam, meteor=meteor)
-            write_json(r, evals / f"RGB_Flow_seed{seed}.json")
-            per_seed["RGB+Flow"].append(r["metrics"])
-    timings["evaluation"] = time.time() - t
+    per_seed["constant caption"] = [{**const, **accuracy(const_caps, truth)}]
+    spec = [{"name": f"seed{s}", "dataset": "synthetic", "annotations": str(data), "splits": ["test"],
+             "alpha": p.alpha,
+             **{BENCH_KEY[row]: {"checkpoint": str(runs[row][s] / "best.pt"),
+                                 "features": str(stores["flow" if row == "Flow" else "rgb"])} for row in BENCH_KEY}}
+            for s in seeds]
+    _, payload = benchmark(spec, bench, beam=p.beam, device=device, progress=False, meteor=meteor)
+    for s in seeds:
+        for row in ROW_ORDER[1:]:
+            f = _bench_file(bench, f"seed{s}", "test", row)
+            if not f.exists():
+                raise S2VTError(f"benchmark did not write {f}: the demo reads each row's captions from there")
+            ev = json.loads(f.read_text())
+            caps = {v: r["caption"] for v, r in ev["videos"].items()}
+            per_seed[row].append({**ev["metrics"], **accuracy(caps, truth)})
+    alphas = {s: payload["alphas"][f"seed{s}"] for s in seeds}
+    return per_seed, alphas
 
-    _stage("5/6 results on the test split")
-    lines = ["| model | METEOR | BLEU-4 | CIDEr |", "|---|---|---|---|"]
+
+def _mean_std(values: List[float]) -> tuple:
+    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def mean_spread(values: List[float]) -> str:
+    m, s = _mean_std(values)
+    return f"{100 * m:.1f} ± {100 * s:.1f}" if len(values) > 1 else f"{100 * m:.1f}"
+
+
+def results_table(per_seed: Dict[str, List[dict]]) -> str:
+    """Markdown: one row per model, mean ± std over seeds (x100) of every column of ``COLUMNS``."""
+    lines = ["| model | " + " | ".join(c for c, _ in COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
     for row in ROW_ORDER:
         ms = per_seed[row]
-        lines.append(f"| {row} | " + " | ".join(mean_spread([m[k] for m in ms]) for k in ("METEOR", "Bleu_4", "CIDEr")) + " |")
-    table = "\n".join(lines)
-    print(table)
-    print(f"(mean ± standard deviation over seeds {seeds}; beam {p.beam}; fusion alpha per seed: "
-          f"{ {s: a['alpha'] for s, a in alphas.items()} })")
-    m = {row: statistics.mean(x["METEOR"] for x in per_seed[row]) for row in ROW_ORDER}
-    findings = {
-        "RGB+Flow >= max(RGB, Flow)": m["RGB+Flow"] >= max(m["RGB"], m["Flow"]),
-        "RGB ordered > RGB random order": m["RGB"] > m["RGB random order"],
-        "every model above the constant caption": min(m[r] for r in ROW_ORDER[1:]) > m["constant caption"],
-    }
-    for k, v in findings.items():
-        print(f"  {'holds' if v else 'does NOT hold'}: {k}")
+        lines.append(f"| {row} | " + " | ".join(mean_spread([m[k] for m in ms]) for _, k in COLUMNS) + " |")
+    return "\n".join(lines)
 
-    _stage("6/6 a held-out test video, captioned from its raw file; HTML report")
+
+def compare(per_seed: Dict[str, List[dict]], better: str, worse: str, metric: str = "METEOR") -> dict:
+    """Does ``better`` beat ``worse`` on mean ``metric``, and by more than the sum of their standard deviations?"""
+    m1, s1 = _mean_std([m[metric] for m in per_seed[better]])
+    m2, s2 = _mean_std([m[metric] for m in per_seed[worse]])
+    return {"rows": [better, worse], "metric": metric, "means": [m1, m2], "stds": [s1, s2],
+            "seeds": [len(per_seed[better]), len(per_seed[worse])],
+            "holds": m1 > m2, "beyond_noise": m1 - m2 > s1 + s2}
+
+
+def findings(per_seed: Dict[str, List[dict]]) -> Dict[str, dict]:
+    """The paper's findings on test METEOR; "every model above the constant caption" uses the weakest model."""
+    weakest = min(ROW_ORDER[1:], key=lambda r: statistics.mean(m["METEOR"] for m in per_seed[r]))
+    return {
+        "RGB+Flow above RGB": compare(per_seed, "RGB+Flow", "RGB"),
+        "RGB+Flow above Flow": compare(per_seed, "RGB+Flow", "Flow"),
+        "RGB ordered above RGB random order": compare(per_seed, "RGB", "RGB random order"),
+        "every model above the constant caption": compare(per_seed, weakest, "constant caption"),
+    }
+
+
+def print_findings(found: Dict[str, dict]) -> None:
+    for name, f in found.items():
+        verdict = "holds beyond seed noise" if f["beyond_noise"] else ("holds on the means only" if f["holds"]
+                                                                       else "does NOT hold")
+        (m1, m2), (s1, s2) = f["means"], f["stds"]
+        print(f"  {verdict}: {name} ({f['rows'][0]} {100 * m1:.1f} ± {100 * s1:.1f} vs "
+              f"{f['rows'][1]} {100 * m2:.1f} ± {100 * s2:.1f})")
+
+
+def example_and_report(wd: Path, corpus, runs, seed: int, alpha: float, beam: int, device: str) -> dict:
+    """Caption the first test video from its raw file with the fused models of ``seed``; write report.html."""
     from .caption import VideoCaptioner
     from .report import write_report
 
     vid = corpus.splits["test"][0]
-    s0 = seeds[0]
-    vc = VideoCaptioner([str(runs["RGB"][s0] / "best.pt"), str(runs["Flow"][s0] / "best.pt")],
-                        alpha=alphas[s0]["alpha"], device=device)
-    generated = vc.caption(corpus.video_path(vid), beam=p.beam)
+    vc = VideoCaptioner([str(runs["RGB"][seed] / "best.pt"), str(runs["Flow"][seed] / "best.pt")], alpha=alpha,
+                        device=device)
+    generated = vc.caption(corpus.video_path(vid), beam=beam)
     print(f"{corpus.video_path(vid)}\n  generated:  {generated}")
     for ref in corpus.captions[vid]:
         print(f"  reference:  {ref}")
-    report = write_report(evals / f"RGB_Flow_seed{s0}.json", wd / "report.html", corpus.video_path,
-                          title="s2vt demo: RGB+Flow on the embedded test split")
+    write_report(_bench_file(wd / "bench", f"seed{seed}", "test", "RGB+Flow"), wd / "report.html", corpus.video_path,
+                 title="s2vt demo: RGB+Flow on the embedded test split")
+    return {"video": vid, "generated": generated, "references": corpus.captions[vid]}
+
+
+def run_demo(workdir="demo_out", preset: str = "cpu", fresh: bool = False, device: str = "", seeds=None,
+             workers: Optional[int] = None) -> dict:
+    """Run every stage in ``workdir``; returns what ``results.json`` holds.
+
+    workers: processes generating the dataset (None: all cores).
+    """
+    t_start = time.time()
+    p = PRESETS[preset]
+    device = device or p.device
+    seeds = list(seeds) if seeds else p.seeds
+    wd = Path(workdir)
+    prepare_workdir(wd, fresh)
+    timings: Dict[str, Optional[float]] = {}
+
+    data = wd / "data"
+    _stage(f"1/6 embedded dataset -> {data}")
+    t = time.time()
+    corpus = make_dataset(data, p.synth, workers)
+    timings["dataset"] = time.time() - t
+
+    _stage("2/6 features (RGB frames and optical-flow images, EfficientNet-Lite0)")
+    t = time.time()
+    stores = make_features(wd, p, corpus, device)
+    timings["features"] = time.time() - t
+
+    with Meteor() as meteor:  # one METEOR process for validation and evaluation
+        _stage(f"3/6 training (seeds {seeds}): RGB, Flow, RGB random frame order")
+        t = time.time()
+        runs, timings["validation"] = train_all(wd, p, data, stores, seeds, device, meteor)
+        timings["training"] = time.time() - t
+
+        _stage("4/6 benchmark: fusion weight on val, every row on test")
+        t = time.time()
+        per_seed, alphas = evaluate_all(wd / "bench", p, data, corpus, stores, runs, seeds, device, meteor)
+        timings["evaluation"] = time.time() - t
+
+    _stage("5/6 results on the test split")
+    table = results_table(per_seed)
+    print(table)
+    print(f"(x100; mean ± standard deviation over seeds {seeds}; beam {p.beam}; colour/shape/motion: fraction of "
+          f"test videos whose caption names it correctly; fusion alpha per seed: {alphas})")
+    found = findings(per_seed)
+    print_findings(found)
+
+    _stage("6/6 a held-out test video, captioned from its raw file; HTML report")
+    t = time.time()
+    example = example_and_report(wd, corpus, runs, seeds[0], alphas[seeds[0]], p.beam, device)
+    timings["example_and_report"] = time.time() - t
     timings["total"] = time.time() - t_start
+    print("stage times (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items() if v is not None))
     results = {"preset": preset, "seeds": seeds, "table": table, "per_seed": per_seed, "alphas": alphas,
-               "findings": findings, "example": {"video": vid, "generated": generated,
-                                                 "references": corpus.captions[vid]},
-               "timings_s": timings}
+               "findings": found, "example": example, "timings_s": timings}
     write_json(results, wd / "results.json")
-    (wd / "results.md").write_text(table + "\n")
+    atomic_write(wd / "results.md", table + "\n")
     print(f"\ndone in {timings['total'] / 60:.1f} min. Everything is in {wd}/:")
     print("  data/ (videos, captions)  features/rgb.h5 features/flow.h5  runs/ (checkpoints, metrics, curves)")
-    print(f"  eval/ (per-video captions and scores)  results.md results.json  {report.name}")
+    print("  bench/ (per-video captions and scores)  results.md results.json  report.html")
     return results
