@@ -265,25 +265,23 @@ class BackgroundWriter:
         self._thread.start()
 
     def _run(self) -> None:
-        w = self.writer
+        w, item = self.writer, ()
         try:
-            while True:
+            while item is not None:
                 try:
                     item = self._q.get(timeout=w.commit_due_in())
                 except queue.Empty:
                     w.commit()
                     continue
-                if item is None:
-                    w.close()
-                    return
-                getattr(w, item[0])(*item[1:])
-                if w.commit_due_in() == 0:
+                if item is not None:
+                    getattr(w, item[0])(*item[1:])
+                if item is None or w.commit_due_in() == 0:
                     w.commit()
+            w.close()
         except BaseException as e:  # surfaced in the caller's thread
             self._error = e
-            while True:  # keep draining so a blocked put never hangs
-                if self._q.get() is None:
-                    return
+            while item is not None:  # keep draining until the stop sentinel, so no put blocks
+                item = self._q.get()
 
     def _put(self, item) -> None:
         if self._error is not None:
@@ -364,7 +362,7 @@ class FeatureStore:
             with h5py.File(self.path, "r") as f:
                 self.signature, self.ids, self.failed = _read_index(f, self.path)
         except OSError as e:
-            raise S2VTError(f"cannot read feature file {self.path}: not an HDF5 file, or damaged ({e})")
+            raise S2VTError(f"{self.path}: cannot read this feature file: not an HDF5 file, or damaged ({e})")
         self._ids = set(self.ids)
         self._file = None
         self._pid = None

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from s2vt.backbones import Backbone, Preprocess, normalize, prepare, resolve_weights
-from s2vt.errors import WeightsNotFound
+from s2vt.errors import S2VTError, WeightsNotFound
 
 
 def _frames():
@@ -75,3 +75,37 @@ def test_vgg16_fc7_from_local_weights_file(tmp_path):
     with torch.inference_mode():
         y = b(torch.zeros(2, 3, 64, 64, dtype=torch.uint8))
     assert y.shape == (2, 4096) and (y >= 0).all()  # fc7 after its ReLU
+
+
+def test_alexnet_fc6_head_built_once_equals_the_torchvision_layers(tmp_path):
+    """The head runs features -> avgpool -> fc6 -> ReLU (no dropout); forward builds nothing."""
+    import torchvision
+
+    torch.manual_seed(0)
+    path = tmp_path / "alexnet.pth"
+    torch.save(torchvision.models.alexnet(weights=None).state_dict(), path)
+    b = Backbone("alexnet", layer="fc6", weights=str(path), preprocess=Preprocess(size=64))
+    modules = list(b.modules())
+    x = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8)
+    with torch.inference_mode():
+        y = b(x)
+        net = b.net
+        z = torch.relu(net.classifier[1](torch.flatten(net.avgpool(net.features(normalize(x, b.preprocess))), 1)))
+    assert y.shape == (2, 4096) and list(b.modules()) == modules
+    torch.testing.assert_close(y, z)
+
+
+@pytest.mark.parametrize("kw,match", [(dict(size=8), "--input-size"), (dict(crop_ratio=1.5), "--crop-ratio"),
+                                      (dict(crop_ratio=0), "--crop-ratio")])
+def test_preprocess_validates(kw, match):
+    with pytest.raises(S2VTError, match=match):
+        Preprocess(**kw)
+
+
+def test_backbone_refuses_unknown_name_layer_and_too_small_input():
+    with pytest.raises(S2VTError, match="--cnn 'vgg17'"):
+        Backbone("vgg17")
+    with pytest.raises(S2VTError, match="--layer 'fc9'"):
+        Backbone("efficientnet_lite0", layer="fc9")
+    with pytest.raises(S2VTError, match="--input-size 32: alexnet needs at least 63"):
+        Backbone("alexnet", preprocess=Preprocess(size=32))

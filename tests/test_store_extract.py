@@ -4,12 +4,15 @@ import subprocess
 import sys
 import time
 
+import json
+
 import numpy as np
 import pytest
+import torch
 
-from s2vt.errors import SignatureMismatch
+from s2vt.errors import S2VTError, SignatureMismatch
 from s2vt.extract import ExtractConfig, extract, shard_items
-from s2vt.store import FeatureStore, check_signature, merge_stores, staged_ids
+from s2vt.store import BackgroundWriter, FeatureStore, FeatureWriter, check_signature, merge_stores, stage_dir, staged_ids
 
 from videos import moving_square, write
 
@@ -226,3 +229,197 @@ def test_nbytes_from_shapes(tmp_path):
     extract(items, tmp_path / "f.h5", ExtractConfig(**CFG), progress=False)
     st = FeatureStore(tmp_path / "f.h5")
     assert st.nbytes(["v0", "v1", "absent"]) == 2 * 3 * 1280 * 4
+
+
+# ----------------------------------------------------------------------------- group commit and the writer thread
+
+def _sig(dim=4):
+    return {"format_version": 1, "stream": "rgb", "dim": dim}
+
+
+def test_group_commit_makes_videos_durable_together(tmp_path):
+    out = tmp_path / "f.h5"
+    w = FeatureWriter(out, _sig(), commit_seconds=60, commit_videos=3)
+    for i in range(2):
+        w.add(f"v{i}", np.full((2, 4), i, np.float32), [0, 5], {"fps": 10.0})
+    assert staged_ids(out) == set()  # not durable yet: a re-run would redo them
+    w.add("v2", np.zeros((1, 4), np.float32), [0], {"fps": 10.0})
+    assert staged_ids(out) == {"v0", "v1", "v2"}
+    assert len(list(stage_dir(out).glob("g*.npz"))) == 1  # one file, one fsync for the group
+    w.add_failure("bad", "cannot open", "/x/bad.avi")
+    w.finalize()
+    st = FeatureStore(out)
+    assert st.ids == ["v0", "v1", "v2"] and st.failed == {"bad": {"reason": "cannot open", "source": "/x/bad.avi"}}
+    assert st.features("v1").tolist() == [[1.0] * 4] * 2 and st.frame_indices("v1").tolist() == [0, 5]
+    assert not stage_dir(out).exists()
+
+
+def test_background_writer_commits_on_time_and_reports_errors(tmp_path):
+    out = tmp_path / "f.h5"
+    bg = BackgroundWriter(FeatureWriter(out, _sig(), commit_seconds=0.05))
+    bg.add("a", np.ones((3, 4), np.float32), [0, 1, 2], {})
+    t0 = time.time()
+    while staged_ids(out) != {"a"} and time.time() - t0 < 10:
+        time.sleep(0.02)
+    assert staged_ids(out) == {"a"}  # durable with no further call
+    with pytest.raises(S2VTError, match="non-finite"):
+        bg.add("b", np.full((1, 4), np.nan, np.float32), [0], {})  # checked in the caller, at once
+    bg.writer.commit = lambda: (_ for _ in ()).throw(OSError("disk full"))
+    bg.add("c", np.ones((1, 4), np.float32), [0], {})
+    with pytest.raises(OSError, match="disk full"):
+        bg.finish()
+
+
+@pytest.mark.parametrize("vid,feats,idx,match", [
+    ("a/b", np.ones((1, 4)), [0], "path separator"),
+    (".x", np.ones((1, 4)), [0], "starts with a dot"),
+    ("a", np.ones((2, 4)), [0], r"must be \(T, 4\)"),
+    ("a", np.ones((1, 5)), [0], r"must be \(T, 4\)"),
+    ("a", np.ones(4), [0], r"must be \(T, 4\)"),
+    ("a", np.ones((0, 4)), [], "no frames"),
+    ("a", np.array([[1, np.inf, 0, 0]]), [0], "non-finite"),
+])
+def test_writer_add_validates_with_s2vt_errors(tmp_path, vid, feats, idx, match):
+    w = FeatureWriter(tmp_path / "f.h5", _sig())
+    with pytest.raises(S2VTError, match=match):
+        w.add(vid, feats, idx, {})
+
+
+def test_store_refuses_files_that_are_not_stores(tmp_path):
+    import h5py
+
+    (tmp_path / "text.h5").write_text("hello")
+    with h5py.File(tmp_path / "plain.h5", "w") as f:
+        f.create_dataset("x", data=[1])
+    with h5py.File(tmp_path / "nosig.h5", "w") as f:
+        f.attrs["format"] = "s2vt-features"
+        f.create_group("videos"), f.create_group("failed")
+    with h5py.File(tmp_path / "badid.h5", "w") as f:
+        f.attrs["format"], f.attrs["signature"] = "s2vt-features", json.dumps(_sig())
+        f.create_group("failed")
+        f.create_group("videos").create_group(".hidden").create_dataset("features", data=np.ones((1, 4)))
+    for name, match in [("text", "cannot read"), ("plain", "format attribute"), ("nosig", "no readable signature"),
+                        ("badid", "'.hidden'.*starts with a dot")]:
+        with pytest.raises(S2VTError, match=f"{name}.h5.*{match}"):
+            FeatureStore(tmp_path / f"{name}.h5")
+
+
+def test_store_refuses_non_finite_features_naming_the_video(tmp_path):
+    import h5py
+
+    w = FeatureWriter(tmp_path / "f.h5", _sig())
+    w.add("good", np.ones((2, 4), np.float32), [0, 1], {})
+    w.add("nan", np.ones((2, 4), np.float32), [0, 1], {})
+    w.finalize()
+    with h5py.File(tmp_path / "f.h5", "a") as f:
+        f["videos/nan/features"][1, 2] = np.nan  # damaged after writing
+    st = FeatureStore(tmp_path / "f.h5")
+    assert st.features("good").shape == (2, 4)
+    with pytest.raises(S2VTError, match="video nan has non-finite features"):
+        st.features("nan")
+
+
+# ----------------------------------------------------------------------------- extraction inputs
+
+@pytest.mark.parametrize("kw,flag", [
+    (dict(stride=0), "--stride"), (dict(num_frames=-1), "--num-frames"), (dict(max_frames=-2), "--max-frames"),
+    (dict(input_size=8), "--input-size"), (dict(cnn="alexnet", input_size=62), "--input-size"),
+    (dict(crop_ratio=0.0), "--crop-ratio"), (dict(crop_ratio=5), "--crop-ratio"), (dict(batch_size=0), "--batch-size"),
+    (dict(workers=-1), "--workers"), (dict(flow_method="brox"), "--flow-method"), (dict(device="gpu0"), "--device"),
+    (dict(cnn="vgg17"), "--cnn"), (dict(layer="fc9"), "--layer"), (dict(stream="depth"), "--stream"),
+])
+def test_extract_config_validates_naming_the_flag(kw, flag):
+    with pytest.raises(S2VTError, match=flag):
+        ExtractConfig(**kw)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_without_cuda_is_refused_at_once():
+    with pytest.raises(S2VTError, match="--device cuda: no CUDA GPU"):
+        ExtractConfig(device="cuda")
+
+
+def test_bf16_on_cpu_warns_and_computes_fp32():
+    with pytest.warns(UserWarning, match="--bf16 is for GPUs"):
+        cfg = ExtractConfig(device="cpu", precision="bf16")
+    assert cfg.precision == "fp32"  # what runs is what the signature records
+
+
+def test_crop_ratio_is_applied(tmp_path):
+    import cv2
+    from s2vt.backbones import prepare
+    from s2vt.extract import VideoChunks
+
+    p = write(tmp_path / "a.avi", moving_square(1, 96, 64))
+    frame = cv2.cvtColor(cv2.VideoCapture(str(p)).read()[1], cv2.COLOR_BGR2RGB)
+    cfg = ExtractConfig(input_size=32, crop_ratio=0.5, workers=0)
+    (msg,) = list(VideoChunks([("a", p)], cfg))
+    assert cfg.preprocess().crop_ratio == 0.5
+    assert np.array_equal(msg["images"][0].numpy(), prepare(frame, cfg.preprocess()))
+    full = prepare(frame, ExtractConfig(input_size=32, crop_ratio=1.0).preprocess())
+    assert not np.array_equal(msg["images"][0].numpy(), full)
+
+
+class _NaNForBright(torch.nn.Module):
+    """A backbone whose features are NaN for bright images (a stand-in for a diverging CNN)."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner, self.preprocess, self.dim = inner, inner.preprocess, inner.dim
+
+    def signature(self):
+        return self.inner.signature()
+
+    def forward(self, x):
+        y = self.inner(x)
+        return torch.where((x.float().mean((1, 2, 3)) > 100)[:, None], torch.full_like(y, float("nan")), y)
+
+
+def test_non_finite_and_zero_frame_videos_are_failures(tmp_path, monkeypatch):
+    from s2vt import extract as ex
+    from s2vt.backbones import Backbone
+
+    dark = _videos(tmp_path / "v", 2)
+    bright = write(tmp_path / "bright.avi", [np.full((48, 64, 3), 250, np.uint8)] * 8)
+    empty = write(tmp_path / "empty.avi", moving_square(8))
+    real = ex.video_images
+    monkeypatch.setattr(ex, "video_images", lambda path, *a: iter(()) if "empty" in str(path) else real(path, *a))
+    cfg = ExtractConfig(**CFG)
+    s = extract(dark + [("bright", bright), ("empty", empty)], tmp_path / "f.h5", cfg,
+                backbone=_NaNForBright(Backbone(preprocess=cfg.preprocess())), progress=False)
+    st = FeatureStore(tmp_path / "f.h5")
+    assert st.ids == ["v0", "v1"] and s.done == 2
+    assert "non-finite features" in st.failed["bright"]["reason"]
+    assert st.failed["empty"]["reason"] == "no frame sampled"
+
+
+def test_shard_specs_are_validated(monkeypatch):
+    from s2vt.extract import env_shard
+
+    for rank, world in [(2, 2), (-1, 2), (0, 0)]:
+        with pytest.raises(S2VTError, match=f"--shard {rank}/{world}"):
+            shard_items([("a", "a.avi")], rank, world)
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(S2VTError, match="RANK=3 WORLD_SIZE=2"):
+        env_shard()
+    monkeypatch.setenv("RANK", "one")
+    with pytest.raises(S2VTError, match="must be integers"):
+        env_shard()
+    monkeypatch.setenv("RANK", "1")
+    assert env_shard() == (1, 2)
+
+
+def test_pipeline_returns_rows_to_their_owners_in_order():
+    from s2vt.backbones import Backbone
+    from s2vt.extract import Pipeline
+
+    b = Backbone(preprocess=ExtractConfig(input_size=32).preprocess())
+    x = torch.randint(0, 256, (7, 3, 32, 32), dtype=torch.uint8)
+    pipe = Pipeline(b, torch.device("cpu"), batch_size=3, size=32)
+    out = pipe.add("a", x[:2]) + pipe.add("b", x[2:6]) + pipe.add("c", x[6:]) + pipe.flush()
+    assert [(o, len(r)) for o, r in out] == [("a", 2), ("b", 1), ("b", 3), ("c", 1)]  # b spans two batches
+    rows = np.concatenate([r for _, r in out])
+    with torch.inference_mode():
+        ref = b(x).numpy()
+    np.testing.assert_allclose(rows, ref, rtol=1e-4, atol=1e-4)

@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 
+from s2vt.errors import S2VTError
 from s2vt.flow import FlowComputer, flow_to_image
 from s2vt.video import Sampling, VideoError, iter_frames, iter_video_paths
 
@@ -90,6 +91,32 @@ def test_flow_image_recipe_sign_and_magnitude(tmp_path):
     assert img[0, 0].tolist() == [160, 112, round(16 * 5 ** 0.5 + 128)]
     assert img[0, 1].tolist() == [128, 128, 128]
     assert img[0, 2].tolist() == [255, 255, 255]  # clipped / capped
+
+
+def test_folder_scan_finds_names_with_inner_dots(tmp_path):
+    for p in ("lecture.part.1.avi", "lecture.part.2.avi", "clip.v2.final.mp4", "draft.avi.tmp"):
+        (tmp_path / p).write_bytes(b"x")
+    assert [p.name for p in iter_video_paths(tmp_path)] == ["clip.v2.final.mp4", "lecture.part.1.avi",
+                                                           "lecture.part.2.avi"]
+
+
+@pytest.mark.parametrize("kw,flag", [(dict(stride=0), "--stride"), (dict(num_frames=-1), "--num-frames"),
+                                     (dict(max_frames=-1), "--max-frames"), (dict(stride=2.5), "--stride")])
+def test_sampling_validates_naming_the_flag(kw, flag):
+    with pytest.raises(S2VTError, match=flag):
+        Sampling(**kw)
+
+
+def test_flow_method_checked_and_signature_constants_come_from_flow():
+    from s2vt import flow
+    from s2vt.backbones import Backbone
+    from s2vt.extract import ExtractConfig, make_signature
+
+    with pytest.raises(S2VTError, match="--flow-method 'brox'"):
+        FlowComputer("brox")
+    sig = make_signature(ExtractConfig(stream="flow", input_size=32), Backbone())
+    assert sig["flow"] == {"method": "dis", "scale": flow.SCALE, "offset": flow.OFFSET} == \
+        {"method": "dis", "scale": 16, "offset": 128}
 
 
 def test_folder_scan_is_recursive_and_sorted(tmp_path):
