@@ -59,7 +59,7 @@ PRESETS = {
     # ~10 minutes on a 2-core CPU
     "cpu": DemoPreset(SynthConfig(train=300, val=40, test=80, frames=48, width=128, height=96), stride=4,
                       input_size=112, model=ModelConfig(embed=128, hidden=256, dropout=0.3, max_frames=80),
-                      epochs=12, batch_size=32, lr=2e-3, seeds=[0, 1, 2], beam=5, val_every=3),
+                      epochs=20, batch_size=32, lr=2e-3, seeds=[0, 1, 2], beam=5, val_every=5),
     # seconds: for tests
     "tiny": DemoPreset(SynthConfig(train=12, val=4, test=4, frames=16, width=64, height=48), stride=4,
                        input_size=64, model=ModelConfig(embed=32, hidden=32, dropout=0.0), epochs=1,

@@ -7,7 +7,12 @@ Designed so the paper's findings are measurable:
   direction; the reverse clip visits the same positions. Over the frames of a clip,
   positions are distributed identically for "left" and "right" (likewise up/down,
   grow/shrink), so a single frame, or the frames in random order, cannot tell the
-  direction: only their order can.
+  direction: only their order can. Captions of opposite motions share every other
+  word ("a red ball moves to the left" / "... to the right").
+* **Position is visible to a CNN.** The static backdrop has a layout shared by all clips
+  (brighter to the right, more magenta downwards; see ``background``), so the pooled
+  features of a frame change with where the shape is, and ordered frames reveal the
+  direction of travel.
 * **Flow sees motion, not colour.** Flow images encode direction and speed but no
   colour, so a flow model names the motion well and the colour by chance; an RGB model
   sees the colour at once. Fusing the two is expected to beat either.
@@ -15,8 +20,11 @@ Designed so the paper's findings are measurable:
   (squares and triangles only: a spinning circle looks still).
 
 Layout written (the ``generic`` dataset form): ``videos/ID.avi``, ``captions.tsv``,
-``train.txt``, ``val.txt``, ``test.txt``, and ``clips.jsonl`` (the ground truth of
-each clip: colour, shape, motion and per-frame centre/size/angle).
+``train.txt``, ``val.txt``, ``test.txt``, ``clips.jsonl`` (the ground truth of each
+clip: split, colour, shape, motion and per-frame centre/size/angle) and
+``synth_config.json``. Clips are rendered by a process pool; each clip has its own
+generator seeded by (seed, clip index), so every file is byte-identical for any number
+of workers. ``s2vt.attributes`` scores captions against ``clips.jsonl``.
 """
 from __future__ import annotations
 
