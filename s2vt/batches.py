@@ -217,7 +217,8 @@ class BatchStream:
             rows = self._rows_t[sel]
             fl, cl = self.bank.lengths_t[rows], self._lens_t[sel]
             if self.shuffle:
-                pos = torch.from_numpy(self._positions(idx, flen, T, epoch)).to(self.device, non_blocking=True)
+                pos = torch.from_numpy(self._positions(idx, flen, T, epoch))
+                pos = (pos.pin_memory() if self.device.type == "cuda" else pos).to(self.device, non_blocking=True)
             else:
                 ar = torch.arange(T, device=self.device)
                 pos = torch.where(ar[None] < fl[:, None], self.bank.offsets_t[rows][:, None] + ar[None],
