@@ -285,8 +285,8 @@ class _Videos:
     """Per-video bookkeeping of the main loop: rows sent to the CNN and received back;
     a video is finished once its last chunk arrived and every row came back."""
 
-    def __init__(self, writer: BackgroundWriter, summary: ExtractSummary, dim: int, bar):
-        self.writer, self.summary, self.dim, self.bar = writer, summary, dim, bar
+    def __init__(self, writer: BackgroundWriter, summary: ExtractSummary, bar):
+        self.writer, self.summary, self.bar = writer, summary, bar
         self.state: Dict[str, dict] = {}
 
     def chunk(self, msg: dict) -> None:
@@ -369,7 +369,7 @@ def extract(items: Sequence[Tuple[str, str]], out, cfg: ExtractConfig,
     with tqdm(total=len(todo), desc=f"extract {cfg.stream}", unit="video", disable=not progress) as bar:
         try:
             if todo:
-                _run(todo, cfg, backbone, device, _Videos(bg, summary, backbone.dim, bar))
+                _run(todo, cfg, backbone, device, _Videos(bg, summary, bar))
         except BaseException:
             try:
                 bg.stop()  # what finished stays durable for the re-run

@@ -86,15 +86,32 @@ def staged_ids(path) -> set:
     return out
 
 
+def _env_number(name: str, default: float) -> float:
+    text = os.environ.get(name)
+    if text is None:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise S2VTError(f"{name}={text!r} must be a positive number")
+    return value
+
+
 class FeatureWriter:
     """Add videos (or failures); ``commit`` makes them durable as one group; ``finalize``
     publishes the HDF5 file. Not thread-safe: one thread (see ``BackgroundWriter``) calls it."""
 
-    def __init__(self, path, signature: dict, commit_seconds: float = 0.5, commit_videos: int = 256,
-                 commit_bytes: int = 256 << 20):
+    def __init__(self, path, signature: dict, commit_seconds: Optional[float] = None,
+                 commit_videos: Optional[int] = None, commit_bytes: int = 256 << 20):
         self.path, self.signature = Path(path), signature
         self.stage = stage_dir(self.path)
-        self.commit_seconds, self.commit_videos, self.commit_bytes = commit_seconds, commit_videos, commit_bytes
+        # a group is committed after commit_seconds or commit_videos, whichever comes first;
+        # S2VT_COMMIT_SECONDS / S2VT_COMMIT_VIDEOS override the defaults (0.5 s, 256 videos)
+        self.commit_seconds = commit_seconds if commit_seconds is not None else _env_number("S2VT_COMMIT_SECONDS", 0.5)
+        self.commit_videos = commit_videos if commit_videos is not None else int(_env_number("S2VT_COMMIT_VIDEOS", 256))
+        self.commit_bytes = commit_bytes
         self.existing: Optional[FeatureStore] = None
         if self.path.exists():
             self.existing = FeatureStore(self.path)

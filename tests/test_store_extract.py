@@ -111,8 +111,10 @@ def _staged(out) -> set:
 
 
 def _run_and_kill(cmd, out, ready):
-    """Start ``cmd``, SIGKILL it as soon as ``ready()`` holds; the videos then durably staged."""
-    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    """Start ``cmd`` (committing every video), SIGKILL it as soon as ``ready()`` holds; the videos then
+    durably staged."""
+    env = dict(os.environ, S2VT_COMMIT_VIDEOS="1")
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     t0 = time.time()
     while time.time() - t0 < 120 and p.poll() is None and not ready():
         time.sleep(0.02)
@@ -148,22 +150,22 @@ def test_killed_run_resumes_to_identical_store(tmp_path):
 
 
 def test_three_kills_at_different_points_then_resume_equals_clean_run(tmp_path):
-    """SIGKILL at start-up, after the first durable group, and part-way through a resumed run;
+    """SIGKILL at start-up, after the first durable videos, and part-way through a resumed run;
     the same command then completes a store equal to an uninterrupted run (features, frame
     indices, metadata, failures, signature)."""
     vids = tmp_path / "v"
-    _videos(vids, 12, frames=36)
+    _videos(vids, 12, frames=24)
     (vids / "broken.avi").write_bytes(b"not a video")
-    opts = dict(stride=2, input_size=96, crop_ratio=1.0, workers=0, batch_size=8)
-    cmd = [sys.executable, "-m", "s2vt", "extract", str(vids), "--quiet", "--stride", "2", "--input-size", "96",
+    cmd = [sys.executable, "-m", "s2vt", "extract", str(vids), "--quiet", "--stride", "2", "--input-size", "64",
            "--crop-ratio", "1.0", "--workers", "0", "--batch-size", "8"]
-    extract(sorted((p.stem, p) for p in vids.iterdir()), tmp_path / "ref.h5", ExtractConfig(**opts), progress=False)
+    extract(sorted((p.stem, p) for p in vids.iterdir()), tmp_path / "ref.h5",
+            ExtractConfig(stride=2, input_size=64, crop_ratio=1.0, workers=0, batch_size=8), progress=False)
     out = tmp_path / "killed.h5"
     parts = tmp_path / "killed.h5.parts"
     cmd += ["--out", str(out)]
     counts = [len(_run_and_kill(cmd, out, lambda: (parts / "signature.json").exists()))]
-    counts.append(len(_run_and_kill(cmd, out, lambda: len(_staged(out)) >= 1)))
-    counts.append(len(_run_and_kill(cmd, out, lambda: len(_staged(out)) > counts[1])))
+    counts.append(len(_run_and_kill(cmd, out, lambda: len(_staged(out)) >= 2)))
+    counts.append(len(_run_and_kill(cmd, out, lambda: len(_staged(out)) >= counts[1] + 2)))
     assert counts[0] < counts[1] < counts[2] < 12, f"kills did not land part-way: {counts}"
     assert not out.exists()
     r = subprocess.run(cmd, capture_output=True, text=True)
