@@ -64,9 +64,9 @@ class VideoFeatures:
 
 
 def video_captioner(checkpoints: Sequence[str], cnn_weights: Optional[Sequence[Optional[str]]] = None,
-                    device="cpu") -> Captioner:
+                    device="cpu", streams: Optional[Sequence[str]] = None) -> Captioner:
     """A captioner over raw video files (keys are paths); ``cnn_weights``: one file or None per checkpoint."""
     cnn_weights = list(cnn_weights) if cnn_weights else [None] * len(checkpoints)
-    cks = load_checkpoints(checkpoints)
+    cks = load_checkpoints(checkpoints, streams)
     sources = [VideoFeatures(ck, w, device, p) for ck, w, p in zip(cks, cnn_weights, checkpoints)]
     return Captioner([ck.build_model(device) for ck in cks], sources, cks[0].vocab, device, cks[0].decoding)

@@ -32,9 +32,17 @@ class Member:
     features: str
 
 
-def load_checkpoints(paths: Sequence[str]) -> List[Checkpoint]:
-    """Checkpoints that can be fused: the same vocabulary, else an error naming the file."""
+def load_checkpoints(paths: Sequence[str], streams: Optional[Sequence[str]] = None) -> List[Checkpoint]:
+    """Checkpoints that can be fused: the same vocabulary, else an error naming the file.
+
+    ``streams``: the feature stream each must have been trained on (e.g. ["rgb", "flow"] for a fusion).
+    """
     cks = [Checkpoint.load(p) for p in paths]
+    for p, ck, want in zip(paths, cks, streams or [None] * len(cks)):
+        have = ck.feature_signature.get("stream")
+        if want is not None and have != want:
+            raise S2VTError(f"{p} was trained on {have} features, but is given as the {want} model; "
+                            "check the order of the checkpoints (RGB first, flow second)")
     for p, ck in zip(paths[1:], cks[1:]):
         if ck.vocab != cks[0].vocab:
             raise S2VTError(f"{p}: its vocabulary differs from {paths[0]}'s ({len(ck.vocab)} vs "
@@ -55,9 +63,10 @@ class Captioner:
         self.decoding = decoding or DecodeConfig()
 
     @classmethod
-    def from_members(cls, members: Sequence[Member], device="cpu", preload: Sequence[str] = ()) -> "Captioner":
+    def from_members(cls, members: Sequence[Member], device="cpu", preload: Sequence[str] = (),
+                     streams: Optional[Sequence[str]] = None) -> "Captioner":
         """Models from checkpoints reading the stores they were trained on (signatures checked)."""
-        cks = load_checkpoints([m.checkpoint for m in members])
+        cks = load_checkpoints([m.checkpoint for m in members], streams)
         models, sources = [], []
         for m, ck in zip(members, cks):
             store = FeatureStore(m.features)

@@ -86,6 +86,8 @@ class Checkpoint:
 
 
 def _read(path: Path, map_location) -> Dict[str, Any]:
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a folder; give the checkpoint file in it (e.g. {path / 'best.pt'})")
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     if path.stat().st_size == 0:
@@ -93,8 +95,8 @@ def _read(path: Path, map_location) -> Dict[str, Any]:
     try:
         d = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # includes pickle payloads that weights_only refuses
-        first = (str(e).splitlines() or [""])[0][:300]
-        raise CheckpointError(f"refusing to load {path}: not a plain-tensor s2vt checkpoint ({type(e).__name__}: {first})")
+        raise CheckpointError(f"refusing to load {path}: not a readable plain-tensor s2vt checkpoint (damaged, "
+                              f"truncated, or holding objects that would run code when loaded; {type(e).__name__})")
     if not isinstance(d, dict):
         raise CheckpointError(f"{path} is not an s2vt checkpoint (holds a {type(d).__name__})")
     return d

@@ -192,7 +192,9 @@ def train_config(a):
         raise S2VTError(f"--config {a.config} must hold a JSON object (as a run's config.json)")
     merged = {**base, **overrides(a, TrainConfig)}
     merged.pop("model", None)
-    model = {**(base.get("model") or {}), **overrides(a, ModelConfig, "model_")}
+    if not isinstance(base.get("model", {}), dict):
+        raise S2VTError(f"--config {a.config}: 'model' must be a JSON object of model options")
+    model = {**base.get("model", {}), **overrides(a, ModelConfig, "model_")}
     cfg = TrainConfig.from_dict({**merged, "model": model})
     for req in ("annotations", "features"):
         if not getattr(cfg, req):
@@ -218,6 +220,13 @@ def _alpha(a):
     return a.alpha
 
 
+def _needs_flow(a, *flags) -> None:
+    """Refuse fusion flags given without a flow model (they would be ignored)."""
+    for f in flags:
+        if getattr(a, f[2:].replace("-", "_"), None) is not None and not a.checkpoint_flow:
+            raise S2VTError(f"{f} is for fusion: it needs --checkpoint-flow")
+
+
 def cmd_caption(a) -> int:
     from .caption import video_captioner
     from .decoding import DecodeConfig
@@ -226,9 +235,10 @@ def cmd_caption(a) -> int:
     alpha = _alpha(a)
     DecodeConfig(beam=a.beam)  # validates --beam
     check_device(a.device)
+    _needs_flow(a, "--alpha", "--weights-flow")
     cks = [a.checkpoint] + ([a.checkpoint_flow] if a.checkpoint_flow else [])
     cnn_weights = [a.weights] + ([a.weights_flow] if a.checkpoint_flow else [])
-    cap = video_captioner(cks, cnn_weights, device=a.device)
+    cap = video_captioner(cks, cnn_weights, device=a.device, streams=["rgb", "flow"] if a.checkpoint_flow else None)
     weights = [0.5 if alpha is None else alpha, 0.5 if alpha is None else 1 - alpha] if a.checkpoint_flow else None
     rc = 0
     for v in a.videos:
@@ -245,12 +255,13 @@ def cmd_caption(a) -> int:
 def cmd_evaluate(a) -> int:
     from .evaluate import Captioner, Member, evaluate, split_refs, tune_alpha
     from .decoding import DecodeConfig
-    from .fileio import write_json
+    from .fileio import probe_writable, write_json
     from .metrics import Meteor
 
     alpha = _alpha(a)
     DecodeConfig(beam=a.beam)
     check_device(a.device)
+    _needs_flow(a, "--alpha", "--features-flow")
     members = [Member(a.checkpoint, a.features)]
     if a.checkpoint_flow:
         if not a.features_flow:
@@ -259,8 +270,9 @@ def cmd_evaluate(a) -> int:
     fused = len(members) == 2
     out = Path(a.out) if a.out else Path(a.checkpoint).parent / f"eval_{a.split}_beam{a.beam}{'_fused' if fused else ''}.json"
     check_output(out, [x for m in members for x in (m.checkpoint, m.features)] + [a.annotations], a.overwrite, _is_evaluation)
+    probe_writable(out)  # fail before the work, not after
     refs = split_refs(a.dataset, a.annotations, a.split)
-    cap = Captioner.from_members(members, a.device)
+    cap = Captioner.from_members(members, a.device, streams=["rgb", "flow"] if fused else None)
     weights, alpha_curve = None, None
     with Meteor() as meteor:  # one JVM for every scoring below
         if fused:
@@ -270,6 +282,9 @@ def cmd_evaluate(a) -> int:
             weights = [alpha, 1 - alpha]
         r = evaluate(cap, refs, weights, a.beam, meteor=meteor)
     r.update(dataset=a.dataset, split=a.split, checkpoints=[m.checkpoint for m in members], alpha_curve=alpha_curve)
+    if r["missing"]:
+        print(f"s2vt evaluate: {len(r['missing'])} of {len(refs)} {a.split} videos have no features in every store "
+              f"(e.g. {r['missing'][:3]}); scored the other {len(r['videos'])}", file=sys.stderr)
     write_json(r, out)
     print(json.dumps({"metrics": r["metrics"], "videos": len(r["videos"]), "missing": len(r["missing"]),
                       "written": str(out)}, indent=1))
@@ -279,6 +294,9 @@ def cmd_evaluate(a) -> int:
 def cmd_score(a) -> int:
     from .metrics import read_tsv, score
 
+    for f in (a.references, a.candidates):
+        if Path(f).is_dir():
+            raise S2VTError(f"{f} is a folder; give a 'video_id<TAB>caption' file")
     refs = read_tsv(a.references, many=True)
     cands = {k: v[0] for k, v in read_tsv(a.candidates, many=False).items()}
     only_r, only_c = sorted(set(refs) - set(cands)), sorted(set(cands) - set(refs))
@@ -296,9 +314,26 @@ def cmd_score(a) -> int:
     return 0
 
 
+def _check_benchmark_out(out: Path, overwrite: bool) -> None:
+    """The results folder: a folder, writable, and not holding another program's benchmark files."""
+    from .fileio import probe_writable
+
+    if out.exists() and not out.is_dir():
+        raise S2VTError(f"--out {out} is a file; benchmark writes a folder of results")
+    try:
+        ours = json.loads((out / "benchmark.json").read_text()).keys() >= {"table", "spec", "results"}
+    except (OSError, ValueError, AttributeError):
+        ours = False
+    foreign = [n for n in ("benchmark.json", "benchmark.md") if (out / n).exists()]
+    if foreign and not ours and not overwrite:
+        raise S2VTError(f"--out {out} holds {', '.join(foreign)} not written by s2vt benchmark; "
+                        "pass --overwrite or choose another folder")
+    probe_writable(out / "benchmark.json")
+
+
 def cmd_benchmark(a) -> int:
     from .decoding import DecodeConfig
-    from .evaluate import benchmark
+    from .evaluate import benchmark, check_spec
 
     DecodeConfig(beam=a.beam)
     check_device(a.device)
@@ -314,9 +349,11 @@ def cmd_benchmark(a) -> int:
                 raise S2VTError(f"--{k}-checkpoint and --{k}-features go together")
             if ck:
                 entry[k] = {"checkpoint": ck, "features": ft}
+        if not any(k in entry for k in ("rgb", "flow", "random")):
+            raise S2VTError("no model given: pass --rgb-checkpoint/--rgb-features (and/or --flow-..., --random-...)")
         spec = [entry]
-    if Path(a.out).exists() and not Path(a.out).is_dir():
-        raise S2VTError(f"--out {a.out} is a file; benchmark writes a folder of results")
+    check_spec(spec)
+    _check_benchmark_out(Path(a.out), a.overwrite)
     table, _ = benchmark(spec, a.out, beam=a.beam, device=a.device)
     print(table)
     print(f"\nwritten: {Path(a.out) / 'benchmark.md'}, {Path(a.out) / 'benchmark.json'}")
@@ -340,6 +377,10 @@ def cmd_report(a) -> int:
 def cmd_demo(a) -> int:
     from .demo import run_demo
 
+    if a.device:
+        check_device(a.device)
+    if a.seeds is not None and any(s < 0 for s in a.seeds):
+        raise S2VTError(f"--seeds {' '.join(map(str, a.seeds))}: seeds must be >= 0")
     res = run_demo(a.workdir, a.preset, a.fresh, a.device, a.seeds)
     return 0 if res else 1
 
@@ -497,7 +538,7 @@ def _add_evaluate(sub, shared):
 
 def _add_benchmark(sub, shared):
     s = sub.add_parser("benchmark", help="the paper's table over datasets and splits", formatter_class=F,
-                       parents=[shared["device"], shared["beam"]], epilog=_examples(
+                       parents=[shared["device"], shared["beam"], shared["overwrite"]], epilog=_examples(
                            "s2vt benchmark --dataset msvd --annotations data/msvd --rgb-checkpoint runs/vgg/best.pt "
                            "--rgb-features features/msvd_vgg.h5 --flow-checkpoint runs/flow/best.pt --flow-features features/msvd_flow.h5 --out bench/",
                            "s2vt benchmark --spec bench.json --out bench/"))
@@ -556,6 +597,8 @@ INTERRUPTED = {"train": "last.pt holds the last finished epoch; add --resume to 
 
 
 def main(argv=None) -> int:
+    if os.environ.get("WORLD_SIZE", "1") != "1":  # c10d prints C++ stack traces for failed connections
+        os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "FATAL")  # before torch is imported; errors still raise
     try:
         args = build_parser().parse_args(argv)
         try:

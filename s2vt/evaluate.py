@@ -81,9 +81,16 @@ def check_spec(spec) -> List[dict]:
 
     if not isinstance(spec, list) or not spec:
         raise S2VTError("a benchmark spec is a non-empty JSON list of {name, dataset, annotations, splits, rgb, flow, random}")
+    names = set()
     for i, e in enumerate(spec):
         if not isinstance(e, dict):
             raise S2VTError(f"spec[{i}] must be an object, got {type(e).__name__}")
+        unknown = sorted(set(e) - SPEC_KEYS)
+        if unknown:
+            raise S2VTError(f"spec[{i}]: unknown keys {unknown} (known: {', '.join(sorted(SPEC_KEYS))})")
+        if e.get("name") in names:
+            raise S2VTError(f"spec[{i}]: a second entry named {e['name']!r}; names must differ (they name the files)")
+        names.add(e.get("name"))
         for key in ("name", "dataset", "annotations"):
             if not isinstance(e.get(key), str) or not e.get(key):
                 raise S2VTError(f"spec[{i}].{key} must be a non-empty string")
@@ -107,6 +114,7 @@ def check_spec(spec) -> List[dict]:
 
 
 MODELS = ("rgb", "flow", "random")
+SPEC_KEYS = {"name", "dataset", "annotations", "splits", "alpha", *MODELS}
 # table row -> (members it fuses)
 ROW_MEMBERS = {"Flow": ("flow",), "RGB": ("rgb",), "RGB random order": ("random",), "RGB+Flow": ("rgb", "flow")}
 
@@ -120,7 +128,7 @@ def benchmark_entry(entry: dict, out_dir: Path, beam: int, device: str, meteor: 
     models = {k: Member(**entry[k]) for k in MODELS if entry.get(k)}
     alpha = entry.get("alpha")
     if "rgb" in models and "flow" in models and alpha is None:
-        fused = Captioner.from_members([models["rgb"], models["flow"]], device)
+        fused = Captioner.from_members([models["rgb"], models["flow"]], device, streams=["rgb", "flow"])
         alpha, _ = tune_alpha(fused, split_refs(entry["dataset"], entry["annotations"], "val"), 1, meteor=meteor)
     results = {}
     for split in entry.get("splits", ["test"]):
@@ -129,7 +137,9 @@ def benchmark_entry(entry: dict, out_dir: Path, beam: int, device: str, meteor: 
             if not all(m in models for m in members):
                 continue
             weights = [alpha, 1 - alpha] if len(members) == 2 else None
-            r = evaluate(Captioner.from_members([models[m] for m in members], device), refs, weights, beam, meteor)
+            streams = ["flow" if m == "flow" else "rgb" for m in members]
+            r = evaluate(Captioner.from_members([models[m] for m in members], device, streams=streams), refs, weights,
+                         beam, meteor)
             results[(row, f"{entry['name']} {split}")] = r["metrics"]
             write_json(r, out_dir / f"{file_stem(entry['name'], split, row)}.json")
     return results, alpha

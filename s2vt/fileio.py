@@ -21,6 +21,7 @@ def atomic_write(path, data: Writer, fsync: bool = True) -> Path:
     group commit (``fsync_dir`` / an fsync of the files by the caller).
     """
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     try:
         with open(tmp, "wb") as f:
@@ -35,6 +36,17 @@ def atomic_write(path, data: Writer, fsync: bool = True) -> Path:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    return path
+
+
+def probe_writable(path) -> Path:
+    """Fail now (OSError naming the file) if ``path`` could not be written later; creates parent folders."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    probe = path.with_name(path.name + ".tmp")
+    with open(probe, "wb"):
+        pass
+    probe.unlink()
     return path
 
 

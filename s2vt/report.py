@@ -90,14 +90,27 @@ def _keyframes_of(vid: str, video_path, frames: int) -> list:
         return []
 
 
+def check_evaluation(ev, where) -> None:
+    """Refuse an evaluation whose shape ``render`` cannot show (names the first bad field)."""
+    what = f"{where} is not an evaluation written by `s2vt evaluate`"
+    if not isinstance(ev, dict) or not isinstance(ev.get("videos"), dict):
+        raise S2VTError(f"{what} (no 'videos' object)")
+    if not isinstance(ev.get("metrics", {}), dict) or not all(
+            isinstance(v, (int, float)) for v in ev.get("metrics", {}).values()):
+        raise S2VTError(f"{what} ('metrics' must map names to numbers)")
+    for vid, r in ev["videos"].items():
+        ok = isinstance(r, dict) and isinstance(r.get("caption", ""), str) and isinstance(r.get("references", []), list)
+        if not ok or not all(isinstance(r.get(k, 0.0), (int, float)) for k in ("METEOR", "CIDEr")):
+            raise S2VTError(f"{what} (videos[{vid!r}] must be an object with caption, references and scores)")
+
+
 def write_report(evaluation_json, out_html, video_path: Optional[Callable[[str], Path]] = None,
                  title: str = "s2vt evaluation") -> Path:
     try:
-        ev = json.loads(Path(evaluation_json).read_text())
-    except (OSError, ValueError) as e:
-        raise S2VTError(f"cannot read evaluation {evaluation_json}: {e}")
-    if not isinstance(ev, dict) or not isinstance(ev.get("videos"), dict):
-        raise S2VTError(f"{evaluation_json} is not an evaluation written by `s2vt evaluate` (no 'videos' object)")
+        ev = json.loads(Path(evaluation_json).read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise S2VTError(f"{evaluation_json} is not an evaluation JSON written by `s2vt evaluate`")
+    check_evaluation(ev, evaluation_json)
     return atomic_write(Path(out_html), render(ev, video_path, title))
 
 

@@ -37,7 +37,9 @@ from .vocab import Vocab
 
 LR_PRESETS = {"adam": 2e-4, "sgd": 0.01}
 # options a resumed run may change; any other difference from last.pt is refused
-RESUMABLE_CHANGES = {"epochs", "max_steps", "log_every", "save_every", "val_every", "patience", "device", "compile"}
+RESUMABLE_CHANGES = {"epochs", "max_steps", "log_every", "save_every", "val_every", "patience", "device", "compile",
+                     "dist_timeout", "out", "annotations", "features"}  # paths may move; contents are checked
+RUN_FILES = ("config.json", "vocab.json", "metrics.jsonl", "curves.png")
 
 
 class TrainingDiverged(S2VTError):
@@ -120,9 +122,12 @@ class TrainData:
 def dist_info():
     """(rank, world size) from torchrun's environment; (0, 1) otherwise."""
     try:
-        return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+        rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     except ValueError:
         raise ConfigError("RANK and WORLD_SIZE must be integers (as torchrun sets them)")
+    if world < 1 or not 0 <= rank < world:
+        raise ConfigError(f"RANK={rank} WORLD_SIZE={world}: need WORLD_SIZE >= 1 and 0 <= RANK < WORLD_SIZE")
+    return rank, world
 
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -229,6 +234,9 @@ def load_data(cfg: TrainConfig, device: torch.device, rank: int, world: int, log
     if not val_items:
         log(f"[s2vt] no validation: split {cfg.val_split!r} has no video with features; the last epoch is kept")
     vocab = Vocab.build([c for _, caps in train_items for c in caps], cfg.min_count)
+    if len(vocab) <= 4:
+        raise S2VTError(f"the vocabulary is empty: no word of the {cfg.train_split} captions is seen "
+                        f"--min-count {cfg.min_count} times; lower --min-count")
     vids = list(dict.fromkeys(v for v, _ in train_items + val_items))  # one bank row per video
     table = CaptionTable(train_items, vocab, cfg.model.max_words, vids)
     if len(table) == 0:
@@ -281,6 +289,10 @@ def check_run_folder(out: Path, resume: bool, overwrite: bool) -> None:
     if existing and not overwrite:
         raise S2VTError(f"{out} already holds a run ({', '.join(existing)}): pass --resume to continue it, "
                         "--overwrite to replace it, or choose another --out")
+    foreign = [n for n in RUN_FILES if (out / n).exists()]
+    if foreign and not existing and not overwrite:
+        raise S2VTError(f"{out} holds files a run would replace ({', '.join(foreign)}) but no checkpoint: "
+                        "choose another --out, or pass --overwrite")
 
 
 def check_resume(ck: Checkpoint, cfg: TrainConfig, vocab: Vocab, signature: dict, path: Path) -> None:
@@ -346,6 +358,10 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, meteor=
     optimizer, scheduler = make_optimizer(model, cfg), None
     scheduler = make_scheduler(optimizer, cfg)
     state = restore(ck, model, optimizer, scheduler, device) if ck is not None else LoopState()
+    if state.epoch >= cfg.epochs or (cfg.max_steps and state.step >= cfg.max_steps):
+        print(f"[s2vt] nothing to train: {out / 'last.pt'} has finished {state.epoch} epochs / {state.step} steps "
+              f"(--epochs {cfg.epochs}, --max-steps {cfg.max_steps}); raise them to train on")
+        return summary(out, state)
     fwd = model
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel as DDP
@@ -370,8 +386,14 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, meteor=
         bar.close()
         if own_meteor:
             meteor.close()
-    return {"out": str(out), "best": state.best, "best_epoch": state.best_epoch, "steps": state.step,
-            "best_path": str(writer.best_path), "last_path": str(writer.last_path)}
+    return summary(out, state)
+
+
+def summary(out: Path, state: LoopState) -> dict:
+    """What train() returns (and the CLI prints as JSON): best score (None if no validation ran) and paths."""
+    return {"out": str(out), "best": state.best if math.isfinite(state.best) else None,
+            "best_epoch": state.best_epoch, "steps": state.step, "best_path": str(out / "best.pt"),
+            "last_path": str(out / "last.pt")}
 
 
 def run_epochs(model, fwd, optimizer, scheduler, data: TrainData, cfg: TrainConfig, state: LoopState, world: int,

@@ -141,3 +141,63 @@ def test_distributed_run_without_peers_fails_in_bounded_time(run, tmp_path, caps
     monkeypatch.setenv("MASTER_PORT", "29517")
     refused(capsys, ["train", "--dataset", "synthetic", "--annotations", root, "--features", stores["rgb"],
                      "--out", tmp_path / "r", "--dist-timeout", "3", "--quiet"], 2, "could not join the 2-process")
+
+
+def test_train_keeps_a_folder_of_foreign_run_files(run, tmp_path, capsys):
+    root, stores, _ = run
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "config.json").write_text('{"my": "notes"}')
+    refused(capsys, ["train", "--dataset", "synthetic", "--annotations", root, "--features", stores["rgb"],
+                     "--out", tmp_path / "mine", "--max-steps", "1"], 2, "config.json", "--overwrite")
+    assert (tmp_path / "mine" / "config.json").read_text() == '{"my": "notes"}'
+
+
+def test_benchmark_keeps_foreign_result_files_and_checks_the_spec(run, tmp_path, capsys):
+    root, stores, ck = run
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "benchmark.md").write_text("my table")
+    refused(capsys, ["benchmark", "--dataset", "synthetic", "--annotations", root, "--rgb-checkpoint", ck,
+                     "--rgb-features", stores["rgb"], "--out", tmp_path / "b"], 2, "benchmark.md", "--overwrite")
+    assert (tmp_path / "b" / "benchmark.md").read_text() == "my table"
+    refused(capsys, ["benchmark", "--dataset", "synthetic", "--annotations", root, "--out", tmp_path / "c"], 2,
+            "--rgb-checkpoint")
+    model = {"checkpoint": str(ck), "features": str(stores["rgb"])}
+    for spec, needle in (([{"name": "a", "dataset": "synthetic", "annotations": str(root), "flwo": model, "rgb": model}],
+                          "unknown keys ['flwo']"),
+                         ([{"name": "a", "dataset": "synthetic", "annotations": str(root), "rgb": model}] * 2,
+                          "second entry named 'a'")):
+        (tmp_path / "spec.json").write_text(json.dumps(spec))
+        refused(capsys, ["benchmark", "--spec", tmp_path / "spec.json", "--out", tmp_path / "d"], 2, needle)
+
+
+def test_fusion_checks_which_model_is_which(run, tiny_features, tmp_path, capsys):
+    root, stores, ck = run
+    video = next((root / "videos").iterdir())
+    refused(capsys, ["caption", video, "--checkpoint", ck, "--checkpoint-flow", ck], 2,
+            "trained on rgb features, but is given as the flow model")
+    refused(capsys, ["caption", video, "--checkpoint", ck, "--alpha", "0.3"], 2, "--alpha is for fusion")
+    refused(capsys, ["evaluate", "--dataset", "synthetic", "--annotations", root, "--checkpoint", ck,
+                     "--features", stores["rgb"], "--features-flow", stores["flow"]], 2, "--features-flow is for fusion")
+
+
+@pytest.mark.parametrize("evaluation, needle", [
+    ({"metrics": {}, "videos": {"v": 7}}, "videos['v']"), ({"metrics": "x", "videos": {}}, "'metrics'"),
+    ([1, 2], "no 'videos' object"),
+])
+def test_report_refuses_malformed_evaluations(tmp_path, capsys, evaluation, needle):
+    (tmp_path / "e.json").write_text(json.dumps(evaluation))
+    refused(capsys, ["report", tmp_path / "e.json", "--out", tmp_path / "r.html"], 2, needle)
+    (tmp_path / "bin.json").write_bytes(b"\x80\x81binary")
+    refused(capsys, ["report", tmp_path / "bin.json", "--out", tmp_path / "r.html"], 2, "is not an evaluation JSON")
+
+
+def test_resume_with_nothing_left_to_train_changes_nothing(run, tmp_path, capsys):
+    root, stores, ck = run
+    before = {p.name: p.read_bytes() for p in ck.parent.iterdir() if p.is_file()}
+    rc = main(["train", "--dataset", "synthetic", "--annotations", str(root), "--features", str(stores["rgb"]),
+               "--out", str(ck.parent), "--max-steps", "2", "--batch-size", "8", "--no-val-meteor", "--embed", "8",
+               "--hidden", "8", "--resume", "--quiet"])
+    out = capsys.readouterr()
+    assert rc == 0 and "nothing to train" in out.out
+    assert json.loads(out.out[out.out.index("{"):])["steps"] == 2
+    assert {p.name: p.read_bytes() for p in ck.parent.iterdir() if p.is_file()} == before

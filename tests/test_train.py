@@ -222,6 +222,7 @@ def test_lr_schedules_per_epoch(schedule, want):
     got = []
     for _ in range(5):
         got.append(opt.param_groups[0]["lr"])
+        opt.step()  # (no gradients: a no-op) keeps the optimiser-then-scheduler order
         sched.step()
     assert got == pytest.approx(want, abs=1e-6)
 
