@@ -29,31 +29,13 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from .backbones import SPECS, Backbone, Preprocess, check_backbone, prepare
+from .config import check_device
 from .errors import S2VTError
 from .flow import METHODS, OFFSET, SCALE, FlowComputer, flow_to_image
 from .store import VERSION, BackgroundWriter, FeatureWriter
 from .video import Sampling, iter_frames
 
 STREAMS = ("rgb", "flow")
-
-
-def check_device(device: str) -> torch.device:
-    """The torch.device ``device`` names, if it exists on this machine; else S2VTError."""
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError, ValueError) as e:
-        raise S2VTError(f"--device {device!r} is not a device name (cpu, cuda, cuda:1, ...): {e}")
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise S2VTError(f"--device {device}: no CUDA GPU is available here; use --device cpu")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise S2VTError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) here")
-    elif dev.type == "mps":
-        if not torch.backends.mps.is_available():
-            raise S2VTError(f"--device {device}: MPS is not available here; use --device cpu")
-    elif dev.type != "cpu":
-        raise S2VTError(f"--device {device}: unsupported device type {dev.type!r} (cpu, cuda or mps)")
-    return dev
 
 
 def _int_at_least(flag: str, value, low: int) -> None:
