@@ -270,6 +270,21 @@ def file_digest(path: Path) -> str:
     return h.hexdigest()[:16]
 
 
+def load_state(net: nn.Module, path, name: str) -> None:
+    """Load a plain state dict into ``net``; S2VTError naming the file when it is not one that fits."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickles that would run code, damaged files, text files
+        raise WeightsNotFound(f"{path} is not a plain-tensor {name} weights file (damaged, not a torch file, or "
+                              f"holding objects that would run code when loaded; {type(e).__name__})")
+    if not isinstance(state, dict):
+        raise WeightsNotFound(f"{path} holds a {type(state).__name__}, not a {name} state dict")
+    try:
+        net.load_state_dict(state)
+    except RuntimeError as e:
+        raise WeightsNotFound(f"{path} does not fit {name}: {str(e).splitlines()[0][:200]}")
+
+
 class Backbone(nn.Module):
     """Image -> feature vector at a named layer. Input: (B, 3, S, S) uint8 from ``prepare``;
     output (B, dim) float. The feature head is built once, here: ``forward`` only runs it."""
@@ -284,9 +299,8 @@ class Backbone(nn.Module):
         self.dim = spec.layers[self.layer]
         path = resolve_weights(name, weights)
         self.weights_digest = file_digest(path)
-        state = torch.load(path, map_location="cpu", weights_only=True)
         self.net = spec.build()
-        self.net.load_state_dict(state)
+        load_state(self.net, path, name)
         # channels-last runs depthwise/1x1 convolutions 2x faster on CPU and uses tensor cores on GPU
         self.net.eval().to(memory_format=torch.channels_last)
         self.norm = Normalize(self.preprocess)

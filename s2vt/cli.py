@@ -104,7 +104,7 @@ def _list_items(path: str):
 
 
 def _extract_items(a):
-    from .datasets import load_corpus
+    from .datasets import VIDEO_EXTENSIONS, load_corpus
     from .ids import check_video_id
     from .video import iter_video_paths
 
@@ -120,7 +120,10 @@ def _extract_items(a):
     for v in a.videos:
         p = Path(v)
         if p.is_dir():
-            for f in iter_video_paths(p):
+            found = list(iter_video_paths(p))
+            if not found:
+                raise S2VTError(f"{p}: no video files in this folder (looked for {', '.join(VIDEO_EXTENSIONS)})")
+            for f in found:
                 rel = f.relative_to(p).with_suffix("")
                 items.append((check_video_id("__".join(rel.parts), str(f)), f))
         elif p.exists():
@@ -438,8 +441,8 @@ def _add_extract(sub, shared):
                            "run resumes. Videos that cannot be decoded are reported and recorded in the store. "
                            "A video shorter than the stride gives one step (its first frame); for flow, the last "
                            "sampled frame is paired with its predecessor.\n"
-                           "Exit status: 0 all extracted, 1 some videos failed (the rest are in the store), "
-                           "2 usage or setup error."),
+                           "Exit status: 0 all extracted, 1 some videos failed (the rest are in the store) or an "
+                           "output could not be written, 2 usage or setup error."),
                        epilog=_examples("s2vt extract data/synthetic/videos --stream rgb --out features/rgb.h5",
                                         "s2vt extract --dataset msvd --root data/msvd --splits test --stream flow --out features/msvd_flow.h5",
                                         "s2vt extract clips/ --cnn vgg16 --weights ~/weights/vgg16-397923af.pth --out features/vgg.h5",
@@ -461,8 +464,10 @@ def _add_extract(sub, shared):
     s.add_argument("--crop-ratio", type=float, default=e.crop_ratio, help="crop / resized short side (default: 0.875)")
     s.add_argument("--flow-method", choices=["dis", "farneback"], default=e.flow_method, help="OpenCV optical flow")
     s.add_argument("--batch-size", type=int, default=e.batch_size, help="images per CNN call")
-    s.add_argument("--workers", type=int, default=e.workers, help="decoding processes")
-    s.add_argument("--bf16", action="store_true", help="bf16 autocast for the CNN on CUDA (recorded in the store)")
+    s.add_argument("--workers", type=int, default=e.workers,
+                   help="decoding processes (default: cores - 1 on a GPU, 2 on the CPU)")
+    s.add_argument("--bf16", action="store_true",
+                   help="bf16 autocast for the CNN on CUDA, recorded in the store (on a CPU: a warning, then fp32)")
     s.add_argument("--shard", help="I/N: process every N-th video from the I-th, writing OUT.shardIofN.h5 "
                                    "(set automatically under torchrun)")
     s.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -522,4 +522,6 @@ def load_corpus(name: str, root) -> Corpus:
     root = Path(root)
     if not root.exists():
         raise DataError(root, f"dataset root does not exist (see data/README.md for how to obtain {name})")
+    if not root.is_dir():
+        raise DataError(root, "the dataset root must be a folder (of caption and split files), not a file")
     return LOADERS[name](root)

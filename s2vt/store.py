@@ -113,9 +113,15 @@ class FeatureWriter:
         self.commit_videos = commit_videos if commit_videos is not None else int(_env_number("S2VT_COMMIT_VIDEOS", 256))
         self.commit_bytes = commit_bytes
         self.existing: Optional[FeatureStore] = None
+        if self.path.is_dir():
+            raise S2VTError(f"--out {self.path} is a folder; give the HDF5 file to write (e.g. {self.path / 'features.h5'})")
         if self.path.exists():
             self.existing = FeatureStore(self.path)
-            check_signature(self.existing.signature, signature, str(self.path))
+            try:
+                check_signature(self.existing.signature, signature, str(self.path))
+            except SignatureMismatch as e:
+                raise SignatureMismatch(f"{e}. To extract with these settings, choose another --out "
+                                        "(or delete the store to replace it)")
         self.stage.mkdir(parents=True, exist_ok=True)
         sig_file = self.stage / "signature.json"
         if sig_file.exists():
@@ -438,8 +444,23 @@ def merge_stores(out, inputs: Iterable) -> Path:
     for s in inputs[1:]:
         check_signature(s.signature, sig, str(s.path))
     out = Path(out)
+    if out.is_dir():
+        raise S2VTError(f"{out} is a folder; give the merged HDF5 file's path")
+    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
-    merged_sig = {k: v for k, v in sig.items() if k != "shard"}
+    try:
+        _merge_into(tmp, inputs, {k: v for k, v in sig.items() if k != "shard"})
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, out)
+    fsync_dir(out.parent)
+    return out
+
+
+def _merge_into(tmp: Path, inputs: List["FeatureStore"], merged_sig: dict) -> None:
     with h5py.File(tmp, "w") as f:
         _write_header(f, merged_sig)
         for s in inputs:
@@ -453,8 +474,3 @@ def merge_stores(out, inputs: Iterable) -> Path:
                 if vid not in f["videos"] and vid not in f["failed"]:
                     g = f["failed"].create_group(vid)
                     g.attrs["reason"], g.attrs["source"] = d["reason"], d["source"]
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, out)
-    fsync_dir(out.parent)
-    return out

@@ -201,3 +201,17 @@ def test_resume_with_nothing_left_to_train_changes_nothing(run, tmp_path, capsys
     assert rc == 0 and "nothing to train" in out.out
     assert json.loads(out.out[out.out.index("{"):])["steps"] == 2
     assert {p.name: p.read_bytes() for p in ck.parent.iterdir() if p.is_file()} == before
+
+
+def test_extract_and_merge_refusals_leave_no_files(run, tmp_path, capsys):
+    root, stores, _ = run
+    (tmp_path / "empty").mkdir()
+    refused(capsys, ["extract", tmp_path / "empty", "--out", tmp_path / "f.h5"], 2, "no video files in this folder")
+    (tmp_path / "w.pth").write_text("not weights")
+    err = refused(capsys, ["extract", root / "videos", "--cnn", "alexnet", "--weights", tmp_path / "w.pth",
+                           "--out", tmp_path / "f.h5", "--input-size", "64", "--workers", "0"], 2, "w.pth")
+    assert "weights_only" not in err and not (tmp_path / "f.h5").exists()
+    (tmp_path / "outdir").mkdir()
+    refused(capsys, ["merge-features", tmp_path / "outdir", stores["rgb"], "--overwrite"], 2, "is a folder")
+    refused(capsys, ["merge-features", tmp_path / "m.h5", stores["rgb"], stores["rgb"]], 2, "more than one shard")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "outdir", "w.pth"]
