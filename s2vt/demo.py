@@ -149,7 +149,7 @@ def train_all(wd: Path, p: DemoPreset, data: Path, stores, seeds, device: str, m
                                   device=device, shuffle_frames=shuffle, model=ModelConfig(**asdict(p.model)),
                                   log_every=1000, val_meteor=p.val_meteor, val_every=p.val_every, **p.train_extra)
                 print(f"-- {row}, seed {seed} -> {out}", flush=True)
-                res = train(cfg, progress=False, meteor=meteor)
+                res = train(cfg, progress=False, meteor=meteor, overwrite=True)  # an unfinished run of ours
                 write_json(res, out / "done.json")
             val_s = val_s + res["val_s"] if val_s is not None and "val_s" in res else None
     return runs, val_s
@@ -240,13 +240,14 @@ def print_findings(found: Dict[str, dict]) -> None:
 
 def example_and_report(wd: Path, corpus, runs, seed: int, alpha: float, beam: int, device: str) -> dict:
     """Caption the first test video from its raw file with the fused models of ``seed``; write report.html."""
-    from .caption import VideoCaptioner
+    from .caption import video_captioner
     from .report import write_report
 
     vid = corpus.splits["test"][0]
-    vc = VideoCaptioner([str(runs["RGB"][seed] / "best.pt"), str(runs["Flow"][seed] / "best.pt")], alpha=alpha,
-                        device=device)
-    generated = vc.caption(corpus.video_path(vid), beam=beam)
+    path = str(corpus.video_path(vid))
+    vc = video_captioner([str(runs["RGB"][seed] / "best.pt"), str(runs["Flow"][seed] / "best.pt")], device=device,
+                         streams=["rgb", "flow"])
+    generated = vc.caption([path], weights=[alpha, 1 - alpha], beam=beam)[path]
     print(f"{corpus.video_path(vid)}\n  generated:  {generated}")
     for ref in corpus.captions[vid]:
         print(f"  reference:  {ref}")
