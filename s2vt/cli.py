@@ -66,10 +66,12 @@ def _is_report(p: Path) -> bool:
 # ----------------------------------------------------------------------------- synth / dataset-info
 
 def cmd_synth(a) -> int:
+    from .config import overrides
     from .synth import SynthConfig, generate
 
-    cfg = SynthConfig(train=a.train, val=a.val, test=a.test, frames=a.frames, width=a.width, height=a.height,
-                      fps=a.fps, captions_per_clip=a.captions_per_clip, seed=a.seed, ext=a.ext)
+    if a.workers is not None and a.workers < 1:
+        raise S2VTError(f"--workers {a.workers}: need at least 1 process")
+    cfg = SynthConfig(**overrides(a, SynthConfig))
     out = generate(a.out_dir, cfg, workers=a.workers, overwrite=a.overwrite)
     print(f"wrote {cfg.train + cfg.val + cfg.test} clips to {out}")
     return 0
@@ -384,7 +386,7 @@ def cmd_demo(a) -> int:
         check_device(a.device)
     if a.seeds is not None and any(s < 0 for s in a.seeds):
         raise S2VTError(f"--seeds {' '.join(map(str, a.seeds))}: seeds must be >= 0")
-    res = run_demo(a.workdir, a.preset, a.fresh, a.device, a.seeds)
+    res = run_demo(a.workdir, a.preset, a.fresh, a.device, a.seeds, workers=a.workers)
     return 0 if res else 1
 
 
@@ -402,21 +404,14 @@ def _shared_flags():
 
 
 def _add_synth(sub, shared):
+    from .config import add_arguments
     from .synth import SynthConfig
 
     s = sub.add_parser("synth", help="generate the embedded dataset of moving shapes", formatter_class=F,
                        parents=[shared["overwrite"]],
                        epilog=_examples("s2vt synth data/synthetic", "s2vt synth /tmp/tiny --train 20 --val 5 --test 5 --ext .mp4"))
     s.add_argument("out_dir", help="folder to write (must be empty, or a dataset written by s2vt synth with --overwrite)")
-    d = SynthConfig()
-    helps = {"train": "clips in the train split", "val": "clips in the val split", "test": "clips in the test split",
-             "frames": "frames per clip", "width": "frame width (px)", "height": "frame height (px)",
-             "captions_per_clip": "paraphrased captions per clip", "seed": "random seed (same seed, same bytes)"}
-    for name, text in helps.items():
-        s.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name),
-                       help=f"{text} (default: {getattr(d, name)})")
-    s.add_argument("--fps", type=float, default=d.fps, help=f"frame rate of the files (default: {d.fps})")
-    s.add_argument("--ext", choices=[".avi", ".mp4"], default=d.ext, help=f"container (default: {d.ext})")
+    add_arguments(s, SynthConfig)
     s.add_argument("--workers", type=int, default=None, help="processes writing clips (default: all cores)")
     s.set_defaults(fn=cmd_synth)
 
@@ -578,6 +573,7 @@ def _add_demo(sub, shared):
     s.add_argument("--fresh", action="store_true", help="start over (removes only what an earlier demo wrote)")
     s.add_argument("--device", default="", help="default: the preset's device")
     s.add_argument("--seeds", type=int, nargs="+", help="seeds to train (default: the preset's)")
+    s.add_argument("--workers", type=int, default=None, help="processes generating the dataset (default: all cores)")
     s.set_defaults(fn=cmd_demo)
 
 

@@ -157,7 +157,9 @@ def train_all(wd: Path, p: DemoPreset, data: Path, stores, seeds, device: str, m
 
 def _bench_file(bench: Path, name: str, split: str, row: str) -> Path:
     """Where ``evaluate.benchmark`` writes one row's captions and scores."""
-    return bench / f"{name}_{split}_{row.replace(' ', '_').replace('+', '_')}.json"
+    from .evaluate import file_stem
+
+    return bench / f"{file_stem(name, split, row)}.json"
 
 
 def evaluate_all(bench: Path, p: DemoPreset, data: Path, corpus, stores, runs, seeds, device: str, meteor) -> tuple:

@@ -42,6 +42,7 @@ from typing import Dict, List, Optional, Tuple
 import cv2
 import numpy as np
 
+from .config import check_fields, option
 from .errors import S2VTError
 from .fileio import atomic_write, fsync_dir
 
@@ -77,16 +78,19 @@ MOTION_WORDS = {
 
 @dataclass
 class SynthConfig:
-    train: int = 240
-    val: int = 40
-    test: int = 80
-    frames: int = 48          # frames per clip
-    width: int = 128
-    height: int = 96
-    fps: float = 12.0
-    captions_per_clip: int = 4
-    seed: int = 0
-    ext: str = ".avi"         # .avi (MJPG) or .mp4 (mp4v)
+    train: int = option(240, "clips in the train split", low=1, high=1_000_000)
+    val: int = option(40, "clips in the val split", low=0, high=1_000_000)
+    test: int = option(80, "clips in the test split", low=0, high=1_000_000)
+    frames: int = option(48, "frames per clip", low=2, high=10_000)
+    width: int = option(128, "frame width in pixels", low=32, high=4096)
+    height: int = option(96, "frame height in pixels", low=32, high=4096)
+    fps: float = option(12.0, "frame rate of the files", low=0.0, low_open=True, high=1000.0)
+    captions_per_clip: int = option(4, "paraphrased captions per clip", low=1, high=4)
+    seed: int = option(0, "random seed (same seed, same bytes)", low=0)
+    ext: str = option(".avi", "container: .avi (MJPG) or .mp4 (mp4v)", choices=(".avi", ".mp4"))
+
+    def __post_init__(self):
+        check_fields(self)
 
 
 def combos() -> List[tuple]:

@@ -386,14 +386,15 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, meteor=
         bar.close()
         if own_meteor:
             meteor.close()
-    return summary(out, state)
+    return summary(out, state, writer.val_seconds)
 
 
-def summary(out: Path, state: LoopState) -> dict:
-    """What train() returns (and the CLI prints as JSON): best score (None if no validation ran) and paths."""
+def summary(out: Path, state: LoopState, val_s: float = 0.0) -> dict:
+    """What train() returns (and the CLI prints as JSON): best score (None if no validation ran), paths,
+    and ``val_s``, the seconds this call spent validating."""
     return {"out": str(out), "best": state.best if math.isfinite(state.best) else None,
             "best_epoch": state.best_epoch, "steps": state.step, "best_path": str(out / "best.pt"),
-            "last_path": str(out / "last.pt")}
+            "last_path": str(out / "last.pt"), "val_s": val_s}
 
 
 def run_epochs(model, fwd, optimizer, scheduler, data: TrainData, cfg: TrainConfig, state: LoopState, world: int,
@@ -443,7 +444,7 @@ class RunWriter:
     """Everything rank 0 writes into the run folder: config, vocabulary, metrics, curves, checkpoints."""
 
     def __init__(self, out: Path, cfg: TrainConfig, data: TrainData, rank: int, fresh: bool):
-        self.out, self.rank, self.cfg = out, rank, cfg
+        self.out, self.rank, self.cfg, self.val_seconds = out, rank, cfg, 0.0
         self.last_path, self.best_path, self.metrics = out / "last.pt", out / "best.pt", out / "metrics.jsonl"
         if rank == 0:
             out.mkdir(parents=True, exist_ok=True)
@@ -477,6 +478,7 @@ class RunWriter:
         """Update best/stale from a validation record; log it."""
         if self.rank != 0:
             return
+        self.val_seconds += seconds
         if not math.isfinite(rec["val_loss"]) and "val_meteor" not in rec:
             return  # no validation data: nothing to select on
         score = rec["val_meteor"] if by_meteor else -rec["val_loss"]

@@ -215,3 +215,13 @@ def test_extract_and_merge_refusals_leave_no_files(run, tmp_path, capsys):
     refused(capsys, ["merge-features", tmp_path / "outdir", stores["rgb"], "--overwrite"], 2, "is a folder")
     refused(capsys, ["merge-features", tmp_path / "m.h5", stores["rgb"], stores["rgb"]], 2, "more than one shard")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "outdir", "w.pth"]
+
+
+@pytest.mark.parametrize("flags, needle", [
+    (["--width", "0"], "--width"), (["--fps", "nan"], "--fps"), (["--frames", "0"], "--frames"),
+    (["--train", "-3"], "--train"), (["--captions-per-clip", "0"], "--captions-per-clip"),
+    (["--workers", "-1"], "--workers"), (["--frames", "1000000000"], "--frames"),
+])
+def test_synth_refuses_values_that_make_no_sense_and_writes_nothing(tmp_path, capsys, flags, needle):
+    refused(capsys, ["synth", tmp_path / "d", *flags], 2, needle)
+    assert not (tmp_path / "d").exists()
