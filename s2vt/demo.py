@@ -47,7 +47,7 @@ class DemoPreset:
     lr: float
     seeds: List[int]
     beam: int
-    workers: int = 2          # decoding processes of the feature extraction
+    workers: Optional[int] = 2  # decoding processes of the feature extraction (None: cores - 1 on a GPU)
     device: str = "cpu"
     val_meteor: bool = True   # select checkpoints on val METEOR (else val loss)
     val_every: int = 1        # validate every N epochs (and after the last)
@@ -67,7 +67,8 @@ PRESETS = {
     # MSVD-sized set and the paper's model sizes: one GPU, about ten minutes
     "gpu": DemoPreset(SynthConfig(train=1200, val=100, test=670, frames=120, width=320, height=240), stride=10,
                       input_size=224, model=ModelConfig(), epochs=20, batch_size=64, lr=2e-4,
-                      seeds=[0, 1, 2], beam=5, workers=8, device="cuda", val_every=5),
+                      seeds=[0, 1, 2], beam=5, workers=None, device="cuda", val_every=5,
+                      train_extra={"amp": True}),
 }
 
 ROW_ORDER = ("constant caption", "Flow", "RGB", "RGB random order", "RGB+Flow")
@@ -119,12 +120,16 @@ def make_dataset(data: Path, cfg: SynthConfig, workers: Optional[int]):
     return corpus
 
 
+def on_gpu(device: str) -> bool:
+    return device.startswith("cuda")
+
+
 def make_features(wd: Path, p: DemoPreset, corpus, device: str) -> Dict[str, Path]:
     items = [(v, corpus.video_path(v)) for ids in corpus.splits.values() for v in ids]
     stores = {}
     for stream in ("rgb", "flow"):
         ecfg = ExtractConfig(stream=stream, stride=p.stride, input_size=p.input_size, crop_ratio=1.0,
-                             workers=p.workers, device=device)
+                             workers=p.workers, device=device, precision="bf16" if on_gpu(device) else "fp32")
         stores[stream] = wd / "features" / f"{stream}.h5"
         stores[stream].parent.mkdir(exist_ok=True)
         summary = extract(items, stores[stream], ecfg)
@@ -147,7 +152,8 @@ def train_all(wd: Path, p: DemoPreset, data: Path, stores, seeds, device: str, m
                 cfg = TrainConfig(dataset="synthetic", annotations=str(data), features=str(stores[stream]),
                                   out=str(out), epochs=p.epochs, batch_size=p.batch_size, lr=p.lr, seed=seed,
                                   device=device, shuffle_frames=shuffle, model=ModelConfig(**asdict(p.model)),
-                                  log_every=1000, val_meteor=p.val_meteor, val_every=p.val_every, **p.train_extra)
+                                  log_every=1000, val_meteor=p.val_meteor, val_every=p.val_every,
+                                  **{k: v for k, v in p.train_extra.items() if k != "amp" or on_gpu(device)})
                 print(f"-- {row}, seed {seed} -> {out}", flush=True)
                 res = train(cfg, progress=False, meteor=meteor, overwrite=True)  # an unfinished run of ours
                 write_json(res, out / "done.json")
