@@ -131,3 +131,14 @@ def test_benchmark_table_has_paper_rows(trained, tmp_path):
     assert "synthetic test METEOR" in r.stdout
     payload = json.loads((tmp_path / "b" / "benchmark.json").read_text())
     assert set(payload["results"]["RGB"]) == {"synthetic val", "synthetic test"}
+
+
+def test_table_shows_a_dash_where_the_paper_has_no_figure():
+    from s2vt.evaluate import markdown_table
+
+    m = {"METEOR": 0.25}
+    table = markdown_table({"RGB": {"msvd test": m, "msrvtt test": m}}, ["msvd test", "msrvtt test"], ("METEOR",),
+                           {"msvd test": "msvd", "msrvtt test": "msrvtt"})
+    head, _, row = table.splitlines()
+    assert "msrvtt test paper METEOR" in head
+    assert row == "| RGB | 25.0 | 29.2 | 25.0 | - |"
