@@ -435,6 +435,16 @@ class FeatureStore:
             self._file = None
 
 
+def missing_shards(shards: List[Optional[str]]) -> List[str]:
+    """The 'I/N' shards absent from ``shards`` (signature values; None for a store that is not a shard)."""
+    given = [s for s in shards if isinstance(s, str) and "/" in s]
+    worlds = {s.split("/")[1] for s in given}
+    if len(worlds) != 1:
+        return []
+    n = next(iter(worlds))
+    return [f"{i}/{n}" for i in range(int(n)) if f"{i}/{n}" not in given] if n.isdigit() else []
+
+
 def merge_stores(out, inputs: Iterable) -> Path:
     """Join shard stores with identical signatures into one file (atomically)."""
     inputs = [FeatureStore(p) for p in inputs]
@@ -443,6 +453,9 @@ def merge_stores(out, inputs: Iterable) -> Path:
     sig = inputs[0].signature
     for s in inputs[1:]:
         check_signature(s.signature, sig, str(s.path))
+    missing = missing_shards([s.signature.get("shard") for s in inputs])
+    if missing:
+        print(f"[s2vt] warning: merging without shard(s) {', '.join(missing)}: their videos will be absent")
     out = Path(out)
     if out.is_dir():
         raise S2VTError(f"{out} is a folder; give the merged HDF5 file's path")

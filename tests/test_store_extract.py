@@ -425,3 +425,10 @@ def test_pipeline_returns_rows_to_their_owners_in_order():
     with torch.inference_mode():
         ref = b(x).numpy()
     np.testing.assert_allclose(rows, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_missing_shards_are_named():
+    from s2vt.store import missing_shards
+
+    assert missing_shards(["0/4", "2/4"]) == ["1/4", "3/4"]
+    assert missing_shards(["0/2", "1/2"]) == [] and missing_shards([None, None]) == []
