@@ -122,6 +122,16 @@ class FeatureBank:
     def device(self) -> torch.device:
         return self.feats.device
 
+    def source(self, vids: Sequence[str]):
+        """A feature source over the bank: ``vid -> (T, D)`` view of its frames (``vids``: the bank's rows)."""
+        row = {v: i for i, v in enumerate(vids)}
+
+        def frames(vid: str) -> torch.Tensor:
+            r = row[vid]
+            return self.feats[self.offsets[r]: self.offsets[r] + self.lengths[r]].float()
+
+        return frames
+
     @staticmethod
     def nbytes(store: FeatureStore, vids: Sequence[str], max_frames: int, dtype: torch.dtype) -> int:
         frames = sum(min(num_frames(store, v), max_frames or math.inf) for v in vids)

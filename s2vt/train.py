@@ -203,7 +203,9 @@ def validate(model, data: TrainData, cfg: TrainConfig, epoch: int, meteor=None) 
             n += int(b.word_lens.sum())
         rec["val_loss"] = float(tot) / max(n, 1)
     if meteor is not None and data.val_refs:
-        cap = Captioner([model], [StoreFeatures(data.store, cfg.model.max_frames)], data.vocab, model_device(model))
+        bank = data.stream.bank
+        source = bank.source(data.table.vids) if bank is not None else StoreFeatures(data.store, cfg.model.max_frames)
+        cap = Captioner([model], [source], data.vocab, model_device(model))
         caps = cap.caption(list(data.val_refs), beam=1, batch_size=256)
         corpus, _ = score(data.val_refs, caps, meteor=meteor)
         rec.update(val_meteor=corpus["METEOR"], val_cider=corpus["CIDEr"])

@@ -106,3 +106,14 @@ def test_captions_are_tokenised_once_with_lengths(corpus):
     # "zzz" is all unknown words -> one <unk>; captions are cut at max_words
     assert table.lengths.tolist() == [2, 1, 1]
     assert table.ids.tolist() == [[vocab.stoi["w1"], vocab.stoi["w2"]], [vocab.unk, 0], [vocab.stoi["w4"], 0]]
+
+
+def test_bank_serves_captioning_the_same_frames_as_the_store(corpus):
+    from s2vt.batches import StoreFeatures
+
+    store, items, vocab = corpus
+    vids = [v for v, _ in items]
+    from_bank = FeatureBank.build(store, vids, 8).source(vids)
+    from_store = StoreFeatures(store, 8)
+    for v in vids:
+        assert torch.equal(from_bank(v), from_store(v)), v
