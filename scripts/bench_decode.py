@@ -6,6 +6,7 @@ time, in the same run, at the paper's model shapes (random weights: timing only)
   python scripts/bench_decode.py --device cuda              # 670 clips x 80 frames (MSVD test)
 """
 import argparse
+import json
 import time
 
 import torch
@@ -26,6 +27,7 @@ def parse_args(argv=None):
     p.add_argument("--single", type=int, default=0, help="clips timed one at a time (0: all; the rate is extrapolated otherwise)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--amp", action="store_true", help="bf16 autocast")
+    p.add_argument("--json", action="store_true", help="end with one JSON line of the figures")
     return p.parse_args(argv)
 
 
@@ -64,6 +66,9 @@ def main(args):
     print(f"batched      : {t_batched:8.2f} s  ({args.clips / t_batched:.1f} clips/s)")
     print(f"one at a time: {t_single:8.2f} s" + (f"  (timed on {n_single} clips, scaled)" if n_single < args.clips else ""))
     print(f"speed-up: {t_single / t_batched:.1f}x (goal on an H100: batched <= 1 s and >= 10x)")
+    if args.json:
+        print(json.dumps({"device": dev, "torch": torch.__version__, "clips": args.clips, "beam": args.beam,
+                          "batched_s": t_batched, "one_at_a_time_s": t_single, "single_timed": n_single}))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Every GPU measurement of BENCHMARKS.md in one run, for a machine with one CUDA GPU:
+# training (bf16 and fp32, batch 64 and 256), extraction (RGB and flow), beam search, and
+# optionally the gpu demo preset. Each bench's JSON line goes to OUT/<name>.json, its full
+# output to OUT/<name>.log. Assumes the project is installed (pip install -e .).
+#
+#   OUT=/tmp/gpu scripts/gpu_benchmarks.sh                 # benches only (a few minutes)
+#   OUT=/tmp/gpu DEMO=1 scripts/gpu_benchmarks.sh          # and `s2vt demo --preset gpu`
+#   OUT=/tmp/cpu DEVICE=cpu QUICK=1 scripts/gpu_benchmarks.sh   # a small dry run on the CPU
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT="${OUT:-gpu_results}"
+DEVICE="${DEVICE:-cuda}"
+PY="${PYTHON:-python}"
+mkdir -p "$OUT"
+if [ -n "${QUICK:-}" ]; then
+    TRAIN="--feat-dim 256 --vocab 500 --batch-sizes 8 --steps 1 --videos 8 --skip-loop"
+    EXTRACT="--clips 2 --frames 30 --batch-size 16"
+    DECODE="--clips 4 --batch-size 4 --single 1 --feat-dim 256 --vocab 500"
+    AMP=""
+else
+    TRAIN="--batch-sizes 64 256 --steps 20"
+    EXTRACT="--clips 96 --batch-size 256 --workers 12"
+    DECODE=""
+    AMP="--amp"
+fi
+BF16=$([ "$DEVICE" = cpu ] || echo --bf16)
+
+run() {  # name, command...: keep the log, and the last line (the JSON) apart
+    local name=$1; shift
+    echo "== $name: $*" | tee -a "$OUT/commands.txt"
+    local t0=$SECONDS
+    "$@" > "$OUT/$name.log" 2>&1
+    local rc=$?
+    tail -n 1 "$OUT/$name.log" > "$OUT/$name.json"
+    echo "   rc=$rc, $((SECONDS - t0)) s: $(tail -n 1 "$OUT/$name.log" | cut -c1-300)"
+}
+
+"$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), torch.cuda.get_device_name() if torch.cuda.is_available() else '')" | tee "$OUT/device.txt"
+run train_bf16 "$PY" scripts/bench_train.py --device "$DEVICE" $AMP $TRAIN --json
+run train_fp32 "$PY" scripts/bench_train.py --device "$DEVICE" $TRAIN --json
+run extract_rgb "$PY" scripts/bench_extract.py --device "$DEVICE" $BF16 $EXTRACT --stream rgb --json
+run extract_flow "$PY" scripts/bench_extract.py --device "$DEVICE" $BF16 $EXTRACT --stream flow --json
+run decode "$PY" scripts/bench_decode.py --device "$DEVICE" $AMP $DECODE --json
+if [ -n "${DEMO:-}" ]; then
+    run demo_gpu "$PY" -m s2vt demo --preset gpu --device "$DEVICE" --workdir "$OUT/demo"
+    cp "$OUT/demo/results.json" "$OUT/demo_results.json" 2>/dev/null || true
+fi
