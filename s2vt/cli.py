@@ -597,7 +597,14 @@ INTERRUPTED = {"train": "last.pt holds the last finished epoch; add --resume to 
                "demo": "finished stages are kept; re-run the same command to resume"}
 
 
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    return f"s2vt: warning: {message}\n"
+
+
 def main(argv=None) -> int:
+    import warnings
+
+    warnings.formatwarning = _one_line_warning  # a warning is one line, without a source excerpt
     if os.environ.get("WORLD_SIZE", "1") != "1":  # c10d prints C++ stack traces for failed connections
         os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "FATAL")  # before torch is imported; errors still raise
     try:
