@@ -19,14 +19,13 @@ One training sample is one (video, caption) pair, so an epoch covers every capti
 Within a batch, samples are ordered by decreasing sequence length (frames + words + 1),
 so packing for the fused LSTM calls needs no permutation. Frame shuffling for the
 paper's random-order ablation is a permutation per (seed, epoch, sample index), the same
-on every path; :func:`reference_batch` is the straightforward per-sample version the
-tests compare against.
+on every path (the tests compare every path with a plain per-sample version).
 """
 from __future__ import annotations
 
 import math
 import os
-from typing import Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -59,6 +58,11 @@ def available_memory() -> int:
 def num_frames(store: FeatureStore, vid: str) -> int:
     """Frames stored for ``vid`` (from the array's shape; reads no data)."""
     return store.nbytes([vid]) // (4 * int(store.signature["dim"]))
+
+
+def capped_lengths(store: FeatureStore, vids: Sequence[str], max_frames: int) -> np.ndarray:
+    """(V,) frames each video has after :func:`cap_frames` (from shapes; reads no data)."""
+    return np.asarray([min(num_frames(store, v), max_frames or 1 << 62) for v in vids], dtype=np.int64)
 
 
 class Batch(NamedTuple):
@@ -133,15 +137,17 @@ class FeatureBank:
         return frames
 
     @staticmethod
-    def nbytes(store: FeatureStore, vids: Sequence[str], max_frames: int, dtype: torch.dtype) -> int:
-        frames = sum(min(num_frames(store, v), max_frames or math.inf) for v in vids)
-        return int(frames + 1) * int(store.signature["dim"]) * torch.empty((), dtype=dtype).element_size()
+    def nbytes(store: FeatureStore, vids: Sequence[str], max_frames: int, dtype: torch.dtype,
+               lengths: Optional[np.ndarray] = None) -> int:
+        """Bytes of the bank; ``lengths``: :func:`capped_lengths` when already known."""
+        lengths = capped_lengths(store, vids, max_frames) if lengths is None else lengths
+        return int(lengths.sum() + 1) * int(store.signature["dim"]) * torch.empty((), dtype=dtype).element_size()
 
     @classmethod
     def build(cls, store: FeatureStore, vids: Sequence[str], max_frames: int, device="cpu",
-              dtype: torch.dtype = torch.float32, pin: bool = False) -> "FeatureBank":
+              dtype: torch.dtype = torch.float32, pin: bool = False, lengths: Optional[np.ndarray] = None) -> "FeatureBank":
         """Read every video once (in order) into a tensor on ``device`` (pinned host memory with ``pin``)."""
-        lengths = np.asarray([min(num_frames(store, v), max_frames or 1 << 62) for v in vids], dtype=np.int64)
+        lengths = capped_lengths(store, vids, max_frames) if lengths is None else lengths
         offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
         total, dim = int(lengths.sum()), int(store.signature["dim"])
         host = torch.zeros(total + 1, dim, dtype=dtype, pin_memory=pin and torch.cuda.is_available())
@@ -180,8 +186,7 @@ class BatchStream:
         self._ids_t = torch.from_numpy(table.ids).to(self.device) if self.on_device else None
         self._rows_t = torch.from_numpy(table.video_row).to(self.device) if self.on_device else None
         self._lens_t = torch.from_numpy(table.lengths).to(self.device) if self.on_device else None
-        self._frame_lens = bank.lengths if bank is not None else np.asarray(
-            [min(num_frames(store, v), max_frames or 1 << 62) for v in table.vids], dtype=np.int64)
+        self._frame_lens = bank.lengths if bank is not None else capped_lengths(store, table.vids, max_frames)
 
     # ---------------------------------------------------------------- order
     def sort_batch(self, idx: Sequence[int]) -> np.ndarray:
@@ -295,26 +300,6 @@ def _ready(b: Batch, side) -> Batch:
     return b
 
 
-def reference_batch(store: FeatureStore, table: CaptionTable, idx: Sequence[int], max_frames: int,
-                    shuffle: bool = False, seed: int = 0, epoch: int = 0) -> Batch:
-    """The same batch written the plain way (per sample, zero padding), for tests."""
-    feats, lens = [], []
-    for i in idx:
-        f = store.features(table.vids[table.video_row[i]])
-        f = f[cap_frames(len(f), max_frames)]
-        feats.append(f[frame_permutation(seed, epoch, int(i), len(f))] if shuffle else f)
-    T, L = max(len(f) for f in feats), int(table.lengths[list(idx)].max())
-    x = np.zeros((len(idx), T, feats[0].shape[1]), np.float32)
-    win, tgt = np.zeros((len(idx), L + 1), np.int64), np.zeros((len(idx), L + 1), np.int64)
-    for b, (i, f) in enumerate(zip(idx, feats)):
-        x[b, : len(f)] = f
-        n = table.lengths[i]
-        win[b, 0], win[b, 1: n + 1] = Vocab.bos, table.ids[i, :n]
-        tgt[b, :n], tgt[b, n] = table.ids[i, :n], Vocab.eos
-    return Batch(torch.from_numpy(x), torch.tensor([len(f) for f in feats]), torch.from_numpy(win),
-                 torch.from_numpy(tgt), torch.from_numpy(table.lengths[list(idx)] + 1))
-
-
 class EpochSampler:
     """A seeded permutation per epoch, split across ranks, resumable mid-epoch.
 
@@ -339,20 +324,16 @@ class EpochSampler:
 # ------------------------------------------------------------------------------- captioning
 
 class StoreFeatures:
-    """Per-video (T, D) features from a store, capped to ``max_frames``; optionally all read at once."""
+    """Per-video (T, D) features read from a store on demand, capped to ``max_frames``."""
 
-    def __init__(self, store: FeatureStore, max_frames: int = 0, preload: Sequence[str] = ()):
+    def __init__(self, store: FeatureStore, max_frames: int = 0):
         self.store, self.max_frames = store, max_frames
-        self.cache: Dict[str, np.ndarray] = {}
-        if preload and store.nbytes(preload) < available_memory() // 2:
-            self.cache = {v: store.features(v) for v in preload}
 
     def __contains__(self, vid: str) -> bool:
         return vid in self.store
 
     def __call__(self, vid: str) -> torch.Tensor:
-        f = self.cache.get(vid)
-        f = f if f is not None else self.store.features(vid)
+        f = self.store.features(vid)
         return torch.from_numpy(np.ascontiguousarray(f[cap_frames(len(f), self.max_frames)]))
 
 

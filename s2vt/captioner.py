@@ -63,7 +63,7 @@ class Captioner:
         self.decoding = decoding or DecodeConfig()
 
     @classmethod
-    def from_members(cls, members: Sequence[Member], device="cpu", preload: Sequence[str] = (),
+    def from_members(cls, members: Sequence[Member], device="cpu",
                      streams: Optional[Sequence[str]] = None) -> "Captioner":
         """Models from checkpoints reading the stores they were trained on (signatures checked)."""
         cks = load_checkpoints([m.checkpoint for m in members], streams)
@@ -72,7 +72,7 @@ class Captioner:
             store = FeatureStore(m.features)
             check_signature(store.signature, ck.feature_signature, str(store.path))
             models.append(ck.build_model(device))
-            sources.append(StoreFeatures(store, ck.max_frames, preload))
+            sources.append(StoreFeatures(store, ck.max_frames))
         return cls(models, sources, cks[0].vocab, device, cks[0].decoding)
 
     def available(self, vids: Sequence[str]) -> Tuple[List[str], List[str]]:

@@ -69,8 +69,6 @@ def cmd_synth(a) -> int:
     from .config import overrides
     from .synth import SynthConfig, generate
 
-    if a.workers is not None and a.workers < 1:
-        raise S2VTError(f"--workers {a.workers}: need at least 1 process")
     cfg = SynthConfig(**overrides(a, SynthConfig))
     out = generate(a.out_dir, cfg, workers=a.workers, overwrite=a.overwrite)
     print(f"wrote {cfg.train + cfg.val + cfg.test} clips to {out}")

@@ -20,7 +20,6 @@ PAPER = {
     ("msvd", "Flow"): 24.3, ("msvd", "RGB"): 29.2, ("msvd", "RGB random order"): 28.2,
     ("msvd", "RGB+Flow"): 29.8, ("mvad", "RGB"): 6.7,
 }  # no S2VT figures on MSR-VTT or VATEX in the paper: their columns show "-"
-ROWS = ("Flow", "RGB", "RGB random order", "RGB+Flow")
 
 
 def evaluate(captioner: Captioner, refs: Dict[str, List[str]], weights=None, beam: int = 1,
@@ -117,6 +116,7 @@ MODELS = ("rgb", "flow", "random")
 SPEC_KEYS = {"name", "dataset", "annotations", "splits", "alpha", *MODELS}
 # table row -> (members it fuses)
 ROW_MEMBERS = {"Flow": ("flow",), "RGB": ("rgb",), "RGB random order": ("random",), "RGB+Flow": ("rgb", "flow")}
+ROWS = tuple(ROW_MEMBERS)
 
 
 def file_stem(name: str, split: str, row: str) -> str:

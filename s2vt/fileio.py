@@ -52,8 +52,6 @@ def probe_writable(path) -> Path:
 
 def write_json(obj, path, indent: int = 1) -> Path:
     """``obj`` as JSON at ``path`` (parent folders created), atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     return atomic_write(path, json.dumps(obj, indent=indent, ensure_ascii=False, allow_nan=True))
 
 

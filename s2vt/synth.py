@@ -294,6 +294,8 @@ def generate(out_dir, cfg: SynthConfig = SynthConfig(), progress: bool = True, w
     not depend on it. A non-empty ``out_dir`` is refused unless ``overwrite``, which
     first removes what an earlier ``generate`` wrote there (never other files).
     """
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+        raise S2VTError(f"--workers {workers}: need at least 1 process")
     out = Path(out_dir)
     _prepare(out, overwrite)
     jobs = [(k, vid, split, combo, cfg, str(out / "videos")) for k, vid, split, combo in plan(cfg)]

@@ -22,6 +22,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Dict, List, Optional
 
+import numpy as np
 import torch
 
 from .batches import BatchStream, CaptionTable, EpochSampler, FeatureBank, StoreFeatures, num_frames, place_bank
@@ -186,7 +187,7 @@ def train_one_epoch(model, fwd, optimizer, batches, cfg: TrainConfig, state: Loo
 
 
 @torch.inference_mode()
-def validate(model, data: TrainData, cfg: TrainConfig, epoch: int, meteor=None) -> dict:
+def validate(model, data: TrainData, cfg: TrainConfig, meteor=None) -> dict:
     """Val loss (mean token NLL) and, with ``meteor``, METEOR/CIDEr of greedy captions."""
     from .metrics import score
 
@@ -222,9 +223,10 @@ def load_data(cfg: TrainConfig, device: torch.device, rank: int, world: int, log
     """Captions, vocabulary (training split only) and a batch stream over the feature bank."""
     corpus = load_corpus(cfg.dataset, cfg.annotations)
     store = FeatureStore(cfg.features)
-    usable = lambda items: [(v, c) for v, c in items if v in store and num_frames(store, v) > 0]
     train_all = corpus.split_items(cfg.train_split)
     val_all = corpus.split_items(cfg.val_split) if cfg.val_split else []
+    frames = {v: num_frames(store, v) for v, _ in train_all + val_all if v in store}  # shapes, read once
+    usable = lambda items: [(v, c) for v, c in items if frames.get(v, 0) > 0]
     train_items, val_items = usable(train_all), usable(val_all)
     kept = {v for v, _ in train_items + val_items}
     missing = [v for v, _ in train_all + val_all if v not in kept]
@@ -245,22 +247,27 @@ def load_data(cfg: TrainConfig, device: torch.device, rank: int, world: int, log
         raise S2VTError(f"no training caption has a word in the vocabulary (check --min-count, {cfg.annotations})")
     val_table = CaptionTable(val_items, vocab, cfg.model.max_words, vids) if val_items else None
     dtype = torch.bfloat16 if cfg.amp else torch.float32
-    bank = build_bank(store, vids, cfg.model.max_frames, device, dtype, log)
+    cap = cfg.model.max_frames
+    bank = build_bank(store, vids, np.asarray([min(frames[v], cap) for v in vids], np.int64), cap, device, dtype, log)
     stream = lambda t, shuffle: BatchStream(t, bank, device, cfg.model.max_frames, shuffle, cfg.seed, store, dtype)
     sampler = EpochSampler(len(table), cfg.batch_size, cfg.seed, rank, world, drop_last=world > 1)
     return TrainData(vocab, table, stream(table, cfg.shuffle_frames), sampler, val_table,
                      stream(val_table, False) if val_table else None, {v: c for v, c in val_items}, store)
 
 
-def build_bank(store: FeatureStore, vids: List[str], max_frames: int, device, dtype, log) -> Optional[FeatureBank]:
-    """The feature bank on the device when it fits, else in host memory; None: read the store per batch."""
-    place = place_bank(FeatureBank.nbytes(store, vids, max_frames, dtype), device)
+def build_bank(store: FeatureStore, vids: List[str], lengths, max_frames: int, device, dtype,
+               log) -> Optional[FeatureBank]:
+    """The feature bank on the device when it fits, else in host memory; None: read the store per batch.
+
+    ``lengths``: (V,) frames of each video after capping to ``max_frames``."""
+    place = place_bank(FeatureBank.nbytes(store, vids, max_frames, dtype, lengths), device)
     if place == "store":
         log(f"[s2vt] features of {len(vids)} videos do not fit in memory: reading {store.path} for every batch")
         return None
     if place == "host":
         log(f"[s2vt] features do not fit in {device} memory: keeping them in pinned host memory")
-    return FeatureBank.build(store, vids, max_frames, device if place == "device" else "cpu", dtype, pin=place == "host")
+    return FeatureBank.build(store, vids, max_frames, device if place == "device" else "cpu", dtype,
+                             pin=place == "host", lengths=lengths)
 
 
 def setup_distributed(device: torch.device, world: int, timeout: int) -> torch.device:
@@ -357,7 +364,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, meteor=
         check_resume(ck, cfg, data.vocab, data.store.signature, out / "last.pt")
     torch.manual_seed(cfg.seed)
     model = S2VT(cfg.model).to(device)
-    optimizer, scheduler = make_optimizer(model, cfg), None
+    optimizer = make_optimizer(model, cfg)
     scheduler = make_scheduler(optimizer, cfg)
     state = restore(ck, model, optimizer, scheduler, device) if ck is not None else LoopState()
     if state.epoch >= cfg.epochs or (cfg.max_steps and state.step >= cfg.max_steps):
@@ -419,11 +426,11 @@ def run_epochs(model, fwd, optimizer, scheduler, data: TrainData, cfg: TrainConf
         scheduler.step()
         if state.epoch % cfg.val_every == 0 or state.epoch >= cfg.epochs:
             t = time.time()
-            rec = validate(model, data, cfg, state.epoch, meteor) if writer.rank == 0 else {}
+            rec = validate(model, data, cfg, meteor) if writer.rank == 0 else {}
             writer.select(rec, state, meteor is not None, time.time() - t, bar)
             if writer.rank == 0:
                 ck = snapshot(model, optimizer, scheduler, state, cfg, data)
-                writer.save_epoch(ck, improved=state.stale == 0 and state.best_epoch == state.epoch)
+                writer.save_epoch(ck, improved=state.best_epoch == state.epoch)
         elif writer.rank == 0:
             save()
         if world > 1:

@@ -72,9 +72,14 @@ def test_vgg16_fc7_from_local_weights_file(tmp_path):
     path = tmp_path / "vgg16-397923af.pth"
     torch.save(torchvision.models.vgg16(weights=None).state_dict(), path)
     b = Backbone("vgg16", weights=str(path), preprocess=Preprocess(size=64))
+    x = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8)
     with torch.inference_mode():
-        y = b(torch.zeros(2, 3, 64, 64, dtype=torch.uint8))
+        y = b(x)
+        c = b.net.classifier  # fc6, ReLU, dropout, fc7, ReLU, ...
+        fc6 = torch.relu(c[0](torch.flatten(b.net.avgpool(b.net.features(normalize(x, b.preprocess))), 1)))
+        fc7 = torch.relu(c[3](fc6))
     assert y.shape == (2, 4096) and (y >= 0).all()  # fc7 after its ReLU
+    torch.testing.assert_close(y, fc7)  # fc7, not fc6
 
 
 def test_alexnet_fc6_head_built_once_equals_the_torchvision_layers(tmp_path):

@@ -1,14 +1,36 @@
 """The feature bank's batches equal the plain per-sample batches, value by value."""
+from typing import Sequence
+
 import numpy as np
 import pytest
 import torch
 
-from s2vt.batches import (BatchStream, CaptionTable, EpochSampler, FeatureBank, cap_frames, frame_permutation,
-                          place_bank, reference_batch)
+from s2vt.batches import (Batch, BatchStream, CaptionTable, EpochSampler, FeatureBank, cap_frames,
+                          frame_permutation, place_bank)
 from s2vt.store import FeatureStore, FeatureWriter
 from s2vt.vocab import Vocab
 
 WORDS = [f"w{i}" for i in range(30)]
+
+
+def reference_batch(store: FeatureStore, table: CaptionTable, idx: Sequence[int], max_frames: int,
+                    shuffle: bool = False, seed: int = 0, epoch: int = 0) -> Batch:
+    """The same batch written the plain way (per sample, zero padding), for tests."""
+    feats = []
+    for i in idx:
+        f = store.features(table.vids[table.video_row[i]])
+        f = f[cap_frames(len(f), max_frames)]
+        feats.append(f[frame_permutation(seed, epoch, int(i), len(f))] if shuffle else f)
+    T, L = max(len(f) for f in feats), int(table.lengths[list(idx)].max())
+    x = np.zeros((len(idx), T, feats[0].shape[1]), np.float32)
+    win, tgt = np.zeros((len(idx), L + 1), np.int64), np.zeros((len(idx), L + 1), np.int64)
+    for b, (i, f) in enumerate(zip(idx, feats)):
+        x[b, : len(f)] = f
+        n = table.lengths[i]
+        win[b, 0], win[b, 1: n + 1] = Vocab.bos, table.ids[i, :n]
+        tgt[b, :n], tgt[b, n] = table.ids[i, :n], Vocab.eos
+    return Batch(torch.from_numpy(x), torch.tensor([len(f) for f in feats]), torch.from_numpy(win),
+                 torch.from_numpy(tgt), torch.from_numpy(table.lengths[list(idx)] + 1))
 
 
 @pytest.fixture(scope="module")
