@@ -286,6 +286,18 @@ def setup_distributed(device: torch.device, world: int, timeout: int) -> torch.d
     return device
 
 
+def leave_distributed(wait: bool) -> None:
+    """Tear the process group down so that no communication thread outlives the interpreter; ``wait``: first
+    wait for every peer to finish (not after an error, when a peer may never arrive)."""
+    import torch.distributed as dist
+
+    try:
+        if wait:
+            dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
 def check_run_folder(out: Path, resume: bool, overwrite: bool) -> None:
     """Refuse to replace another run's checkpoints unless asked to resume or overwrite."""
     if out.exists() and not out.is_dir():
@@ -346,15 +358,31 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, meteor=
 
     ``meteor``: a running :class:`s2vt.metrics.Meteor` to reuse for validation (else one is started).
     """
-    from tqdm import tqdm
-
     cfg = cfg.resolved()
     rank, world = dist_info()
     device = check_device(cfg.device)
     if cfg.amp and device.type != "cuda":
         raise ConfigError("--amp (bf16) is for CUDA devices; on the CPU it is slower than fp32: drop --amp")
-    if world > 1:
-        device = setup_distributed(device, world, cfg.dist_timeout)
+    if world == 1:
+        return _train(cfg, device, rank, world, resume, progress, meteor, overwrite)
+    import torch.distributed as dist
+
+    joined = not dist.is_initialized()  # a group the caller made is the caller's to close
+    device = setup_distributed(device, world, cfg.dist_timeout)
+    finished = False
+    try:
+        result = _train(cfg, device, rank, world, resume, progress, meteor, overwrite)
+        finished = True
+        return result
+    finally:
+        if joined:
+            leave_distributed(wait=finished)
+
+
+def _train(cfg: TrainConfig, device: torch.device, rank: int, world: int, resume: bool, progress: bool, meteor,
+           overwrite: bool) -> dict:
+    from tqdm import tqdm
+
     out = Path(cfg.out)
     check_run_folder(out, resume, overwrite)
     ck = Checkpoint.load(out / "last.pt") if resume else None
