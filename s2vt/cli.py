@@ -424,7 +424,7 @@ def _add_dataset_info(sub, shared):
 
 
 def _add_extract(sub, shared):
-    from .extract import ExtractConfig
+    from .extract import CPU_BATCH, GPU_BATCH, ExtractConfig
 
     e = ExtractConfig()
     s = sub.add_parser("extract", help="cache CNN features of RGB frames or optical-flow images in HDF5",
@@ -456,7 +456,9 @@ def _add_extract(sub, shared):
     s.add_argument("--input-size", type=int, default=e.input_size, help="CNN input crop side in pixels (default: 224)")
     s.add_argument("--crop-ratio", type=float, default=e.crop_ratio, help="crop / resized short side (default: 0.875)")
     s.add_argument("--flow-method", choices=["dis", "farneback"], default=e.flow_method, help="OpenCV optical flow")
-    s.add_argument("--batch-size", type=int, default=e.batch_size, help="images per CNN call")
+    s.add_argument("--batch-size", type=int, default=None,
+                   help=f"images per CNN call (default: {CPU_BATCH} on the CPU, where small batches stay in cache; "
+                        f"{GPU_BATCH} on a GPU)")
     s.add_argument("--workers", type=int, default=e.workers,
                    help="decoding processes (default: cores - 1 on a GPU, 2 on the CPU)")
     s.add_argument("--bf16", action="store_true",

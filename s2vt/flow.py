@@ -36,8 +36,11 @@ class FlowComputer:
 
 
 def flow_to_image(flow: np.ndarray) -> np.ndarray:
-    """(H, W, 2) flow in pixels -> (H, W, 3) uint8 flow image (x, y, magnitude)."""
-    x = np.clip(flow[..., 0] * SCALE + OFFSET, 0, 255)
-    y = np.clip(flow[..., 1] * SCALE + OFFSET, 0, 255)
-    mag = np.minimum(np.sqrt(flow[..., 0] ** 2 + flow[..., 1] ** 2) * SCALE + OFFSET, 255)
-    return np.stack([x, y, mag], axis=-1).round().astype(np.uint8)
+    """(H, W, 2) flow in pixels -> (H, W, 3) uint8 flow image (x, y, magnitude).
+
+    One OpenCV pass: ``addWeighted`` scales, offsets, rounds and saturates to [0, 255] as
+    ``clip(round(v * SCALE + OFFSET), 0, 255)`` would, without float64 temporaries."""
+    flow = np.ascontiguousarray(flow, dtype=np.float32)
+    x, y = flow[..., 0], flow[..., 1]
+    planes = cv2.merge([x, y, cv2.magnitude(x, y)])
+    return cv2.addWeighted(planes, SCALE, planes, 0, OFFSET, dtype=cv2.CV_8U)

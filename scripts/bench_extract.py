@@ -27,7 +27,7 @@ def parse_args(argv=None):
     p.add_argument("--stride", type=int, default=10, help="one frame in every N")
     p.add_argument("--stream", choices=["rgb", "flow"], default="rgb", help="one stream per run")
     p.add_argument("--input-size", type=int, default=224, help="CNN crop side")
-    p.add_argument("--batch-size", type=int, default=64, help="images per CNN call")
+    p.add_argument("--batch-size", type=int, default=None, help="images per CNN call (default: extract's: 4 on CPU, 64 on GPU)")
     p.add_argument("--workers", type=int, default=None, help="decoding processes (default: cores-1 on a GPU, 2 on CPU)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ...")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast (GPU)")
@@ -47,12 +47,14 @@ def main(args):
         r = time_stages(items, cfg, tmp)
     print(f"device: {r['device']}; {len(items)} videos x {args.frames} frames {args.width}x{args.height}, "
           f"stride {args.stride} -> {r['images']} {args.stream} images at {args.input_size}px, "
-          f"{cfg.decode_workers()} workers, batch {args.batch_size}, {cfg.precision}")
+          f"{cfg.decode_workers()} workers, batch {cfg.cnn_batch()}, {cfg.precision}")
     for name, key in (("decode-only", "decode_only_s"), ("CNN-only", "cnn_only_s"), ("extraction", "extraction_s")):
         print(f"{name:12s}: {r[key]:7.2f} s  ({r['images'] / r[key]:8.1f} images/s)")
     print(f"ratio extraction / max(decode-only, CNN-only): {r['ratio']:.2f}x (goal <= 1.15x)")
+    print(f"CPU seconds: decode {r['decode_cpu_s']:.2f}, CNN {r['cnn_cpu_s']:.2f} on {r['cores']} cores -> "
+          f"no overlap can beat {r['bound_s']:.2f} s; extraction / that bound: {r['ratio_to_bound']:.2f}x")
     if args.json:
-        print(json.dumps(r))
+        print(json.dumps({**r, "batch_size": cfg.cnn_batch(), "workers": cfg.decode_workers()}))
     return r
 
 

@@ -194,6 +194,26 @@ def test_shards_and_merge(tmp_path):
         assert np.array_equal(m.features(v), w.features(v))
 
 
+def test_features_do_not_depend_on_how_videos_fall_into_batches(tmp_path):
+    items = _videos(tmp_path / "v", 3, frames=9)  # 3 frames each at stride 4
+    stores = {}
+    for b in (1, 2, 4, 64):  # batch 4 leaves a batch of one at the end; 1 is all batches of one
+        stores[b] = FeatureStore(extract(items, tmp_path / f"b{b}.h5", ExtractConfig(**CFG, batch_size=b),
+                                         progress=False).out)
+    for v, _ in items:
+        ref = stores[64].features(v)
+        assert ref.shape == (3, 1280) and np.abs(ref).sum() > 0
+        for b in (1, 2, 4):
+            assert np.array_equal(stores[b].features(v), ref), (v, b)
+
+
+def test_default_cnn_batch_follows_the_device():
+    assert ExtractConfig().cnn_batch() == 4
+    assert ExtractConfig(batch_size=32).cnn_batch() == 32
+    with pytest.raises(S2VTError, match="--batch-size"):
+        ExtractConfig(batch_size=0)
+
+
 def test_store_pickles_for_dataloader_workers(tmp_path):
     import pickle
 

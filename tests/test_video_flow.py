@@ -91,6 +91,20 @@ def test_flow_image_recipe_sign_and_magnitude(tmp_path):
     assert img[0, 0].tolist() == [160, 112, round(16 * 5 ** 0.5 + 128)]
     assert img[0, 1].tolist() == [128, 128, 128]
     assert img[0, 2].tolist() == [255, 255, 255]  # clipped / capped
+    assert flow_to_image(np.array([[[-9.0, -30.0]]], np.float32))[0, 0].tolist()[:2] == [0, 0]  # floor at 0
+
+
+def test_flow_image_matches_the_formula_on_random_flow():
+    rng = np.random.default_rng(0)
+    flow = (rng.standard_normal((60, 80, 2)) * 6).astype(np.float32)
+    ref = np.stack([flow[..., 0] * 16 + 128, flow[..., 1] * 16 + 128,
+                    np.sqrt((flow.astype(np.float64) ** 2).sum(-1)) * 16 + 128], -1)
+    ref = np.clip(ref.round(), 0, 255)
+    img = flow_to_image(flow)
+    assert img.dtype == np.uint8 and img.shape == (60, 80, 3)
+    diff = np.abs(img.astype(int) - ref)
+    assert diff.max() <= 1 and (diff > 0).mean() < 1e-3  # float32 magnitude may round the other way at .5
+    assert 0 < (img[..., 0] == 0).mean() < 0.5 and (img[..., 2] == 255).any()  # both saturations exercised
 
 
 def test_folder_scan_finds_names_with_inner_dots(tmp_path):
