@@ -16,6 +16,7 @@ from pathlib import Path
 
 from .config import check_device
 from .errors import S2VTError
+from .hostmem import keep_freed_memory
 
 F = argparse.RawDescriptionHelpFormatter
 DATASETS = "msvd, mvad, msrvtt, vatex, generic or synthetic"
@@ -609,6 +610,7 @@ def main(argv=None) -> int:
         os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "FATAL")  # before torch is imported; errors still raise
     try:
         args = build_parser().parse_args(argv)
+        keep_freed_memory()  # a command is one process: reuse freed tensors rather than map fresh pages
         try:
             return args.fn(args)
         except S2VTError as e:

@@ -32,13 +32,14 @@ from .backbones import SPECS, Backbone, Preprocess, check_backbone, prepare
 from .config import check_device
 from .errors import S2VTError
 from .flow import METHODS, OFFSET, SCALE, FlowComputer, flow_to_image
+from .hostmem import keep_freed_memory
 from .store import VERSION, BackgroundWriter, FeatureWriter
 from .video import Sampling, iter_frames
 
 STREAMS = ("rgb", "flow")
 
 
-CPU_BATCH, GPU_BATCH = 4, 64  # default images per CNN call
+CPU_BATCH, GPU_BATCH = 8, 64  # default images per CNN call
 
 
 def _int_at_least(flag: str, value, low: int) -> None:
@@ -96,8 +97,9 @@ class ExtractConfig:
 
     def cnn_batch(self) -> int:
         """Images per CNN call: ``batch_size``, or the device's default. On a CPU, small batches
-        keep each layer's activations in cache: batch 4 runs EfficientNet-Lite0 about 2.5x
-        faster per image than batch 64 (BENCHMARKS.md)."""
+        keep each layer's activations in cache: on 2 cores EfficientNet-Lite0 runs 92 images/s at
+        batch 8 against 72 at 64 (scripts/bench_cnn.py, BENCHMARKS.md); 4 was 10% faster still,
+        8 leaves more work per call for CPUs with many cores."""
         if self.batch_size is not None:
             return self.batch_size
         return CPU_BATCH if torch.device(self.device).type == "cpu" else GPU_BATCH
@@ -180,6 +182,8 @@ class Pipeline:
                  precision: str = "fp32"):
         self.backbone, self.device, self.batch_size = backbone, device, batch_size
         self.cuda = device.type == "cuda"
+        if device.type == "cpu":
+            keep_freed_memory()  # activations are reused, not mapped afresh for every call
         n_bufs = 2 if self.cuda else 1  # fill one while the other is being copied to the device
         self.bufs = [torch.empty((batch_size, 3, size, size), dtype=torch.uint8, pin_memory=self.cuda)
                      for _ in range(n_bufs)]

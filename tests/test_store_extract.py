@@ -208,7 +208,7 @@ def test_features_do_not_depend_on_how_videos_fall_into_batches(tmp_path):
 
 
 def test_default_cnn_batch_follows_the_device():
-    assert ExtractConfig().cnn_batch() == 4
+    assert ExtractConfig().cnn_batch() == 8
     assert ExtractConfig(batch_size=32).cnn_batch() == 32
     with pytest.raises(S2VTError, match="--batch-size"):
         ExtractConfig(batch_size=0)

@@ -1,0 +1,40 @@
+"""Host memory allocation for CNN and LSTM work on the CPU.
+
+glibc's malloc serves every block above its mmap threshold (128 KiB at start, raised
+only after such a block is freed) with fresh pages from the kernel and returns them on
+free. A CNN forward pass allocates and frees activations of several MiB per layer, so on
+the CPU each call paid for mapping, zero-filling and unmapping them: EfficientNet-Lite0
+ran 2-2.5x slower per image than with the blocks kept for reuse (BENCHMARKS.md).
+
+:func:`keep_freed_memory` raises both thresholds, so freed activations stay in the
+process and the next call reuses them. The cost: the process keeps its peak memory
+until it exits. It changes nothing on other C libraries (musl, macOS, Windows).
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import sys
+
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
+MMAP_THRESHOLD = 256 << 20  # blocks below this come from the heap, and go back to it
+TRIM_THRESHOLD = 1 << 30    # free memory kept at the top of the heap before it is returned
+
+_applied = None
+
+
+def keep_freed_memory() -> bool:
+    """Tune glibc malloc for repeated large allocations (once per process); True if applied."""
+    global _applied
+    if _applied is None:
+        _applied = False
+        if sys.platform.startswith("linux"):
+            try:
+                libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+                mallopt = libc.mallopt
+            except (OSError, AttributeError):  # not glibc
+                return False
+            mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+            _applied = bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(M_TRIM_THRESHOLD,
+                                                                                       TRIM_THRESHOLD))
+    return _applied

@@ -1,0 +1,36 @@
+import subprocess
+import sys
+
+import pytest
+
+PROBE = r"""
+import ctypes, sys
+from s2vt import hostmem
+if sys.argv[1] == "tuned":
+    assert hostmem.keep_freed_memory() and hostmem.keep_freed_memory()  # idempotent
+libc = ctypes.CDLL("libc.so.6")
+class Info(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                "fsmblks", "uordblks", "fordblks", "keepcost")]
+libc.mallinfo2.restype = Info
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+before = libc.mallinfo2().hblkhd
+p = libc.malloc(50 << 20)  # a 50 MiB block, like one layer's activations at batch 64
+print(libc.mallinfo2().hblkhd - before)
+libc.free(p)
+"""
+
+
+def _mapped_bytes(mode: str) -> int:
+    r = subprocess.run([sys.executable, "-c", PROBE, mode], capture_output=True, text=True)
+    if r.returncode and "mallinfo2" in r.stderr:
+        pytest.skip("not glibc >= 2.33")
+    assert r.returncode == 0, r.stderr
+    return int(r.stdout)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc only")
+def test_large_blocks_come_from_the_heap_once_tuned():
+    assert _mapped_bytes("default") >= 50 << 20  # glibc maps a fresh region (zero-filled pages) per block
+    assert _mapped_bytes("tuned") == 0           # kept in the heap: freed and reused without the kernel
