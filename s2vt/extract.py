@@ -138,8 +138,16 @@ def video_images(path, cfg: ExtractConfig, pre: Preprocess, info: dict) -> Itera
 class VideoChunks(IterableDataset):
     """Yields dicts: ``{vid, images (n,3,S,S) uint8 tensor, indices (n,), last, meta}`` or ``{vid, error}``."""
 
-    def __init__(self, items: Sequence[Tuple[str, str]], cfg: ExtractConfig, pre: Optional[Preprocess] = None):
+    def __init__(self, items: Sequence[Tuple[str, str]], cfg: ExtractConfig, pre: Optional[Preprocess] = None,
+                 gate=None):
         self.items, self.cfg, self.pre = list(items), cfg, pre or cfg.preprocess()
+        self.gate = gate  # a multiprocessing Event: decode the next image only while it is set
+        self.parent = os.getpid()
+
+    def _wait_turn(self) -> None:
+        while not self.gate.wait(0.5):
+            if os.getppid() != self.parent:  # the main process died during a batch: do not wait forever
+                raise SystemExit(1)
 
     def __iter__(self):
         w = get_worker_info()
@@ -151,6 +159,8 @@ class VideoChunks(IterableDataset):
             imgs, idx = [], []
             try:
                 for i, img in video_images(path, self.cfg, self.pre, info):
+                    if self.gate is not None:
+                        self._wait_turn()
                     imgs.append(img)
                     idx.append(i)
                     if len(imgs) == self.cfg.chunk:
@@ -179,8 +189,9 @@ class Pipeline:
     """
 
     def __init__(self, backbone: Backbone, device: torch.device, batch_size: int, size: int,
-                 precision: str = "fp32"):
+                 precision: str = "fp32", gate=None):
         self.backbone, self.device, self.batch_size = backbone, device, batch_size
+        self.gate = gate  # cleared while the CNN computes (see _loader)
         self.cuda = device.type == "cuda"
         if device.type == "cpu":
             keep_freed_memory()  # activations are reused, not mapped afresh for every call
@@ -230,8 +241,14 @@ class Pipeline:
             x = buf[:n].to(self.device)  # the CPU uses the buffer itself: it is refilled after the CNN ran
         if n == 1:  # oneDNN rounds a batch of one differently: a video's features must not depend on its batch
             x = x.expand(2, *x.shape[1:])
-        with self.autocast:
-            y = self.backbone(x).float()[:n]  # (n, D)
+        if self.gate is not None:
+            self.gate.clear()
+        try:
+            with self.autocast:
+                y = self.backbone(x).float()[:n]  # (n, D)
+        finally:
+            if self.gate is not None:
+                self.gate.set()
         event = None
         if self.cuda:
             host = torch.empty(y.shape, dtype=torch.float32, pin_memory=True)
@@ -328,31 +345,33 @@ class _Videos:
         self.bar.update()
 
 
-def _yield_to_main(_worker_id: int) -> None:
-    """Decoding workers run at a lower CPU priority than the main process: when cores are
-    short (a CPU device), the CNN's threads are never descheduled for decoding while a
-    batch is computing, and decoding fills the time between batches (the prefetch queue
-    absorbs the difference)."""
-    try:
-        os.nice(NICE)
-    except (AttributeError, OSError):  # not on this platform: equal priority
-        pass
+def cpu_gate(cfg: ExtractConfig):
+    """On a CPU device the CNN's threads and the decoding workers share the same cores, and
+    running both at once slows the CNN more than it gains (its threads wait for each other
+    whenever a worker takes one of their cores). The gate takes turns: workers finish the
+    image in hand and pause while a batch computes, and decode while the CNN waits for
+    images. On 2 cores flow extraction came within 1.10x of the shared-core bound with it,
+    1.21x without (BENCHMARKS.md). None on a GPU, or without workers."""
+    if torch.device(cfg.device).type != "cpu" or not cfg.decode_workers():
+        return None
+    import multiprocessing
+
+    gate = multiprocessing.get_context().Event()
+    gate.set()
+    return gate
 
 
-NICE = 5
-
-
-def _loader(todo, cfg: ExtractConfig, pre: Preprocess) -> DataLoader:
+def _loader(todo, cfg: ExtractConfig, pre: Preprocess, gate=None) -> DataLoader:
     workers = min(cfg.decode_workers(), len(todo))
-    return DataLoader(VideoChunks(todo, cfg, pre), batch_size=None, num_workers=workers,
-                      prefetch_factor=4 if workers else None, persistent_workers=False,
-                      worker_init_fn=_yield_to_main if workers else None)
+    return DataLoader(VideoChunks(todo, cfg, pre, gate if workers else None), batch_size=None, num_workers=workers,
+                      prefetch_factor=4 if workers else None, persistent_workers=False)
 
 
 def _run(todo, cfg: ExtractConfig, backbone: Backbone, device: torch.device, videos: _Videos) -> None:
     """The main loop: worker chunks -> Pipeline -> finished videos to the writer thread."""
-    pipe = Pipeline(backbone, device, cfg.cnn_batch(), backbone.preprocess.size, cfg.precision)
-    for msg in _loader(todo, cfg, backbone.preprocess):  # crop exactly as the signature records
+    gate = cpu_gate(cfg)
+    pipe = Pipeline(backbone, device, cfg.cnn_batch(), backbone.preprocess.size, cfg.precision, gate)
+    for msg in _loader(todo, cfg, backbone.preprocess, gate):  # crop exactly as the signature records
         if "error" in msg:
             videos.fail(msg["vid"], msg["error"], msg["source"])
             continue

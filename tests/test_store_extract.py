@@ -5,6 +5,7 @@ import sys
 import time
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -147,6 +148,40 @@ def test_killed_run_resumes_to_identical_store(tmp_path):
     assert len(FeatureStore(out).ids) == 10
     _same_store(tmp_path / "ref.h5", out)
     assert not (tmp_path / "killed.h5.parts").exists()
+
+
+def _processes_with(text: str) -> list:
+    """PIDs whose command line contains ``text`` (decoding workers are forks of the main process)."""
+    pids = []
+    for d in Path("/proc").iterdir():
+        try:
+            if d.name.isdigit() and text in (d / "cmdline").read_bytes().decode(errors="replace"):
+                pids.append(int(d.name))
+        except OSError:
+            pass
+    return pids
+
+
+@pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="needs /proc")
+def test_workers_take_turns_with_the_cnn_and_die_with_a_killed_run(tmp_path):
+    vids = tmp_path / "v"
+    _videos(vids, 8, frames=24)
+    items = sorted((p.stem, p) for p in vids.iterdir())
+    cfg = dict(stride=2, input_size=64, crop_ratio=1.0, batch_size=4)
+    extract(items, tmp_path / "ref.h5", ExtractConfig(**cfg, workers=0), progress=False)
+    extract(items, tmp_path / "w2.h5", ExtractConfig(**cfg, workers=2), progress=False)  # the gated path
+    _same_store(tmp_path / "ref.h5", tmp_path / "w2.h5")
+
+    out = tmp_path / "killed.h5"
+    cmd = [sys.executable, "-m", "s2vt", "extract", str(vids), "--quiet", "--stride", "2", "--input-size", "64",
+           "--crop-ratio", "1.0", "--workers", "2", "--batch-size", "4", "--out", str(out)]
+    _run_and_kill(cmd, out, lambda: len(_staged(out)) >= 1)
+    t0 = time.time()
+    while _processes_with(str(out)) and time.time() - t0 < 20:
+        time.sleep(0.1)
+    assert not _processes_with(str(out)), "decoding workers outlived their killed run"
+    subprocess.run(cmd, capture_output=True, text=True, check=True)
+    _same_store(tmp_path / "ref.h5", out)
 
 
 def test_three_kills_at_different_points_then_resume_equals_clean_run(tmp_path):
