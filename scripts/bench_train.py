@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from s2vt.batches import BatchStream, CaptionTable, EpochSampler, FeatureBank, place_bank
+from s2vt.hostmem import keep_freed_memory
 from s2vt.model import ModelConfig, S2VT
 from s2vt.store import FeatureStore, FeatureWriter
 from s2vt.train import TrainConfig, make_optimizer, train_step
@@ -50,6 +51,8 @@ def parse_args(argv=None):
     p.add_argument("--amp", action="store_true", help="bf16 autocast (and a bf16 feature bank)")
     p.add_argument("--skip-loop", action="store_true", help="do not time the per-step LSTMCell loop")
     p.add_argument("--json", action="store_true", help="end with one JSON line of the figures")
+    p.add_argument("--default-allocator", action="store_true",
+                   help="keep glibc's malloc defaults (s2vt train keeps freed memory on the CPU: s2vt.hostmem)")
     return p.parse_args(argv)
 
 
@@ -182,6 +185,8 @@ def bench_ours(B, args, device, stream, n_samples, vocab_size) -> dict:
 
 def main(args):
     device = torch.device(args.device)
+    if device.type == "cpu" and not args.default_allocator:
+        keep_freed_memory()  # as s2vt train does
     ac = lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp)
     words = [f"w{i}" for i in range(args.vocab - 4)]
     vocab = Vocab(words)
