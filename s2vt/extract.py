@@ -40,6 +40,7 @@ STREAMS = ("rgb", "flow")
 
 
 CPU_BATCH, GPU_BATCH = 8, 64  # default images per CNN call
+TAKE_TURNS = True  # see cpu_gate; scripts/bench_extract.py --no-turns measures without
 
 
 def _int_at_least(flag: str, value, low: int) -> None:
@@ -350,9 +351,9 @@ def cpu_gate(cfg: ExtractConfig):
     running both at once slows the CNN more than it gains (its threads wait for each other
     whenever a worker takes one of their cores). The gate takes turns: workers finish the
     image in hand and pause while a batch computes, and decode while the CNN waits for
-    images. On 2 cores flow extraction came within 1.10x of the shared-core bound with it,
-    1.21x without (BENCHMARKS.md). None on a GPU, or without workers."""
-    if torch.device(cfg.device).type != "cpu" or not cfg.decode_workers():
+    images. On 2 cores flow extraction took 6.8-6.9 s with it against 7.3-7.5 s without
+    (BENCHMARKS.md). None on a GPU, or without workers."""
+    if torch.device(cfg.device).type != "cpu" or not cfg.decode_workers() or not TAKE_TURNS:
         return None
     import multiprocessing
 

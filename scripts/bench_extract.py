@@ -14,6 +14,7 @@ import json
 import tempfile
 from pathlib import Path
 
+from s2vt import extract
 from s2vt.extract import ExtractConfig, time_stages
 from s2vt.synth import SynthConfig, generate
 
@@ -31,11 +32,14 @@ def parse_args(argv=None):
     p.add_argument("--workers", type=int, default=None, help="decoding processes (default: cores-1 on a GPU, 2 on CPU)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ...")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast (GPU)")
+    p.add_argument("--no-turns", action="store_true",
+                   help="CPU: let decoding workers run while the CNN computes (see s2vt.extract.cpu_gate)")
     p.add_argument("--json", action="store_true", help="last stdout line: one JSON object of the figures")
     return p.parse_args(argv)
 
 
 def main(args):
+    extract.TAKE_TURNS = not args.no_turns
     cfg = ExtractConfig(stream=args.stream, stride=args.stride, input_size=args.input_size,
                         batch_size=args.batch_size, workers=args.workers, device=args.device,
                         precision="bf16" if args.bf16 else "fp32")
@@ -54,7 +58,8 @@ def main(args):
     print(f"CPU seconds: decode {r['decode_cpu_s']:.2f}, CNN {r['cnn_cpu_s']:.2f} on {r['cores']} cores -> "
           f"no overlap can beat {r['bound_s']:.2f} s; extraction / that bound: {r['ratio_to_bound']:.2f}x")
     if args.json:
-        print(json.dumps({**r, "batch_size": cfg.cnn_batch(), "workers": cfg.decode_workers()}))
+        print(json.dumps({**r, "batch_size": cfg.cnn_batch(), "workers": cfg.decode_workers(),
+                          "take_turns": extract.TAKE_TURNS}))
     return r
 
 
