@@ -33,7 +33,7 @@ from .config import check_device
 from .errors import S2VTError
 from .flow import METHODS, OFFSET, SCALE, FlowComputer, flow_to_image
 from .hostmem import keep_freed_memory
-from .store import VERSION, BackgroundWriter, FeatureWriter
+from .store import VERSION, BackgroundWriter, FeatureWriter, already_complete
 from .video import Sampling, iter_frames
 
 STREAMS = ("rgb", "flow")
@@ -396,6 +396,8 @@ def extract(items: Sequence[Tuple[str, str]], out, cfg: ExtractConfig,
     sig = make_signature(cfg, backbone)
     if shard:
         sig["shard"] = f"{shard[0]}/{shard[1]}"
+    if already_complete(out, sig, (v for v, _ in items)):  # nothing to do: write nothing
+        return ExtractSummary(skipped=len(items), out=str(out), seconds=time.time() - t0)
     writer = FeatureWriter(out, sig)
     done = writer.done_ids()
     todo = [(v, str(p)) for v, p in items if v not in done]

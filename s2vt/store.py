@@ -99,6 +99,30 @@ def _env_number(name: str, default: float) -> float:
     return value
 
 
+def published_store(path, signature: dict) -> Optional["FeatureStore"]:
+    """The store at ``path`` if there is one, after checking it was made with ``signature``;
+    None if there is none yet."""
+    path = Path(path)
+    if path.is_dir():
+        raise S2VTError(f"--out {path} is a folder; give the HDF5 file to write (e.g. {path / 'features.h5'})")
+    if not path.exists():
+        return None
+    store = FeatureStore(path)
+    try:
+        check_signature(store.signature, signature, str(path))
+    except SignatureMismatch as e:
+        raise SignatureMismatch(f"{e}. To extract with these settings, choose another --out "
+                                "(or delete the store to replace it)")
+    return store
+
+
+def already_complete(path, signature: dict, ids) -> bool:
+    """True when the published store at ``path`` (same signature, no run in progress) holds every one of
+    ``ids``: a re-run has nothing to do and need not write anything (the folder may be read-only)."""
+    store = published_store(path, signature)
+    return store is not None and not stage_dir(path).exists() and set(ids) <= set(store.ids)
+
+
 class FeatureWriter:
     """Add videos (or failures); ``commit`` makes them durable as one group; ``finalize``
     publishes the HDF5 file. Not thread-safe: one thread (see ``BackgroundWriter``) calls it."""
@@ -112,16 +136,7 @@ class FeatureWriter:
         self.commit_seconds = commit_seconds if commit_seconds is not None else _env_number("S2VT_COMMIT_SECONDS", 0.5)
         self.commit_videos = commit_videos if commit_videos is not None else int(_env_number("S2VT_COMMIT_VIDEOS", 256))
         self.commit_bytes = commit_bytes
-        self.existing: Optional[FeatureStore] = None
-        if self.path.is_dir():
-            raise S2VTError(f"--out {self.path} is a folder; give the HDF5 file to write (e.g. {self.path / 'features.h5'})")
-        if self.path.exists():
-            self.existing = FeatureStore(self.path)
-            try:
-                check_signature(self.existing.signature, signature, str(self.path))
-            except SignatureMismatch as e:
-                raise SignatureMismatch(f"{e}. To extract with these settings, choose another --out "
-                                        "(or delete the store to replace it)")
+        self.existing = published_store(self.path, signature)
         self.stage.mkdir(parents=True, exist_ok=True)
         sig_file = self.stage / "signature.json"
         if sig_file.exists():

@@ -249,6 +249,32 @@ def test_default_cnn_batch_follows_the_device():
         ExtractConfig(batch_size=0)
 
 
+def test_finished_store_reruns_without_writing(tmp_path, monkeypatch):
+    items = _videos(tmp_path / "v", 2, frames=8)
+    out = tmp_path / "f.h5"
+    extract(items, out, ExtractConfig(**CFG), progress=False)
+    before = (out.read_bytes(), sorted(p.name for p in tmp_path.iterdir()))
+
+    def read_only(*a, **k):
+        raise PermissionError(13, "Read-only file system", str(a[0]) if a else "")
+
+    monkeypatch.setattr(os, "mkdir", read_only)  # as on a read-only filesystem: any write attempt fails
+    monkeypatch.setattr(os, "open", lambda path, flags, *a, **k: read_only(path) if flags & (os.O_WRONLY | os.O_RDWR)
+                        else _real_open(path, flags, *a, **k))
+    s = extract(items, out, ExtractConfig(**CFG), progress=False)
+    assert (s.done, s.skipped, s.failed) == (0, 2, {})
+    monkeypatch.undo()
+    assert (out.read_bytes(), sorted(p.name for p in tmp_path.iterdir())) == before
+    # one more video: the store is extended as before
+    more = items + _videos(tmp_path / "w", 1, frames=8)
+    more[-1] = ("v9", more[-1][1])
+    s = extract(more, out, ExtractConfig(**CFG), progress=False)
+    assert (s.done, s.skipped) == (1, 2) and FeatureStore(out).ids == ["v0", "v1", "v9"]
+
+
+_real_open = os.open
+
+
 def test_store_pickles_for_dataloader_workers(tmp_path):
     import pickle
 
