@@ -479,8 +479,12 @@ def load_generic(root: Path, name: str = "generic") -> Corpus:
     cap_path = root / "captions.tsv"
     captions: Dict[str, List[str]] = {}
     skipped: Counter = Counter()
+    empty_at: Dict[str, int] = {}  # first line of an empty caption, per video
     for n, (vid, text) in _split_file_lines(cap_path, 2):
-        _add_caption(captions, skipped, check_id(vid.strip(), cap_path, n), text)
+        vid = check_id(vid.strip(), cap_path, n)
+        if not text.strip():
+            empty_at.setdefault(vid, n)
+        _add_caption(captions, skipped, vid, text)
     splits: Dict[str, List[str]] = {}
     seen: Dict[str, str] = {}
     for split in SPLITS:
@@ -494,7 +498,9 @@ def load_generic(root: Path, name: str = "generic") -> Corpus:
             if vid in seen:
                 raise DataError(path, f"duplicate video id {vid!r} (already in {seen[vid]}.txt)", n)
             if vid not in captions:
-                raise DataError(path, f"video id {vid!r} has no caption in {cap_path.name}", n)
+                why = (f"its only captions in {cap_path} are empty (first at line {empty_at[vid]})"
+                       if vid in empty_at else f"it has no caption in {cap_path.name}")
+                raise DataError(path, f"video id {vid!r}: {why}", n)
             seen[vid] = split
             ids.append(vid)
         splits[split] = ids

@@ -118,7 +118,9 @@ def test_generic_format_and_skips(tmp_path):
     (b"..\tok\n", b"..\n", r"captions.tsv:1: video id '..' starts with a dot"),
     (b"a\tok\nb\tok\nc\tok\n", b"a\n.hidden\n", r"train.txt:2: video id '.hidden' starts with a dot"),
     (b"a\tok\nb\tok\nc\tok\n", b"a\na\n", r"train.txt:2: duplicate video id"),
-    (b"a\tok\nb\tok\nc\tok\n", b"zz\n", r"train.txt:1: video id 'zz' has no caption"),
+    (b"a\tok\nb\tok\nc\tok\n", b"zz\n", r"train.txt:1: video id 'zz': it has no caption in captions.tsv"),
+    (b"a\tok\nb\tok\nc\tok\nzz\t   \nzz\t\n", b"zz\n",
+     r"train.txt:1: video id 'zz': its only captions in .*captions.tsv are empty \(first at line 4\)"),
 ])
 def test_generic_bad_input(tmp_path, caps, train, msg):
     with pytest.raises(DataError, match=msg):
