@@ -98,9 +98,9 @@ class ExtractConfig:
 
     def cnn_batch(self) -> int:
         """Images per CNN call: ``batch_size``, or the device's default. On a CPU, small batches
-        keep each layer's activations in cache: on 2 cores EfficientNet-Lite0 runs 92 images/s at
-        batch 8 against 72 at 64 (scripts/bench_cnn.py, BENCHMARKS.md); 4 was 10% faster still,
-        8 leaves more work per call for CPUs with many cores."""
+        keep each layer's activations in cache: on 2 cores EfficientNet-Lite0 ran 98 images/s at
+        batch 8 against 65 at 64 (scripts/bench_cnn.py, BENCHMARKS.md); batches of 4 to 32 were
+        within 10% of each other, and 8 leaves more work per call for CPUs with many cores."""
         if self.batch_size is not None:
             return self.batch_size
         return CPU_BATCH if torch.device(self.device).type == "cpu" else GPU_BATCH
@@ -192,7 +192,7 @@ class Pipeline:
     def __init__(self, backbone: Backbone, device: torch.device, batch_size: int, size: int,
                  precision: str = "fp32", gate=None):
         self.backbone, self.device, self.batch_size = backbone, device, batch_size
-        self.gate = gate  # cleared while the CNN computes (see _loader)
+        self.gate = gate  # cleared while the CNN computes (see cpu_gate)
         self.cuda = device.type == "cuda"
         if device.type == "cpu":
             keep_freed_memory()  # activations are reused, not mapped afresh for every call
