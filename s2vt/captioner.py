@@ -17,8 +17,8 @@ import torch
 from .batches import StoreFeatures, pad_features
 from .checkpoint import Checkpoint
 from .decoding import DecodeConfig, Fusion, decode
-from .errors import S2VTError
-from .store import FeatureStore, check_signature
+from .errors import S2VTError, SignatureMismatch
+from .store import FeatureStore, check_signature, extract_flags
 from .vocab import Vocab
 
 FeatureFn = Callable[[str], torch.Tensor]
@@ -70,7 +70,14 @@ class Captioner:
         models, sources = [], []
         for m, ck in zip(members, cks):
             store = FeatureStore(m.features)
-            check_signature(store.signature, ck.feature_signature, str(store.path))
+            try:
+                check_signature(store.signature, ck.feature_signature, str(store.path))
+            except SignatureMismatch as e:
+                digest = ck.feature_signature.get("weights_digest")
+                raise SignatureMismatch(f"{e}. {m.checkpoint} was trained on features from `s2vt extract "
+                                        f"{extract_flags(ck.feature_signature)}`"
+                                        + (f" (CNN weights digest {digest})" if digest else "")
+                                        + ": give a store extracted that way") from None
             models.append(ck.build_model(device))
             sources.append(StoreFeatures(store, ck.max_frames))
         return cls(models, sources, cks[0].vocab, device, cks[0].decoding)

@@ -149,8 +149,18 @@ def _shard(text: str):
     return i, n
 
 
+def extract_config(a):
+    """The ExtractConfig of parsed ``s2vt extract`` arguments."""
+    from .extract import ExtractConfig
+
+    return ExtractConfig(stream=a.stream, cnn=a.cnn, layer=a.layer, weights=a.weights, stride=a.stride,
+                         num_frames=a.num_frames, max_frames=a.max_frames, input_size=a.input_size,
+                         crop_ratio=a.crop_ratio, flow_method=a.flow_method, batch_size=a.batch_size,
+                         workers=a.workers, device=a.device, precision="bf16" if a.bf16 else "fp32")
+
+
 def cmd_extract(a) -> int:
-    from .extract import ExtractConfig, env_shard, extract, shard_items, shard_path
+    from .extract import env_shard, extract, shard_items, shard_path
 
     items = _extract_items(a)
     if not items:
@@ -160,10 +170,7 @@ def cmd_extract(a) -> int:
     if shard and shard[1] > 1:
         items = shard_items(items, *shard)
         out = shard_path(a.out, *shard)
-    cfg = ExtractConfig(stream=a.stream, cnn=a.cnn, layer=a.layer, weights=a.weights, stride=a.stride,
-                        num_frames=a.num_frames, max_frames=a.max_frames, input_size=a.input_size,
-                        crop_ratio=a.crop_ratio, flow_method=a.flow_method, batch_size=a.batch_size,
-                        workers=a.workers, device=a.device, precision="bf16" if a.bf16 else "fp32")
+    cfg = extract_config(a)
     if any(Path(p).exists() and out.exists() and Path(p).resolve() == out.resolve() for _, p in items):
         raise S2VTError(f"--out {out} is one of the videos to extract")
     summary = extract(items, out, cfg, progress=not a.quiet, shard=shard)

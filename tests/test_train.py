@@ -68,6 +68,26 @@ def test_resume_refuses_other_features(tiny_features, tmp_path):
         train(cfg_for(tiny_features, tmp_path / "r", features=str(stores["flow"])), resume=True, progress=False)
 
 
+def test_evaluating_on_other_features_names_the_extract_command_that_matches(tiny_features, tmp_path):
+    from s2vt.backbones import Backbone
+    from s2vt.captioner import Captioner, Member
+    from s2vt.cli import build_parser, extract_config
+    from s2vt.errors import SignatureMismatch
+    from s2vt.extract import make_signature
+
+    root, stores = tiny_features
+    train(cfg_for(tiny_features, tmp_path / "r", max_steps=2), progress=False)
+    ck = str(tmp_path / "r" / "best.pt")
+    with pytest.raises(SignatureMismatch, match=r"stream: 'flow' != 'rgb'.*trained on features from `s2vt extract "
+                                                r"--stream rgb .*--stride 4 --input-size 64 --crop-ratio 1.0`"
+                                                r" \(CNN weights digest [0-9a-f]+\)") as e:
+        Captioner.from_members([Member(ck, str(stores["flow"]))])
+    flags = str(e.value).split("`s2vt extract ")[1].split("`")[0].split()
+    cfg = extract_config(build_parser().parse_args(["extract", "x.avi", "--out", "o.h5", *flags]))
+    cfg_sig = make_signature(cfg, Backbone(cfg.cnn, cfg.layer, cfg.weights, cfg.preprocess()))
+    assert cfg_sig == checkpoint.load(ck).feature_signature  # the named command gives matching features
+
+
 class Boom:
     def __reduce__(self):
         return (os.system, (f"touch {Path(os.environ['BOOM_MARK'])}",))
