@@ -365,7 +365,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, meteor=
     if cfg.amp and device.type != "cuda":
         raise ConfigError("--amp (bf16) is for CUDA devices; on the CPU it is slower than fp32: drop --amp")
     if device.type == "cpu":
-        keep_freed_memory()  # about 1.2x the samples/s on the CPU (BENCHMARKS.md)
+        keep_freed_memory()  # about 1.15x the samples/s on the CPU (BENCHMARKS.md)
     if world == 1:
         return _train(cfg, device, rank, world, resume, progress, meteor, overwrite)
     import torch.distributed as dist
@@ -384,6 +384,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, meteor=
 
 def _train(cfg: TrainConfig, device: torch.device, rank: int, world: int, resume: bool, progress: bool, meteor,
            overwrite: bool) -> dict:
+    """train() once the device (and, under torchrun, the process group) is set up."""
     from tqdm import tqdm
 
     out = Path(cfg.out)
