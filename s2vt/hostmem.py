@@ -4,7 +4,8 @@ glibc's malloc serves every block above its mmap threshold (128 KiB at start, ra
 only after such a block is freed) with fresh pages from the kernel and returns them on
 free. A CNN forward pass allocates and frees activations of several MiB per layer, so on
 the CPU each call paid for mapping, zero-filling and unmapping them: EfficientNet-Lite0
-ran 2-2.5x slower per image than with the blocks kept for reuse (BENCHMARKS.md).
+ran 1.45x slower per image at batch 8, and about 2x slower at batch 32-64, than with
+the blocks kept for reuse (scripts/bench_cnn.py, BENCHMARKS.md).
 
 :func:`keep_freed_memory` raises both thresholds, so freed activations stay in the
 process and the next call reuses them. The cost: the process keeps its peak memory
