@@ -142,7 +142,7 @@ class VideoChunks(IterableDataset):
     def __init__(self, items: Sequence[Tuple[str, str]], cfg: ExtractConfig, pre: Optional[Preprocess] = None,
                  gate=None):
         self.items, self.cfg, self.pre = list(items), cfg, pre or cfg.preprocess()
-        self.gate = gate  # a multiprocessing Event: decode the next image only while it is set
+        self.gate = gate  # a Turns flag: decode the next image only while it is set
         self.parent = os.getpid()
 
     def _wait_turn(self) -> None:
@@ -346,20 +346,50 @@ class _Videos:
         self.bar.update()
 
 
-def cpu_gate(cfg: ExtractConfig):
+class Turns:
+    """Whose turn the cores are: the CNN's (cleared) or the decoding workers' (set).
+
+    One byte of shared memory that the main process writes and the workers poll. Not a
+    ``multiprocessing.Event``: its ``wait`` takes a lock that ``set`` and ``clear`` hold for an
+    instant, so a run killed in that instant left its workers blocked on the lock for ever."""
+
+    POLL_S = 0.0005
+
+    def __init__(self):
+        import ctypes
+        import multiprocessing
+
+        self._flag = multiprocessing.RawValue(ctypes.c_bool, True)
+
+    def set(self) -> None:
+        self._flag.value = True
+
+    def clear(self) -> None:
+        self._flag.value = False
+
+    def is_set(self) -> bool:
+        return bool(self._flag.value)
+
+    def wait(self, timeout: float) -> bool:
+        """True once set, False if ``timeout`` seconds pass first; takes no lock."""
+        end = time.monotonic() + timeout
+        while not self._flag.value:
+            if time.monotonic() >= end:
+                return False
+            time.sleep(self.POLL_S)
+        return True
+
+
+def cpu_gate(cfg: ExtractConfig) -> Optional[Turns]:
     """On a CPU device the CNN's threads and the decoding workers share the same cores, and
     running both at once slows the CNN more than it gains (its threads wait for each other
     whenever a worker takes one of their cores). The gate takes turns: workers finish the
     image in hand and pause while a batch computes, and decode while the CNN waits for
-    images. On 2 cores flow extraction took 6.8-6.9 s with it against 7.3-7.5 s without
+    images. On 2 cores flow extraction took 5.4-5.9 s with it against 6.1-6.2 s without
     (BENCHMARKS.md). None on a GPU, or without workers."""
     if torch.device(cfg.device).type != "cpu" or not cfg.decode_workers() or not TAKE_TURNS:
         return None
-    import multiprocessing
-
-    gate = multiprocessing.get_context().Event()
-    gate.set()
-    return gate
+    return Turns()
 
 
 def _loader(todo, cfg: ExtractConfig, pre: Preprocess, gate=None) -> DataLoader:

@@ -162,6 +162,37 @@ def _processes_with(text: str) -> list:
     return pids
 
 
+def _toggle(gate):
+    while True:
+        gate.clear()
+        gate.set()
+
+
+def test_turns_gate_never_blocks_after_its_setter_is_killed():
+    """The main process flips the gate at every CNN batch; a kill may land mid-flip. A waiting
+    worker must still return (and so notice its dead parent), whatever instant the kill hit."""
+    import multiprocessing
+    import threading
+
+    from s2vt.extract import Turns
+
+    ctx = multiprocessing.get_context("fork")
+    for _ in range(10):
+        gate = Turns()
+        p = ctx.Process(target=_toggle, args=(gate,))
+        p.start()
+        time.sleep(0.03)
+        os.kill(p.pid, signal.SIGKILL)
+        p.join()
+        seen = []
+        t = threading.Thread(target=lambda: (gate.clear(), seen.append(gate.wait(0.1)), gate.set(),
+                                             seen.append(gate.wait(0.1))), daemon=True)
+        t.start()
+        t.join(3)
+        assert not t.is_alive(), "the gate blocked after its setter was killed"
+        assert seen == [False, True]
+
+
 @pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="needs /proc")
 def test_workers_take_turns_with_the_cnn_and_die_with_a_killed_run(tmp_path):
     vids = tmp_path / "v"
