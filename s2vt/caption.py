@@ -14,17 +14,7 @@ from .batches import cap_frames
 from .captioner import Captioner, load_checkpoints
 from .checkpoint import Checkpoint
 from .errors import S2VTError, SignatureMismatch
-from .extract import ExtractConfig, video_images
-
-
-def config_from_signature(sig: dict, weights: Optional[str] = None, device: str = "cpu") -> ExtractConfig:
-    s = sig["sampling"]
-    pre = sig["preprocess"]
-    return ExtractConfig(stream=sig["stream"], cnn=sig["backbone"], layer=sig["layer"], weights=weights,
-                         stride=s["stride"], num_frames=s["num_frames"], max_frames=s["max_frames"],
-                         input_size=pre["size"], crop_ratio=pre["crop_ratio"],
-                         flow_method=sig.get("flow", {}).get("method", "dis"), device=device,
-                         precision=sig.get("precision", "fp32"))
+from .extract import ExtractConfig, cnn_features, video_images
 
 
 class VideoFeatures:
@@ -35,7 +25,7 @@ class VideoFeatures:
     def __init__(self, ck: Checkpoint, cnn_weights: Optional[str] = None, device="cpu", label: str = "checkpoint"):
         sig = ck.feature_signature
         self.device, self.max_frames = torch.device(device), ck.max_frames
-        self.cfg = config_from_signature(sig, cnn_weights, str(device))
+        self.cfg = ExtractConfig.from_signature(sig, cnn_weights, str(device))
         pre = Preprocess(**{k: tuple(v) if isinstance(v, list) else v for k, v in sig["preprocess"].items()})
         self.backbone = Backbone(self.cfg.cnn, self.cfg.layer, self.cfg.weights, pre).to(self.device)
         if self.backbone.weights_digest != sig["weights_digest"]:
@@ -51,12 +41,10 @@ class VideoFeatures:
         for _, img in video_images(path, self.cfg, self.backbone.preprocess, {}):
             batch.append(img)
             if len(batch) == chunk:
-                with autocast:
-                    feats.append(self.backbone(torch.from_numpy(np.stack(batch)).to(self.device)).float())
+                feats.append(cnn_features(self.backbone, torch.from_numpy(np.stack(batch)).to(self.device), autocast))
                 batch = []
         if batch:
-            with autocast:
-                feats.append(self.backbone(torch.from_numpy(np.stack(batch)).to(self.device)).float())
+            feats.append(cnn_features(self.backbone, torch.from_numpy(np.stack(batch)).to(self.device), autocast))
         if not feats:
             raise S2VTError(f"{path}: no frame could be sampled")
         f = torch.cat(feats)

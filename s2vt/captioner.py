@@ -18,7 +18,8 @@ from .batches import StoreFeatures, pad_features
 from .checkpoint import Checkpoint
 from .decoding import DecodeConfig, Fusion, decode
 from .errors import S2VTError, SignatureMismatch
-from .store import FeatureStore, check_signature, extract_flags
+from .extract import extract_flags
+from .store import FeatureStore, check_signature
 from .vocab import Vocab
 
 FeatureFn = Callable[[str], torch.Tensor]

@@ -89,6 +89,30 @@ class ExtractConfig:
             warnings.warn("--bf16 is for GPUs; on the CPU the CNN runs (and the store records) fp32", stacklevel=3)
             self.precision = "fp32"
 
+    @classmethod
+    def from_signature(cls, sig: dict, weights: Optional[str] = None, device: str = "cpu") -> "ExtractConfig":
+        """The settings that compute features with signature ``sig`` (``weights``: the file whose
+        digest it records; None = the offline default)."""
+        s, pre = sig["sampling"], sig["preprocess"]
+        return cls(stream=sig["stream"], cnn=sig["backbone"], layer=sig["layer"], weights=weights,
+                   stride=s["stride"], num_frames=s["num_frames"], max_frames=s["max_frames"],
+                   input_size=pre["size"], crop_ratio=pre["crop_ratio"],
+                   flow_method=sig.get("flow", {}).get("method", "dis"), device=device,
+                   precision=sig.get("precision", "fp32"))
+
+    def flags(self) -> str:
+        """The ``s2vt extract`` flags that select these features (not the speed settings)."""
+        out = [f"--stream {self.stream}", f"--cnn {self.cnn}", f"--layer {self.layer}"]
+        out.append(f"--num-frames {self.num_frames}" if self.num_frames else f"--stride {self.stride}")
+        if self.max_frames:
+            out.append(f"--max-frames {self.max_frames}")
+        out += [f"--input-size {self.input_size}", f"--crop-ratio {self.crop_ratio}"]
+        if self.stream == "flow":
+            out.append(f"--flow-method {self.flow_method}")
+        if self.precision == "bf16":
+            out.append("--bf16")
+        return " ".join(out)
+
     def sampling(self) -> Sampling:
         return Sampling(stride=self.stride, num_frames=self.num_frames, max_frames=self.max_frames)
 
@@ -123,6 +147,12 @@ def make_signature(cfg: ExtractConfig, backbone: Backbone) -> dict:
     if cfg.stream == "flow":
         sig["flow"] = {"method": cfg.flow_method, "scale": SCALE, "offset": OFFSET}
     return sig
+
+
+def extract_flags(sig: dict) -> str:
+    """The ``s2vt extract`` flags that compute features with signature ``sig``."""
+    cfg = ExtractConfig.from_signature({**sig, "precision": "fp32"})  # bf16 is refused on this CPU config
+    return cfg.flags() + (" --bf16" if sig.get("precision") == "bf16" else "")
 
 
 def video_images(path, cfg: ExtractConfig, pre: Preprocess, info: dict) -> Iterator[Tuple[int, np.ndarray]]:
@@ -176,6 +206,17 @@ class VideoChunks(IterableDataset):
                    "indices": np.array(idx, np.int64), "last": True,
                    "meta": {"fps": info.get("fps", 0.0), "decoded_frames": info.get("decoded_frames", 0),
                             "source": str(path)}}
+
+
+def cnn_features(backbone: Backbone, x: torch.Tensor, autocast) -> torch.Tensor:
+    """(n, D) float32 features of (n, 3, S, S) uint8 images ``x``. A batch of one runs as two:
+    oneDNN rounds N=1 differently, and a video's features must not depend on how it was batched
+    (extraction, or captioning a raw video, in any batch size: the same bits)."""
+    n = len(x)
+    if n == 1:
+        x = x.expand(2, *x.shape[1:])
+    with autocast:
+        return backbone(x).float()[:n]
 
 
 class Pipeline:
@@ -240,13 +281,10 @@ class Pipeline:
             x.record_stream(compute)
         else:
             x = buf[:n].to(self.device)  # the CPU uses the buffer itself: it is refilled after the CNN ran
-        if n == 1:  # oneDNN rounds a batch of one differently: a video's features must not depend on its batch
-            x = x.expand(2, *x.shape[1:])
         if self.gate is not None:
             self.gate.clear()
         try:
-            with self.autocast:
-                y = self.backbone(x).float()[:n]  # (n, D)
+            y = cnn_features(self.backbone, x, self.autocast)
         finally:
             if self.gate is not None:
                 self.gate.set()

@@ -57,22 +57,6 @@ def check_signature(have: dict, want: dict, what: str) -> None:
         raise SignatureMismatch(f"{what} was extracted differently from what is expected: " + "; ".join(diff))
 
 
-def extract_flags(sig: dict) -> str:
-    """The ``s2vt extract`` flags that produce features with signature ``sig`` (weights: the
-    file whose digest the signature records)."""
-    s, pre = sig.get("sampling", {}), sig.get("preprocess", {})
-    flags = [f"--stream {sig.get('stream')}", f"--cnn {sig.get('backbone')}", f"--layer {sig.get('layer')}"]
-    flags.append(f"--num-frames {s['num_frames']}" if s.get("num_frames") else f"--stride {s.get('stride')}")
-    if s.get("max_frames"):
-        flags.append(f"--max-frames {s['max_frames']}")
-    flags += [f"--input-size {pre.get('size')}", f"--crop-ratio {pre.get('crop_ratio')}"]
-    if sig.get("stream") == "flow":
-        flags.append(f"--flow-method {sig.get('flow', {}).get('method')}")
-    if sig.get("precision") == "bf16":
-        flags.append("--bf16")
-    return " ".join(flags)
-
-
 def stage_dir(path) -> Path:
     """The staging folder of the store at ``path``."""
     return Path(str(path) + ".parts")
