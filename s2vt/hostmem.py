@@ -9,12 +9,14 @@ the blocks kept for reuse (scripts/bench_cnn.py, BENCHMARKS.md).
 
 :func:`keep_freed_memory` raises both thresholds, so freed activations stay in the
 process and the next call reuses them. The cost: the process keeps its peak memory
-until it exits. It changes nothing on other C libraries (musl, macOS, Windows).
+until it exits. It changes nothing on other C libraries (musl, macOS, Windows), nor when
+the environment sets ``S2VT_KEEP_FREED_MEMORY=0`` (glibc's defaults, e.g. to compare).
 """
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
 import sys
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
@@ -29,7 +31,7 @@ def keep_freed_memory() -> bool:
     global _applied
     if _applied is None:
         _applied = False
-        if sys.platform.startswith("linux"):
+        if sys.platform.startswith("linux") and os.environ.get("S2VT_KEEP_FREED_MEMORY", "1") != "0":
             try:
                 libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
                 mallopt = libc.mallopt

@@ -10,6 +10,7 @@ random uint8 images after a warm-up; it picks the CPU default batch size (extrac
 """
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -30,12 +31,9 @@ def rates(args) -> dict:
     """{batch size: best images/s over the repeats}."""
     import torch
 
-    from s2vt import hostmem
     from s2vt.backbones import Backbone
     from s2vt.extract import ExtractConfig, Pipeline
 
-    if args.default_allocator:
-        hostmem._applied = False  # Pipeline must not tune the allocator in the baseline run
     cfg = ExtractConfig(input_size=args.input_size)
     backbone = Backbone(cfg.cnn, cfg.layer, cfg.weights, cfg.preprocess())
     S = args.input_size
@@ -62,7 +60,8 @@ def main(args):
     child = subprocess.run([sys.executable, __file__, "--default-allocator", "--batch-sizes",
                             *map(str, args.batch_sizes), "--images", str(args.images), "--input-size",
                             str(args.input_size), "--repeats", str(args.repeats)],
-                           capture_output=True, text=True, check=True)
+                           capture_output=True, text=True, check=True,
+                           env={**os.environ, "S2VT_KEEP_FREED_MEMORY": "0"})  # glibc's defaults in the child
     default = {int(k): v for k, v in json.loads(child.stdout.strip().splitlines()[-1]).items()}
     tuned = rates(args)
     import torch

@@ -20,6 +20,7 @@ Per batch size, four figures (samples/s):
 """
 import argparse
 import json
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -185,7 +186,9 @@ def bench_ours(B, args, device, stream, n_samples, vocab_size) -> dict:
 
 def main(args):
     device = torch.device(args.device)
-    if device.type == "cpu" and not args.default_allocator:
+    if args.default_allocator:
+        os.environ["S2VT_KEEP_FREED_MEMORY"] = "0"  # s2vt.hostmem then keeps glibc's defaults
+    if device.type == "cpu":
         keep_freed_memory()  # as s2vt train does
     ac = lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp)
     words = [f"w{i}" for i in range(args.vocab - 4)]

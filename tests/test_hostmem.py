@@ -1,3 +1,4 @@
+import os
 import subprocess
 import sys
 
@@ -8,6 +9,8 @@ import ctypes, sys
 from s2vt import hostmem
 if sys.argv[1] == "tuned":
     assert hostmem.keep_freed_memory() and hostmem.keep_freed_memory()  # idempotent
+if sys.argv[1] == "opted out":
+    assert not hostmem.keep_freed_memory()
 libc = ctypes.CDLL("libc.so.6")
 class Info(ctypes.Structure):
     _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
@@ -22,8 +25,9 @@ libc.free(p)
 """
 
 
-def _mapped_bytes(mode: str) -> int:
-    r = subprocess.run([sys.executable, "-c", PROBE, mode], capture_output=True, text=True)
+def _mapped_bytes(mode: str, **env) -> int:
+    r = subprocess.run([sys.executable, "-c", PROBE, mode], capture_output=True, text=True,
+                       env={**os.environ, **env})
     if r.returncode and "mallinfo2" in r.stderr:
         pytest.skip("not glibc >= 2.33")
     assert r.returncode == 0, r.stderr
@@ -34,3 +38,4 @@ def _mapped_bytes(mode: str) -> int:
 def test_large_blocks_come_from_the_heap_once_tuned():
     assert _mapped_bytes("default") >= 50 << 20  # glibc maps a fresh region (zero-filled pages) per block
     assert _mapped_bytes("tuned") == 0           # kept in the heap: freed and reused without the kernel
+    assert _mapped_bytes("opted out", S2VT_KEEP_FREED_MEMORY="0") >= 50 << 20  # the environment keeps the defaults
