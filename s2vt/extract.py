@@ -15,10 +15,7 @@ recorded with its reason and nothing of it is kept. Re-running skips finished vi
 """
 from __future__ import annotations
 
-import ctypes
 import os
-import signal
-import sys
 import time
 import warnings
 from collections import Counter, deque
@@ -38,6 +35,7 @@ from .flow import METHODS, OFFSET, SCALE, FlowComputer, flow_to_image
 from .hostmem import keep_freed_memory
 from .store import VERSION, BackgroundWriter, FeatureWriter, already_complete
 from .video import Sampling, iter_frames
+from .workers import DieWithParent
 
 STREAMS = ("rgb", "flow")
 
@@ -433,31 +431,11 @@ def cpu_gate(cfg: ExtractConfig) -> Optional[Turns]:
     return Turns()
 
 
-class _DieWithParent:
-    """A DataLoader ``worker_init_fn``: on Linux the kernel kills a decoding worker the moment the
-    thread that started it dies (a killed run), rather than the worker noticing seconds later."""
-
-    PR_SET_PDEATHSIG = 1
-
-    def __init__(self):
-        self.parent = os.getpid()
-
-    def __call__(self, worker_id: int) -> None:
-        if not sys.platform.startswith("linux"):
-            return
-        try:
-            ctypes.CDLL(None).prctl(self.PR_SET_PDEATHSIG, signal.SIGKILL)
-        except (OSError, AttributeError):
-            return
-        if os.getppid() != self.parent:  # it died before the line above
-            os._exit(1)
-
-
 def _loader(todo, cfg: ExtractConfig, pre: Preprocess, gate=None) -> DataLoader:
     workers = min(cfg.decode_workers(), len(todo))
     return DataLoader(VideoChunks(todo, cfg, pre, gate if workers else None), batch_size=None, num_workers=workers,
                       prefetch_factor=4 if workers else None, persistent_workers=False,
-                      worker_init_fn=_DieWithParent() if workers else None)
+                      worker_init_fn=DieWithParent() if workers else None)
 
 
 def _run(todo, cfg: ExtractConfig, backbone: Backbone, device: torch.device, videos: _Videos) -> None:

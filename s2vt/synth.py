@@ -45,6 +45,7 @@ import numpy as np
 from .config import check_fields, option
 from .errors import S2VTError
 from .fileio import atomic_write, fsync_dir
+from .workers import DieWithParent
 
 COLOURS = {  # name -> BGR
     "red": (40, 40, 220),
@@ -229,7 +230,8 @@ def make_clip(job) -> Tuple[dict, List[str]]:
     return {"id": vid, "split": split, "colour": colour, "shape": shape, "motion": motion, **traj}, caps
 
 
-def _init_worker() -> None:
+def _init_worker(die_with_parent: DieWithParent) -> None:
+    die_with_parent()  # a killed run leaves no worker waiting for clips
     cv2.setNumThreads(1)  # one clip per process: no nested thread pools
 
 
@@ -273,7 +275,8 @@ def _clips(jobs: list, workers: int, progress: bool):
         # single-threaded OpenCV, so the parent's threads (torch, OpenCV) cannot deadlock them
         ctx = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
         chunk = max(1, min(8, len(jobs) // (4 * workers)))
-        with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker) as pool:
+        with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
+                                 initargs=(DieWithParent(),)) as pool:
             for res in pool.map(make_clip, jobs, chunksize=chunk):
                 yield res
                 bar.update()

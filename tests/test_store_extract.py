@@ -15,6 +15,7 @@ from s2vt.errors import S2VTError, SignatureMismatch
 from s2vt.extract import ExtractConfig, extract, shard_items
 from s2vt.store import BackgroundWriter, FeatureStore, FeatureWriter, check_signature, merge_stores, stage_dir, staged_ids
 
+from processes import wait_until_gone
 from videos import moving_square, write
 
 CFG = dict(stride=4, input_size=64, crop_ratio=1.0, workers=0)
@@ -150,18 +151,6 @@ def test_killed_run_resumes_to_identical_store(tmp_path):
     assert not (tmp_path / "killed.h5.parts").exists()
 
 
-def _processes_with(text: str) -> list:
-    """PIDs whose command line contains ``text`` (decoding workers are forks of the main process)."""
-    pids = []
-    for d in Path("/proc").iterdir():
-        try:
-            if d.name.isdigit() and text in (d / "cmdline").read_bytes().decode(errors="replace"):
-                pids.append(int(d.name))
-        except OSError:
-            pass
-    return pids
-
-
 def _toggle(gate):
     while True:
         gate.clear()
@@ -207,10 +196,7 @@ def test_workers_take_turns_with_the_cnn_and_die_with_a_killed_run(tmp_path):
     cmd = [sys.executable, "-m", "s2vt", "extract", str(vids), "--quiet", "--stride", "2", "--input-size", "64",
            "--crop-ratio", "1.0", "--workers", "2", "--batch-size", "4", "--out", str(out)]
     _run_and_kill(cmd, out, lambda: len(_staged(out)) >= 1)
-    t0 = time.time()
-    while _processes_with(str(out)) and time.time() - t0 < 20:
-        time.sleep(0.1)
-    assert not _processes_with(str(out)), "decoding workers outlived their killed run"
+    assert not wait_until_gone(str(out)), "decoding workers outlived their killed run"
     subprocess.run(cmd, capture_output=True, text=True, check=True)
     _same_store(tmp_path / "ref.h5", out)
 

@@ -1,5 +1,11 @@
 import json
+import os
 import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -7,6 +13,8 @@ import pytest
 
 from s2vt.errors import S2VTError
 from s2vt.synth import COLOURS, SynthConfig, generate
+
+from processes import processes_with, wait_until_gone
 
 
 def _mask(frame, colour):
@@ -159,3 +167,18 @@ def test_attribute_accuracy_of_hand_written_captions():
     assert acc == {"acc_colour": 0.75, "acc_shape": 1.0, "acc_motion": 0.75, "acc_all": 0.5}
     with pytest.raises(S2VTError, match="ground truth"):
         accuracy({"zz": "a red ball"}, truth)
+
+
+@pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="needs /proc")
+def test_killed_synth_leaves_no_worker_behind(tmp_path):
+    out = tmp_path / "d"
+    p = subprocess.Popen([sys.executable, "-m", "s2vt", "synth", str(out), "--workers", "2", "--train", "400",
+                          "--val", "1", "--test", "1", "--frames", "8"],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    t0 = time.time()
+    while p.poll() is None and time.time() - t0 < 60 and len(processes_with(str(out))) < 3:
+        time.sleep(0.05)
+    assert len(processes_with(str(out))) == 3, "the run and its 2 workers never ran together"
+    os.kill(p.pid, signal.SIGKILL)
+    p.wait()
+    assert not wait_until_gone(str(out)), "synth workers outlived their killed run"
