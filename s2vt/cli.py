@@ -602,7 +602,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 INTERRUPTED = {"train": "last.pt holds the last finished epoch; add --resume to continue",
                "extract": "finished videos are kept; re-run the same command to resume",
-               "demo": "finished stages are kept; re-run the same command to resume"}
+               "demo": "finished stages are kept; re-run the same command to resume",
+               "synth": "the dataset is incomplete; add --overwrite to the same command to write it again"}
 
 
 def _one_line_warning(message, category, filename, lineno, line=None) -> str:

@@ -196,7 +196,8 @@ def write_video(path: Path, frames: np.ndarray, fps: float) -> None:
 
 
 SPLITS = ("train", "val", "test")
-OWN_FILES = ("captions.tsv", "train.txt", "val.txt", "test.txt", "clips.jsonl", "synth_config.json")
+MARKER = ".s2vt-synth"  # written first: the folder is generate's to replace with overwrite=True
+OWN_FILES = ("captions.tsv", "train.txt", "val.txt", "test.txt", "clips.jsonl", "synth_config.json", MARKER)
 CLIP_FILE = re.compile(r"clip\d{5}(\.part)?\.(avi|mp4)(\.tmp)?$")  # what generate writes in videos/
 
 
@@ -253,12 +254,17 @@ def _prepare(out: Path, overwrite: bool) -> None:
     if out.exists() and not out.is_dir():
         raise S2VTError(f"{out} is a file; give `s2vt synth` a folder")
     if out.is_dir() and any(out.iterdir()):
+        ours = (out / MARKER).exists() or (out / "synth_config.json").exists()
+        if not ours:
+            raise S2VTError(f"{out} is not empty and was not written by `s2vt synth` (no {MARKER} file); "
+                            "choose an empty folder")
         if not overwrite:
-            raise S2VTError(f"{out} is not empty; choose an empty folder, or pass overwrite=True "
-                            "(`s2vt synth --overwrite`) to replace a dataset generated there before "
-                            "(only its own files are removed)")
+            raise S2VTError(f"{out} holds a dataset written by `s2vt synth`; choose an empty folder, or pass "
+                            "overwrite=True (`s2vt synth --overwrite`) to replace it (only its own files are "
+                            "removed)")
         remove_dataset(out)
     (out / "videos").mkdir(parents=True, exist_ok=True)
+    atomic_write(out / MARKER, "written by s2vt synth; `s2vt synth --overwrite` may replace this folder\n")
 
 
 def _clips(jobs: list, workers: int, progress: bool):
@@ -294,8 +300,9 @@ def generate(out_dir, cfg: SynthConfig = SynthConfig(), progress: bool = True, w
     """Write the embedded dataset to ``out_dir``; same config and seed -> byte-identical files.
 
     workers: processes rendering clips (None: all cores; 1: this process); the files do
-    not depend on it. A non-empty ``out_dir`` is refused unless ``overwrite``, which
-    first removes what an earlier ``generate`` wrote there (never other files).
+    not depend on it. A non-empty ``out_dir`` is refused unless an earlier ``generate``
+    wrote it (its marker file) and ``overwrite`` is set, which first removes what that
+    run wrote there (never other files).
     """
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
         raise S2VTError(f"--workers {workers}: need at least 1 process")

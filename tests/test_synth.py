@@ -109,7 +109,7 @@ def test_worker_count_does_not_change_a_byte(tmp_path):
     generate(tmp_path / "one", cfg, progress=False, workers=1)
     generate(tmp_path / "two", cfg, progress=False, workers=2)
     one, two = _tree(tmp_path / "one"), _tree(tmp_path / "two")
-    assert len(one) == 10 + 6  # clips + captions.tsv, 3 split files, clips.jsonl, synth_config.json
+    assert len(one) == 10 + 7  # clips + captions.tsv, 3 split files, clips.jsonl, synth_config.json, marker
     assert one.keys() == two.keys()
     for name in one:
         assert one[name] == two[name], name
@@ -118,9 +118,25 @@ def test_worker_count_does_not_change_a_byte(tmp_path):
 def test_refuses_a_non_empty_folder_without_overwrite(tmp_path):
     (tmp_path / "notes.txt").write_text("mine")
     cfg = SynthConfig(train=2, val=1, test=1, frames=4, width=32, height=32)
-    with pytest.raises(S2VTError, match=re.escape(str(tmp_path)) + ".*overwrite"):
+    with pytest.raises(S2VTError, match=re.escape(str(tmp_path)) + ".*not written by `s2vt synth`"):
         generate(tmp_path, cfg, progress=False, workers=1)
     assert not (tmp_path / "videos").exists()
+    generate(tmp_path / "d", cfg, progress=False, workers=1)
+    with pytest.raises(S2VTError, match="written by `s2vt synth`.*--overwrite"):
+        generate(tmp_path / "d", cfg, progress=False, workers=1)
+
+
+def test_overwrite_never_touches_a_folder_synth_did_not_write(tmp_path):
+    """Files named like a dataset's (captions.tsv, clip00099.avi) but written by the user stay."""
+    (tmp_path / "videos").mkdir()
+    mine = {"captions.tsv": "v\tmy caption\n", "train.txt": "v\n", "videos/clip00099.avi": "my video"}
+    for name, text in mine.items():
+        (tmp_path / name).write_text(text)
+    with pytest.raises(S2VTError, match="not written by `s2vt synth`"):
+        generate(tmp_path, SynthConfig(train=2, val=1, test=1, frames=4, width=32, height=32), progress=False,
+                 workers=1, overwrite=True)
+    assert {n: (tmp_path / n).read_text() for n in mine} == mine
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["captions.tsv", "clip00099.avi", "train.txt", "videos"]
 
 
 def test_overwrite_removes_only_its_own_files(tmp_path):
