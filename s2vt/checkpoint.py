@@ -81,8 +81,20 @@ class Checkpoint:
             raise CheckpointError(f"{path}: vocabulary of {len(vocab)} words but the model expects {mc.vocab_size}")
         if not isinstance(d["feature_signature"], dict):
             raise CheckpointError(f"{path}: malformed checkpoint: feature_signature is not a dict")
+        _check_weights(path, d["model"])
         return cls(mc, d["model"], vocab, d["feature_signature"], dec, d.get("config") or {}, d.get("state") or {},
                    d.get("optimizer"), d.get("scheduler"), d.get("rng"))
+
+
+def _check_weights(path: Path, state) -> None:
+    """Tensors only, and finite ones: a damaged file can decode to NaN weights, which caption every
+    video with an empty sentence (training never saves a non-finite model)."""
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path}: malformed checkpoint: model is not a dict of tensors")
+    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise CheckpointError(f"{path} is damaged: non-finite (NaN or inf) weights in {', '.join(bad[:3])}"
+                              + (f" and {len(bad) - 3} more" if len(bad) > 3 else ""))
 
 
 def _read(path: Path, map_location) -> Dict[str, Any]:
@@ -94,6 +106,8 @@ def _read(path: Path, map_location) -> Dict[str, Any]:
         raise CheckpointError(f"{path} is empty (0 bytes): not a checkpoint")
     try:
         d = torch.load(path, map_location=map_location, weights_only=True)
+    except PermissionError:
+        raise CheckpointError(f"cannot read {path}: permission denied")
     except Exception as e:  # includes pickle payloads that weights_only refuses
         raise CheckpointError(f"refusing to load {path}: not a readable plain-tensor s2vt checkpoint (damaged, "
                               f"truncated, or holding objects that would run code when loaded; {type(e).__name__})")

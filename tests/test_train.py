@@ -153,6 +153,19 @@ def test_partial_checkpoint_dicts_are_refused(tmp_path):
         checkpoint.load(tmp_path / "b.pt")
 
 
+def test_checkpoint_with_non_finite_weights_is_refused(tmp_path):
+    _ck(0.5).save(tmp_path / "a.pt")
+    d = torch.load(tmp_path / "a.pt", weights_only=True)
+    d["model"]["proj.weight"][3, :5] = float("nan")
+    torch.save(d, tmp_path / "a.pt")
+    with pytest.raises(checkpoint.CheckpointError, match=r"a.pt is damaged: non-finite .* in proj.weight$"):
+        checkpoint.load(tmp_path / "a.pt")
+    d["model"]["proj.weight"] = "w"
+    torch.save(d, tmp_path / "a.pt")
+    with pytest.raises(checkpoint.CheckpointError, match="model is not a dict of tensors"):
+        checkpoint.load(tmp_path / "a.pt")
+
+
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_features, tmp_path, monkeypatch):
     calls = {"n": 0}
     real = S2VT.forward
