@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 from .errors import S2VTError
+from .workers import child_dies_with_us
 
 PUNCTUATIONS = {"''", "'", "``", "`", "-LRB-", "-RRB-", "-LCB-", "-RCB-", ".", "?", "!", ",", ":", "-", "--", "...", ";"}
 METRICS = ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr")
@@ -99,7 +100,7 @@ class Meteor:
         jar_dir = _pkg_dir() / "meteor"
         cmd = [java(), "-Dfile.encoding=UTF-8", "-jar", "-Xmx2G", "meteor-1.5.jar", "-", "-", "-stdio", "-l", "en", "-norm"]
         self.proc = subprocess.Popen(cmd, cwd=jar_dir, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE)
+                                     stderr=subprocess.PIPE, preexec_fn=child_dies_with_us())
         self._lines: "queue.Queue[Optional[str]]" = queue.Queue()
         self._stderr: List[str] = []
         self._threads = [threading.Thread(target=f, daemon=True) for f in (self._pump_out, self._pump_err)]

@@ -112,3 +112,45 @@ def test_score_cli(tmp_path, meteor):
     r = subprocess.run([sys.executable, "-m", "s2vt", "score", "--references", str(tmp_path / "r.tsv"),
                         "--candidates", str(tmp_path / "c2.tsv")], capture_output=True, text=True)
     assert r.returncode == 2 and "c2.tsv:2: second candidate" in r.stderr
+
+
+METEOR_THEN_WAIT = """
+import time
+from s2vt.metrics import Meteor
+m = Meteor()
+print(m.proc.pid, flush=True)
+time.sleep(120)
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux only")
+def test_meteor_jvm_dies_with_a_killed_run():
+    """Killed while the JVM still loads (it reads no input until loaded), a run leaves no JVM behind;
+    without the kernel's help the orphan lived on for 5-9 s, growing to 1 GB."""
+    import signal
+    import threading
+    import time
+
+    from s2vt.workers import child_dies_with_us
+
+    p = subprocess.Popen([sys.executable, "-c", METEOR_THEN_WAIT], stdout=subprocess.PIPE, text=True)
+    jvm = int(p.stdout.readline())
+    os.kill(p.pid, signal.SIGKILL)
+    p.wait()
+    t0 = time.time()
+    while _alive(jvm) and time.time() - t0 < 10:
+        time.sleep(0.01)
+    assert time.time() - t0 < 2, "the METEOR JVM outlived its killed run"
+    off_main = []
+    t = threading.Thread(target=lambda: off_main.append(child_dies_with_us()))
+    t.start()
+    t.join()
+    assert off_main == [None] and callable(child_dies_with_us())  # a thread's exit must not kill the JVM
