@@ -86,7 +86,7 @@ def staged_ids(path) -> set:
     return out
 
 
-def _env_number(name: str, default: float) -> float:
+def _env_number(name: str, default: float, integer: bool = False) -> float:
     text = os.environ.get(name)
     if text is None:
         return default
@@ -94,9 +94,9 @@ def _env_number(name: str, default: float) -> float:
         value = float(text)
     except ValueError:
         value = -1.0
-    if not value > 0:
-        raise S2VTError(f"{name}={text!r} must be a positive number")
-    return value
+    if not (0 < value < float("inf")) or (integer and value != int(value)):
+        raise S2VTError(f"{name}={text!r} must be a positive {'whole ' if integer else ''}number")
+    return int(value) if integer else value
 
 
 def published_store(path, signature: dict) -> Optional["FeatureStore"]:
@@ -134,13 +134,20 @@ class FeatureWriter:
         # a group is committed after commit_seconds or commit_videos, whichever comes first;
         # S2VT_COMMIT_SECONDS / S2VT_COMMIT_VIDEOS override the defaults (0.5 s, 256 videos)
         self.commit_seconds = commit_seconds if commit_seconds is not None else _env_number("S2VT_COMMIT_SECONDS", 0.5)
-        self.commit_videos = commit_videos if commit_videos is not None else int(_env_number("S2VT_COMMIT_VIDEOS", 256))
+        self.commit_videos = commit_videos if commit_videos is not None else _env_number("S2VT_COMMIT_VIDEOS", 256, integer=True)
         self.commit_bytes = commit_bytes
         self.existing = published_store(self.path, signature)
         self.stage.mkdir(parents=True, exist_ok=True)
         sig_file = self.stage / "signature.json"
         if sig_file.exists():
-            check_signature(json.loads(sig_file.read_text()), signature, str(self.stage))
+            try:
+                staged_sig = json.loads(sig_file.read_text())
+            except (ValueError, UnicodeDecodeError):
+                staged_sig = None
+            if not isinstance(staged_sig, dict):
+                raise S2VTError(f"{sig_file} is damaged; delete {self.stage} to extract afresh (the videos "
+                                "staged there are lost)")
+            check_signature(staged_sig, signature, str(self.stage))
         else:
             atomic_write(sig_file, json.dumps(signature, sort_keys=True))
             fsync_dir(self.stage)

@@ -1,4 +1,5 @@
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -530,3 +531,20 @@ def test_missing_shards_are_named():
 
     assert missing_shards(["0/4", "2/4"]) == ["1/4", "3/4"]
     assert missing_shards(["0/2", "1/2"]) == [] and missing_shards([None, None]) == []
+
+
+@pytest.mark.parametrize("name, value", [("S2VT_COMMIT_SECONDS", "inf"), ("S2VT_COMMIT_SECONDS", "nan"),
+                                         ("S2VT_COMMIT_SECONDS", "0"), ("S2VT_COMMIT_VIDEOS", "0.5"),
+                                         ("S2VT_COMMIT_VIDEOS", "-3"), ("S2VT_COMMIT_VIDEOS", "abc")])
+def test_commit_settings_from_the_environment_are_checked(tmp_path, monkeypatch, name, value):
+    monkeypatch.setenv(name, value)
+    with pytest.raises(S2VTError, match=f"{name}='{re.escape(value)}' must be a positive"):
+        FeatureWriter(tmp_path / "f.h5", {"stream": "rgb"})
+
+
+def test_damaged_staging_signature_names_the_folder_to_delete(tmp_path):
+    FeatureWriter(tmp_path / "f.h5", {"stream": "rgb"})
+    for damage in ("{bad", "[1, 2]"):
+        (tmp_path / "f.h5.parts" / "signature.json").write_text(damage)
+        with pytest.raises(S2VTError, match=r"signature.json is damaged; delete .*f.h5.parts to extract afresh"):
+            FeatureWriter(tmp_path / "f.h5", {"stream": "rgb"})
