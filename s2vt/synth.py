@@ -35,6 +35,7 @@ import os
 import re
 import sys
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
@@ -283,9 +284,14 @@ def _clips(jobs: list, workers: int, progress: bool):
         chunk = max(1, min(8, len(jobs) // (4 * workers)))
         with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
                                  initargs=(DieWithParent(),)) as pool:
-            for res in pool.map(make_clip, jobs, chunksize=chunk):
-                yield res
-                bar.update()
+            try:
+                for res in pool.map(make_clip, jobs, chunksize=chunk):
+                    yield res
+                    bar.update()
+            except BrokenProcessPool:
+                raise S2VTError("a synth worker died (killed, or out of memory); the dataset is incomplete: "
+                                "re-run the same command with --overwrite (with fewer --workers if memory "
+                                "ran out)") from None
     bar.close()
 
 

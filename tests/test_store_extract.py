@@ -548,3 +548,21 @@ def test_damaged_staging_signature_names_the_folder_to_delete(tmp_path):
         (tmp_path / "f.h5.parts" / "signature.json").write_text(damage)
         with pytest.raises(S2VTError, match=r"signature.json is damaged; delete .*f.h5.parts to extract afresh"):
             FeatureWriter(tmp_path / "f.h5", {"stream": "rgb"})
+
+
+def _die_in_a_worker(*a, **k):
+    from torch.utils.data import get_worker_info
+
+    if get_worker_info() is not None:
+        os.kill(os.getpid(), signal.SIGKILL)
+    yield from ()
+
+
+def test_a_killed_decoding_worker_is_an_error_that_says_what_to_do(tmp_path, monkeypatch):
+    import s2vt.extract as ex
+
+    items = _videos(tmp_path / "v", 2)
+    monkeypatch.setattr(ex, "video_images", _die_in_a_worker)  # forked workers inherit the patch
+    with pytest.raises(S2VTError, match=r"a decoding worker died \(DataLoader worker .*\); the finished videos "
+                                        r"are kept: re-run the same command to resume"):
+        extract(items, tmp_path / "f.h5", ExtractConfig(**{**CFG, "workers": 1}), progress=False)

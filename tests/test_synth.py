@@ -198,3 +198,20 @@ def test_killed_synth_leaves_no_worker_behind(tmp_path):
     os.kill(p.pid, signal.SIGKILL)
     p.wait()
     assert not wait_until_gone(str(out)), "synth workers outlived their killed run"
+
+
+PARENT = os.getpid()
+
+
+def _die_in_a_worker(job):
+    if os.getpid() != PARENT:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_a_killed_synth_worker_is_an_error_that_says_what_to_do(tmp_path, monkeypatch):
+    import s2vt.synth as synth
+
+    monkeypatch.setattr(synth, "make_clip", _die_in_a_worker)
+    with pytest.raises(S2VTError, match="a synth worker died .* re-run the same command with --overwrite"):
+        generate(tmp_path / "d", SynthConfig(train=8, val=1, test=1, frames=4, width=32, height=32),
+                 progress=False, workers=2)
