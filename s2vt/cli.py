@@ -606,6 +606,13 @@ INTERRUPTED = {"train": "last.pt holds the last finished epoch; add --resume to 
                "synth": "the dataset is incomplete; add --overwrite to the same command to write it again"}
 
 
+def _after_interrupt(args) -> str:
+    """What an interrupted command kept, and how to go on."""
+    if args.command == "train" and not (Path(args.out) / "last.pt").is_file():
+        return "no epoch was saved; re-run the same command with --overwrite to start again"
+    return INTERRUPTED.get(args.command, "nothing was left half-written")
+
+
 def _one_line_warning(message, category, filename, lineno, line=None) -> str:
     return f"s2vt: warning: {message}\n"
 
@@ -630,8 +637,7 @@ def main(argv=None) -> int:
                   file=sys.stderr)
             return 1
         except KeyboardInterrupt:
-            print(f"s2vt {args.command}: interrupted ({INTERRUPTED.get(args.command, 'nothing was left half-written')})",
-                  file=sys.stderr)
+            print(f"s2vt {args.command}: interrupted ({_after_interrupt(args)})", file=sys.stderr)
             return 130
         except Exception as e:  # a bug: one line, the traceback on request
             if os.environ.get("S2VT_DEBUG"):

@@ -218,3 +218,31 @@ def test_extract_and_merge_refusals_leave_no_files(run, tmp_path, capsys):
 def test_synth_refuses_values_that_make_no_sense_and_writes_nothing(tmp_path, capsys, flags, needle):
     refused(capsys, ["synth", tmp_path / "d", *flags], 2, needle)
     assert not (tmp_path / "d").exists()
+
+
+def test_an_interrupted_train_says_how_to_go_on(run, tmp_path, capsys, monkeypatch):
+    import s2vt.train as tr
+
+    root, stores, _ = run
+    argv = ["train", "--dataset", "synthetic", "--annotations", str(root), "--features", str(stores["rgb"]),
+            "--out", str(tmp_path / "r"), "--epochs", "2", "--batch-size", "8", "--no-val-meteor", "--embed", "8",
+            "--hidden", "8", "--quiet"]
+    real, calls = tr.train_one_epoch, []
+
+    def interrupted_in_epoch(n):
+        def one_epoch(*a, **k):
+            calls.append(1)
+            if len(calls) == n:
+                raise KeyboardInterrupt
+            return real(*a, **k)
+        return one_epoch
+
+    monkeypatch.setattr(tr, "train_one_epoch", interrupted_in_epoch(1))
+    assert main(argv) == 130
+    assert "no epoch was saved; re-run the same command with --overwrite" in capsys.readouterr().err
+    calls.clear()
+    monkeypatch.setattr(tr, "train_one_epoch", interrupted_in_epoch(2))
+    assert main(argv + ["--overwrite"]) == 130  # as the message says; interrupted again, in epoch 2
+    assert "last.pt holds the last finished epoch; add --resume" in capsys.readouterr().err
+    monkeypatch.undo()
+    assert main(argv + ["--resume"]) == 0
