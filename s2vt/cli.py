@@ -90,11 +90,11 @@ def _list_items(path: str):
 
     items = []
     try:
-        lines = Path(path).read_text().splitlines()
+        lines = Path(path).read_text(encoding="utf-8-sig").splitlines()  # a byte-order mark is not a path
     except (OSError, UnicodeDecodeError) as e:
         raise S2VTError(f"--list {path}: cannot read it ({e})")
     for n, line in enumerate(lines, 1):
-        if not line.strip():
+        if not line.strip() or line.lstrip().startswith("#"):
             continue
         cols = line.split("\t")
         if len(cols) > 2:
@@ -451,7 +451,7 @@ def _add_extract(sub, shared):
     s.add_argument("videos", nargs="*", help="video files or folders (searched recursively)")
     s.add_argument("--out", required=True, help="HDF5 feature file (created, or resumed when it exists)")
     s.add_argument("--stream", choices=["rgb", "flow"], default=e.stream, help="RGB frames or optical-flow images")
-    s.add_argument("--list", help="text file of video paths (or 'id<TAB>path' lines)")
+    s.add_argument("--list", help="text file of video paths (or 'id<TAB>path' lines; blank lines and # comments skipped)")
     s.add_argument("--dataset", help=f"take videos from a dataset ({DATASETS})")
     s.add_argument("--root", help="dataset root for --dataset")
     s.add_argument("--splits", nargs="+", default=["train", "val", "test"], help="splits of --dataset to extract")

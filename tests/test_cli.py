@@ -1,6 +1,7 @@
 """Hostile command lines: one line per refusal, no traceback, nothing the command did not create is damaged."""
 import hashlib
 import json
+from pathlib import Path
 
 import pytest
 
@@ -246,3 +247,11 @@ def test_an_interrupted_train_says_how_to_go_on(run, tmp_path, capsys, monkeypat
     assert "last.pt holds the last finished epoch; add --resume" in capsys.readouterr().err
     monkeypatch.undo()
     assert main(argv + ["--resume"]) == 0
+
+
+def test_list_file_skips_comments_and_a_byte_order_mark(tmp_path):
+    from s2vt.cli import _list_items
+
+    lst = tmp_path / "videos.txt"
+    lst.write_bytes("\ufeffa/clip1.avi\n# my note\n\n  # indented note\nv2\tb/clip2.mp4\n".encode("utf-8"))
+    assert _list_items(str(lst)) == [("clip1", Path("a/clip1.avi")), ("v2", Path("b/clip2.mp4"))]
