@@ -633,7 +633,10 @@ def main(argv=None) -> int:
             return getattr(e, "exit_code", 2)
         except OSError as e:
             where = f" {e.filename}" if e.filename else ""
-            print(f"s2vt {args.command}: error:{where}: {e.strerror or e} (check the path, its permissions and free space)",
+            reason = e.strerror or e
+            if isinstance(e, (FileExistsError, NotADirectoryError)) and e.filename:
+                reason = "a file stands where a folder is needed"  # an output path through a file
+            print(f"s2vt {args.command}: error:{where}: {reason} (check the path, its permissions and free space)",
                   file=sys.stderr)
             return 1
         except KeyboardInterrupt:

@@ -54,6 +54,9 @@ def test_report_refuses_to_replace_its_input_or_a_foreign_file(run, tmp_path, ca
     assert digest(ev) == before and mine.read_text() == "<p>my notes</p>"
     assert main(["report", str(ev), "--out", str(tmp_path / "r.html")]) == 0
     assert main(["report", str(ev), "--out", str(tmp_path / "r.html")]) == 0  # its own output may be replaced
+    for out in (mine / "r.html", mine / "sub" / "r.html"):  # through a file
+        refused(capsys, ["report", ev, "--out", out], 1, "a file stands where a folder is needed")
+    assert mine.read_text() == "<p>my notes</p>"
 
 
 @pytest.mark.parametrize("flags, needle", [
