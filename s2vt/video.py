@@ -19,6 +19,7 @@ Sampling rules (documented in ``s2vt extract --help``):
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional, Tuple
@@ -54,6 +55,10 @@ def open_video(path) -> Tuple[cv2.VideoCapture, float, int]:
         raise VideoError(f"file not found: {path}")
     if path.is_dir():
         raise VideoError(f"is a directory, not a video: {path}")
+    if not path.is_file():
+        raise VideoError("not a regular file (a pipe, socket or device), not a video")
+    if not os.access(path, os.R_OK):
+        raise VideoError("cannot read: permission denied")
     if path.stat().st_size == 0:
         raise VideoError("empty file (0 bytes)")
     cap = cv2.VideoCapture(str(path))
@@ -159,7 +164,10 @@ def iter_video_paths(folder, extensions=None) -> Iterator[Path]:
     from .datasets import VIDEO_EXTENSIONS
 
     exts = tuple(e.lower() for e in (extensions or VIDEO_EXTENSIONS))
-    for dirpath, dirnames, filenames in os.walk(folder):
+    def unreadable(e: OSError) -> None:
+        warnings.warn(f"cannot read folder {e.filename} ({e.strerror}): its videos are skipped", stacklevel=2)
+
+    for dirpath, dirnames, filenames in os.walk(folder, onerror=unreadable):
         dirnames.sort()
         for f in sorted(filenames):
             if f.lower().endswith(exts):  # dots inside a name (lecture.part.1.avi) are fine

@@ -1,3 +1,5 @@
+import re
+
 import numpy as np
 import pytest
 
@@ -138,3 +140,26 @@ def test_folder_scan_is_recursive_and_sorted(tmp_path):
     for p in ("b/x.MP4", "a.avi", "notes.txt", "c.mkv"):
         (tmp_path / p).write_bytes(b"x")
     assert [p.name for p in iter_video_paths(tmp_path)] == ["a.avi", "c.mkv", "x.MP4"]
+
+
+def test_files_that_are_not_readable_videos_say_why(tmp_path, monkeypatch):
+    import os
+
+    fifo = tmp_path / "pipe.avi"
+    os.mkfifo(fifo)  # opening it to read would block for ever
+    (tmp_path / "empty.avi").write_bytes(b"")
+    (tmp_path / "dir.avi").mkdir()
+    cases = {"pipe.avi": "not a regular file", "empty.avi": "empty file (0 bytes)",
+             "dir.avi": "is a directory", "missing.avi": "file not found"}
+    for name, reason in cases.items():
+        with pytest.raises(VideoError, match=re.escape(reason)):
+            next(iter_frames(tmp_path / name, Sampling(stride=1)))
+    video = write(tmp_path / "ok.avi", moving_square(4))
+    monkeypatch.setattr(os, "access", lambda p, mode: False)  # what a user without read permission sees
+    with pytest.raises(VideoError, match="cannot read: permission denied"):
+        next(iter_frames(video, Sampling(stride=1)))
+
+
+def test_an_unreadable_folder_is_reported_not_silently_skipped(tmp_path):
+    with pytest.warns(UserWarning, match=r"cannot read folder .*missing.*its videos are skipped"):
+        assert list(iter_video_paths(tmp_path / "missing")) == []
