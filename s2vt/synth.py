@@ -84,8 +84,8 @@ class SynthConfig:
     val: int = option(40, "clips in the val split", low=0, high=1_000_000)
     test: int = option(80, "clips in the test split", low=0, high=1_000_000)
     frames: int = option(48, "frames per clip", low=2, high=10_000)
-    width: int = option(128, "frame width in pixels", low=32, high=4096)
-    height: int = option(96, "frame height in pixels", low=32, high=4096)
+    width: int = option(128, "frame width in pixels (even)", low=32, high=4096)
+    height: int = option(96, "frame height in pixels (even)", low=32, high=4096)
     fps: float = option(12.0, "frame rate of the files", low=0.0, low_open=True, high=1000.0)
     captions_per_clip: int = option(4, "paraphrased captions per clip", low=1, high=4)
     seed: int = option(0, "random seed (same seed, same bytes)", low=0)
@@ -93,6 +93,9 @@ class SynthConfig:
 
     def __post_init__(self):
         check_fields(self)
+        if self.width % 2 or self.height % 2:  # MJPG and mp4v both write odd sizes rounded down
+            raise S2VTError(f"--width {self.width} --height {self.height}: frame sizes must be even (the video "
+                            "encoders would round them down)")
 
 
 def combos() -> List[tuple]:

@@ -215,3 +215,13 @@ def test_a_killed_synth_worker_is_an_error_that_says_what_to_do(tmp_path, monkey
     with pytest.raises(S2VTError, match="a synth worker died .* re-run the same command with --overwrite"):
         generate(tmp_path / "d", SynthConfig(train=8, val=1, test=1, frames=4, width=32, height=32),
                  progress=False, workers=2)
+
+
+def test_frame_sizes_must_be_even(tmp_path):
+    for ext in (".avi", ".mp4"):  # both encoders would write 32x34 for 33x35
+        with pytest.raises(S2VTError, match="--width 33 --height 35: frame sizes must be even"):
+            SynthConfig(width=33, height=35, ext=ext)
+    with pytest.raises(S2VTError, match="must be even"):
+        SynthConfig(width=34, height=35)
+    generate(tmp_path, SynthConfig(train=1, val=1, test=1, frames=4, width=34, height=36), progress=False, workers=1)
+    assert _read(next((tmp_path / "videos").glob("*.avi")))[0].shape[:2] == (36, 34)
