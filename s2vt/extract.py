@@ -103,7 +103,7 @@ class ExtractConfig:
 
     def flags(self) -> str:
         """The ``s2vt extract`` flags that select these features (not the speed settings)."""
-        out = [f"--stream {self.stream}", f"--cnn {self.cnn}", f"--layer {self.layer}"]
+        out = [f"--stream {self.stream}", f"--cnn {self.cnn}"] + ([f"--layer {self.layer}"] if self.layer else [])
         out.append(f"--num-frames {self.num_frames}" if self.num_frames else f"--stride {self.stride}")
         if self.max_frames:
             out.append(f"--max-frames {self.max_frames}")

@@ -566,3 +566,14 @@ def test_a_killed_decoding_worker_is_an_error_that_says_what_to_do(tmp_path, mon
     with pytest.raises(S2VTError, match=r"a decoding worker died \(DataLoader worker .*\); the finished videos "
                                         r"are kept: re-run the same command to resume"):
         extract(items, tmp_path / "f.h5", ExtractConfig(**{**CFG, "workers": 1}), progress=False)
+
+
+def test_flags_give_back_the_same_feature_settings():
+    from s2vt.cli import build_parser, extract_config
+
+    fields = ("stream", "cnn", "layer", "stride", "num_frames", "max_frames", "input_size", "crop_ratio",
+              "flow_method", "precision")
+    for cfg in (ExtractConfig(), ExtractConfig(stream="flow", num_frames=20, max_frames=80, input_size=64,
+                                               crop_ratio=1.0, flow_method="farneback", layer="logits")):
+        back = extract_config(build_parser().parse_args(["extract", "x.avi", "--out", "o.h5", *cfg.flags().split()]))
+        assert [getattr(back, f) for f in fields] == [getattr(cfg, f) for f in fields]
