@@ -188,7 +188,7 @@ def test_attribute_accuracy_of_hand_written_captions():
 @pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="needs /proc")
 def test_killed_synth_leaves_no_worker_behind(tmp_path):
     out = tmp_path / "d"
-    p = subprocess.Popen([sys.executable, "-m", "s2vt", "synth", str(out), "--workers", "2", "--train", "400",
+    p = subprocess.Popen([sys.executable, "-m", "s2vt", "synth", str(out), "--workers", "2", "--train", "2000",
                           "--val", "1", "--test", "1", "--frames", "8"],
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     t0 = time.time()
