@@ -35,7 +35,7 @@ from .flow import METHODS, OFFSET, SCALE, FlowComputer, flow_to_image
 from .hostmem import keep_freed_memory
 from .store import VERSION, BackgroundWriter, FeatureWriter, already_complete
 from .video import Sampling, iter_frames
-from .workers import DieWithParent
+from .workers import DieWithParent, usable_cores
 
 STREAMS = ("rgb", "flow")
 
@@ -134,7 +134,7 @@ class ExtractConfig:
         """Decoding processes: ``workers``, or by default every core but one on a GPU, 2 on the CPU."""
         if self.workers is not None:
             return self.workers
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        cores = usable_cores()
         return max(1, cores - 1) if torch.device(self.device).type != "cpu" else min(2, cores)
 
 
@@ -406,9 +406,6 @@ class Turns:
     def clear(self) -> None:
         self._flag.value = False
 
-    def is_set(self) -> bool:
-        return bool(self._flag.value)
-
     def wait(self, timeout: float) -> bool:
         """True once set, False if ``timeout`` seconds pass first; takes no lock."""
         end = time.monotonic() + timeout
@@ -589,7 +586,7 @@ def time_stages(items: Sequence[Tuple[str, str]], cfg: ExtractConfig, workdir, b
     if s.failed or s.frames != images:
         raise S2VTError(f"benchmark extraction failed: {s.lines()}")
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = usable_cores()
     bound = max(decode_s, cnn_s, (decode_cpu + cnn_cpu) / cores)
     return {"device": name, "stream": cfg.stream, "decode_only_s": round(decode_s, 3), "cnn_only_s": round(cnn_s, 3),
             "extraction_s": round(extract_s, 3), "images": images,

@@ -31,7 +31,6 @@ from __future__ import annotations
 import json
 import math
 import multiprocessing
-import os
 import re
 import sys
 from concurrent.futures import ProcessPoolExecutor
@@ -46,7 +45,7 @@ import numpy as np
 from .config import check_fields, option
 from .errors import S2VTError
 from .fileio import atomic_write, fsync_dir
-from .workers import DieWithParent
+from .workers import DieWithParent, usable_cores
 
 COLOURS = {  # name -> BGR
     "red": (40, 40, 220),
@@ -300,8 +299,7 @@ def _clips(jobs: list, workers: int, progress: bool):
 
 def default_workers(n_clips: int) -> int:
     """All usable cores, but at least 8 clips per process (a process costs ~1 s to start)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, min(cores, n_clips // 8))
+    return max(1, min(usable_cores(), n_clips // 8))
 
 
 def generate(out_dir, cfg: SynthConfig = SynthConfig(), progress: bool = True, workers: Optional[int] = None,

@@ -19,6 +19,11 @@ from typing import Callable, Optional
 PR_SET_PDEATHSIG = 1
 
 
+def usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity where the platform tells it)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 class DieWithParent:
     """Picklable worker initialiser (``worker_init_fn`` or ``initializer``); create it in the parent."""
 

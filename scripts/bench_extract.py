@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 
 from s2vt import extract
-from s2vt.extract import ExtractConfig, time_stages
+from s2vt.extract import CPU_BATCH, GPU_BATCH, ExtractConfig, time_stages
 from s2vt.synth import SynthConfig, generate
 
 
@@ -28,7 +28,8 @@ def parse_args(argv=None):
     p.add_argument("--stride", type=int, default=10, help="one frame in every N")
     p.add_argument("--stream", choices=["rgb", "flow"], default="rgb", help="one stream per run")
     p.add_argument("--input-size", type=int, default=224, help="CNN crop side")
-    p.add_argument("--batch-size", type=int, default=None, help="images per CNN call (default: extract's: 4 on CPU, 64 on GPU)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help=f"images per CNN call (default: extract's, {CPU_BATCH} on the CPU and {GPU_BATCH} on a GPU)")
     p.add_argument("--workers", type=int, default=None, help="decoding processes (default: cores-1 on a GPU, 2 on CPU)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ...")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast (GPU)")
