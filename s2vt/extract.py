@@ -35,7 +35,7 @@ from .flow import METHODS, OFFSET, SCALE, FlowComputer, flow_to_image
 from .hostmem import keep_freed_memory
 from .store import VERSION, BackgroundWriter, FeatureWriter, already_complete
 from .video import Sampling, iter_frames
-from .workers import DieWithParent, usable_cores
+from .workers import DieWithParent, usable_cores, worker_context
 
 STREAMS = ("rgb", "flow")
 
@@ -399,10 +399,10 @@ class Turns:
 
     def __init__(self, workers: int = 1):
         import ctypes
-        import multiprocessing
 
-        self._flag = multiprocessing.RawValue(ctypes.c_bool, True)
-        self._wake = [multiprocessing.Semaphore(0) for _ in range(max(1, workers))]
+        ctx = worker_context()  # the workers' own context: a semaphore cannot cross start methods
+        self._flag = ctx.RawValue(ctypes.c_bool, True)
+        self._wake = [ctx.Semaphore(0) for _ in range(max(1, workers))]
 
     def set(self) -> None:
         self._flag.value = True
@@ -443,6 +443,7 @@ def _loader(todo, cfg: ExtractConfig, pre: Preprocess, gate=None) -> DataLoader:
     workers = min(cfg.decode_workers(), len(todo))
     return DataLoader(VideoChunks(todo, cfg, pre, gate if workers else None), batch_size=None, num_workers=workers,
                       prefetch_factor=4 if workers else None, persistent_workers=False,
+                      multiprocessing_context=worker_context() if workers else None,
                       worker_init_fn=DieWithParent() if workers else None)
 
 

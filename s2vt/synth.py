@@ -30,9 +30,7 @@ from __future__ import annotations
 
 import json
 import math
-import multiprocessing
 import re
-import sys
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass
@@ -45,7 +43,7 @@ import numpy as np
 from .config import check_fields, option
 from .errors import S2VTError
 from .fileio import atomic_write, fsync_dir
-from .workers import DieWithParent, usable_cores
+from .workers import DieWithParent, usable_cores, worker_context
 
 COLOURS = {  # name -> BGR
     "red": (40, 40, 220),
@@ -282,7 +280,7 @@ def _clips(jobs: list, workers: int, progress: bool):
     else:
         # fork: workers start at once and need no importable __main__; they only run numpy and
         # single-threaded OpenCV, so the parent's threads (torch, OpenCV) cannot deadlock them
-        ctx = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
+        ctx = worker_context()
         chunk = max(1, min(8, len(jobs) // (4 * workers)))
         with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
                                  initargs=(DieWithParent(),)) as pool:

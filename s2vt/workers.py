@@ -19,13 +19,24 @@ from typing import Callable, Optional
 PR_SET_PDEATHSIG = 1
 
 
+def worker_context():
+    """The multiprocessing context for worker processes: ``fork`` on Linux, so a worker is a
+    child of the run itself (what :class:`DieWithParent` and the workers' own checks of their
+    parent rely on) whatever the interpreter's default (``forkserver`` from Python 3.14, whose
+    workers are children of a server process). Elsewhere the platform's default."""
+    import multiprocessing
+
+    return multiprocessing.get_context("fork") if sys.platform.startswith("linux") else multiprocessing.get_context()
+
+
 def usable_cores() -> int:
     """Cores this process may run on (its CPU affinity where the platform tells it)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 class DieWithParent:
-    """Picklable worker initialiser (``worker_init_fn`` or ``initializer``); create it in the parent."""
+    """Picklable worker initialiser (``worker_init_fn`` or ``initializer``); create it in the parent,
+    and start the workers from :func:`worker_context` (a worker must be the parent's child)."""
 
     def __init__(self):
         self.parent = os.getpid()

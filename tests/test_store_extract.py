@@ -609,3 +609,31 @@ def test_flags_give_back_the_same_feature_settings():
                                                crop_ratio=1.0, flow_method="farneback", layer="logits")):
         back = extract_config(build_parser().parse_args(["extract", "x.avi", "--out", "o.h5", *cfg.flags().split()]))
         assert [getattr(back, f) for f in fields] == [getattr(cfg, f) for f in fields]
+
+
+_UNDER_FORKSERVER = """
+import multiprocessing, sys
+from pathlib import Path
+multiprocessing.set_start_method("forkserver")  # the default from Python 3.14 on
+from s2vt.extract import ExtractConfig, extract
+from s2vt.synth import SynthConfig, generate
+out = Path(sys.argv[1])
+generate(out / "data", SynthConfig(train=4, val=0, test=0, frames=12, width=64, height=48), progress=False, workers=2)
+items = sorted((p.stem, p) for p in (out / "data" / "videos").iterdir())
+s = extract(items, out / "f.h5", ExtractConfig(stride=4, input_size=64, crop_ratio=1.0, workers=2), progress=False)
+print(s.done, s.frames, len(s.failed))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="workers are forked on Linux only")
+def test_workers_run_whatever_the_interpreters_default_start_method(tmp_path):
+    """Workers must be children of the run (their parent checks rely on it): under forkserver,
+    they were the server's children and exited at once, so every extraction with workers failed."""
+    r = subprocess.run([sys.executable, "-c", _UNDER_FORKSERVER, str(tmp_path)], capture_output=True, text=True,
+                       timeout=240)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.split() == ["4", "12", "0"]
+    ref = tmp_path / "ref.h5"
+    items = sorted((p.stem, p) for p in (tmp_path / "data" / "videos").iterdir())
+    extract(items, ref, ExtractConfig(**CFG), progress=False)
+    _same_store(ref, tmp_path / "f.h5")
