@@ -1,0 +1,30 @@
+"""The benchmark scripts run, and end with the JSON line their figures are compared by."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _json_tail(*args) -> dict:
+    r = subprocess.run([sys.executable, *args, "--json"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def test_bench_video_checks_both_readers_agree_and_reports_its_keys():
+    d = _json_tail("scripts/bench_video.py", "--clips", "2", "--frames", "25", "--width", "64", "--height", "48",
+                   "--stride", "10", "--repeats", "1")
+    assert d["frames_decoded"] == 50 and d["frames_kept"] == 6  # frames 0, 10, 20 of each clip
+    assert d["grab_skip_s"] > 0 and d["read_all_s"] > 0
+    assert abs(d["speedup"] - d["read_all_s"] / d["grab_skip_s"]) < 0.01
+
+
+def test_bench_extract_reports_the_issue_keys():
+    d = _json_tail("scripts/bench_extract.py", "--clips", "3", "--frames", "20", "--width", "64", "--height", "48",
+                   "--input-size", "64", "--stream", "flow")
+    for key in ("device", "stream", "decode_only_s", "cnn_only_s", "extraction_s", "images"):
+        assert key in d
+    assert d["stream"] == "flow" and d["images"] == 6 and d["device"].startswith("cpu")
+    assert abs(d["ratio"] - d["extraction_s"] / max(d["decode_only_s"], d["cnn_only_s"])) < 0.01
