@@ -8,6 +8,7 @@ random uint8 images after a warm-up. The default batch sizes include the CPU def
 
   python scripts/bench_cnn.py                       # EfficientNet-Lite0 at 224 px
   python scripts/bench_cnn.py --batch-sizes 4 16 64 --images 256 --json
+  python scripts/bench_cnn.py --batch-sizes 8 --threads 1 --json  # how the CNN scales with cores
 """
 import argparse
 import json
@@ -23,6 +24,8 @@ def parse_args(argv=None):
     p.add_argument("--images", type=int, default=256, help="images per timing")
     p.add_argument("--input-size", type=int, default=224)
     p.add_argument("--repeats", type=int, default=2, help="timings per batch size (the best is kept)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CNN threads (torch.set_num_threads; default: torch's, one per core)")
     p.add_argument("--json", action="store_true", help="last stdout line: one JSON object of the figures")
     p.add_argument("--default-allocator", action="store_true", help=argparse.SUPPRESS)  # the child run
     return p.parse_args(argv)
@@ -35,6 +38,8 @@ def rates(args) -> dict:
     from s2vt.backbones import Backbone
     from s2vt.extract import ExtractConfig, Pipeline
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     cfg = ExtractConfig(input_size=args.input_size)
     backbone = Backbone(cfg.cnn, cfg.layer, cfg.weights, cfg.preprocess())
     S = args.input_size
@@ -60,7 +65,8 @@ def main(args):
         return None
     child = subprocess.run([sys.executable, __file__, "--default-allocator", "--batch-sizes",
                             *map(str, args.batch_sizes), "--images", str(args.images), "--input-size",
-                            str(args.input_size), "--repeats", str(args.repeats)],
+                            str(args.input_size), "--repeats", str(args.repeats)]
+                           + (["--threads", str(args.threads)] if args.threads else []),
                            capture_output=True, text=True, check=True,
                            env={**os.environ, "S2VT_KEEP_FREED_MEMORY": "0"})  # glibc's defaults in the child
     default = {int(k): v for k, v in json.loads(child.stdout.strip().splitlines()[-1]).items()}
