@@ -392,8 +392,7 @@ class Turns:
     A flag byte in shared memory, read without a lock, and one semaphore per worker to wake
     it: a waiting worker sleeps in the kernel (``sem_timedwait``) and uses no CPU while the
     CNN computes. Polling instead (a 0.5 ms sleep loop) woke each worker 2,000 times a
-    second, and every wake-up took a core from the CNN's threads: 18% slower CNN batches
-    on 2 cores. Not a ``multiprocessing.Event``: its ``wait`` takes a lock that ``set`` and
+    second, and every wake-up took a core from the CNN's threads. Not a ``multiprocessing.Event``: its ``wait`` takes a lock that ``set`` and
     ``clear`` hold for an instant, so a run killed in that instant left its workers blocked
     for ever. ``sem_post`` holds no lock, so a killed setter leaves nothing held."""
 
@@ -432,7 +431,7 @@ def cpu_gate(cfg: ExtractConfig) -> Optional[Turns]:
     running both at once slows the CNN more than it gains (its threads wait for each other
     whenever a worker takes one of their cores). The gate takes turns: workers finish the
     image in hand and pause while a batch computes, and decode while the CNN waits for
-    images. On 2 cores flow extraction took 5.4-5.9 s with it against 6.1-6.2 s without
+    images. On 2 cores flow extraction took 5.5-6.8 s with it against 6.5-7.3 s without
     (BENCHMARKS.md). None on a GPU, or without workers."""
     if torch.device(cfg.device).type != "cpu" or not cfg.decode_workers() or not TAKE_TURNS:
         return None
