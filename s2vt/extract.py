@@ -32,7 +32,7 @@ from .backbones import SPECS, Backbone, Preprocess, check_backbone, prepare
 from .config import check_device
 from .errors import S2VTError
 from .flow import METHODS, OFFSET, SCALE, FlowComputer, flow_to_image
-from .hostmem import keep_freed_memory
+from .hostmem import keep_freed_memory, return_free_memory
 from .store import VERSION, BackgroundWriter, FeatureWriter, already_complete
 from .video import Sampling, iter_frames
 from .workers import DieWithParent, usable_cores, worker_context
@@ -440,6 +440,10 @@ def cpu_gate(cfg: ExtractConfig) -> Optional[Turns]:
 
 def _loader(todo, cfg: ExtractConfig, pre: Preprocess, gate=None) -> DataLoader:
     workers = min(cfg.decode_workers(), len(todo))
+    if workers:
+        # the workers fork when the loader is iterated: pages the CNN freed and the allocator
+        # kept would be shared copy-on-write, and the next batch paid for copying them
+        return_free_memory()
     return DataLoader(VideoChunks(todo, cfg, pre, gate if workers else None), batch_size=None, num_workers=workers,
                       prefetch_factor=4 if workers else None, persistent_workers=False,
                       multiprocessing_context=worker_context() if workers else None,

@@ -11,6 +11,11 @@ the blocks kept for reuse (scripts/bench_cnn.py, BENCHMARKS.md).
 process and the next call reuses them. The cost: the process keeps its peak memory
 until it exits. It changes nothing on other C libraries (musl, macOS, Windows), nor when
 the environment sets ``S2VT_KEEP_FREED_MEMORY=0`` (glibc's defaults, e.g. to compare).
+
+:func:`return_free_memory` hands the kept pages back before the process forks workers:
+a page the parent holds at a fork is shared copy-on-write with every child, so the
+parent's next write to it costs a fault, a copy and a TLB flush on every thread (the
+CNN's). A page given back costs only a fresh zero-filled page on its next use.
 """
 from __future__ import annotations
 
@@ -41,3 +46,17 @@ def keep_freed_memory() -> bool:
             _applied = bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(M_TRIM_THRESHOLD,
                                                                                        TRIM_THRESHOLD))
     return _applied
+
+
+def return_free_memory() -> bool:
+    """Give the heap's free pages back to the kernel (glibc's ``malloc_trim(0)``, a few ms);
+    True if called. Call it just before forking worker processes (see the module's notes)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return False
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    trim(0)
+    return True
