@@ -6,6 +6,7 @@
 #
 #   OUT=/tmp/gpu scripts/gpu_benchmarks.sh                 # benches only (a few minutes)
 #   OUT=/tmp/gpu DEMO=1 scripts/gpu_benchmarks.sh          # and `s2vt demo --preset gpu`
+#   OUT=/tmp/gpu MSVD=1 scripts/gpu_benchmarks.sh          # and extraction at MSVD scale (1,970 clips)
 #   OUT=/tmp/cpu DEVICE=cpu QUICK=1 scripts/gpu_benchmarks.sh   # a small dry run on the CPU
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -42,6 +43,12 @@ run train_fp32 "$PY" scripts/bench_train.py --device "$DEVICE" $TRAIN --json
 run extract_rgb "$PY" scripts/bench_extract.py --device "$DEVICE" $BF16 $EXTRACT --stream rgb --json
 run extract_flow "$PY" scripts/bench_extract.py --device "$DEVICE" $BF16 $EXTRACT --stream flow --json
 run decode "$PY" scripts/bench_decode.py --device "$DEVICE" $AMP $DECODE --json
+if [ -n "${MSVD:-}" ]; then  # 1,970 clips x 120 frames -> 23,640 images per stream
+    MSVD_CLIPS=$([ -n "${QUICK:-}" ] && echo 6 || echo 1970)
+    MSVD_ARGS=$([ -n "${QUICK:-}" ] && echo "--frames 30 --batch-size 16" || echo "--batch-size 256 --workers 14")
+    run extract_msvd_rgb "$PY" scripts/bench_extract.py --device "$DEVICE" $BF16 --clips "$MSVD_CLIPS" $MSVD_ARGS --stream rgb --json
+    run extract_msvd_flow "$PY" scripts/bench_extract.py --device "$DEVICE" $BF16 --clips "$MSVD_CLIPS" $MSVD_ARGS --stream flow --json
+fi
 if [ -n "${DEMO:-}" ]; then
     run demo_gpu "$PY" -m s2vt demo --preset gpu --device "$DEVICE" --workdir "$OUT/demo"
     cp "$OUT/demo/results.json" "$OUT/demo_results.json" 2>/dev/null || true
