@@ -3,7 +3,9 @@
 Three things run at once so the wall time approaches max(decode time, CNN time):
 
 * worker processes decode videos, compute flow and crop images (uint8 tensors, in chunks
-  of at most ``chunk`` frames so a long video never sits in memory whole);
+  of at most ``chunk`` frames so a long video never sits in memory whole); each worker
+  takes the next video no worker has taken yet, and its chunks reach the main process as
+  soon as they are ready, in whatever order the workers finish them;
 * the main process copies chunks into a staging buffer (pinned on CUDA), sends each full
   batch to the device with a non-blocking copy on a side stream, runs the CNN, and starts
   the device-to-host copy of its features; it waits for a batch only when the next one
@@ -41,6 +43,7 @@ STREAMS = ("rgb", "flow")
 
 
 CPU_BATCH, GPU_BATCH = 8, 64  # default images per CNN call
+SHARE_VIDEOS = True  # workers take the next untaken video; False: a fixed share each (scripts/bench_shares.py)
 TAKE_TURNS = True  # see cpu_gate; scripts/bench_extract.py --no-turns measures without
 
 
@@ -171,10 +174,25 @@ class VideoChunks(IterableDataset):
     """Yields dicts: ``{vid, images (n,3,S,S) uint8 tensor, indices (n,), last, meta}`` or ``{vid, error}``."""
 
     def __init__(self, items: Sequence[Tuple[str, str]], cfg: ExtractConfig, pre: Optional[Preprocess] = None,
-                 gate=None):
+                 gate=None, shared: bool = False):
         self.items, self.cfg, self.pre = list(items), cfg, pre or cfg.preprocess()
         self.gate = gate  # a Turns flag: decode the next image only while it is set
         self.parent = os.getpid()
+        # with workers, each takes the next video not yet taken (a counter in shared memory),
+        # so a worker that drew long videos does not finish alone while the others idle
+        self._next = worker_context().Value("q", 0) if shared else None
+
+    def _videos(self, w) -> Iterator[Tuple[str, str]]:
+        if w is None or self._next is None:  # in-process, or a static share per worker
+            yield from (self.items if w is None else self.items[w.id::w.num_workers])
+            return
+        while True:
+            with self._next.get_lock():  # taken by workers only: the main process never holds it
+                i = self._next.value
+                self._next.value = i + 1
+            if i >= len(self.items):
+                return
+            yield self.items[i]
 
     def _wait_turn(self, worker: int) -> None:
         while not self.gate.wait(0.5, worker):
@@ -183,11 +201,10 @@ class VideoChunks(IterableDataset):
 
     def __iter__(self):
         w = get_worker_info()
-        items = self.items if w is None else self.items[w.id::w.num_workers]
         cv2.setNumThreads(1)
         S = self.pre.size
         worker = w.id if w is not None else 0
-        for vid, path in items:
+        for vid, path in self._videos(w):
             info: dict = {}
             imgs, idx = [], []
             try:
@@ -449,7 +466,8 @@ def _loader(todo, cfg: ExtractConfig, pre: Preprocess, gate=None) -> DataLoader:
         # the workers fork when the loader is iterated: pages the CNN freed and the allocator
         # kept would be shared copy-on-write, and the next batch paid for copying them
         return_free_memory()
-    return DataLoader(VideoChunks(todo, cfg, pre, gate if workers else None), batch_size=None, num_workers=workers,
+    return DataLoader(VideoChunks(todo, cfg, pre, gate if workers else None, shared=SHARE_VIDEOS and workers > 0),
+                      batch_size=None, num_workers=workers, in_order=not SHARE_VIDEOS,
                       prefetch_factor=4 if workers else None, persistent_workers=False,
                       multiprocessing_context=worker_context() if workers else None,
                       worker_init_fn=DieWithParent() if workers else None)

@@ -18,11 +18,13 @@ if [ -n "${QUICK:-}" ]; then
     TRAIN="--feat-dim 256 --vocab 500 --batch-sizes 8 --steps 1 --videos 8 --skip-loop"
     EXTRACT="--clips 2 --frames 30 --batch-size 16"
     DECODE="--clips 4 --batch-size 4 --single 1 --feat-dim 256 --vocab 500"
+    SHARES="--short 4 --long 2 --short-frames 20 --long-frames 60 --repeats 1"
     AMP=""
 else
     TRAIN="--batch-sizes 64 256 --steps 20"
     EXTRACT="--clips 96 --batch-size 256 --workers 12"
     DECODE=""
+    SHARES="--workers 14 --short 112 --long 28"
     AMP="--amp"
 fi
 BF16=$([ "$DEVICE" = cpu ] || echo --bf16)
@@ -42,6 +44,7 @@ run train_bf16 "$PY" scripts/bench_train.py --device "$DEVICE" $AMP $TRAIN --jso
 run train_fp32 "$PY" scripts/bench_train.py --device "$DEVICE" $TRAIN --json
 run extract_rgb "$PY" scripts/bench_extract.py --device "$DEVICE" $BF16 $EXTRACT --stream rgb --json
 run extract_flow "$PY" scripts/bench_extract.py --device "$DEVICE" $BF16 $EXTRACT --stream flow --json
+run shares "$PY" scripts/bench_shares.py $SHARES --json
 run decode "$PY" scripts/bench_decode.py --device "$DEVICE" $AMP $DECODE --json
 if [ -n "${MSVD:-}" ]; then  # 1,970 clips x 120 frames -> 23,640 images per stream
     MSVD_CLIPS=$([ -n "${QUICK:-}" ] && echo 6 || echo 1970)

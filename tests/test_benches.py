@@ -30,3 +30,12 @@ def test_bench_extract_reports_the_issue_keys():
         assert key in d
     assert d["stream"] == "flow" and d["images"] == 6 and d["device"].startswith("cpu")
     assert d["ratio"] == pytest.approx(d["extraction_s"] / max(d["decode_only_s"], d["cnn_only_s"]), rel=0.1)
+
+
+def test_bench_shares_times_both_ways_on_the_same_images():
+    d = _json_tail("scripts/bench_shares.py", "--short", "3", "--long", "1", "--short-frames", "10",
+                   "--long-frames", "30", "--repeats", "1")
+    for order in ("skewed", "shuffled"):
+        r = d[order]
+        assert r["images"] == 3 * 1 + 3  # one frame in 10
+        assert r["speedup"] == pytest.approx(r["fixed_s"] / r["shared_s"], rel=0.1)

@@ -637,3 +637,26 @@ def test_workers_run_whatever_the_interpreters_default_start_method(tmp_path):
     items = sorted((p.stem, p) for p in (tmp_path / "data" / "videos").iterdir())
     extract(items, ref, ExtractConfig(**CFG), progress=False)
     _same_store(ref, tmp_path / "f.h5")
+
+
+def test_workers_share_videos_so_a_slow_one_holds_up_nothing(tmp_path, monkeypatch):
+    """Each worker takes the next untaken video and its chunks are passed on when ready: while
+    one worker is stuck on a slow video, the other decodes all the rest (with a fixed share
+    each, half of them waited behind the slow one)."""
+    import s2vt.extract as ex
+
+    vids = tmp_path / "v"
+    _videos(vids, 9, frames=8)
+    items = sorted((p.stem, p) for p in vids.iterdir())
+    slow, real = items[0][0], ex.video_images
+
+    def video_images(path, *a):
+        if Path(path).stem == slow:
+            time.sleep(1.5)
+        return real(path, *a)
+
+    monkeypatch.setattr(ex, "video_images", video_images)  # forked workers inherit the patch
+    cfg = ExtractConfig(**{**CFG, "workers": 2})
+    order = [m["vid"] for m in ex._loader(items, cfg, cfg.preprocess()) if m.get("last")]
+    assert sorted(order) == [v for v, _ in items]
+    assert order[-1] == slow, order
