@@ -136,8 +136,16 @@ class FeatureWriter:
         self.commit_seconds = commit_seconds if commit_seconds is not None else _env_number("S2VT_COMMIT_SECONDS", 0.5)
         self.commit_videos = commit_videos if commit_videos is not None else _env_number("S2VT_COMMIT_VIDEOS", 256, integer=True)
         self.commit_bytes = commit_bytes
+        created = not self.stage.exists()
+        self._lock: Optional[int] = _lock_stage(self.stage, self.path)
+        try:
+            self._open(signature)
+        except BaseException:
+            self._unlock(drop_stage=created)
+            raise
+
+    def _open(self, signature: dict) -> None:
         self.existing = published_store(self.path, signature)
-        self.stage.mkdir(parents=True, exist_ok=True)
         sig_file = self.stage / "signature.json"
         if sig_file.exists():
             try:
@@ -147,7 +155,12 @@ class FeatureWriter:
             if not isinstance(staged_sig, dict):
                 raise S2VTError(f"{sig_file} is damaged; delete {self.stage} to extract afresh (the videos "
                                 "staged there are lost)")
-            check_signature(staged_sig, signature, str(self.stage))
+            try:
+                check_signature(staged_sig, signature, str(self.stage))
+            except SignatureMismatch as e:
+                raise SignatureMismatch(f"{e}. It holds the videos an interrupted run with other settings "
+                                        "staged: re-run with those settings to finish it, write to another "
+                                        f"--out, or delete {self.stage} to start over") from None
         else:
             atomic_write(sig_file, json.dumps(signature, sort_keys=True))
             fsync_dir(self.stage)
@@ -257,6 +270,7 @@ class FeatureWriter:
         self.commit()
         if self._work is None and self.existing and not self._groups:
             shutil.rmtree(self.stage, ignore_errors=True)  # nothing new: the store is already complete
+            self._unlock()
             return self.path
         work = self._working()
         work.close()
@@ -266,6 +280,7 @@ class FeatureWriter:
         os.replace(self.stage / "work.h5", self.path)
         fsync_dir(self.path.parent)
         shutil.rmtree(self.stage, ignore_errors=True)
+        self._unlock()
         self._groups, self._built = [], False
         self.existing = FeatureStore(self.path)
         return self.path
@@ -276,6 +291,56 @@ class FeatureWriter:
         if self._work is not None:
             self._work.close()
             self._work = None
+        self._unlock()
+
+    def __del__(self):  # an abandoned writer lets the next one in (a re-run in the same process)
+        if getattr(self, "_lock", None) is not None:
+            os.close(self._lock)
+            self._lock = None
+
+    def _unlock(self, drop_stage: bool = False) -> None:
+        if self._lock is None:
+            return
+        if drop_stage:  # made by this writer and holding nothing but the lock file
+            (self.stage / LOCK_FILE).unlink(missing_ok=True)
+            try:
+                self.stage.rmdir()
+            except OSError:
+                pass
+        os.close(self._lock)  # closing the descriptor releases the lock
+        self._lock = None
+
+
+LOCK_FILE = "lock"
+
+
+def _lock_stage(stage: Path, store: Path) -> Optional[int]:
+    """Create ``stage`` if needed and lock it for this process (``flock``: the kernel releases
+    it when the process ends, however it ends); S2VTError if another process holds it. None
+    where the platform has no ``flock``."""
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    for _ in range(5):
+        stage.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(stage / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        except FileNotFoundError:  # the folder was just published and removed by another run
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise S2VTError(f"another run is writing {store} (its staging folder {stage} is locked): wait for "
+                            "it to finish, or write to another --out") from None
+        try:
+            if os.stat(stage / LOCK_FILE).st_ino == os.fstat(fd).st_ino:
+                return fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)  # locked a file another run removed as it published: lock the new one
+    raise S2VTError(f"cannot lock the staging folder {stage}: other runs keep publishing and removing it")
 
 
 def _apply(f: h5py.File, records: List[dict]) -> None:

@@ -660,3 +660,44 @@ def test_workers_share_videos_so_a_slow_one_holds_up_nothing(tmp_path, monkeypat
     order = [m["vid"] for m in ex._loader(items, cfg, cfg.preprocess()) if m.get("last")]
     assert sorted(order) == [v for v, _ in items]
     assert order[-1] == slow, order
+
+
+_HOLD_WRITER = """
+import sys, time
+from s2vt.store import FeatureWriter
+w = FeatureWriter(sys.argv[1], {"stream": "rgb"})
+print("ready", flush=True)
+time.sleep(60)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="flock")
+def test_one_writer_per_store_and_a_killed_one_lets_the_next_in(tmp_path):
+    """Two runs writing one --out at once mixed their staged videos and published wrong or
+    empty stores; the second now stops at once, and a kill -9 of the first frees the store."""
+    out = tmp_path / "f.h5"
+    p = subprocess.Popen([sys.executable, "-c", _HOLD_WRITER, str(out)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline().strip() == "ready"
+        with pytest.raises(S2VTError, match=r"another run is writing .*f.h5 \(its staging folder .*f.h5.parts is "
+                                            r"locked\): wait for it to finish, or write to another --out"):
+            FeatureWriter(out, {"stream": "rgb"})
+    finally:
+        p.kill()
+        p.wait()
+    w = FeatureWriter(out, {"stream": "rgb"})  # the kernel released the killed run's lock
+    w.add("v", np.ones((2, 3), np.float32), np.arange(2), {"fps": 1.0})
+    w.finalize()
+    assert FeatureStore(out).ids == ["v"] and not stage_dir(out).exists()
+    w2 = FeatureWriter(out, {"stream": "rgb"})  # a finished writer holds nothing either
+    w2.close()
+
+
+def test_a_refused_writer_leaves_no_staging_folder_behind(tmp_path):
+    out = tmp_path / "f.h5"
+    w = FeatureWriter(out, {"stream": "rgb"})
+    w.add("v", np.ones((2, 3), np.float32), np.arange(2), {"fps": 1.0})
+    w.finalize()
+    with pytest.raises(SignatureMismatch):
+        FeatureWriter(out, {"stream": "flow"})
+    assert not stage_dir(out).exists()
