@@ -620,6 +620,9 @@ def _one_line_warning(message, category, filename, lineno, line=None) -> str:
 def main(argv=None) -> int:
     import warnings
 
+    for name in ("stdout", "stderr"):  # started with that stream closed (2>&-): Python set it to None
+        if getattr(sys, name) is None:
+            setattr(sys, name, open(os.devnull, "w"))
     warnings.formatwarning = _one_line_warning  # a warning is one line, without a source excerpt
     os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")  # a broken video is reported once, by s2vt,
     os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # not also by OpenCV's and FFmpeg's loggers
@@ -634,11 +637,11 @@ def main(argv=None) -> int:
             print(f"s2vt {args.command}: error: {e}", file=sys.stderr)
             return getattr(e, "exit_code", 2)
         except OSError as e:
-            where = f" {e.filename}" if e.filename else ""
+            where = f" {e.filename}:" if e.filename else ""  # h5py's errors name no file
             reason = e.strerror or e
             if isinstance(e, (FileExistsError, NotADirectoryError)) and e.filename:
                 reason = "a file stands where a folder is needed"  # an output path through a file
-            print(f"s2vt {args.command}: error:{where}: {reason} (check the path, its permissions and free space)",
+            print(f"s2vt {args.command}: error:{where} {reason} (check the path, its permissions and free space)",
                   file=sys.stderr)
             return 1
         except KeyboardInterrupt:

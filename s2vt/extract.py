@@ -473,35 +473,33 @@ def _loader(todo, cfg: ExtractConfig, pre: Preprocess, gate=None) -> DataLoader:
                       worker_init_fn=DieWithParent() if workers else None)
 
 
-def _messages(loader: DataLoader) -> Iterator[dict]:
-    """The loader's messages; a decoding worker that dies (the kernel's out-of-memory killer, a kill)
-    ends the run with an error that says what to do, not a DataLoader traceback."""
-    it = iter(loader)
-    while True:
-        try:
-            msg = next(it)
-        except StopIteration:
-            return
-        except RuntimeError as e:
-            if "DataLoader worker" not in str(e):
-                raise
-            raise S2VTError(f"a decoding worker died ({str(e).splitlines()[0].rstrip('. ')}); the finished "
-                            "videos are kept: re-run the same command to resume (with fewer --workers if "
-                            "memory ran out)") from None
-        yield msg
+def _worker_died(e: RuntimeError) -> Optional[S2VTError]:
+    """The error that says what to do when ``e`` is the DataLoader's report of a dead decoding
+    worker (the kernel's out-of-memory killer, a kill); None for any other error."""
+    if "DataLoader worker" not in str(e):
+        return None
+    return S2VTError(f"a decoding worker died ({str(e).splitlines()[0].rstrip('. ')}); the finished videos are "
+                     "kept: re-run the same command to resume (with fewer --workers if memory ran out)")
 
 
 def _run(todo, cfg: ExtractConfig, backbone: Backbone, device: torch.device, videos: _Videos) -> None:
     """The main loop: worker chunks -> Pipeline -> finished videos to the writer thread."""
     gate = cpu_gate(cfg)
     pipe = Pipeline(backbone, device, cfg.cnn_batch(), backbone.preprocess.size, cfg.precision, gate)
-    for msg in _messages(_loader(todo, cfg, backbone.preprocess, gate)):  # crop exactly as the signature records
-        if "error" in msg:
-            videos.fail(msg["vid"], msg["error"], msg["source"])
-            continue
-        done = pipe.add(msg["vid"], msg["images"]) if len(msg["images"]) else []
-        videos.chunk(msg)
-        videos.rows(done)
+    try:
+        for msg in _loader(todo, cfg, backbone.preprocess, gate):  # crop exactly as the signature records
+            if "error" in msg:
+                videos.fail(msg["vid"], msg["error"], msg["source"])
+                continue
+            done = pipe.add(msg["vid"], msg["images"]) if len(msg["images"]) else []
+            videos.chunk(msg)
+            videos.rows(done)
+    except RuntimeError as e:
+        # raised by the loader, or by its SIGCHLD handler wherever the main thread is (a CNN batch)
+        died = _worker_died(e)
+        if died is None:
+            raise
+        raise died from None
     videos.rows(pipe.flush())
 
 

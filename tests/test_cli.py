@@ -1,6 +1,9 @@
 """Hostile command lines: one line per refusal, no traceback, nothing the command did not create is damaged."""
 import hashlib
 import json
+import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -126,6 +129,28 @@ def test_runtime_oserror_is_one_line_naming_the_file(tmp_path, capsys):
     for out in (tmp_path / "afile" / "r.html", tmp_path / "afile" / "sub" / "r.html"):  # through a file
         refused(capsys, ["report", ev, "--out", out], 1, "afile", "a file stands where a folder is needed")
     assert (tmp_path / "afile").read_text() == "a file where a folder is expected"
+
+
+def test_an_oserror_naming_no_file_reads_cleanly(capsys, monkeypatch):
+    import s2vt.cli as cli
+
+    def locked(args):  # how h5py reports a file another process holds: no filename
+        raise OSError("Unable to synchronously open file (unable to lock file, errno = 11)")
+
+    monkeypatch.setattr(cli, "cmd_report", locked)  # build_parser binds it when main runs
+    err = refused(capsys, ["report", "ev.json"], 1, "s2vt report: error: Unable to synchronously open file")
+    assert "error::" not in err
+
+
+def test_runs_with_its_error_stream_closed(tmp_path, tiny_synth):
+    """Python sets sys.stderr to None when descriptor 2 is closed; the progress bars wrote to it."""
+    root, _ = tiny_synth
+    out = tmp_path / "f.h5"
+    r = subprocess.run(f"{shlex.quote(sys.executable)} -m s2vt extract {shlex.quote(str(root / 'videos'))} "
+                       f"--out {shlex.quote(str(out))} --input-size 64 --workers 0 2>&-", shell=True,
+                       capture_output=False, stdout=subprocess.PIPE, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout
+    assert "extracted" in r.stdout and out.exists()
 
 
 def test_distributed_run_without_peers_fails_in_bounded_time(run, tmp_path, capsys, monkeypatch):

@@ -600,6 +600,35 @@ def test_a_killed_decoding_worker_is_an_error_that_says_what_to_do(tmp_path, mon
         extract(items, tmp_path / "f.h5", ExtractConfig(**{**CFG, "workers": 1}), progress=False)
 
 
+def test_a_worker_killed_while_the_cnn_computes_is_the_same_clear_error(tmp_path, monkeypatch):
+    """The DataLoader's SIGCHLD handler raises wherever the main thread is (here: in a CNN batch),
+    not only where it waits for the next chunk."""
+    import s2vt.extract as ex
+    from torch.utils.data import get_worker_info
+
+    items = _videos(tmp_path / "v", 3)
+    real_images, real_cnn = ex.video_images, ex.cnn_features
+    first = items[0][0]
+
+    def video_images(path, *a):
+        if get_worker_info() is not None and Path(path).stem != first:
+            time.sleep(0.3)  # the main process is inside the slow CNN batch by now
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real_images(path, *a)
+
+    def slow_cnn(*a):
+        time.sleep(3)
+        return real_cnn(*a)
+
+    monkeypatch.setattr(ex, "video_images", video_images)  # forked workers inherit the patch
+    monkeypatch.setattr(ex, "cnn_features", slow_cnn)
+    t = time.monotonic()
+    with pytest.raises(S2VTError, match=r"a decoding worker died \(DataLoader worker .*\); the finished videos "
+                                        r"are kept: re-run the same command to resume"):
+        extract(items, tmp_path / "f.h5", ExtractConfig(**{**CFG, "workers": 1, "batch_size": 1}), progress=False)
+    assert time.monotonic() - t < 2.9  # raised during the CNN batch, not after it
+
+
 def test_flags_give_back_the_same_feature_settings():
     from s2vt.cli import build_parser, extract_config
 
