@@ -460,17 +460,25 @@ def cpu_gate(cfg: ExtractConfig) -> Optional[Turns]:
     return Turns(cfg.decode_workers())
 
 
-def _loader(todo, cfg: ExtractConfig, pre: Preprocess, gate=None) -> DataLoader:
+def _loader(todo, cfg: ExtractConfig, pre: Preprocess, gate=None) -> Iterator[dict]:
+    """The workers' messages (see ``VideoChunks``), decoded in ``cfg.decode_workers()`` processes."""
     workers = min(cfg.decode_workers(), len(todo))
     if workers:
         # the workers fork when the loader is iterated: pages the CNN freed and the allocator
         # kept would be shared copy-on-write, and the next batch paid for copying them
         return_free_memory()
-    return DataLoader(VideoChunks(todo, cfg, pre, gate if workers else None, shared=SHARE_VIDEOS and workers > 0),
-                      batch_size=None, num_workers=workers, in_order=not SHARE_VIDEOS,
-                      prefetch_factor=4 if workers else None, persistent_workers=False,
-                      multiprocessing_context=worker_context() if workers else None,
-                      worker_init_fn=DieWithParent() if workers else None)
+    if workers > usable_cores():
+        warnings.warn(f"--workers {workers}: more decoding processes than the cores this run may use "
+                      f"({usable_cores()}); they will take turns on them", stacklevel=2)
+    with warnings.catch_warnings():  # said once above, not twice by the DataLoader
+        warnings.filterwarnings("ignore", message="This DataLoader will create")
+        chunks = VideoChunks(todo, cfg, pre, gate if workers else None, shared=SHARE_VIDEOS and workers > 0)
+        loader = DataLoader(chunks, batch_size=None, num_workers=workers, in_order=not SHARE_VIDEOS,
+                            prefetch_factor=4 if workers else None, persistent_workers=False,
+                            multiprocessing_context=worker_context() if workers else None,
+                            worker_init_fn=DieWithParent() if workers else None)
+        it = iter(loader)
+    yield from it
 
 
 def _worker_died(e: RuntimeError) -> Optional[S2VTError]:

@@ -730,3 +730,13 @@ def test_a_refused_writer_leaves_no_staging_folder_behind(tmp_path):
     with pytest.raises(SignatureMismatch):
         FeatureWriter(out, {"stream": "flow"})
     assert not stage_dir(out).exists()
+
+
+def test_more_workers_than_cores_is_one_warning(tmp_path, monkeypatch, recwarn):
+    import s2vt.extract as ex
+
+    monkeypatch.setattr(ex, "usable_cores", lambda: 1)
+    items = _videos(tmp_path / "v", 2)
+    extract(items, tmp_path / "f.h5", ExtractConfig(**{**CFG, "workers": 2}), progress=False)
+    said = [str(w.message) for w in recwarn if "worker" in str(w.message)]
+    assert said == ["--workers 2: more decoding processes than the cores this run may use (1); they will take turns on them"]
