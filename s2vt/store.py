@@ -14,6 +14,8 @@ Writing (``FeatureWriter``) goes through a staging folder ``FILE.h5.parts/``:
   disk is always a complete, readable store.
 * the working file is never trusted after a crash: the next writer rebuilds it from the
   previous ``FILE.h5`` and the committed group files (appending is idempotent).
+* one writer at a time: a writer holds an ``flock`` on ``FILE.h5.parts/lock`` from start to
+  publish, and another (a second run on the same ``--out``) is refused at once.
 
 ``BackgroundWriter`` runs a ``FeatureWriter`` on its own thread behind a bounded queue.
 """
