@@ -31,16 +31,24 @@ TRIM_THRESHOLD = 1 << 30    # free memory kept at the top of the heap before it 
 _applied = None
 
 
+def _glibc(name: str):
+    """The C library's function ``name`` on Linux with glibc; None elsewhere."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return getattr(ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6"), name)
+    except (OSError, AttributeError):  # not glibc
+        return None
+
+
 def keep_freed_memory() -> bool:
     """Tune glibc malloc for repeated large allocations (once per process); True if applied."""
     global _applied
     if _applied is None:
         _applied = False
-        if sys.platform.startswith("linux") and os.environ.get("S2VT_KEEP_FREED_MEMORY", "1") != "0":
-            try:
-                libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-                mallopt = libc.mallopt
-            except (OSError, AttributeError):  # not glibc
+        if os.environ.get("S2VT_KEEP_FREED_MEMORY", "1") != "0":
+            mallopt = _glibc("mallopt")
+            if mallopt is None:
                 return False
             mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
             _applied = bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(M_TRIM_THRESHOLD,
@@ -51,11 +59,8 @@ def keep_freed_memory() -> bool:
 def return_free_memory() -> bool:
     """Give the heap's free pages back to the kernel (glibc's ``malloc_trim(0)``, a few ms);
     True if called. Call it just before forking worker processes (see the module's notes)."""
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
-    except (OSError, AttributeError):  # not glibc
+    trim = _glibc("malloc_trim")
+    if trim is None:
         return False
     trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
     trim(0)

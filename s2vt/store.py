@@ -297,8 +297,7 @@ class FeatureWriter:
 
     def __del__(self):  # an abandoned writer lets the next one in (a re-run in the same process)
         if getattr(self, "_lock", None) is not None:
-            os.close(self._lock)
-            self._lock = None
+            self._unlock()
 
     def _unlock(self, drop_stage: bool = False) -> None:
         if self._lock is None:

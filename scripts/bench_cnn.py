@@ -28,7 +28,10 @@ def parse_args(argv=None):
                    help="CNN threads (torch.set_num_threads; default: torch's, one per core)")
     p.add_argument("--json", action="store_true", help="last stdout line: one JSON object of the figures")
     p.add_argument("--default-allocator", action="store_true", help=argparse.SUPPRESS)  # the child run
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.repeats < 1 or args.images < 1 or (args.threads is not None and args.threads < 1):
+        p.error("--repeats, --images and --threads must be at least 1")
+    return args
 
 
 def rates(args) -> dict:

@@ -35,7 +35,12 @@ def parse_args(argv=None):
     p.add_argument("--stream", choices=["rgb", "flow"], default="rgb")
     p.add_argument("--repeats", type=int, default=3, help="timings of each way (the best is kept)")
     p.add_argument("--json", action="store_true", help="last stdout line: one JSON object of the figures")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    for flag, low in (("workers", 1), ("short", 1), ("long", 1), ("short_frames", 2), ("long_frames", 2),
+                      ("repeats", 1)):
+        if getattr(args, flag) < low:
+            p.error(f"--{flag.replace('_', '-')} must be at least {low}")
+    return args
 
 
 def orders(short: list, long: list, workers: int) -> dict:

@@ -50,7 +50,11 @@ def parse_args(argv=None):
     p.add_argument("--stride", type=int, default=10, help="keep one frame in every N")
     p.add_argument("--repeats", type=int, default=3, help="timings of each reader (the best is kept)")
     p.add_argument("--json", action="store_true", help="last stdout line: one JSON object of the figures")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    for flag, low in (("clips", 1), ("frames", 2), ("stride", 1), ("repeats", 1)):
+        if getattr(args, flag) < low:
+            p.error(f"--{flag} must be at least {low}")
+    return args
 
 
 def main(args):
