@@ -11,8 +11,8 @@ One training sample is one (video, caption) pair, so an epoch covers every capti
 * :class:`BatchStream` turns the sampler's sample order into :class:`Batch` es. When the
   bank lives on the training device (it fits) batches are built there by gathers: the
   epoch's order is copied once per epoch, and the only host work per step is reading two
-  small numpy arrays for the shapes. When it does not fit, the bank stays in host memory
-  (pinned on CUDA), batches are gathered on the host and the next one is copied on a side
+  small numpy arrays for the shapes. When it does not fit, the bank stays in host memory,
+  each batch is gathered into a reused pinned buffer and the next one is copied on a side
   stream while the current one computes. When even host memory is short, each batch reads
   its videos from the HDF5 store (the slow path, said once).
 
@@ -30,6 +30,7 @@ from typing import Iterator, List, NamedTuple, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from .devices import local_world_size, normalize, same
 from .errors import S2VTError
 from .store import FeatureStore
 from .vocab import Vocab
@@ -145,26 +146,34 @@ class FeatureBank:
 
     @classmethod
     def build(cls, store: FeatureStore, vids: Sequence[str], max_frames: int, device="cpu",
-              dtype: torch.dtype = torch.float32, pin: bool = False, lengths: Optional[np.ndarray] = None) -> "FeatureBank":
-        """Read every video once (in order) into a tensor on ``device`` (pinned host memory with ``pin``)."""
+              dtype: torch.dtype = torch.float32, lengths: Optional[np.ndarray] = None) -> "FeatureBank":
+        """Read every video once (in order) straight into a tensor on ``device``.
+
+        On a GPU the bank is allocated there and filled one video at a time, so host memory
+        holds one video's frames at most (never the whole bank, on any rank)."""
         lengths = capped_lengths(store, vids, max_frames) if lengths is None else lengths
         offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
         total, dim = int(lengths.sum()), int(store.signature["dim"])
-        host = torch.zeros(total + 1, dim, dtype=dtype, pin_memory=pin and torch.cuda.is_available())
+        feats = torch.empty(total + 1, dim, dtype=dtype, device=normalize(device))
+        feats[total].zero_()
         for v, off, n in zip(vids, offsets, lengths):
             f = store.features(v)
-            host[off: off + n] = torch.from_numpy(np.ascontiguousarray(f[cap_frames(len(f), max_frames)]))
-        feats = host if torch.device(device).type == "cpu" else host.to(device)
+            feats[off: off + n].copy_(torch.from_numpy(np.ascontiguousarray(f[cap_frames(len(f), max_frames)])))
         return cls(feats, offsets, lengths)
 
 
 def place_bank(need: int, device: torch.device, headroom: int = 4 << 30) -> str:
-    """Where a bank of ``need`` bytes goes: ``device``, ``host`` or ``store`` (read per batch)."""
+    """Where a bank of ``need`` bytes goes: ``device``, ``host`` or ``store`` (read per batch).
+
+    On a GPU: there when it fits beside ``headroom`` bytes of its free memory. In host memory
+    when it takes under half the free memory left to this process: under torchrun every
+    process of the machine keeps its own bank, so the half is shared by ``LOCAL_WORLD_SIZE``."""
+    device = normalize(device)
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         if need < free - headroom:
             return "device"
-    if need < available_memory() // 2:
+    if need < available_memory() // (2 * local_world_size()):
         return "device" if device.type == "cpu" else "host"
     return "store"
 
@@ -178,11 +187,11 @@ class BatchStream:
     def __init__(self, table: CaptionTable, bank: Optional[FeatureBank], device, max_frames: int,
                  shuffle_frames: bool = False, seed: int = 0, store: Optional[FeatureStore] = None,
                  dtype: torch.dtype = torch.float32):
-        self.table, self.bank, self.device = table, bank, torch.device(device)
+        self.table, self.bank, self.device = table, bank, normalize(device)
         self.max_frames, self.shuffle, self.seed, self.store, self.dtype = max_frames, shuffle_frames, seed, store, dtype
         if bank is None and store is None:
             raise S2VTError("a batch stream needs a feature bank or a feature store")
-        self.on_device = bank is not None and bank.device == self.device
+        self.on_device = bank is not None and same(bank.device, self.device)
         self._ids_t = torch.from_numpy(table.ids).to(self.device) if self.on_device else None
         self._rows_t = torch.from_numpy(table.video_row).to(self.device) if self.on_device else None
         self._lens_t = torch.from_numpy(table.lengths).to(self.device) if self.on_device else None
@@ -201,7 +210,7 @@ class BatchStream:
         if self.on_device:
             yield from self._device_batches(order, epoch)
         elif self.device.type == "cuda":
-            yield from _prefetch((self.host_batch(idx, epoch) for idx in order), self.device)
+            yield from self._uploaded(order, epoch, CudaCopies(self.device))
         else:
             yield from (self.host_batch(idx, epoch) for idx in order)
 
@@ -252,19 +261,58 @@ class BatchStream:
         targets[np.arange(B), clen] = Vocab.eos
         return words_in, targets
 
-    def host_batch(self, idx: np.ndarray, epoch: int) -> Batch:
-        """One batch built in host memory (from the host bank, or from the store)."""
+    def host_batch(self, idx: np.ndarray, epoch: int, alloc=None) -> Batch:
+        """One batch built in host memory (from the host bank, or from the store).
+
+        ``alloc(numel, dtype)``: where the (B, T, D) frames are written (a reused pinned buffer
+        on the way to a GPU); default: a new tensor."""
         flen, clen, T, L = self._shape(idx)
+        B = len(idx)
+        dim = int(self.bank.feats.shape[1]) if self.bank is not None else int(self.store.signature["dim"])
+        dtype = self.bank.feats.dtype if self.bank is not None else self.dtype
+        feats = (alloc(B * T * dim, dtype) if alloc is not None else torch.empty(B * T * dim, dtype=dtype)).view(B, T, dim)
         if self.bank is not None:
-            pos = torch.from_numpy(self._positions(idx, flen, T, epoch))
-            feats = self.bank.feats[pos]                                    # (B, T, D)
+            pos = torch.from_numpy(self._positions(idx, flen, T, epoch)).view(-1)
+            torch.index_select(self.bank.feats, 0, pos, out=feats.view(B * T, dim))  # gathered in place
         else:
-            feats = torch.zeros(len(idx), T, int(self.store.signature["dim"]), dtype=self.dtype)
+            feats.zero_()
             for b, i in enumerate(idx):
                 feats[b, : flen[b]] = torch.from_numpy(self._store_frames(int(i), epoch))
         words_in, targets = self._words(idx, clen, L)
         return Batch(feats, torch.from_numpy(flen), torch.from_numpy(words_in), torch.from_numpy(targets),
                      torch.from_numpy(clen + 1))
+
+    def _uploaded(self, order: List[np.ndarray], epoch: int, copies: "CudaCopies") -> Iterator[Batch]:
+        """Host batches copied to the GPU one ahead of the compute.
+
+        Batch k's frames are gathered straight into pinned buffer k % 2 (the bank itself stays
+        in pageable memory: pinning it would lock memory no copy reads from) and copied on a
+        side stream; the compute waits on that copy's own event, so the copy of batch k + 1
+        overlaps batch k. A buffer is refilled once its previous copy has finished."""
+        slots: List[Optional[torch.Tensor]] = [None, None]
+        copied: List[object] = [None, None]
+
+        def alloc_for(k):
+            def alloc(numel: int, dtype: torch.dtype) -> torch.Tensor:
+                if copied[k] is not None:
+                    copied[k].synchronize()  # batch k - 2's copy: long done
+                if slots[k] is None or slots[k].numel() < numel or slots[k].dtype != dtype:
+                    slots[k] = copies.pinned(numel, dtype)
+                return slots[k][:numel]
+            return alloc
+
+        pending = None
+        for k, idx in enumerate(order):
+            b = self.host_batch(idx, epoch, alloc_for(k % 2))
+            moved, event = copies.upload([b.feats, copies.pin(b.words_in), copies.pin(b.targets),
+                                          copies.pin(b.feat_lens), copies.pin(b.word_lens)])
+            copied[k % 2] = event
+            nxt = (Batch(moved[0], b.feat_lens, moved[1], moved[2], b.word_lens, (moved[3], moved[4])), event)
+            if pending is not None:
+                yield copies.ready(*pending)
+            pending = nxt
+        if pending is not None:
+            yield copies.ready(*pending)
 
     def _store_frames(self, i: int, epoch: int) -> np.ndarray:
         f = self.store.features(self.table.vids[self.table.video_row[i]])
@@ -272,32 +320,35 @@ class BatchStream:
         return f[frame_permutation(self.seed, epoch, i, len(f))] if self.shuffle else f
 
 
-def _prefetch(batches: Iterator[Batch], device: torch.device) -> Iterator[Batch]:
-    """Copy batch k+1 to ``device`` on a side stream (from pinned memory) while batch k computes."""
-    side = torch.cuda.Stream(device)
+class CudaCopies:
+    """The CUDA calls of the host path in one place: pinned buffers, copies on a side stream,
+    and the compute stream's wait for one copy (tests put a recorder in its place)."""
 
-    def upload(b: Batch) -> Batch:
-        with torch.cuda.stream(side):
-            moved = [t.pin_memory().to(device, non_blocking=True) for t in (b.feats, b.words_in, b.targets)]
-            lens = (b.feat_lens.pin_memory().to(device, non_blocking=True),
-                    b.word_lens.pin_memory().to(device, non_blocking=True))
-        return Batch(moved[0], b.feat_lens, moved[1], moved[2], b.word_lens, lens)
+    def __init__(self, device: torch.device):
+        self.device = normalize(device)
+        self.side = torch.cuda.Stream(self.device)
 
-    nxt = None
-    for b in batches:
-        cur, nxt = nxt, upload(b)
-        if cur is not None:
-            yield _ready(cur, side)
-    if nxt is not None:
-        yield _ready(nxt, side)
+    def pinned(self, numel: int, dtype: torch.dtype) -> torch.Tensor:
+        return torch.empty(numel, dtype=dtype, pin_memory=True)
 
+    def pin(self, t: torch.Tensor) -> torch.Tensor:
+        return t.pin_memory()  # small tensors: from the caching host allocator
 
-def _ready(b: Batch, side) -> Batch:
-    cur = torch.cuda.current_stream(b.feats.device)
-    cur.wait_stream(side)
-    for t in (b.feats, b.words_in, b.targets, *b.device_lens):
-        t.record_stream(cur)
-    return b
+    def upload(self, tensors: Sequence[torch.Tensor]):
+        """Non-blocking copies of pinned ``tensors`` on the side stream; returns them and the copies' event."""
+        with torch.cuda.stream(self.side):
+            moved = [t.to(self.device, non_blocking=True) for t in tensors]
+            event = torch.cuda.Event()
+            event.record(self.side)
+        return moved, event
+
+    def ready(self, batch: Batch, event) -> Batch:
+        """``batch`` once its own copies are done, from the compute stream's point of view."""
+        cur = torch.cuda.current_stream(self.device)
+        cur.wait_event(event)
+        for t in (batch.feats, batch.words_in, batch.targets, *batch.device_lens):
+            t.record_stream(cur)  # allocated on the side stream, used on this one
+        return batch
 
 
 class EpochSampler:

@@ -13,6 +13,7 @@ from .backbones import Backbone, Preprocess
 from .batches import cap_frames
 from .captioner import Captioner, load_checkpoints
 from .checkpoint import Checkpoint
+from .devices import configure, normalize
 from .errors import S2VTError, SignatureMismatch
 from .extract import ExtractConfig, cnn_features, video_images
 
@@ -24,8 +25,9 @@ class VideoFeatures:
 
     def __init__(self, ck: Checkpoint, cnn_weights: Optional[str] = None, device="cpu", label: str = "checkpoint"):
         sig = ck.feature_signature
-        self.device, self.max_frames = torch.device(device), ck.max_frames
+        self.device, self.max_frames = normalize(device), ck.max_frames
         self.cfg = ExtractConfig.from_signature(sig, cnn_weights, str(device))
+        configure(self.device, fp32=self.cfg.precision == "fp32")  # the features as extraction computed them
         pre = Preprocess(**{k: tuple(v) if isinstance(v, list) else v for k, v in sig["preprocess"].items()})
         self.backbone = Backbone(self.cfg.cnn, self.cfg.layer, self.cfg.weights, pre).to(self.device)
         if self.backbone.weights_digest != sig["weights_digest"]:

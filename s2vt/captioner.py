@@ -17,6 +17,7 @@ import torch
 from .batches import StoreFeatures, pad_features
 from .checkpoint import Checkpoint
 from .decoding import DecodeConfig, Fusion, decode
+from .devices import normalize
 from .errors import S2VTError, SignatureMismatch
 from .extract import extract_flags
 from .store import FeatureStore, check_signature
@@ -60,7 +61,7 @@ class Captioner:
         if len(models) != len(sources) or not models:
             raise S2VTError("a captioner needs one feature source per model")
         self.models, self.sources, self.vocab = list(models), list(sources), vocab
-        self.device = torch.device(device)
+        self.device = normalize(device)
         self.decoding = decoding or DecodeConfig()
 
     @classmethod

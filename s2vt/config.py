@@ -115,18 +115,7 @@ def overrides(args: argparse.Namespace, cls, dest_prefix: str = "") -> dict:
 
 
 def check_device(device: str):
-    """A torch.device that exists here, or ConfigError saying what is available."""
-    import torch
+    """The normalised torch.device named ``device`` (see :func:`s2vt.devices.resolve`)."""
+    from .devices import resolve
 
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as e:
-        raise ConfigError(f"--device {device!r} is not a device name (cpu, cuda, cuda:1, ...): {e}")
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(f"--device {device}: no CUDA GPU is available here; use --device cpu")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ConfigError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) here")
-    elif dev.type not in ("cpu", "mps"):
-        raise ConfigError(f"--device {device}: unsupported device type {dev.type!r} (cpu or cuda)")
-    return dev
+    return resolve(device)

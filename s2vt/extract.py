@@ -32,6 +32,8 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from .backbones import SPECS, Backbone, Preprocess, check_backbone, prepare
 from .config import check_device
+from .devices import configure, local_world_size, synchronize
+from .devices import name as device_name
 from .errors import S2VTError
 from .flow import METHODS, OFFSET, SCALE, FlowComputer, flow_to_image
 from .hostmem import keep_freed_memory, return_free_memory
@@ -134,11 +136,14 @@ class ExtractConfig:
         return CPU_BATCH if torch.device(self.device).type == "cpu" else GPU_BATCH
 
     def decode_workers(self) -> int:
-        """Decoding processes: ``workers``, or by default every core but one on a GPU, 2 on the CPU."""
+        """Decoding processes: ``workers``, or by default every core but one on a GPU (under torchrun, this
+        process's share of the machine's cores, less one), 2 on the CPU."""
         if self.workers is not None:
             return self.workers
         cores = usable_cores()
-        return max(1, cores - 1) if torch.device(self.device).type != "cpu" else min(2, cores)
+        if torch.device(self.device).type == "cpu":
+            return min(2, cores)
+        return max(1, cores // local_world_size() - 1)
 
 
 def make_signature(cfg: ExtractConfig, backbone: Backbone) -> dict:
@@ -520,7 +525,8 @@ def extract(items: Sequence[Tuple[str, str]], out, cfg: ExtractConfig,
     t0 = time.time()
     if shard is not None:
         check_shard(*shard)
-    device = check_device(cfg.device)
+    device = check_device(cfg.device)  # cuda:LOCAL_RANK under torchrun
+    configure(device, fp32=cfg.precision == "fp32", benchmark=True)  # fp32 features are IEEE fp32, as recorded
     backbone = (backbone or Backbone(cfg.cnn, cfg.layer, cfg.weights, cfg.preprocess())).to(device)
     sig = make_signature(cfg, backbone)
     if shard:
@@ -583,11 +589,6 @@ def env_shard() -> Optional[Tuple[int, int]]:
 
 # ----------------------------------------------------------------------------- benchmark
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _cpu_seconds() -> float:
     """CPU time of this process and its finished children (decoding workers), user + system."""
     import resource
@@ -606,6 +607,7 @@ def time_stages(items: Sequence[Tuple[str, str]], cfg: ExtractConfig, workdir, b
     (decode CPU + CNN CPU) / cores): when decoding and the CNN both run on the CPU they share
     its cores, so no overlap can finish sooner; ``ratio_to_bound`` = extraction / bound_s."""
     device = check_device(cfg.device)
+    configure(device, fp32=cfg.precision == "fp32", benchmark=True)
     backbone = (backbone or Backbone(cfg.cnn, cfg.layer, cfg.weights, cfg.preprocess())).to(device)
     t, c = time.perf_counter(), _cpu_seconds()
     images = sum(len(m["images"]) for m in _loader(list(items), cfg, backbone.preprocess) if "images" in m)
@@ -616,12 +618,12 @@ def time_stages(items: Sequence[Tuple[str, str]], cfg: ExtractConfig, workdir, b
     for _ in range(max(2, 2 * cfg.cnn_batch() // cfg.chunk)):  # warm-up: two batches or more
         pipe.add(0, chunk)
     pipe.flush()
-    _sync(device)
+    synchronize(device)
     t, c = time.perf_counter(), _cpu_seconds()
     for k in range(0, images, cfg.chunk):
         pipe.add(k, chunk[: min(cfg.chunk, images - k)])
     pipe.flush()
-    _sync(device)
+    synchronize(device)
     cnn_s, cnn_cpu = time.perf_counter() - t, _cpu_seconds() - c
 
     t = time.perf_counter()
@@ -629,7 +631,7 @@ def time_stages(items: Sequence[Tuple[str, str]], cfg: ExtractConfig, workdir, b
     extract_s = time.perf_counter() - t
     if s.failed or s.frames != images:
         raise S2VTError(f"benchmark extraction failed: {s.lines()}")
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
+    name = device_name(device)
     cores = usable_cores()
     bound = max(decode_s, cnn_s, (decode_cpu + cnn_cpu) / cores)
     return {"device": name, "stream": cfg.stream, "decode_only_s": round(decode_s, 3), "cnn_only_s": round(cnn_s, 3),

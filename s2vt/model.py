@@ -19,7 +19,7 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from .config import ConfigError, check_fields, option
 
@@ -40,6 +40,34 @@ class ModelConfig:
 
     def __post_init__(self):
         check_fields(self)
+
+
+def step_lengths(feat_lens: torch.Tensor, word_lens: torch.Tensor,
+                 device_lens: Optional[Tuple[torch.Tensor, torch.Tensor]], device: torch.device):
+    """Per-video steps (B,) on the CPU, for packing, and frames / words (B,) on ``device``,
+    whichever device the lengths come on (DDP with ``device_ids`` moves every tensor argument
+    to the GPU; packing needs CPU lengths)."""
+    cpu = lambda t: t if t.device.type == "cpu" else t.cpu()
+    seq_lens = cpu(feat_lens) + cpu(word_lens)
+    if device_lens is None:
+        device_lens = (feat_lens, word_lens)
+    fl, wl = (t.to(device, non_blocking=True) for t in device_lens)
+    return seq_lens, fl, wl
+
+
+def run_lstm(lstm: nn.LSTM, x, state=None):
+    """``lstm`` in float32 whatever autocast says.
+
+    CUDA autocast sends the fused LSTM (cuDNN's RNN) through a wrapper that casts it to
+    float16 whatever the autocast dtype, so under bf16 autocast its forward and backward
+    would run in fp16 with no loss scaling. Here the LSTMs run in fp32 with autocast off,
+    and the linear layers around them in the autocast dtype: every op in a dtype we chose."""
+    device_type = (x.data if isinstance(x, PackedSequence) else x).device.type
+    if not torch.is_autocast_enabled(device_type):
+        return lstm(x, state)
+    with torch.autocast(device_type, enabled=False):
+        state = None if state is None else tuple(t.float() for t in state)
+        return lstm(x.float(), state)
 
 
 class S2VT(nn.Module):
@@ -70,11 +98,9 @@ class S2VT(nn.Module):
         B, T, _ = feats.shape
         L1 = words_in.shape[1]
         if word_lens is None:
-            word_lens = (words_in != 0).sum(1).cpu()  # (B,) includes <bos>
-        seq_lens = feat_lens.cpu() + word_lens    # (B,) steps of each video's sequence, for packing (CPU)
+            word_lens = (words_in != 0).sum(1)  # (B,) includes <bos>
+        seq_lens, fl, wl = step_lengths(feat_lens, word_lens, device_lens, feats.device)
         S = T + L1
-        fl, wl = device_lens if device_lens is not None else (
-            feat_lens.to(feats.device, non_blocking=True), word_lens.to(feats.device, non_blocking=True))
         is_sorted = bool((seq_lens[:-1] >= seq_lens[1:]).all())
         frames = self.drop(self.proj(feats))      # (B, T, E)
         fmask = torch.arange(T, device=feats.device)[None, :] < fl[:, None]
@@ -86,11 +112,11 @@ class S2VT(nn.Module):
         j = j.clamp(0, L1 - 1)
         words = torch.gather(words_in, 1, j) * wmask                            # (B, S) ids, 0 = <pad>
         packed1 = pack_padded_sequence(x1, seq_lens, batch_first=True, enforce_sorted=is_sorted)
-        h1, _ = self.lstm1(packed1)
+        h1, _ = run_lstm(self.lstm1, packed1)
         h1, _ = pad_packed_sequence(h1, batch_first=True, total_length=S)      # (B, S, H)
         x2 = torch.cat([self.drop(h1), self.embed(words)], -1)                  # (B, S, H+E)
         packed2 = pack_padded_sequence(x2, seq_lens, batch_first=True, enforce_sorted=is_sorted)
-        h2, _ = self.lstm2(packed2)
+        h2, _ = run_lstm(self.lstm2, packed2)
         h2, _ = pad_packed_sequence(h2, batch_first=True, total_length=S)      # (B, S, H)
         # decode-step outputs only: step T_i + k for k in 0..L
         k = torch.arange(L1, device=feats.device)[None, :] + fl[:, None]  # (B, L+1)
@@ -112,19 +138,19 @@ class S2VT(nn.Module):
         x1 = self.proj(feats)                                                   # (B, T, E)
         lens = feat_lens.cpu()
         packed1 = pack_padded_sequence(x1, lens, batch_first=True, enforce_sorted=False)
-        h1, s1 = self.lstm1(packed1)
+        h1, s1 = run_lstm(self.lstm1, packed1)
         h1, _ = pad_packed_sequence(h1, batch_first=True, total_length=feats.shape[1])
         x2 = torch.cat([h1, h1.new_zeros(*h1.shape[:2], self.cfg.embed)], -1)   # (B, T, H+E)
-        _, s2 = self.lstm2(pack_padded_sequence(x2, lens, batch_first=True, enforce_sorted=False))
+        _, s2 = run_lstm(self.lstm2, pack_padded_sequence(x2, lens, batch_first=True, enforce_sorted=False))
         return s1, s2
 
     def step(self, prev_tokens: torch.Tensor, state: State) -> Tuple[torch.Tensor, State]:
         """One decode step. prev_tokens: (N,) -> log-probs (N, V) and the new state."""
         s1, s2 = state
         N = prev_tokens.shape[0]
-        h1, s1 = self.lstm1(s1[0].new_zeros(N, 1, self.cfg.embed), s1)          # (N, 1, H)
+        h1, s1 = run_lstm(self.lstm1, s1[0].new_zeros(N, 1, self.cfg.embed), s1)  # (N, 1, H)
         x2 = torch.cat([h1, self.embed(prev_tokens)[:, None]], -1)              # (N, 1, H+E)
-        h2, s2 = self.lstm2(x2, s2)
+        h2, s2 = run_lstm(self.lstm2, x2, s2)
         return F.log_softmax(self.out(h2[:, 0]).float(), -1), (s1, s2)
 
     @staticmethod

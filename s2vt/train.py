@@ -29,6 +29,7 @@ from .batches import BatchStream, CaptionTable, EpochSampler, FeatureBank, Store
 from .captioner import Captioner
 from .checkpoint import Checkpoint
 from .config import ConfigError, check_device, check_fields, from_dict, option
+from .devices import configure
 from .datasets import load_corpus
 from .errors import S2VTError
 from .fileio import write_json
@@ -39,8 +40,8 @@ from .vocab import Vocab
 
 LR_PRESETS = {"adam": 2e-4, "sgd": 0.01}
 # options a resumed run may change; any other difference from last.pt is refused
-RESUMABLE_CHANGES = {"epochs", "max_steps", "log_every", "save_every", "val_every", "patience", "device", "compile",
-                     "dist_timeout", "out", "annotations", "features"}  # paths may move; contents are checked
+RESUMABLE_CHANGES = {"epochs", "max_steps", "log_every", "save_every", "val_every", "patience", "device",
+                     "dist_timeout", "val_timeout", "out", "annotations", "features"}  # paths may move; contents are checked
 RUN_FILES = ("config.json", "vocab.json", "metrics.jsonl", "curves.png")
 
 
@@ -76,11 +77,13 @@ class TrainConfig:
     shuffle_frames: bool = option(False, "the paper's random-frame-order ablation")
     seed: int = option(0, "seed of the data order, frame shuffling and initial weights", low=0)
     device: str = option("cpu", "cpu, cuda, cuda:1, ...")
-    amp: bool = option(False, "bf16 autocast and a bf16 feature bank (CUDA only)")
-    compile: bool = option(False, "torch.compile the training forward")
+    amp: bool = option(False, "mixed precision (CUDA only): a bf16 feature bank, the linear layers under bf16 "
+                              "autocast, the LSTMs in fp32 (TF32 allowed); without it every op is IEEE fp32")
     log_every: int = option(50, "write a train-loss line to metrics.jsonl every N steps", low=1)
     save_every: int = option(0, "also write last.pt every N steps (0: once per epoch)", low=0)
     dist_timeout: int = option(300, "seconds to wait for torchrun peers before giving up", low=1)
+    val_timeout: int = option(7200, "torchrun: seconds the other processes wait while rank 0 validates and saves",
+                              low=1)
     model: ModelConfig = field(default_factory=ModelConfig)
 
     def __post_init__(self):
@@ -91,7 +94,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
         # fields of earlier versions that no longer mean anything are accepted and dropped
-        return from_dict(cls, d, "training config", nested={"model": ModelConfig}, ignore=("workers", "preload"))
+        return from_dict(cls, d, "training config", nested={"model": ModelConfig}, ignore=("workers", "preload", "compile"))
 
     def resolved(self) -> "TrainConfig":
         """A copy with presets filled in (the lr of the chosen optimiser)."""
@@ -132,8 +135,13 @@ def dist_info():
     return rank, world
 
 
+def optimizer_flags(device: torch.device) -> dict:
+    """The optimiser's implementation on ``device``: the fused CUDA kernels on a GPU, the default elsewhere."""
+    return {"fused": True} if device.type == "cuda" else {"fused": None}
+
+
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    fused = {"fused": True} if next(model.parameters()).is_cuda else {}
+    fused = optimizer_flags(model_device(model))
     if cfg.optimizer == "adam":
         return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, **fused)
     return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, **fused)
@@ -266,14 +274,24 @@ def build_bank(store: FeatureStore, vids: List[str], lengths, max_frames: int, d
         log(f"[s2vt] features of {len(vids)} videos do not fit in memory: reading {store.path} for every batch")
         return None
     if place == "host":
-        log(f"[s2vt] features do not fit in {device} memory: keeping them in pinned host memory")
-    return FeatureBank.build(store, vids, max_frames, device if place == "device" else "cpu", dtype,
-                             pin=place == "host", lengths=lengths)
+        log(f"[s2vt] features do not fit in {device} memory: keeping them in host memory")
+    return FeatureBank.build(store, vids, max_frames, device if place == "device" else "cpu", dtype, lengths=lengths)
 
 
-def setup_distributed(device: torch.device, world: int, timeout: int) -> torch.device:
+def under_torchrun(world: int) -> bool:
+    """Whether this process trains in a process group: several processes, or one started by torchrun
+    (``torchrun --nproc_per_node 1`` runs the same DDP code as 8 processes do)."""
+    return world > 1 or "TORCHELASTIC_RUN_ID" in os.environ
+
+
+def setup_distributed(device: torch.device, world: int, timeout: int, val_timeout: int):
+    """Join the training group on ``device`` (already ``cuda:LOCAL_RANK`` on a GPU); returns the control
+    group: gloo, with ``val_timeout``, for the waits on rank 0 (validation, saving), so that no
+    collective of the NCCL group is pending while rank 0 works alone (its watchdog would end the run)."""
     import torch.distributed as dist
 
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
     if not dist.is_initialized():
         try:
             dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timedelta(seconds=timeout))
@@ -281,20 +299,17 @@ def setup_distributed(device: torch.device, world: int, timeout: int) -> torch.d
             raise S2VTError(f"could not join the {world}-process training group (RANK={os.environ.get('RANK')}, "
                             f"MASTER_ADDR={os.environ.get('MASTER_ADDR')}): {str(e).splitlines()[0][:200]}. "
                             "Start every process with torchrun, or unset RANK/WORLD_SIZE for one process.")
-    if device.type == "cuda":
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-        torch.cuda.set_device(device)
-    return device
+    return dist.new_group(backend="gloo", timeout=timedelta(seconds=max(timeout, val_timeout)))
 
 
-def leave_distributed(wait: bool) -> None:
+def leave_distributed(wait: bool, control) -> None:
     """Tear the process group down so that no communication thread outlives the interpreter; ``wait``: first
     wait for every peer to finish (not after an error, when a peer may never arrive)."""
     import torch.distributed as dist
 
     try:
         if wait:
-            dist.barrier()
+            dist.barrier(group=control)
     finally:
         dist.destroy_process_group()
 
@@ -347,6 +362,8 @@ def snapshot(model, optimizer, scheduler, state: LoopState, cfg: TrainConfig, da
 def restore(ck: Checkpoint, model, optimizer, scheduler, device) -> LoopState:
     model.load_state_dict(ck.weights)
     optimizer.load_state_dict(ck.optimizer)
+    for group in optimizer.param_groups:  # the saved groups carry the implementation of the device they ran on
+        group.update(optimizer_flags(device))
     scheduler.load_state_dict(ck.scheduler)
     torch.set_rng_state(ck.rng["torch"])
     if device.type == "cuda" and ck.rng.get("cuda") is not None:
@@ -361,29 +378,30 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, meteor=
     """
     cfg = cfg.resolved()
     rank, world = dist_info()
-    device = check_device(cfg.device)
+    device = check_device(cfg.device)  # cuda:LOCAL_RANK under torchrun
     if cfg.amp and device.type != "cuda":
         raise ConfigError("--amp (bf16) is for CUDA devices; on the CPU it is slower than fp32: drop --amp")
+    configure(device, fp32=not cfg.amp)
     if device.type == "cpu":
         keep_freed_memory()  # about 1.15x the samples/s on the CPU (BENCHMARKS.md)
-    if world == 1:
+    if not under_torchrun(world):
         return _train(cfg, device, rank, world, resume, progress, meteor, overwrite)
     import torch.distributed as dist
 
     joined = not dist.is_initialized()  # a group the caller made is the caller's to close
-    device = setup_distributed(device, world, cfg.dist_timeout)
+    control = setup_distributed(device, world, cfg.dist_timeout, cfg.val_timeout)
     finished = False
     try:
-        result = _train(cfg, device, rank, world, resume, progress, meteor, overwrite)
+        result = _train(cfg, device, rank, world, resume, progress, meteor, overwrite, control)
         finished = True
         return result
     finally:
         if joined:
-            leave_distributed(wait=finished)
+            leave_distributed(finished, control)
 
 
 def _train(cfg: TrainConfig, device: torch.device, rank: int, world: int, resume: bool, progress: bool, meteor,
-           overwrite: bool) -> dict:
+           overwrite: bool, control=None) -> dict:
     """train() once the device (and, under torchrun, the process group) is set up."""
     from tqdm import tqdm
 
@@ -404,11 +422,11 @@ def _train(cfg: TrainConfig, device: torch.device, rank: int, world: int, resume
               f"(--epochs {cfg.epochs}, --max-steps {cfg.max_steps}); raise them to train on")
         return summary(out, state)
     fwd = model
-    if world > 1:
+    if control is not None:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
-        fwd = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
-    fwd = torch.compile(fwd) if cfg.compile else fwd
+        # no device_ids: the batch is already on the device, and DDP would move the CPU lengths there too
+        fwd = DDP(model)
     writer = RunWriter(out, cfg, data, rank, fresh=ck is None)
     own_meteor = meteor is None and cfg.val_meteor and rank == 0 and bool(data.val_refs)
     if own_meteor:
@@ -420,7 +438,7 @@ def _train(cfg: TrainConfig, device: torch.device, rank: int, world: int, resume
                desc="train", unit="step", disable=not progress or rank != 0)
     save = lambda: writer.save_last(snapshot(model, optimizer, scheduler, state, cfg, data), state)
     try:
-        run_epochs(model, fwd, optimizer, scheduler, data, cfg, state, world, device, writer, bar, save, meteor)
+        run_epochs(model, fwd, optimizer, scheduler, data, cfg, state, world, writer, bar, save, meteor, control)
         if not writer.best_path.exists() and rank == 0:  # no validation ran: the last model is the one kept
             snapshot(model, optimizer, scheduler, state, cfg, data).save(writer.best_path)
     finally:
@@ -439,7 +457,7 @@ def summary(out: Path, state: LoopState, val_s: float = 0.0) -> dict:
 
 
 def run_epochs(model, fwd, optimizer, scheduler, data: TrainData, cfg: TrainConfig, state: LoopState, world: int,
-               device, writer: "RunWriter", bar, save, meteor) -> None:
+               writer: "RunWriter", bar, save, meteor, control=None) -> None:
     """The epoch loop: train, validate when due, keep the best, stop early on patience."""
     def on_step(st: LoopState, stats: dict) -> None:
         bar.update()
@@ -465,19 +483,20 @@ def run_epochs(model, fwd, optimizer, scheduler, data: TrainData, cfg: TrainConf
                 writer.save_epoch(ck, improved=state.best_epoch == state.epoch)
         elif writer.rank == 0:
             save()
-        if world > 1:
-            state.stale = broadcast_int(state.stale, device)
+        if control is not None:
+            state.stale = broadcast_int(state.stale, control)
         if cfg.patience and state.stale >= cfg.patience:
             bar.write(f"early stop: no improvement in {cfg.patience} validations")
             break
     save()
 
 
-def broadcast_int(value: int, device) -> int:
+def broadcast_int(value: int, group) -> int:
+    """Rank 0's ``value`` on every rank, over the (gloo) control group: the others wait here for rank 0."""
     import torch.distributed as dist
 
-    t = torch.tensor([value], device=device)
-    dist.broadcast(t, 0)
+    t = torch.tensor([value])
+    dist.broadcast(t, 0, group=group)
     return int(t)
 
 

@@ -11,6 +11,8 @@ import time
 
 import torch
 
+from s2vt.devices import resolve, synchronize
+from s2vt.devices import name as device_name
 from s2vt.decoding import beam_search
 from s2vt.model import ModelConfig, S2VT
 
@@ -32,13 +34,13 @@ def parse_args(argv=None):
 
 
 def main(args):
-    device = torch.device(args.device)
+    device = resolve(args.device)
     torch.manual_seed(0)
     model = S2VT(ModelConfig(feat_dim=args.feat_dim, vocab_size=args.vocab)).to(device).eval()
     feats = torch.randn(args.clips, args.frames, args.feat_dim, device=device)
     lens = torch.full((args.clips,), args.frames)
     ac = lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp)
-    sync = (lambda: torch.cuda.synchronize()) if device.type == "cuda" else (lambda: None)
+    sync = lambda: synchronize(device)
 
     with ac():
         beam_search(model, (feats[:2], lens[:2]), beam=args.beam, max_len=args.max_len)  # warm-up
@@ -60,7 +62,7 @@ def main(args):
     sync()
     t_single = (time.perf_counter() - t) * args.clips / n_single
 
-    dev = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
+    dev = device_name(device)
     print(f"device: {dev}; torch {torch.__version__}; {args.clips} clips x {args.frames} frames x {args.feat_dim}-d, "
           f"beam {args.beam}, max {args.max_len} words, E=500 H=1000 V={args.vocab}{', bf16' if args.amp else ''}")
     print(f"batched      : {t_batched:8.2f} s  ({args.clips / t_batched:.1f} clips/s)")

@@ -31,7 +31,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from s2vt.batches import BatchStream, CaptionTable, EpochSampler, FeatureBank, place_bank
+from s2vt.devices import configure, resolve, synchronize
+from s2vt.devices import name as device_name
 from s2vt.hostmem import keep_freed_memory
+from s2vt.model import run_lstm
 from s2vt.model import ModelConfig, S2VT
 from s2vt.store import FeatureStore, FeatureWriter
 from s2vt.train import TrainConfig, make_optimizer, train_step
@@ -68,9 +71,9 @@ class Ceiling(nn.Module):
         B, T, _ = feats.shape
         L = words.shape[1]
         x1 = torch.cat([self.proj(feats), feats.new_zeros(B, L, self.proj.out_features)], 1)
-        h1, _ = self.l1(x1)
+        h1, _ = run_lstm(self.l1, x1)  # the LSTMs in fp32, as s2vt.model runs them
         w = torch.cat([words.new_zeros(B, T), words], 1)
-        h2, _ = self.l2(torch.cat([h1, self.emb(w)], -1))
+        h2, _ = run_lstm(self.l2, torch.cat([h1, self.emb(w)], -1))
         return F.cross_entropy(self.out(h2[:, T:]).flatten(0, 1).float(), targets.flatten())
 
 
@@ -101,8 +104,7 @@ class Loop(nn.Module):
 
 
 def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+    synchronize(device)  # that device's queue, not the current device's
 
 
 def time_steps(step, n, device):
@@ -185,16 +187,17 @@ def bench_ours(B, args, device, stream, n_samples, vocab_size) -> dict:
 
 
 def main(args):
-    device = torch.device(args.device)
+    device = resolve(args.device)
     if args.default_allocator:
         os.environ["S2VT_KEEP_FREED_MEMORY"] = "0"  # s2vt.hostmem then keeps glibc's defaults
+    configure(device, fp32=not args.amp)  # as s2vt train does
     if device.type == "cpu":
         keep_freed_memory()  # as s2vt train does
     ac = lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp)
     words = [f"w{i}" for i in range(args.vocab - 4)]
     vocab = Vocab(words)
     dtype = torch.bfloat16 if args.amp else torch.float32
-    dev = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
+    dev = device_name(device)
     print(f"device: {dev}; torch {torch.__version__}; {args.frames} frames x {args.feat_dim}-d, {args.words} words, "
           f"E=500, H=1000, vocab {args.vocab}{', bf16 autocast' if args.amp else ''}")
     results = {}
@@ -204,7 +207,7 @@ def main(args):
         table = CaptionTable(items, vocab, args.words, vids)
         place = place_bank(FeatureBank.nbytes(store, vids, args.frames, dtype), device)
         bank = None if place == "store" else FeatureBank.build(store, vids, args.frames,
-                                                              device if place == "device" else "cpu", dtype, pin=place == "host")
+                                                              device if place == "device" else "cpu", dtype)
         stream = BatchStream(table, bank, device, args.frames, store=store, dtype=dtype)
         print(f"batch path: {'feature bank on ' + str(device) if place == 'device' else place + ' path'}")
         for B in args.batch_sizes:

@@ -29,17 +29,28 @@ else
 fi
 BF16=$([ "$DEVICE" = cpu ] || echo --bf16)
 
-run() {  # name, command...: keep the log, and the last line (the JSON) apart
+json_string() {  # stdin -> one JSON string
+    printf '"%s"' "$(tr -d '\000-\037' | sed 's/\\/\\\\/g; s/"/\\"/g')"
+}
+
+run() {  # name, command...: keep the log, and the last line (the JSON) apart; a failed run: {"error": ...}
     local name=$1; shift
     echo "== $name: $*" | tee -a "$OUT/commands.txt"
     local t0=$SECONDS
     "$@" > "$OUT/$name.log" 2>&1
     local rc=$?
-    tail -n 1 "$OUT/$name.log" > "$OUT/$name.json"
-    echo "   rc=$rc, $((SECONDS - t0)) s: $(tail -n 1 "$OUT/$name.log" | cut -c1-300)"
+    local last; last=$(tail -n 1 "$OUT/$name.log")
+    if [ "$rc" = 0 ] && [ "${last:0:1}" = "{" ]; then
+        printf '%s\n' "$last" > "$OUT/$name.json"
+    else
+        printf '{"error": %s, "rc": %d}\n' "$(printf '%s' "${last:-no output}" | cut -c1-500 | json_string)" "$rc" \
+            > "$OUT/$name.json"
+    fi
+    echo "   rc=$rc, $((SECONDS - t0)) s: $(printf '%s' "$last" | cut -c1-300)"
 }
 
-"$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), torch.cuda.get_device_name() if torch.cuda.is_available() else '')" | tee "$OUT/device.txt"
+"$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), torch.cuda.get_device_name() if torch.cuda.is_available() else '')" | tee "$OUT/device.txt" \
+    || echo "could not import torch with $PY" | tee "$OUT/device.txt"
 run train_bf16 "$PY" scripts/bench_train.py --device "$DEVICE" $AMP $TRAIN --json
 run train_fp32 "$PY" scripts/bench_train.py --device "$DEVICE" $TRAIN --json
 run extract_rgb "$PY" scripts/bench_extract.py --device "$DEVICE" $BF16 $EXTRACT --stream rgb --json
