@@ -289,15 +289,17 @@ class BatchStream:
         in pageable memory: pinning it would lock memory no copy reads from) and copied on a
         side stream; the compute waits on that copy's own event, so the copy of batch k + 1
         overlaps batch k. A buffer is refilled once its previous copy has finished."""
-        slots: List[Optional[torch.Tensor]] = [None, None]
+        dim = int(self.bank.feats.shape[1]) if self.bank is not None else int(self.store.signature["dim"])
+        largest = max((len(idx) * int(self._frame_lens[self.table.video_row[idx]].max()) for idx in order), default=0)
+        slots: List[Optional[torch.Tensor]] = [None, None]  # each sized for the epoch's largest batch
         copied: List[object] = [None, None]
 
         def alloc_for(k):
             def alloc(numel: int, dtype: torch.dtype) -> torch.Tensor:
                 if copied[k] is not None:
                     copied[k].synchronize()  # batch k - 2's copy: long done
-                if slots[k] is None or slots[k].numel() < numel or slots[k].dtype != dtype:
-                    slots[k] = copies.pinned(numel, dtype)
+                if slots[k] is None:
+                    slots[k] = copies.pinned(largest * dim, dtype)
                 return slots[k][:numel]
             return alloc
 

@@ -206,27 +206,44 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def test_two_process_ddp_matches_single_process(tiny_features, tmp_path):
+SLOW_VALIDATION = """
+import os, sys, time
+import s2vt.train as t
+validate = t.validate
+def slow(*a, **k):  # rank 0 validates alone for longer than --dist-timeout
+    time.sleep(8)
+    return validate(*a, **k)
+t.validate = slow
+from s2vt.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_two_process_ddp_matches_single_process_and_waits_out_a_long_validation(tiny_features, tmp_path):
+    """The other rank waits for rank 0's validation (8 s) beyond --dist-timeout (5 s): on the control group."""
     root, stores = tiny_features
-    args = [sys.executable, "-m", "s2vt", "train", "--quiet", "--dataset", "synthetic", "--annotations", str(root),
+    args = ["train", "--quiet", "--dataset", "synthetic", "--annotations", str(root),
             "--features", str(stores["rgb"]), "--epochs", "1", "--batch-size", "8", "--lr", "3e-3",
-            "--no-val-meteor", "--embed", "16", "--hidden", "24", "--dropout", "0.0", "--max-steps", "4"]
-    subprocess.run(args + ["--out", str(tmp_path / "single")], check=True, capture_output=True)
+            "--no-val-meteor", "--embed", "16", "--hidden", "24", "--dropout", "0.0"]
     port = str(_free_port())
     procs = []
+    ddp = [sys.executable, "-c", SLOW_VALIDATION, *args, "--dist-timeout", "5", "--out", str(tmp_path / "ddp")]
     for rank in range(2):
         env = dict(os.environ, RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
                    MASTER_PORT=port, OMP_NUM_THREADS="1")
-        procs.append(subprocess.Popen(args + ["--out", str(tmp_path / "ddp")], env=env,
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+        procs.append(subprocess.Popen(ddp, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
     for p in procs:
         out, err = p.communicate(timeout=240)
         assert p.returncode == 0, err.decode()[-2000:]
+    ck = checkpoint.load(tmp_path / "ddp" / "last.pt")
+    steps = ck.state["step"]  # the whole epoch's global batches (the last partial one dropped)
+    assert ck.state["epoch"] == 1 and steps >= 3
+    assert any("val_loss" in line for line in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines())
+    subprocess.run([sys.executable, "-m", "s2vt", *args, "--max-steps", str(steps), "--out", str(tmp_path / "single")],
+                   check=True, capture_output=True)
     a = checkpoint.load(tmp_path / "single" / "last.pt").weights
-    b = checkpoint.load(tmp_path / "ddp" / "last.pt").weights
     for k in a:
-        torch.testing.assert_close(a[k], b[k], atol=2e-5, rtol=1e-4)
-    assert checkpoint.load(tmp_path / "ddp" / "last.pt").state["step"] == 4
+        torch.testing.assert_close(a[k], ck.weights[k], atol=2e-5, rtol=1e-4)
 
 
 # ----------------------------------------------------------------------------- recipe and config

@@ -1,0 +1,312 @@
+"""The CUDA branches, run on a machine without a GPU.
+
+``FakeTensorMode`` makes tensors whose device is ``cuda:0`` (shapes, dtypes and devices are
+propagated; no kernel runs), and the ``torch.cuda`` queries a run makes (availability, device
+count, free memory) are monkeypatched. Inside a fake mode ``torch.cuda.is_available`` must stay
+False: patched to True, the fake mode tries to reach a real device. ``scripts/gpu_check.sh``
+runs the same paths for real on a GPU.
+"""
+import os
+
+import numpy as np
+import pytest
+import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from s2vt import batches as batches_mod
+from s2vt.batches import Batch, BatchStream, CaptionTable, FeatureBank, place_bank
+from s2vt.config import ConfigError, check_device
+from s2vt.store import FeatureStore, FeatureWriter
+from s2vt.vocab import Vocab
+
+pytestmark = pytest.mark.fake_cuda
+WORDS = [f"w{i}" for i in range(20)]
+GiB = 1 << 30
+
+
+@pytest.fixture
+def gpus(monkeypatch):
+    """``n`` GPUs with ``free`` bytes each, as far as torch.cuda's queries go."""
+    def make(n=2, free=80 * GiB):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        monkeypatch.setattr(torch.cuda, "device_count", lambda: n)
+        monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (free, 80 * GiB))
+        for var in ("LOCAL_RANK", "LOCAL_WORLD_SIZE", "RANK", "WORLD_SIZE"):
+            monkeypatch.delenv(var, raising=False)
+    return make
+
+
+@pytest.fixture
+def fake_cuda():
+    with FakeTensorMode(allow_non_fake_inputs=True) as mode:
+        yield mode
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """A store of 4 videos (3..14 frames of 6-d features), two captions each."""
+    rng = np.random.default_rng(1)
+    path = tmp_path_factory.mktemp("fake") / "f.h5"
+    w = FeatureWriter(path, {"stream": "rgb", "dim": 6})
+    items = []
+    for i, n in enumerate([3, 14, 7, 9]):
+        w.add(f"v{i}", rng.standard_normal((n, 6)).astype(np.float32), np.arange(n) * 10, {})
+        items.append((f"v{i}", [" ".join(rng.choice(WORDS, rng.integers(1, 6))) for _ in range(2)]))
+    w.finalize()
+    store = FeatureStore(path)
+    vids = [v for v, _ in items]
+    return store, vids, CaptionTable(items, Vocab(WORDS), max_words=5, vids=vids)
+
+
+# ----------------------------------------------------------------------------- devices
+
+def test_cuda_devices_are_normalised_with_their_index(gpus, monkeypatch):
+    gpus(n=2)
+    assert check_device("cuda") == torch.device("cuda:0")  # torch.device("cuda") != torch.device("cuda:0")
+    assert check_device("cuda:1") == torch.device("cuda", 1)
+    monkeypatch.setenv("LOCAL_RANK", "1")  # torchrun's second process on this machine
+    assert check_device("cuda") == torch.device("cuda:1")
+    assert check_device("cpu") == torch.device("cpu")
+    with pytest.raises(ConfigError, match="cuda:2 .*2 CUDA device"):
+        check_device("cuda:2")
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    with pytest.raises(ConfigError, match="LOCAL_RANK"):
+        check_device("cuda")
+
+
+def test_extraction_under_torchrun_takes_its_own_gpu_and_share_of_cores(gpus, monkeypatch):
+    from s2vt import extract as extract_mod
+    from s2vt.extract import ExtractConfig
+
+    gpus(n=2)
+    monkeypatch.setattr(extract_mod, "usable_cores", lambda: 16)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    cfg = ExtractConfig(device="cuda")
+    assert check_device(cfg.device) == torch.device("cuda:1")
+    assert cfg.decode_workers() == 7  # 16 cores shared by 2 processes, one core each for the CNN's process
+    monkeypatch.delenv("LOCAL_RANK")
+    monkeypatch.delenv("LOCAL_WORLD_SIZE")
+    assert cfg.decode_workers() == 15
+
+
+# ----------------------------------------------------------------------------- the feature bank
+
+def test_bank_placement_for_given_free_memory(gpus, monkeypatch):
+    monkeypatch.setattr(batches_mod, "available_memory", lambda: 64 * GiB)
+    gpus(free=80 * GiB)
+    assert place_bank(6 * GiB, torch.device("cuda")) == "device"
+    gpus(free=6 * GiB)  # the GPU is short: 6 GiB (or 3) + 4 GiB headroom do not fit
+    assert place_bank(6 * GiB, torch.device("cuda:0")) == "host"
+    assert place_bank(40 * GiB, torch.device("cuda:0")) == "store"
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")  # eight processes keep a host bank each
+    assert place_bank(6 * GiB, torch.device("cuda:0")) == "store"  # 8 x 6 GiB would not fit in 64
+    assert place_bank(3 * GiB, torch.device("cuda:0")) == "host"  # 64 GiB / (2 x 8) = 4 GiB each
+
+
+def test_bank_on_the_gpu_is_the_training_devices_and_batches_are_gathered_there(corpus, fake_cuda, monkeypatch):
+    store, vids, table = corpus
+    bank = FeatureBank.build(store, vids, 8, device="cuda")
+    assert bank.device == torch.device("cuda:0")
+    monkeypatch.setattr(torch.Tensor, "pin_memory", lambda self: self)  # not implemented for fake tensors
+    for shuffle in (False, True):
+        stream = BatchStream(table, bank, "cuda", 8, shuffle_frames=shuffle, store=store)
+        assert stream.on_device  # "cuda" is the bank's cuda:0
+        got = list(stream.epoch([[0, 1, 2], [3, 4, 5, 6, 7]], 0))
+        assert [len(b) for b in got] == [3, 5]
+        for b in got:
+            assert {t.device for t in (b.feats, b.words_in, b.targets, *b.device_lens)} == {torch.device("cuda:0")}
+            assert b.feat_lens.device.type == "cpu" and b.word_lens.device.type == "cpu"  # packing reads them
+            assert b.feats.shape == (len(b), 8, 6)  # every batch holds a video of 8 or more frames (capped to 8)
+
+
+class CpuAllocations(TorchDispatchMode):
+    """The largest host tensor created while active (bytes)."""
+
+    def __init__(self):
+        super().__init__()
+        self.largest = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func.__name__.startswith(("empty", "zeros", "full", "new_", "_to_copy", "clone")):
+            for t in (out if isinstance(out, (tuple, list)) else [out]):
+                if isinstance(t, torch.Tensor) and t.device.type == "cpu":
+                    self.largest = max(self.largest, t.numel() * t.element_size())
+        return out
+
+
+def test_a_gpu_bank_is_filled_video_by_video_never_staged_whole_in_host_memory(corpus, fake_cuda):
+    store, vids, _ = corpus
+    with CpuAllocations() as cpu:
+        bank = FeatureBank.build(store, vids, 0, device="cuda:0")
+    whole = bank.feats.numel() * 4
+    assert bank.feats.shape == (3 + 14 + 7 + 9 + 1, 6)
+    assert cpu.largest < whole // 2  # at most one video's frames at a time (14 of 34 rows)
+
+
+class RecordingCopies:
+    """``CudaCopies`` on the CPU: copies are the tensors themselves, events are recorded."""
+
+    class Event:
+        def __init__(self, log, k):
+            self.log, self.k = log, k
+
+        def synchronize(self):
+            self.log.append(("sync", self.k))
+
+    def __init__(self):
+        self.log, self.buffers, self.events = [], [], 0
+
+    def pinned(self, numel, dtype):
+        t = torch.empty(numel, dtype=dtype)
+        self.buffers.append(t)
+        return t
+
+    def pin(self, t):
+        return t
+
+    def upload(self, tensors):
+        ev = RecordingCopies.Event(self.log, self.events)
+        self.log.append(("upload", self.events, tensors[0].data_ptr()))
+        self.events += 1
+        return [t.clone() for t in tensors], ev  # the device copy
+
+    def ready(self, batch, event):
+        self.log.append(("wait", event.k))
+        return batch
+
+
+def test_host_path_gathers_into_reused_pinned_buffers_and_waits_on_each_copy_alone(corpus):
+    store, vids, table = corpus
+    bank = FeatureBank.build(store, vids, 8)  # pageable host memory
+    stream = BatchStream(table, bank, "cpu", 8, store=store)
+    order = [stream.sort_batch(b) for b in ([0, 1], [2, 3, 4], [5, 6], [7])]
+    plain = [stream.host_batch(idx, 0) for idx in order]
+    copies = RecordingCopies()
+    got = []
+    for b in stream._uploaded(order, 0, copies):
+        got.append(b)
+        copies.log.append(("yield", len(got) - 1))
+    for a, b in zip(plain, got):
+        for name in ("feats", "feat_lens", "words_in", "targets", "word_lens"):
+            assert torch.equal(getattr(a, name), getattr(b, name)), name
+    assert len(copies.buffers) == 2  # two pinned buffers, reused for every batch
+    log = copies.log
+    # batch k + 1 is uploaded before batch k is handed out; each batch waits for its own copy only
+    assert log.index(("wait", 0)) > [i for i, e in enumerate(log) if e[:2] == ("upload", 1)][0]
+    assert [e[1] for e in log if e[0] == "wait"] == [0, 1, 2, 3]
+    # a buffer is refilled only after its previous copy finished: batch 2 reuses batch 0's buffer
+    ptr = {e[1]: e[2] for e in log if e[0] == "upload"}
+    assert ptr[2] == ptr[0] and ptr[3] == ptr[1] and ptr[0] != ptr[1]
+    assert log.index(("sync", 0)) < [i for i, e in enumerate(log) if e[:2] == ("upload", 2)][0]
+
+
+# ----------------------------------------------------------------------------- the training step
+
+def test_lengths_moved_to_the_gpu_by_ddp_still_pack_on_the_cpu(fake_cuda):
+    from torch.distributed.utils import _to_kwargs
+
+    from s2vt.model import step_lengths
+
+    feats = torch.zeros(3, 5, 4, device="cuda")
+    words = torch.ones(3, 4, dtype=torch.long, device="cuda")
+    fl, wl = torch.tensor([5, 4, 2]), torch.tensor([4, 3, 3])
+    moved, _ = _to_kwargs((feats, fl, words, words, wl, None), {}, torch.device("cuda:0"), False)
+    (feats_m, fl_m, _, _, wl_m, _), = moved
+    assert fl_m.device.type == "cuda"  # what DDP(device_ids=[i]) does to every tensor argument
+    seq, fl_d, wl_d = step_lengths(fl_m, wl_m, None, feats_m.device)
+    assert seq.device.type == "cpu" and fl_d.device == wl_d.device == torch.device("cuda:0")
+    seq, _, _ = step_lengths(fl, wl, None, feats.device)
+    assert seq.device.type == "cpu"
+
+
+def test_a_resumed_optimiser_uses_the_implementation_of_its_device(corpus, fake_cuda):
+    from s2vt.train import make_optimizer, restore, TrainConfig
+
+    class Ck:
+        pass
+
+    cfg = TrainConfig(lr=1e-3).resolved()
+    cpu_state = {"state": {}, "param_groups": [{**torch.optim.Adam([torch.nn.Parameter(torch.zeros(2))]).param_groups[0],
+                                                "params": [0]}]}
+    cpu_state["param_groups"][0].pop("initial_lr", None)
+    assert cpu_state["param_groups"][0]["fused"] is None  # saved by a CPU run
+    model = torch.nn.Linear(1, 2, bias=False, device="cuda")
+    opt = make_optimizer(model, cfg)
+    assert opt.param_groups[0]["fused"] is True
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda e: 1.0)
+    ck = Ck()
+    ck.weights, ck.optimizer, ck.scheduler = model.state_dict(), cpu_state, sched.state_dict()
+    ck.rng, ck.state = {"torch": torch.get_rng_state(), "cuda": None}, {}
+    restore(ck, model, opt, sched, torch.device("cuda:0"))
+    assert opt.param_groups[0]["fused"] is True  # the fused kernels on the GPU, not the CPU run's default
+
+
+def test_fp32_on_the_gpu_means_ieee_fp32_and_extraction_lets_cudnn_pick_algorithms():
+    from s2vt.devices import configure, cuda_settings
+
+    saved = cuda_settings()
+    try:
+        configure("cpu", fp32=True, benchmark=True)
+        assert cuda_settings() == saved  # nothing changes on the CPU
+        configure("cuda", fp32=True, benchmark=True)  # as s2vt extract does on a GPU
+        assert cuda_settings() == {"matmul_tf32": False, "cudnn_tf32": False, "cudnn_benchmark": True}
+        configure("cuda:0", fp32=False)  # --amp / --bf16
+        assert cuda_settings() == {"matmul_tf32": True, "cudnn_tf32": True, "cudnn_benchmark": False}
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = saved["matmul_tf32"]
+        torch.backends.cudnn.allow_tf32 = saved["cudnn_tf32"]
+        torch.backends.cudnn.benchmark = saved["cudnn_benchmark"]
+
+
+class OpDtypes(TorchDispatchMode):
+    """(op name, floating dtypes of its tensor inputs, inside an LSTM) of every op while active."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops, self.in_lstm = [], 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        leaves = torch.utils._pytree.tree_leaves((args, kwargs or {}))
+        dts = {t.dtype for t in leaves if isinstance(t, torch.Tensor) and t.is_floating_point()}
+        self.ops.append((func.__name__, dts, self.in_lstm > 0))
+        return func(*args, **(kwargs or {}))
+
+
+def test_every_op_of_the_amp_step_is_in_a_dtype_the_help_names(monkeypatch):
+    """--amp: the linear layers in bf16 under autocast, the LSTMs in fp32 with autocast off (CUDA's autocast
+    would send cuDNN's LSTM to fp16), the loss in fp32; nothing in fp16. Checked under CPU autocast, whose
+    policy for these ops is the same; the LSTM check is the device-independent part."""
+    from s2vt.model import ModelConfig, S2VT
+    from s2vt.train import TrainConfig, make_optimizer, train_step
+
+    torch.manual_seed(0)
+    model = S2VT(ModelConfig(feat_dim=6, vocab_size=12, embed=4, hidden=5, dropout=0.0))
+    rec = OpDtypes()
+    autocast_in_lstm = []
+
+    def enter(mod, args):
+        rec.in_lstm += 1
+        autocast_in_lstm.append(torch.is_autocast_enabled("cpu"))
+        x = args[0].data if hasattr(args[0], "batch_sizes") else args[0]
+        assert x.dtype == torch.float32
+
+    for lstm in (model.lstm1, model.lstm2):
+        lstm.register_forward_pre_hook(enter)
+        lstm.register_forward_hook(lambda mod, args, out: setattr(rec, "in_lstm", rec.in_lstm - 1))
+    cfg = TrainConfig(amp=True, batch_size=2, lr=1e-3).resolved()
+    feats = torch.randn(2, 4, 6).to(torch.bfloat16)  # the bf16 feature bank
+    words = torch.tensor([[1, 5, 6], [1, 7, 0]])
+    targets = torch.tensor([[5, 6, 2], [7, 2, 0]])
+    batch = Batch(feats, torch.tensor([4, 3]), words, targets, torch.tensor([3, 2]))
+    opt = make_optimizer(model, cfg)
+    with rec:
+        loss, ok = train_step(model, model, opt, batch, cfg)
+    assert autocast_in_lstm and not any(autocast_in_lstm)
+    assert all(d <= {torch.float32, torch.bfloat16} for _, d, _ in rec.ops), "an op outside fp32/bf16"
+    assert all(d <= {torch.float32} for name, d, inside in rec.ops if inside), "an LSTM op outside fp32"
+    matmuls = [d for name, d, inside in rec.ops if name.startswith(("addmm", "mm", "bmm", "linear")) and not inside]
+    assert {torch.bfloat16} in matmuls  # the projection and output layers under autocast
+    assert loss.dtype == torch.float32 and bool(ok)
