@@ -398,3 +398,14 @@ def test_tune_alpha_picks_the_best_weight_and_breaks_ties_towards_half():
         assert best == 0.3 and curve[0.3] > max(v for a, v in curve.items() if a != 0.3)
         best, _ = tune_alpha(Fake(), refs, grid=[0.0, 0.4, 0.7, 1.0], meteor=meteor)
         assert best == 0.4  # all tie: nearest 0.5
+
+
+def test_compile_flag_is_gone_but_old_configs_still_load(capsys):
+    from s2vt.cli import main
+    from s2vt.train import TrainConfig
+
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--dataset", "synthetic", "--compile"])
+    assert e.value.code == 2 and "--compile" in capsys.readouterr().err
+    cfg = TrainConfig.from_dict({"compile": True, "epochs": 3})  # a run's config.json from before
+    assert cfg.epochs == 3 and not hasattr(cfg, "compile")

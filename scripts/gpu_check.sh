@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Every CUDA path of the project against the CPU, at small sizes, in one command (a few minutes
+# on one GPU): training fp32 and --amp, the three feature-bank paths, torchrun, extraction fp32 /
+# bf16 and its batch-size invariance, caption, evaluate, and resuming a CPU checkpoint on the GPU.
+# Writes $OUT/gpu_check.json ({"device", "torch", "checks": {name: {"pass", "detail"}}}) and
+# exits 1 when a check fails. Assumes the project is installed (pip install -e .).
+#
+#   OUT=/tmp/g scripts/gpu_check.sh                    # on a machine with a CUDA GPU
+#   DEVICE=cpu QUICK=1 OUT=/tmp/g scripts/gpu_check.sh # the CPU against itself: the script and its paths still work
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT="${OUT:-gpu_check_results}"
+DEVICE="${DEVICE:-cuda}"
+PY="${PYTHON:-python}"
+mkdir -p "$OUT"
+exec "$PY" -m s2vt.gpu_check --device "$DEVICE" --out "$OUT/gpu_check.json" ${QUICK:+--quick} "$@"
