@@ -25,7 +25,7 @@ class VideoFeatures:
     def __init__(self, ck: Checkpoint, cnn_weights: Optional[str] = None, device="cpu", label: str = "checkpoint"):
         sig = ck.feature_signature
         self.device, self.max_frames = torch.device(device), ck.max_frames
-        self.cfg = ExtractConfig.from_signature(sig, cnn_weights, str(device))
+        self.cfg, _ = ExtractConfig.from_signature(sig, cnn_weights, str(device)).on_device()
         pre = Preprocess(**{k: tuple(v) if isinstance(v, list) else v for k, v in sig["preprocess"].items()})
         self.backbone = Backbone(self.cfg.cnn, self.cfg.layer, self.cfg.weights, pre).to(self.device)
         if self.backbone.weights_digest != sig["weights_digest"]:

@@ -467,15 +467,38 @@ def test_extract_config_validates_naming_the_flag(kw, flag):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
-def test_cuda_without_cuda_is_refused_at_once():
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_without_cuda_is_refused_when_the_run_starts():
+    cfg = ExtractConfig(device="cuda")  # a config is machine-independent: built anywhere
     with pytest.raises(S2VTError, match="--device cuda: no CUDA GPU"):
-        ExtractConfig(device="cuda")
+        cfg.on_device()
 
 
 def test_bf16_on_cpu_warns_and_computes_fp32():
-    with pytest.warns(UserWarning, match="--bf16 is for GPUs"):
-        cfg = ExtractConfig(device="cpu", precision="bf16")
-    assert cfg.precision == "fp32"  # what runs is what the signature records
+    cfg = ExtractConfig(device="cpu", precision="bf16")
+    with pytest.warns(UserWarning, match="--precision bf16 is for GPUs"):
+        run, _ = cfg.on_device()
+    assert run.precision == "fp32"  # what runs is what the signature records
+
+
+def test_signature_is_made_from_the_feature_fields_and_read_back():
+    from dataclasses import fields
+    from s2vt.extract import make_signature
+
+    class FakeBackbone:  # what a Backbone resolves, without loading weights
+        def signature(self):
+            return {"backbone": "efficientnet_lite0", "layer": "pool", "dim": 1280, "weights_digest": "x",
+                    "preprocess": {"size": 64, "crop_ratio": 1.0, "mean": [0.5] * 3, "std": [0.5] * 3}}
+
+    cfg = ExtractConfig(stream="flow", num_frames=7, max_frames=9, input_size=64, crop_ratio=1.0,
+                        flow_method="farneback", precision="bf16")
+    sig = make_signature(cfg, FakeBackbone())
+    assert sig["sampling"]["num_frames"] == 7 and sig["flow"]["method"] == "farneback" and sig["precision"] == "bf16"
+    back = ExtractConfig.from_signature(sig)
+    marked = [f.name for f in fields(ExtractConfig) if f.metadata.get("feature")]
+    assert [getattr(back, n) for n in marked if n != "layer"] == [getattr(cfg, n) for n in marked if n != "layer"]
+    assert "flow" not in make_signature(ExtractConfig(), FakeBackbone())  # flow_method applies to flow only
+    assert "--flow-method" not in ExtractConfig().flags() and "--precision bf16" in cfg.flags()
 
 
 def test_crop_ratio_is_applied(tmp_path):
