@@ -13,7 +13,7 @@ from .backbones import Backbone, Preprocess
 from .batches import cap_frames
 from .captioner import Captioner, load_checkpoints
 from .checkpoint import Checkpoint
-from .devices import configure, normalize
+from .devices import configure
 from .errors import S2VTError, SignatureMismatch
 from .extract import ExtractConfig, cnn_features, video_images
 
@@ -25,8 +25,8 @@ class VideoFeatures:
 
     def __init__(self, ck: Checkpoint, cnn_weights: Optional[str] = None, device="cpu", label: str = "checkpoint"):
         sig = ck.feature_signature
-        self.device, self.max_frames = normalize(device), ck.max_frames
-        self.cfg = ExtractConfig.from_signature(sig, cnn_weights, str(device))
+        self.cfg, self.device = ExtractConfig.from_signature(sig, cnn_weights, str(device)).on_device()
+        self.max_frames = ck.max_frames
         configure(self.device, fp32=self.cfg.precision == "fp32")  # the features as extraction computed them
         pre = Preprocess(**{k: tuple(v) if isinstance(v, list) else v for k, v in sig["preprocess"].items()})
         self.backbone = Backbone(self.cfg.cnn, self.cfg.layer, self.cfg.weights, pre).to(self.device)

@@ -151,12 +151,10 @@ def _shard(text: str):
 
 def extract_config(a):
     """The ExtractConfig of parsed ``s2vt extract`` arguments."""
+    from .config import overrides
     from .extract import ExtractConfig
 
-    return ExtractConfig(stream=a.stream, cnn=a.cnn, layer=a.layer, weights=a.weights, stride=a.stride,
-                         num_frames=a.num_frames, max_frames=a.max_frames, input_size=a.input_size,
-                         crop_ratio=a.crop_ratio, flow_method=a.flow_method, batch_size=a.batch_size,
-                         workers=a.workers, device=a.device, precision="bf16" if a.bf16 else "fp32")
+    return ExtractConfig(**{**overrides(a, ExtractConfig), "device": a.device})
 
 
 def cmd_extract(a) -> int:
@@ -432,9 +430,9 @@ def _add_dataset_info(sub, shared):
 
 
 def _add_extract(sub, shared):
-    from .extract import CPU_BATCH, GPU_BATCH, ExtractConfig
+    from .config import add_arguments
+    from .extract import ExtractConfig
 
-    e = ExtractConfig()
     s = sub.add_parser("extract", help="cache CNN features of RGB frames or optical-flow images in HDF5",
                        formatter_class=F, parents=[shared["device"]], description=(
                            "Samples frames (one in every --stride, or --num-frames uniformly), runs a CNN and "
@@ -450,27 +448,11 @@ def _add_extract(sub, shared):
                                         "torchrun --nproc_per_node 4 -m s2vt extract clips/ --out f.h5 --device cuda   # then: s2vt merge-features f.h5 f.shard*of4.h5"))
     s.add_argument("videos", nargs="*", help="video files or folders (searched recursively)")
     s.add_argument("--out", required=True, help="HDF5 feature file (created, or resumed when it exists)")
-    s.add_argument("--stream", choices=["rgb", "flow"], default=e.stream, help="RGB frames or optical-flow images")
     s.add_argument("--list", help="text file of video paths (or 'id<TAB>path' lines; blank lines and # comments skipped)")
     s.add_argument("--dataset", help=f"take videos from a dataset ({DATASETS})")
     s.add_argument("--root", help="dataset root for --dataset")
     s.add_argument("--splits", nargs="+", default=["train", "val", "test"], help="splits of --dataset to extract")
-    s.add_argument("--cnn", default=e.cnn, help="efficientnet_lite0 (default, offline), vgg16, alexnet, resnet152")
-    s.add_argument("--layer", help="feature layer (default per CNN: pool, fc7, fc7, pool)")
-    s.add_argument("--weights", help="CNN weights file (vgg16/alexnet/resnet152: torchvision .pth)")
-    s.add_argument("--stride", type=int, default=e.stride, help="keep one frame in every N (default: 10, the paper)")
-    s.add_argument("--num-frames", type=int, default=0, help="instead of a stride: K frames spread uniformly")
-    s.add_argument("--max-frames", type=int, default=0, help="at most this many frames per video (0: all)")
-    s.add_argument("--input-size", type=int, default=e.input_size, help="CNN input crop side in pixels (default: 224)")
-    s.add_argument("--crop-ratio", type=float, default=e.crop_ratio, help="crop / resized short side (default: 0.875)")
-    s.add_argument("--flow-method", choices=["dis", "farneback"], default=e.flow_method, help="OpenCV optical flow")
-    s.add_argument("--batch-size", type=int, default=None,
-                   help=f"images per CNN call (default: {CPU_BATCH} on the CPU, where small batches stay in cache; "
-                        f"{GPU_BATCH} on a GPU)")
-    s.add_argument("--workers", type=int, default=e.workers,
-                   help="decoding processes (default: cores - 1 on a GPU, 2 on the CPU)")
-    s.add_argument("--bf16", action="store_true",
-                   help="bf16 autocast for the CNN on CUDA, recorded in the store (on a CPU: a warning, then fp32)")
+    add_arguments(s, ExtractConfig)
     s.add_argument("--shard", help="I/N: process every N-th video from the I-th, writing OUT.shardIofN.h5 "
                                    "(set automatically under torchrun)")
     s.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -22,9 +22,14 @@ class ConfigError(S2VTError):
 
 
 def option(default: Any, help: str, choices: Optional[Sequence] = None, low: Optional[float] = None,
-           high: Optional[float] = None, low_open: bool = False, cli: bool = True) -> Any:
-    """A dataclass field with its help text and allowed values (``low``/``high`` inclusive unless ``low_open``)."""
-    meta = {"help": help, "choices": choices, "low": low, "high": high, "low_open": low_open, "cli": cli}
+           high: Optional[float] = None, low_open: bool = False, cli: bool = True, feature: Optional[str] = None,
+           when: Optional[dict] = None) -> Any:
+    """A dataclass field with its help text and allowed values (``low``/``high`` inclusive unless ``low_open``).
+
+    ``feature``: the dotted key this field takes in a feature signature (it defines what a feature
+    means); ``when``: {field: value} under which the field applies (e.g. only for the flow stream)."""
+    meta = {"help": help, "choices": choices, "low": low, "high": high, "low_open": low_open, "cli": cli,
+            "feature": feature, "when": when or {}}
     if isinstance(default, (list, dict)):
         return dataclasses.field(default_factory=lambda: type(default)(default), metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -102,6 +107,26 @@ def add_arguments(parser: argparse.ArgumentParser, cls, dest_prefix: str = "", s
             parser.add_argument(flag(f.name), action=argparse.BooleanOptionalAction, **kw)
         else:
             parser.add_argument(flag(f.name), type=tp, choices=m.get("choices"), **kw)
+
+
+def feature_fields(obj) -> list:
+    """The fields of ``obj`` that define its features (declared with ``feature=``) and apply to its values."""
+    return [f for f in dataclasses.fields(obj) if f.metadata.get("feature")
+            and all(getattr(obj, k) == v for k, v in f.metadata.get("when", {}).items())]
+
+
+def as_flags(obj, fields) -> str:
+    """The command-line flags that set ``fields`` of ``obj`` to their values (None: left out)."""
+    out = []
+    for f in fields:
+        v = getattr(obj, f.name)
+        if v is None:
+            continue
+        if isinstance(v, bool):
+            out.append(flag(f.name) if v else "--no-" + f.name.replace("_", "-"))
+        else:
+            out.append(f"{flag(f.name)} {v}")
+    return " ".join(out)
 
 
 def overrides(args: argparse.Namespace, cls, dest_prefix: str = "") -> dict:

@@ -21,7 +21,7 @@ import os
 import time
 import warnings
 from collections import Counter, deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Deque, Dict, Iterator, List, Optional, Sequence, Tuple
 
@@ -31,7 +31,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from .backbones import SPECS, Backbone, Preprocess, check_backbone, prepare
-from .config import check_device
+from .config import as_flags, check_device, check_fields, feature_fields, option
 from .devices import configure, local_world_size, synchronize
 from .devices import name as device_name
 from .errors import S2VTError
@@ -56,68 +56,77 @@ def _int_at_least(flag: str, value, low: int) -> None:
 
 @dataclass
 class ExtractConfig:
-    stream: str = "rgb"               # rgb frames or optical-flow images
-    cnn: str = "efficientnet_lite0"   # backbone name (see s2vt.backbones.SPECS)
-    layer: Optional[str] = None       # None = the backbone's default layer
-    weights: Optional[str] = None     # weights file; None = offline default / torch cache
-    stride: int = 10                  # one frame in every 10 (the paper)
-    num_frames: int = 0               # >0: this many frames spread uniformly instead of a stride
-    max_frames: int = 0               # cap on sampled frames per video (0 = none)
-    input_size: int = 224             # CNN crop side
-    crop_ratio: float = 0.875         # crop side / resized short side (224 of 256), in (0, 1]
-    flow_method: str = "dis"
-    batch_size: Optional[int] = None  # images per CNN call; None = CPU_BATCH on the CPU, GPU_BATCH on a GPU
-    workers: Optional[int] = None     # decoding processes; None = cores - 1 on a GPU, 2 on the CPU; 0 = in-process
-    chunk: int = 32                   # frames per worker message (bounds memory)
-    device: str = "cpu"
-    precision: str = "fp32"           # fp32 or bf16 (autocast, GPU only; recorded in the signature)
+    """How features are computed. Fields declared with ``feature=`` define what a feature means:
+    the store's signature is made from them, and :meth:`from_signature` reads them back."""
+
+    stream: str = option("rgb", "RGB frames or optical-flow images", choices=STREAMS, feature="stream")
+    cnn: str = option("efficientnet_lite0", "backbone: efficientnet_lite0 (offline), vgg16, alexnet, resnet152",
+                      feature="backbone")
+    layer: Optional[str] = option(None, "feature layer (default per CNN: pool, fc7, fc7, pool)", feature="layer")
+    weights: Optional[str] = option(None, "CNN weights file (vgg16/alexnet/resnet152: torchvision .pth)")
+    stride: int = option(10, "keep one frame in every N (the paper: 10)", low=1, feature="sampling.stride")
+    num_frames: int = option(0, "instead of a stride: K frames spread uniformly (0: use the stride)", low=0,
+                             feature="sampling.num_frames")
+    max_frames: int = option(0, "at most this many frames per video (0: all)", low=0, feature="sampling.max_frames")
+    input_size: int = option(224, "CNN input crop side in pixels", low=16, feature="preprocess.size")
+    crop_ratio: float = option(0.875, "crop side / resized short side, in (0, 1]", low=0.0, low_open=True, high=1.0,
+                               feature="preprocess.crop_ratio")
+    flow_method: str = option("dis", "OpenCV optical flow", choices=METHODS, feature="flow.method",
+                              when={"stream": "flow"})
+    batch_size: Optional[int] = option(None, f"images per CNN call (default: {CPU_BATCH} on the CPU, where small "
+                                             f"batches stay in cache; {GPU_BATCH} on a GPU)", low=1)
+    workers: Optional[int] = option(None, "decoding processes (default: cores - 1 on a GPU, 2 on the CPU; "
+                                          "0: in-process)", low=0)
+    chunk: int = option(32, "frames per worker message (bounds memory)", low=1, cli=False)
+    device: str = option("cpu", "cpu, cuda, cuda:1 ...", cli=False)  # the command's shared --device
+    precision: str = option("fp32", "bf16: autocast for the CNN on CUDA, recorded in the store "
+                                    "(on a CPU: a warning, then fp32)", choices=("fp32", "bf16"), feature="precision")
 
     def __post_init__(self):
-        if self.stream not in STREAMS:
-            raise S2VTError(f"--stream must be one of {', '.join(STREAMS)}, not {self.stream!r}")
-        if self.flow_method not in METHODS:
-            raise S2VTError(f"--flow-method must be one of {', '.join(METHODS)}, not {self.flow_method!r}")
-        if self.precision not in ("fp32", "bf16"):
-            raise S2VTError(f"precision must be fp32 or bf16 (--bf16), not {self.precision!r}")
-        for flag, value, low in (("--chunk", self.chunk, 1), ("--input-size", self.input_size, 16)):
-            _int_at_least(flag, value, low)
-        if self.batch_size is not None:
-            _int_at_least("--batch-size", self.batch_size, 1)
-        if self.workers is not None:
-            _int_at_least("--workers", self.workers, 0)
-        if not (isinstance(self.crop_ratio, (int, float)) and 0 < self.crop_ratio <= 1):
-            raise S2VTError(f"--crop-ratio must be in (0, 1] (crop side / resized short side), not {self.crop_ratio!r}")
+        check_fields(self)
+        try:  # the name only: whether this machine has the device is checked when a run starts
+            torch.device(self.device)
+        except (RuntimeError, TypeError) as e:
+            raise S2VTError(f"--device {self.device!r} is not a device name (cpu, cuda, cuda:1, ...): {e}")
         check_backbone(self.cnn, self.layer, self.input_size)
         self.sampling()  # --stride / --num-frames / --max-frames
+
+    def on_device(self) -> Tuple["ExtractConfig", torch.device]:
+        """(this config as it runs here, the device): checked when a run starts, not on construction."""
         dev = check_device(self.device)
         if self.precision == "bf16" and dev.type == "cpu":
             # CPUs without bf16 units run a bf16 CNN ~60x slower than fp32: compute (and record) fp32
-            warnings.warn("--bf16 is for GPUs; on the CPU the CNN runs (and the store records) fp32", stacklevel=3)
-            self.precision = "fp32"
+            warnings.warn("--precision bf16 is for GPUs; on the CPU the CNN runs (and the store records) fp32",
+                          stacklevel=3)
+            return replace(self, precision="fp32"), dev
+        return self, dev
 
     @classmethod
     def from_signature(cls, sig: dict, weights: Optional[str] = None, device: str = "cpu") -> "ExtractConfig":
         """The settings that compute features with signature ``sig`` (``weights``: the file whose
         digest it records; None = the offline default)."""
-        s, pre = sig["sampling"], sig["preprocess"]
-        return cls(stream=sig["stream"], cnn=sig["backbone"], layer=sig["layer"], weights=weights,
-                   stride=s["stride"], num_frames=s["num_frames"], max_frames=s["max_frames"],
-                   input_size=pre["size"], crop_ratio=pre["crop_ratio"],
-                   flow_method=sig.get("flow", {}).get("method", "dis"), device=device,
-                   precision=sig.get("precision", "fp32"))
+        given = {}
+        for f in fields(cls):
+            key = f.metadata.get("feature")
+            value = _lookup(sig, key) if key else _MISSING
+            if value is not _MISSING:
+                given[f.name] = value
+        return cls(**given, weights=weights, device=device)
+
+    def feature_values(self) -> dict:
+        """The signature entries these settings define (dotted keys nested)."""
+        out: dict = {}
+        for f in feature_fields(self):
+            *path, last = f.metadata["feature"].split(".")
+            node = out
+            for k in path:
+                node = node.setdefault(k, {})
+            node[last] = getattr(self, f.name)
+        return out
 
     def flags(self) -> str:
         """The ``s2vt extract`` flags that select these features (not the speed settings)."""
-        out = [f"--stream {self.stream}", f"--cnn {self.cnn}"] + ([f"--layer {self.layer}"] if self.layer else [])
-        out.append(f"--num-frames {self.num_frames}" if self.num_frames else f"--stride {self.stride}")
-        if self.max_frames:
-            out.append(f"--max-frames {self.max_frames}")
-        out += [f"--input-size {self.input_size}", f"--crop-ratio {self.crop_ratio}"]
-        if self.stream == "flow":
-            out.append(f"--flow-method {self.flow_method}")
-        if self.precision == "bf16":
-            out.append("--bf16")
-        return " ".join(out)
+        return as_flags(self, feature_fields(self))
 
     def sampling(self) -> Sampling:
         return Sampling(stride=self.stride, num_frames=self.num_frames, max_frames=self.max_frames)
@@ -146,22 +155,32 @@ class ExtractConfig:
         return max(1, cores // local_world_size() - 1)
 
 
+_MISSING = object()
+
+
+def _lookup(d: dict, dotted: str):
+    for k in dotted.split("."):
+        if not isinstance(d, dict) or k not in d:
+            return _MISSING
+        d = d[k]
+    return d
+
+
 def make_signature(cfg: ExtractConfig, backbone: Backbone) -> dict:
-    """What a feature means: stream, network, weights, preprocessing, sampling."""
-    s = cfg.sampling()
-    sig = {"format_version": VERSION, "stream": cfg.stream, **backbone.signature(),
-           "sampling": {"stride": s.stride, "num_frames": s.num_frames, "max_frames": s.max_frames,
-                        "short_side": s.short_side},
-           "precision": cfg.precision}
+    """What a feature means: the feature fields of ``cfg``, with what the backbone resolved
+    (layer, dim, weights digest, preprocessing) and the constants of sampling and flow images."""
+    sig = {"format_version": VERSION, **cfg.feature_values()}
+    for k, v in backbone.signature().items():  # the backbone's resolved values (its default layer, mean, std)
+        sig[k] = {**sig.get(k, {}), **v} if isinstance(v, dict) else v
+    sig["sampling"]["short_side"] = cfg.sampling().short_side
     if cfg.stream == "flow":
-        sig["flow"] = {"method": cfg.flow_method, "scale": SCALE, "offset": OFFSET}
+        sig["flow"].update(scale=SCALE, offset=OFFSET)
     return sig
 
 
 def extract_flags(sig: dict) -> str:
     """The ``s2vt extract`` flags that compute features with signature ``sig``."""
-    cfg = ExtractConfig.from_signature({**sig, "precision": "fp32"})  # bf16 is refused on this CPU config
-    return cfg.flags() + (" --bf16" if sig.get("precision") == "bf16" else "")
+    return ExtractConfig.from_signature(sig).flags()
 
 
 def video_images(path, cfg: ExtractConfig, pre: Preprocess, info: dict) -> Iterator[Tuple[int, np.ndarray]]:
@@ -525,7 +544,7 @@ def extract(items: Sequence[Tuple[str, str]], out, cfg: ExtractConfig,
     t0 = time.time()
     if shard is not None:
         check_shard(*shard)
-    device = check_device(cfg.device)  # cuda:LOCAL_RANK under torchrun
+    cfg, device = cfg.on_device()  # cuda:LOCAL_RANK under torchrun
     configure(device, fp32=cfg.precision == "fp32", benchmark=True)  # fp32 features are IEEE fp32, as recorded
     backbone = (backbone or Backbone(cfg.cnn, cfg.layer, cfg.weights, cfg.preprocess())).to(device)
     sig = make_signature(cfg, backbone)
@@ -606,7 +625,7 @@ def time_stages(items: Sequence[Tuple[str, str]], cfg: ExtractConfig, workdir, b
     Also the CPU seconds each stage used, and ``bound_s`` = max(decode-only, CNN-only,
     (decode CPU + CNN CPU) / cores): when decoding and the CNN both run on the CPU they share
     its cores, so no overlap can finish sooner; ``ratio_to_bound`` = extraction / bound_s."""
-    device = check_device(cfg.device)
+    cfg, device = cfg.on_device()
     configure(device, fp32=cfg.precision == "fp32", benchmark=True)
     backbone = (backbone or Backbone(cfg.cnn, cfg.layer, cfg.weights, cfg.preprocess())).to(device)
     t, c = time.perf_counter(), _cpu_seconds()

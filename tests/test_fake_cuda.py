@@ -6,7 +6,6 @@ count, free memory) are monkeypatched. Inside a fake mode ``torch.cuda.is_availa
 False: patched to True, the fake mode tries to reach a real device. ``scripts/gpu_check.sh``
 runs the same paths for real on a GPU.
 """
-import os
 
 import numpy as np
 import pytest
