@@ -247,6 +247,8 @@ def cmd_caption(a) -> int:
     DecodeConfig(beam=a.beam)  # validates --beam
     check_device(a.device)
     _needs_flow(a, "--alpha", "--weights-flow")
+    if a.attention and not a.json:
+        raise S2VTError("--attention adds per-word attention weights to the JSON output: add --json")
     cks = [a.checkpoint] + ([a.checkpoint_flow] if a.checkpoint_flow else [])
     cnn_weights = [a.weights] + ([a.weights_flow] if a.checkpoint_flow else [])
     cap = video_captioner(cks, cnn_weights, device=a.device, streams=["rgb", "flow"] if a.checkpoint_flow else None)
@@ -255,7 +257,13 @@ def cmd_caption(a) -> int:
     for v in a.videos:
         try:
             text = cap.caption([v], weights, beam=a.beam)[v]
-            print(json.dumps({"video": v, "caption": text}) if a.json else f"{v}\t{text}", flush=True)
+            rec = {"video": v, "caption": text}
+            if a.attention:
+                att = cap.attention(v, text)
+                if all(x is None for x in att):
+                    raise S2VTError(f"--attention: {a.checkpoint} has no attention (trained with --decoder s2vt)")
+                rec["attention"] = att[0] if len(att) == 1 else dict(zip(("rgb", "flow"), att))
+            print(json.dumps(rec) if a.json else f"{v}\t{text}", flush=True)
         except (VideoError, S2VTError) as e:
             rc = 1
             print(json.dumps({"video": v, "error": str(e)}) if a.json else f"{v}\terror: {e}", flush=True)
@@ -515,6 +523,8 @@ def _add_caption(sub, shared):
     s.add_argument("--alpha", type=float, help="RGB weight in fusion, in [0, 1] (default: 0.5; tune it with s2vt evaluate)")
     s.add_argument("--weights", help="CNN weights for the RGB model's backbone, if not the offline default")
     s.add_argument("--weights-flow", help="CNN weights for the flow model's backbone")
+    s.add_argument("--attention", action="store_true",
+                   help="with --json: each word's attention weights over the encoded frames (--decoder attention)")
     s.add_argument("--json", action="store_true", help="one JSON object per video")
     s.set_defaults(fn=cmd_caption)
 

@@ -33,7 +33,8 @@ from .datasets import load_corpus
 from .errors import S2VTError
 from .fileio import write_json
 from .hostmem import keep_freed_memory
-from .model import ModelConfig, S2VT
+from .decoders import build_model
+from .model import ModelConfig
 from .store import FeatureStore, signature_diff
 from .vocab import Vocab
 
@@ -395,7 +396,7 @@ def _train(cfg: TrainConfig, device: torch.device, rank: int, world: int, resume
     if ck is not None:
         check_resume(ck, cfg, data.vocab, data.store.signature, out / "last.pt")
     torch.manual_seed(cfg.seed)
-    model = S2VT(cfg.model).to(device)
+    model = build_model(cfg.model).to(device)
     optimizer = make_optimizer(model, cfg)
     scheduler = make_scheduler(optimizer, cfg)
     state = restore(ck, model, optimizer, scheduler, device) if ck is not None else LoopState()
