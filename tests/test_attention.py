@@ -66,3 +66,40 @@ def test_checkpoint_records_and_rebuilds_the_decoder(tmp_path):
     torch.save(d, tmp_path / "b.pt")
     with pytest.raises(CheckpointError, match="decoder 'transformer'.*known: s2vt, attention"):
         Checkpoint.load(tmp_path / "b.pt")
+
+
+def test_attention_models_train_evaluate_fuse_and_caption_raw_files(tiny_features, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from s2vt.captioner import Captioner, Member
+    from s2vt.datasets import load_corpus
+    from s2vt.train import TrainConfig, train
+
+    root, stores = tiny_features
+    for stream in ("rgb", "flow"):
+        train(TrainConfig(dataset="synthetic", annotations=str(root), features=str(stores[stream]),
+                          out=str(tmp_path / stream), epochs=1, batch_size=8, lr=3e-3, val_meteor=False,
+                          model=ModelConfig(embed=16, hidden=24, dropout=0.0, decoder="attention")), progress=False)
+    rgb, flow = str(tmp_path / "rgb" / "best.pt"), str(tmp_path / "flow" / "best.pt")
+    corpus = load_corpus("synthetic", root)
+    test = corpus.splits["test"]
+    fused = Captioner.from_members([Member(rgb, str(stores["rgb"])), Member(flow, str(stores["flow"]))],
+                                   streams=["rgb", "flow"])
+    caps = fused.caption(test, weights=[0.5, 0.5], beam=2)
+    assert set(caps) == set(test)
+    video = str(corpus.video_path(test[0]))
+    p = subprocess.run([sys.executable, "-m", "s2vt", "caption", video, "--checkpoint", rgb, "--checkpoint-flow", flow,
+                        "--json", "--attention", "--beam", "2"], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    rec = json.loads(p.stdout.strip().splitlines()[-1])
+    frames = 4  # 16 frames, one in 4
+    for stream in ("rgb", "flow"):
+        att = rec["attention"][stream]
+        assert [a["word"] for a in att] == rec["caption"].split() + ["<eos>"]
+        for a in att:
+            assert len(a["weights"]) == frames and abs(sum(a["weights"]) - 1) < 1e-4
+    p = subprocess.run([sys.executable, "-m", "s2vt", "caption", video, "--checkpoint", rgb, "--attention"],
+                       capture_output=True, text=True)
+    assert p.returncode == 2 and "add --json" in p.stderr and len(p.stderr.strip().splitlines()) == 1
