@@ -114,3 +114,22 @@ class Captioner:
             toks = decode(fusion, inputs, beam=beam, max_len=max_len, len_penalty=self.decoding.len_penalty)
             out.update({k: self.vocab.decode(t) for k, t in zip(chunk, toks)})
         return out
+
+    @torch.inference_mode()
+    def attention(self, key: str, caption: str) -> List[Optional[List[dict]]]:
+        """Per member: for each word of ``caption`` (then <eos>), the attention weights over the encoding
+        steps (frames) that predicted it, as ``[{"word": w, "weights": [T floats]}]``; None for a member
+        without attention (``--decoder s2vt``)."""
+        ids = self.vocab.encode(caption)
+        words = [self.vocab.itos[i] for i in ids] + ["<eos>"]
+        words_in = torch.tensor([[Vocab.bos] + ids], device=self.device)               # (1, L+1)
+        out: List[Optional[List[dict]]] = []
+        for model, source in zip(self.models, self.sources):
+            if not hasattr(model, "attention"):
+                out.append(None)
+                continue
+            f = source(key)
+            a = model.attention(f[None].to(self.device), torch.tensor([len(f)]), words_in)[0]  # (L+1, T)
+            out.append([{"word": w, "weights": [round(x, 6) for x in row]} for w, row in zip(words, a.tolist())])
+        return out
+

@@ -18,7 +18,7 @@ from .config import ConfigError, from_dict
 from .decoding import DecodeConfig
 from .errors import S2VTError
 from .fileio import atomic_write
-from .model import ModelConfig, S2VT
+from .model import DECODERS, ModelConfig
 from .vocab import Vocab
 
 FORMAT = "s2vt-checkpoint"
@@ -47,9 +47,11 @@ class Checkpoint:
     def max_frames(self) -> int:
         return self.model_config.max_frames
 
-    def build_model(self, device="cpu") -> S2VT:
-        """The model in eval mode on ``device``, weights loaded."""
-        model = S2VT(self.model_config)
+    def build_model(self, device="cpu") -> torch.nn.Module:
+        """The model (the recorded decoder) in eval mode on ``device``, weights loaded."""
+        from .decoders import build_model
+
+        model = build_model(self.model_config)
         try:
             model.load_state_dict(self.weights)
         except RuntimeError as e:
@@ -71,6 +73,10 @@ class Checkpoint:
         if d.get("format") != FORMAT or missing:
             raise CheckpointError(f"{path} is not an s2vt checkpoint"
                                   + (f" (missing {', '.join(missing)})" if missing else " (no format tag)"))
+        decoder = d["model_config"].get("decoder", "s2vt") if isinstance(d["model_config"], dict) else "s2vt"
+        if decoder not in DECODERS:
+            raise CheckpointError(f"{path} was trained with the decoder {decoder!r}, which this version of s2vt does "
+                                  f"not know (known: {', '.join(DECODERS)}); use the s2vt version that trained it")
         try:
             mc = from_dict(ModelConfig, d["model_config"], "model_config")
             dec = from_dict(DecodeConfig, d.get("decoding") or {}, "decoding")

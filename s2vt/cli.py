@@ -245,6 +245,8 @@ def cmd_caption(a) -> int:
     DecodeConfig(beam=a.beam)  # validates --beam
     check_device(a.device)
     _needs_flow(a, "--alpha", "--weights-flow")
+    if a.attention and not a.json:
+        raise S2VTError("--attention adds per-word attention weights to the JSON output: add --json")
     cks = [a.checkpoint] + ([a.checkpoint_flow] if a.checkpoint_flow else [])
     cnn_weights = [a.weights] + ([a.weights_flow] if a.checkpoint_flow else [])
     cap = video_captioner(cks, cnn_weights, device=a.device, streams=["rgb", "flow"] if a.checkpoint_flow else None)
@@ -253,7 +255,13 @@ def cmd_caption(a) -> int:
     for v in a.videos:
         try:
             text = cap.caption([v], weights, beam=a.beam)[v]
-            print(json.dumps({"video": v, "caption": text}) if a.json else f"{v}\t{text}", flush=True)
+            rec = {"video": v, "caption": text}
+            if a.attention:
+                att = cap.attention(v, text)
+                if all(x is None for x in att):
+                    raise S2VTError(f"--attention: {a.checkpoint} has no attention (trained with --decoder s2vt)")
+                rec["attention"] = att[0] if len(att) == 1 else dict(zip(("rgb", "flow"), att))
+            print(json.dumps(rec) if a.json else f"{v}\t{text}", flush=True)
         except (VideoError, S2VTError) as e:
             rc = 1
             print(json.dumps({"video": v, "error": str(e)}) if a.json else f"{v}\terror: {e}", flush=True)
@@ -390,6 +398,10 @@ def cmd_demo(a) -> int:
         check_device(a.device)
     if a.seeds is not None and any(s < 0 for s in a.seeds):
         raise S2VTError(f"--seeds {' '.join(map(str, a.seeds))}: seeds must be >= 0")
+    if a.study:
+        from .study import run_study
+
+        return 0 if run_study(a.workdir, a.study, a.preset, a.fresh, a.device, a.seeds, workers=a.workers) else 1
     res = run_demo(a.workdir, a.preset, a.fresh, a.device, a.seeds, workers=a.workers)
     return 0 if res else 1
 
@@ -497,6 +509,8 @@ def _add_caption(sub, shared):
     s.add_argument("--alpha", type=float, help="RGB weight in fusion, in [0, 1] (default: 0.5; tune it with s2vt evaluate)")
     s.add_argument("--weights", help="CNN weights for the RGB model's backbone, if not the offline default")
     s.add_argument("--weights-flow", help="CNN weights for the flow model's backbone")
+    s.add_argument("--attention", action="store_true",
+                   help="with --json: each word's attention weights over the encoded frames (--decoder attention)")
     s.add_argument("--json", action="store_true", help="one JSON object per video")
     s.set_defaults(fn=cmd_caption)
 
@@ -557,13 +571,17 @@ def _add_report(sub, shared):
 def _add_demo(sub, shared):
     s = sub.add_parser("demo", help="the whole pipeline on the embedded dataset", formatter_class=F,
                        epilog=_examples("s2vt demo", "s2vt demo --preset tiny --workdir /tmp/demo",
-                                        "s2vt demo --preset gpu --device cuda"))
+                                        "s2vt demo --preset gpu --device cuda",
+                                        "s2vt demo --study decoders --workdir /tmp/study"))
     s.add_argument("--workdir", default="demo_out", help="folder for everything the demo writes (default: demo_out)")
     s.add_argument("--preset", choices=["cpu", "tiny", "gpu"], default="cpu", help="sizes (default: cpu)")
     s.add_argument("--fresh", action="store_true", help="start over (removes only what an earlier demo wrote)")
     s.add_argument("--device", default="", help="default: the preset's device")
     s.add_argument("--seeds", type=int, nargs="+", help="seeds to train (default: the preset's)")
     s.add_argument("--workers", type=int, default=None, help="processes generating the dataset (default: all cores)")
+    s.add_argument("--study", choices=["decoders"], default=None,
+                   help="instead of the paper's table, a measured comparison: decoders = S2VT vs temporal "
+                        "attention, each with and without SCST (3 seeds)")
     s.set_defaults(fn=cmd_demo)
 
 

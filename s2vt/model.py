@@ -24,6 +24,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 from .config import ConfigError, check_fields, option
 
 State = Tuple[Tuple[torch.Tensor, torch.Tensor], Tuple[torch.Tensor, torch.Tensor]]
+DECODERS = ("s2vt", "attention")  # the models of s2vt.decoders
 
 
 @dataclass
@@ -37,6 +38,8 @@ class ModelConfig:
     max_frames: int = option(80, "encoder steps at most; longer videos are subsampled uniformly (paper: 80)",
                              low=1)
     max_words: int = option(20, "caption words at most in training (paper: 20)", low=1)
+    decoder: str = option("s2vt", "s2vt (the paper) or attention (soft temporal attention over the encoded frames, "
+                          "s2vt.attention)", choices=DECODERS)
 
     def __post_init__(self):
         check_fields(self)

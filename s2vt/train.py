@@ -34,7 +34,8 @@ from .datasets import load_corpus
 from .errors import S2VTError
 from .fileio import write_json
 from .hostmem import keep_freed_memory
-from .model import ModelConfig, S2VT
+from .decoders import build_model
+from .model import ModelConfig
 from .store import FeatureStore, signature_diff
 from .vocab import Vocab
 
@@ -84,10 +85,16 @@ class TrainConfig:
     dist_timeout: int = option(300, "seconds to wait for torchrun peers before giving up", low=1)
     val_timeout: int = option(7200, "torchrun: seconds the other processes wait while rank 0 validates and saves",
                               low=1)
+    objective: str = option("xe", "xe: cross-entropy on the captions; scst: self-critical fine-tuning of --init on "
+                            "CIDEr-D (s2vt.scst)", choices=("xe", "scst"))
+    init: str = option("", "--objective scst: the cross-entropy checkpoint to start from (RUN/best.pt)")
+    scst_samples: int = option(5, "--objective scst: captions sampled per video", low=1)
     model: ModelConfig = field(default_factory=ModelConfig)
 
     def __post_init__(self):
         check_fields(self)
+        if self.objective == "scst" and not self.init:
+            raise ConfigError("--objective scst fine-tunes a trained model: give it with --init RUN/best.pt")
         if not isinstance(self.model, ModelConfig):
             raise ConfigError(f"TrainConfig.model must be a ModelConfig, got {type(self.model).__name__}")
 
@@ -410,10 +417,15 @@ def _train(cfg: TrainConfig, device: torch.device, rank: int, world: int, resume
     ck = Checkpoint.load(out / "last.pt") if resume else None
     data = load_data(cfg, device, rank, world, log=print if rank == 0 else (lambda *a: None))
     cfg.model.feat_dim, cfg.model.vocab_size = int(data.store.signature["dim"]), len(data.vocab)  # our own copy
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.model).to(device)
+    scst = None
+    if cfg.objective == "scst":
+        from . import scst as scst_mod
+
+        scst, data = scst_mod.setup(cfg, data, model, device, rank, world)
     if ck is not None:
         check_resume(ck, cfg, data.vocab, data.store.signature, out / "last.pt")
-    torch.manual_seed(cfg.seed)
-    model = S2VT(cfg.model).to(device)
     optimizer = make_optimizer(model, cfg)
     scheduler = make_scheduler(optimizer, cfg)
     state = restore(ck, model, optimizer, scheduler, device) if ck is not None else LoopState()
@@ -427,7 +439,9 @@ def _train(cfg: TrainConfig, device: torch.device, rank: int, world: int, resume
 
         # no device_ids: the batch is already on the device, and DDP would move the CPU lengths there too
         fwd = DDP(model)
+    fwd = scst if scst is not None else fwd  # SCST runs in one process (scst.setup refuses torchrun)
     writer = RunWriter(out, cfg, data, rank, fresh=ck is None)
+    writer.extra_log = scst.pop_stats if scst is not None else None
     own_meteor = meteor is None and cfg.val_meteor and rank == 0 and bool(data.val_refs)
     if own_meteor:
         from .metrics import Meteor
@@ -505,6 +519,7 @@ class RunWriter:
 
     def __init__(self, out: Path, cfg: TrainConfig, data: TrainData, rank: int, fresh: bool):
         self.out, self.rank, self.cfg, self.val_seconds = out, rank, cfg, 0.0
+        self.extra_log = None  # () -> dict added to each train line (the SCST rewards)
         self.last_path, self.best_path, self.metrics = out / "last.pt", out / "best.pt", out / "metrics.jsonl"
         if rank == 0:
             out.mkdir(parents=True, exist_ok=True)
@@ -530,7 +545,8 @@ class RunWriter:
         el = time.time() - stats["t0"]
         loss = float(stats["loss_sum"]) / max(stats["tokens"], 1)  # summed NLL / tokens
         self.append({"step": state.step, "epoch": state.epoch, "train_loss": loss, "lr": optimizer.param_groups[0]["lr"],
-                     "samples_per_s": stats["samples"] * world / max(el, 1e-9)})
+                     "samples_per_s": stats["samples"] * world / max(el, 1e-9),
+                     **(self.extra_log() if self.extra_log else {})})
         bar.set_postfix(loss=f"{loss:.3f}", samples_s=f"{stats['samples'] * world / max(el, 1e-9):.0f}")
         stats.update(loss_sum=torch.zeros_like(stats["loss_sum"]), tokens=0, samples=0, t0=time.time())
 
@@ -542,6 +558,8 @@ class RunWriter:
         if not math.isfinite(rec["val_loss"]) and "val_meteor" not in rec:
             return  # no validation data: nothing to select on
         score = rec["val_meteor"] if by_meteor else -rec["val_loss"]
+        if by_meteor and self.cfg.objective == "scst":
+            score = rec["val_cider"]  # SCST optimises CIDEr-D: select on it
         if score > state.best:
             state.best, state.best_epoch, state.stale = score, state.epoch, 0
         else:

@@ -17,6 +17,12 @@ Per batch size, four figures (samples/s):
   python scripts/bench_train.py --batch-sizes 64 --steps 3                 # CPU, paper shapes
   python scripts/bench_train.py --feat-dim 1024 --vocab 2000 --batch-sizes 32 --json
   python scripts/bench_train.py --device cuda --amp --batch-sizes 64 256 --steps 20 --json
+  python scripts/bench_train.py --objective scst --batch-sizes 32 --json   # adds "scst" figures
+
+With ``--objective scst`` each batch size also gets ``scst``: seconds of one self-critical
+step (K samples and the greedy caption per video, CIDEr-D rewards, teacher-forced log p, backward,
+Adam), of the CIDEr-D rewards alone (B*K samples + B greedy captions against the references,
+s2vt.scst.CiderD), and of our cross-entropy step on the same batch.
 """
 import argparse
 import json
@@ -55,6 +61,8 @@ def parse_args(argv=None):
     p.add_argument("--amp", action="store_true", help="bf16 autocast (and a bf16 feature bank)")
     p.add_argument("--skip-loop", action="store_true", help="do not time the per-step LSTMCell loop")
     p.add_argument("--json", action="store_true", help="end with one JSON line of the figures")
+    p.add_argument("--objective", choices=["xe", "scst"], default="xe", help="scst: also time the self-critical step")
+    p.add_argument("--scst-samples", type=int, default=5, help="captions sampled per video (--objective scst)")
     p.add_argument("--default-allocator", action="store_true",
                    help="keep glibc's malloc defaults (s2vt train keeps freed memory on the CPU: s2vt.hostmem)")
     return p.parse_args(argv)
@@ -186,6 +194,41 @@ def bench_ours(B, args, device, stream, n_samples, vocab_size) -> dict:
     return {k: B * args.steps / v for k, v in spent.items()}
 
 
+def bench_scst(B, args, device, stream, n_samples, vocab, items) -> dict:
+    """Seconds per SCST step, per CIDEr-D reward computation, per cross-entropy step (same model, batch B)."""
+    from s2vt.scst import CiderD, SCSTLoss, reference_ids
+
+    cfg = TrainConfig(batch_size=B, lr=1e-5, amp=args.amp, device=str(device))
+    torch.manual_seed(0)
+    model = S2VT(ModelConfig(feat_dim=args.feat_dim, vocab_size=len(vocab))).to(device).train()
+    opt = make_optimizer(model, cfg)
+    cider = CiderD(reference_ids([caps for _, caps in items], vocab))
+    K, Lm = args.scst_samples, args.words + 1
+    loss = SCSTLoss(model, cider, K, Lm)
+    batch = next(iter(stream.epoch(EpochSampler(n_samples, B, seed=0).batches(0), 0)))
+    loss.rows = torch.arange(len(batch)) % len(items)
+    g = torch.Generator().manual_seed(0)
+    samples = torch.randint(4, len(vocab), (len(batch) * (K + 1), Lm), generator=g)
+    rows = torch.arange(len(batch) * (K + 1)) % len(items)
+    variants = {"step_s": lambda: train_step(model, loss, opt, batch, cfg),
+                "cider_s": lambda: cider(samples, rows),
+                "xe_step_s": lambda: train_step(model, model, opt, batch, cfg)}
+    spent = dict.fromkeys(variants, 0.0)
+    for f in variants.values():
+        f()  # warm-up
+    for _ in range(args.steps):
+        for name, f in variants.items():
+            sync(device)
+            t = time.perf_counter()
+            f()
+            sync(device)
+            spent[name] += time.perf_counter() - t
+    res = {k: v / args.steps for k, v in spent.items()}
+    res.update(samples=K, cider_over_xe_step=res["cider_s"] / res["xe_step_s"],
+               cider_over_scst_step=res["cider_s"] / res["step_s"])
+    return res
+
+
 def main(args):
     device = resolve(args.device)
     if args.default_allocator:
@@ -219,6 +262,11 @@ def main(args):
             if res["loop"]:
                 line += f" | loop {res['loop']:8.1f} -> e2e/loop {res['end_to_end'] / res['loop']:.2f}x"
             print(line, flush=True)
+            if args.objective == "scst":
+                res["scst"] = sc = bench_scst(B, args, device, stream, len(table), vocab, items)
+                print(f"batch {B:4d} scst (K={sc['samples']}): step {sc['step_s']:.3f} s | CIDEr-D rewards "
+                      f"{sc['cider_s']:.4f} s ({sc['cider_over_xe_step']:.2f}x our cross-entropy step of "
+                      f"{sc['xe_step_s']:.3f} s)", flush=True)
     if args.json:
         print(json.dumps({"device": dev, "torch": torch.__version__, "amp": args.amp, "results": results}))
 

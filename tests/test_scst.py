@@ -1,0 +1,93 @@
+"""Self-critical training: CIDEr-D equal to coco-caption's, SCST runs that train and resume, bad input."""
+import json
+import random
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from s2vt import checkpoint
+from s2vt.model import ModelConfig
+from s2vt.scst import CiderD
+from s2vt.train import TrainConfig, train
+
+WORDS = "a the red blue green circle square ball moves left right up down is moving to quickly".split()
+
+
+def _sentence(rng):
+    return " ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 9)))
+
+
+def test_cider_d_equals_pycocoevalcap_cider():
+    # pycocoevalcap's Cider is CIDEr-D (clipped tf-idf matches, Gaussian length penalty, x10)
+    from pycocoevalcap.cider.cider import Cider
+
+    rng = random.Random(0)
+    gts = {f"v{i}": [_sentence(rng) for _ in range(rng.randint(1, 6))] for i in range(40)}
+    res = {k: [_sentence(rng) if i % 7 else gts[k][0]] for i, k in enumerate(gts)}
+    res["v3"] = ["zebra"]                                    # no n-gram known to any reference
+    want_mean, want = Cider().compute_score(gts, res)
+    ids = {w: i + 1 for i, w in enumerate(WORDS + ["zebra"])}
+    enc = lambda s: [ids[w] for w in s.split()]
+    cider = CiderD([[enc(r) for r in gts[k]] for k in gts])  # document frequencies from the same corpus
+    L = max(len(res[k][0].split()) for k in gts)
+    seqs = torch.tensor([enc(res[k][0]) + [0] * (L - len(res[k][0].split())) for k in gts])
+    got = cider(seqs, torch.arange(len(gts)))
+    assert got.shape == (40,) and float(got.max()) > 1.0
+    assert torch.allclose(got, torch.as_tensor(want, dtype=torch.float64), atol=1e-6, rtol=0)
+    assert abs(float(got.mean()) - want_mean) < 1e-6
+
+
+def _xe(tiny_features, out, decoder="s2vt", **kw):
+    root, stores = tiny_features
+    base = dict(dataset="synthetic", annotations=str(root), features=str(stores["rgb"]), out=str(out), epochs=1,
+                batch_size=8, lr=3e-3, val_meteor=False, log_every=1,
+                model=ModelConfig(embed=16, hidden=24, dropout=0.0, decoder=decoder))
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+@pytest.mark.parametrize("decoder", ["s2vt", "attention"])
+def test_scst_trains_logs_rewards_and_resumes_bitwise(tiny_features, tmp_path, decoder):
+    train(_xe(tiny_features, tmp_path / "xe", decoder), progress=False)
+    init = str(tmp_path / "xe" / "best.pt")
+    scst = lambda out, steps: _xe(tiny_features, out, decoder, objective="scst", init=init, scst_samples=3,
+                                  epochs=3, max_steps=steps, lr=1e-3)
+    train(scst(tmp_path / "full", 4), progress=False)
+    train(scst(tmp_path / "split", 2), progress=False)
+    train(scst(tmp_path / "split", 4), resume=True, progress=False)
+    a, b = checkpoint.load(tmp_path / "full" / "last.pt"), checkpoint.load(tmp_path / "split" / "last.pt")
+    x = checkpoint.load(init)
+    assert a.model_config.decoder == decoder and a.state["step"] == b.state["step"] == 4
+    assert any(not torch.equal(a.weights[k], x.weights[k]) for k in a.weights)       # it trained
+    for k in a.weights:
+        assert torch.equal(a.weights[k], b.weights[k]), k
+    recs = [json.loads(l) for l in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
+    rewards = [r["reward_sample"] for r in recs if "reward_sample" in r]
+    assert len(rewards) == 4 and all(r >= 0 for r in rewards)
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "s2vt", "train", *args], capture_output=True, text=True)
+
+
+def test_scst_bad_input_is_one_line_and_writes_nothing(tiny_features, tmp_path):
+    root, stores = tiny_features
+    train(_xe(tiny_features, tmp_path / "xe"), progress=False)
+    common = ["--dataset", "synthetic", "--annotations", str(root), "--features", str(stores["rgb"]),
+              "--embed", "16", "--hidden", "24", "--quiet", "--no-val-meteor"]
+    init = str(tmp_path / "xe" / "best.pt")
+    cases = [([], "--init RUN/best.pt"),
+             (["--init", init, "--decoder", "attention"], "--decoder s2vt"),
+             (["--init", init, "--min-count", "3"], "vocabulary differs"),
+             (["--init", init, "--features", str(stores["flow"])], "features extracted differently"),
+             (["--init", init, "--scst-samples", "0"], "--scst-samples"),
+             (["--init", init, "--train-split", "test", "--annotations", str(tmp_path / "noref")], "")]
+    (tmp_path / "noref").mkdir()
+    for extra, msg in cases[:-1]:
+        out = tmp_path / "out"
+        p = _cli(*common, "--objective", "scst", "--out", str(out), *extra)
+        lines = p.stderr.strip().splitlines()
+        assert p.returncode == 2 and len(lines) == 1 and msg in lines[0], (extra, p.stderr)
+        assert not out.exists(), extra

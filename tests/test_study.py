@@ -1,0 +1,27 @@
+"""``s2vt demo --study decoders`` on the tiny preset: its rows, per-seed metrics, reward curves, report
+(the stage reuse is the demo's, tested in test_demo)."""
+import json
+
+import pytest
+
+from s2vt.errors import S2VTError
+from s2vt.study import ROWS, run_study
+
+
+def test_tiny_study_writes_every_row(tmp_path):
+    (tmp_path / "user").mkdir()
+    (tmp_path / "user" / "notes.txt").write_text("mine")
+    with pytest.raises(S2VTError, match="not written by `s2vt demo`"):
+        run_study(tmp_path / "user", preset="tiny")
+    wd = tmp_path / "study"
+    res = run_study(wd, preset="tiny")
+    saved = json.loads((wd / "results.json").read_text())
+    assert list(saved["per_seed"]) == list(ROWS) == ["RGB S2VT", "RGB attention", "RGB S2VT + SCST",
+                                                     "RGB attention + SCST"]
+    for row in ROWS:
+        assert len(saved["per_seed"][row]) == 1 and 0 <= saved["per_seed"][row][0]["CIDEr"]
+        assert f"| {row} |" in saved["table"]
+    curve = saved["reward_curves"]["RGB attention + SCST"]["0"]
+    assert curve and all(len(p) == 3 for p in curve)          # (step, sampled reward, greedy reward)
+    assert (wd / "report.html").stat().st_size > 0
+    assert set(res["findings"]) >= {"attention above S2VT (METEOR)", "SCST above cross-entropy, S2VT (CIDEr)"}
