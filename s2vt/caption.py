@@ -15,6 +15,7 @@ from .captioner import Captioner, load_checkpoints
 from .checkpoint import Checkpoint
 from .errors import S2VTError, SignatureMismatch
 from .extract import ExtractConfig, cnn_features, video_images
+from .signature import IMPORTED, check_complete, is_imported
 
 
 class VideoFeatures:
@@ -24,6 +25,11 @@ class VideoFeatures:
 
     def __init__(self, ck: Checkpoint, cnn_weights: Optional[str] = None, device="cpu", label: str = "checkpoint"):
         sig = ck.feature_signature
+        check_complete(sig, label)
+        if is_imported(sig):
+            raise S2VTError(f"{label} was trained on features imported as {sig['backbone'][len(IMPORTED):]!r} "
+                            "(s2vt import-features): they cannot be recomputed from a video file; caption them "
+                            "from their store with `s2vt evaluate`")
         self.device, self.max_frames = torch.device(device), ck.max_frames
         self.cfg = ExtractConfig.from_signature(sig, cnn_weights, str(device))
         pre = Preprocess(**{k: tuple(v) if isinstance(v, list) else v for k, v in sig["preprocess"].items()})
