@@ -16,6 +16,7 @@ from .checkpoint import Checkpoint
 from .devices import configure
 from .errors import S2VTError, SignatureMismatch
 from .extract import ExtractConfig, cnn_features, video_images
+from .signature import IMPORTED, check_complete, is_imported
 
 
 class VideoFeatures:
@@ -25,6 +26,11 @@ class VideoFeatures:
 
     def __init__(self, ck: Checkpoint, cnn_weights: Optional[str] = None, device="cpu", label: str = "checkpoint"):
         sig = ck.feature_signature
+        check_complete(sig, label)
+        if is_imported(sig):
+            raise S2VTError(f"{label} was trained on features imported as {sig['backbone'][len(IMPORTED):]!r} "
+                            "(s2vt import-features): they cannot be recomputed from a video file; caption them "
+                            "from their store with `s2vt evaluate`")
         self.cfg, self.device = ExtractConfig.from_signature(sig, cnn_weights, str(device)).on_device()
         self.max_frames = ck.max_frames
         configure(self.device, fp32=self.cfg.precision == "fp32")  # the features as extraction computed them

@@ -20,6 +20,7 @@ from .decoding import DecodeConfig, Fusion, decode
 from .devices import normalize
 from .errors import S2VTError, SignatureMismatch
 from .extract import extract_flags
+from .signature import check_complete, is_imported
 from .store import FeatureStore, check_signature
 from .vocab import Vocab
 
@@ -71,13 +72,15 @@ class Captioner:
         cks = load_checkpoints([m.checkpoint for m in members], streams)
         models, sources = [], []
         for m, ck in zip(members, cks):
+            check_complete(ck.feature_signature, m.checkpoint)
             store = FeatureStore(m.features)
             try:
                 check_signature(store.signature, ck.feature_signature, str(store.path))
             except SignatureMismatch as e:
                 digest = ck.feature_signature.get("weights_digest")
-                raise SignatureMismatch(f"{e}. {m.checkpoint} was trained on features from `s2vt extract "
-                                        f"{extract_flags(ck.feature_signature)}`"
+                how = ("`s2vt import-features` (they cannot be recomputed)" if is_imported(ck.feature_signature)
+                       else f"`s2vt extract {extract_flags(ck.feature_signature)}`")
+                raise SignatureMismatch(f"{e}. {m.checkpoint} was trained on features from {how}"
                                         + (f" (CNN weights digest {digest})" if digest else "")
                                         + ": give a store extracted that way") from None
             models.append(ck.build_model(device))

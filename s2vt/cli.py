@@ -477,6 +477,39 @@ def _add_extract(sub, shared):
     s.set_defaults(fn=cmd_merge)
 
 
+def _add_interop(sub, shared):
+    """import-features / export-features: per-video arrays made elsewhere, in and out (s2vt/interop.py)."""
+    from . import interop
+
+    def cmd_import(a) -> int:
+        summary = interop.import_features(a.src, a.out, a.name, a.stream, a.id_map, a.overwrite)
+        print("\n".join(summary.lines()))
+        return 1 if summary.failed else 0
+
+    def cmd_export(a) -> int:
+        print(f"exported {interop.export_features(a.store, a.out)} videos -> {a.out}")
+        return 0
+
+    s = sub.add_parser("import-features", help="make a feature store of per-video .npy/.npz arrays or an HDF5 file",
+                       formatter_class=F, parents=[shared["overwrite"]], description=(
+                           "Ids from file names: vid1.npy -> vid1, -4wsuPCjDBc_5_15.avi.npy -> -4wsuPCjDBc_5_15 "
+                           "(see features/README.md). Each array must be 2-D (frames, D), non-empty, finite, float, "
+                           "with one D for all; a bad one is named and skipped (exit 1). Re-running resumes."),
+                       epilog=_examples("s2vt import-features msvd_resnet_npy/ --out features/msvd_imported.h5 --name resnet152-npy "
+                                        "--id-map data/msvd/youtube_mapping.txt"))
+    s.add_argument("src", help="folder of ID.npy / ID.npz files, or an HDF5 file of one (T, D) dataset per video")
+    s.add_argument("--out", required=True, help="HDF5 feature store to write (resumed when it exists)")
+    s.add_argument("--name", required=True, help="what the features are (recorded as backbone 'imported:NAME')")
+    s.add_argument("--stream", choices=["rgb", "flow"], default="rgb", help="the stream they stand for")
+    s.add_argument("--id-map", help="text file of 'FILE_ID VIDEO_ID' lines renaming file ids (e.g. MSVD's youtube_mapping.txt)")
+    s.set_defaults(fn=cmd_import)
+    s = sub.add_parser("export-features", help="write a feature store as one .npy per video", formatter_class=F,
+                       epilog=_examples("s2vt export-features features/rgb.h5 --out rgb_npy/"))
+    s.add_argument("store", help="an s2vt feature store")
+    s.add_argument("--out", required=True, help="folder to write ID.npy files into (new, empty, or an earlier export)")
+    s.set_defaults(fn=cmd_export)
+
+
 def _add_train(sub, shared):
     from .config import add_arguments
     from .model import ModelConfig
@@ -594,7 +627,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "s2vt caption video.mp4 --checkpoint runs/rgb/best.pt"))
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
     shared = _shared_flags()
-    for add in (_add_synth, _add_dataset_info, _add_extract, _add_train, _add_caption, _add_evaluate,
+    for add in (_add_synth, _add_dataset_info, _add_extract, _add_interop, _add_train, _add_caption, _add_evaluate,
                 _add_benchmark, _add_report, _add_demo):
         add(sub, shared)
     return p

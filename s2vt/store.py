@@ -36,6 +36,7 @@ import numpy as np
 from .errors import S2VTError, SignatureMismatch
 from .fileio import atomic_write, fsync_dir
 from .ids import check_video_id, id_problem
+from .signature import video_problem
 FORMAT = "s2vt-features"
 VERSION = 1
 # signature fields that do not change what a feature means
@@ -450,12 +451,17 @@ def _read_index(f: h5py.File, path: Path):
         raise bad("no readable signature attribute")
     if not isinstance(signature, dict):
         raise bad("its signature is not a JSON object")
-    if not isinstance(f.get("videos"), h5py.Group) or not isinstance(f.get("failed"), h5py.Group):
-        raise bad("no /videos or /failed group")
+    for group in ("videos", "failed"):
+        if not isinstance(f.get(group), h5py.Group):
+            raise bad(f"no /{group} group (an empty group when there is nothing in it; see features/README.md)")
     ids = sorted(f["videos"])
     for vid in ids + list(f["failed"]):
         if id_problem(vid):
             raise bad(f"group name {vid!r}: {id_problem(vid)}")
+    for vid in ids:
+        problem = video_problem(f["videos"][vid], vid, signature.get("dim"))
+        if problem:
+            raise bad(problem)
     failed = {v: {"reason": str(g.attrs.get("reason", "")), "source": str(g.attrs.get("source", ""))}
               for v, g in f["failed"].items()}
     return signature, ids, failed

@@ -36,6 +36,7 @@ from .fileio import write_json
 from .hostmem import keep_freed_memory
 from .decoders import build_model
 from .model import ModelConfig
+from .signature import check_complete
 from .store import FeatureStore, signature_diff
 from .vocab import Vocab
 
@@ -239,6 +240,7 @@ def load_data(cfg: TrainConfig, device: torch.device, rank: int, world: int, log
     """Captions, vocabulary (training split only) and a batch stream over the feature bank."""
     corpus = load_corpus(cfg.dataset, cfg.annotations)
     store = FeatureStore(cfg.features)
+    check_complete(store.signature, store.path)
     train_all = corpus.split_items(cfg.train_split)
     val_all = corpus.split_items(cfg.val_split) if cfg.val_split else []
     frames = {v: num_frames(store, v) for v, _ in train_all + val_all if v in store}  # shapes, read once
