@@ -94,12 +94,12 @@ class Captioner:
         return have, [v for v in vids if v not in kept]
 
     @torch.inference_mode()
-    def caption(self, keys: Sequence[str], weights: Optional[Sequence[float]] = None, beam: Optional[int] = None,
-                max_len: Optional[int] = None, batch_size: int = 128) -> Dict[str, str]:
-        """Captions of ``keys``; ``weights`` per member (default equal), beam/max_len from the checkpoint."""
+    def caption(self, keys: Sequence[str], weights: Optional[Sequence[float]] = None,
+                decoding: Optional[DecodeConfig] = None, batch_size: int = 128, **flags) -> Dict[str, str]:
+        """Captions of ``keys``; ``weights`` per member (default equal). The search is ``decoding``
+        (default: the first checkpoint's) with ``flags`` (beam, max_len, len_penalty) given on top."""
         weights = list(weights) if weights is not None else [1.0] * len(self.models)
-        beam = self.decoding.beam if beam is None else beam
-        max_len = self.decoding.max_len if max_len is None else max_len
+        search = (decoding or self.decoding).given(**flags).search()
         fusion = Fusion(list(zip(self.models, weights)))
         for m in self.models:
             m.eval()
@@ -114,7 +114,7 @@ class Captioner:
                     raise S2VTError(f"video {empty[0]} has no frames in its features; re-extract it")
                 x, lens = pad_features(feats)
                 inputs.append((x.to(self.device, non_blocking=True), lens))
-            toks = decode(fusion, inputs, beam=beam, max_len=max_len, len_penalty=self.decoding.len_penalty)
+            toks = decode(fusion, inputs, **search)
             out.update({k: self.vocab.decode(t) for k, t in zip(chunk, toks)})
         return out
 

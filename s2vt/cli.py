@@ -2,7 +2,7 @@
 of the package; ``s2vt COMMAND --help`` shows examples.
 
 Training and decoding flags are made from the config dataclasses (their help is the
-field's text); flags several commands share (``--device``, ``--beam``, ``--overwrite``)
+field's text); flags several commands share (``--device``, the decoding flags, ``--overwrite``)
 are defined once. Errors print one line: exit 2 when the command or its input must
 change, 1 for a failure while running, 130 when interrupted.
 """
@@ -105,9 +105,8 @@ def _list_items(path: str):
 
 
 def _extract_items(a):
-    from .datasets import VIDEO_EXTENSIONS, load_corpus
-    from .ids import check_video_id
-    from .video import iter_video_paths
+    from .datasets import load_corpus
+    from .extract import unique_items, video_items
 
     items = []
     if a.dataset and not a.root:
@@ -118,25 +117,7 @@ def _extract_items(a):
             items += [(v, corpus.video_path(v)) for v, _ in corpus.split_items(s)]
     if a.list:
         items += _list_items(a.list)
-    for v in a.videos:
-        p = Path(v)
-        if p.is_dir():
-            found = list(iter_video_paths(p))
-            if not found:
-                raise S2VTError(f"{p}: no video files in this folder (looked for {', '.join(VIDEO_EXTENSIONS)})")
-            for f in found:
-                rel = f.relative_to(p).with_suffix("")
-                items.append((check_video_id("__".join(rel.parts), str(f)), f))
-        elif p.exists():
-            items.append((check_video_id(p.stem, str(p)), p))
-        else:
-            raise S2VTError(f"{p}: no such file or folder")
-    seen = {}
-    for vid, p in items:
-        if vid in seen and seen[vid] != p:
-            raise S2VTError(f"two videos share the id {vid!r}: {seen[vid]} and {p}")
-        seen[vid] = p
-    return sorted(seen.items())
+    return unique_items(items + video_items(a.videos))
 
 
 def _shard(text: str):
@@ -193,6 +174,7 @@ def cmd_merge(a) -> int:
 def train_config(a):
     """TrainConfig from --config (if any) with the flags given on top; validated by the dataclasses."""
     from .config import overrides
+    from .decoding import DecodeConfig
     from .model import ModelConfig
     from .train import TrainConfig
 
@@ -200,14 +182,15 @@ def train_config(a):
     if not isinstance(base, dict):
         raise S2VTError(f"--config {a.config} must hold a JSON object (as a run's config.json)")
     merged = {**base, **overrides(a, TrainConfig)}
-    merged.pop("model", None)
-    if not isinstance(base.get("model", {}), dict):
-        raise S2VTError(f"--config {a.config}: 'model' must be a JSON object of model options")
-    model = {**base.get("model", {}), **overrides(a, ModelConfig, "model_")}
-    cfg = TrainConfig.from_dict({**merged, "model": model})
-    for req in ("annotations", "features"):
+    for key, cls in (("model", ModelConfig), ("decoding", DecodeConfig)):  # nested: flags over --config's values
+        if not isinstance(base.get(key, {}), dict):
+            raise S2VTError(f"--config {a.config}: '{key}' must be a JSON object of {key} options")
+        merged[key] = {**base.get(key, {}), **overrides(a, cls, key + "_")}
+    cfg = TrainConfig.from_dict(merged)
+    for req in ("dataset", "annotations", "features"):
         if not getattr(cfg, req):
-            raise S2VTError(f"--{req} is required (or set it in --config)")
+            raise S2VTError(f"--{req} is required (or set it in --config)"
+                            + (f": the format of --annotations, one of {DATASETS}" if req == "dataset" else ""))
     return cfg
 
 
@@ -221,12 +204,15 @@ def cmd_train(a) -> int:
 
 # ----------------------------------------------------------------------------- caption / evaluate / score
 
-def _alpha(a):
-    import math
+def decode_flags(a) -> dict:
+    """The decoding flags given (beam, max_len, len_penalty, alpha): they override each checkpoint's
+    own decoding; checked here, before any work."""
+    from .config import overrides
+    from .decoding import DecodeConfig
 
-    if a.alpha is not None and not (math.isfinite(a.alpha) and 0.0 <= a.alpha <= 1.0):
-        raise S2VTError(f"--alpha {a.alpha}: the RGB weight must be a number in [0, 1]")
-    return a.alpha
+    flags = overrides(a, DecodeConfig)
+    DecodeConfig().given(**flags)
+    return flags
 
 
 def _needs_flow(a, *flags) -> None:
@@ -238,11 +224,9 @@ def _needs_flow(a, *flags) -> None:
 
 def cmd_caption(a) -> int:
     from .caption import video_captioner
-    from .decoding import DecodeConfig
     from .video import VideoError
 
-    alpha = _alpha(a)
-    DecodeConfig(beam=a.beam)  # validates --beam
+    flags = decode_flags(a)
     check_device(a.device)
     _needs_flow(a, "--alpha", "--weights-flow")
     if a.attention and not a.json:
@@ -250,11 +234,13 @@ def cmd_caption(a) -> int:
     cks = [a.checkpoint] + ([a.checkpoint_flow] if a.checkpoint_flow else [])
     cnn_weights = [a.weights] + ([a.weights_flow] if a.checkpoint_flow else [])
     cap = video_captioner(cks, cnn_weights, device=a.device, streams=["rgb", "flow"] if a.checkpoint_flow else None)
-    weights = [0.5 if alpha is None else alpha, 0.5 if alpha is None else 1 - alpha] if a.checkpoint_flow else None
+    dec = cap.decoding.given(**flags)
+    alpha = 0.5 if dec.alpha is None else dec.alpha
+    weights = [alpha, 1 - alpha] if a.checkpoint_flow else None
     rc = 0
     for v in a.videos:
         try:
-            text = cap.caption([v], weights, beam=a.beam)[v]
+            text = cap.caption([v], weights, dec)[v]
             rec = {"video": v, "caption": text}
             if a.attention:
                 att = cap.attention(v, text)
@@ -270,13 +256,12 @@ def cmd_caption(a) -> int:
 
 
 def cmd_evaluate(a) -> int:
-    from .evaluate import Captioner, Member, evaluate, split_refs, tune_alpha
-    from .decoding import DecodeConfig
+    from .captioner import Captioner, Member
+    from .evaluate import evaluate_captioner
     from .fileio import probe_writable, write_json
     from .metrics import Meteor
 
-    alpha = _alpha(a)
-    DecodeConfig(beam=a.beam)
+    flags = decode_flags(a)
     check_device(a.device)
     _needs_flow(a, "--alpha", "--features-flow")
     members = [Member(a.checkpoint, a.features)]
@@ -285,25 +270,23 @@ def cmd_evaluate(a) -> int:
             raise S2VTError("--checkpoint-flow needs --features-flow")
         members.append(Member(a.checkpoint_flow, a.features_flow))
     fused = len(members) == 2
-    out = Path(a.out) if a.out else Path(a.checkpoint).parent / f"eval_{a.split}_beam{a.beam}{'_fused' if fused else ''}.json"
+    cap = Captioner.from_members(members, a.device, streams=["rgb", "flow"] if fused else None)
+    dec = cap.decoding.given(**flags)  # the checkpoint's decoding, with the flags given on top
+    out = Path(a.out) if a.out else (Path(a.checkpoint).parent
+                                     / f"eval_{a.split}_beam{dec.beam}{'_fused' if fused else ''}.json")
     check_output(out, [x for m in members for x in (m.checkpoint, m.features)] + [a.annotations], a.overwrite, _is_evaluation)
     probe_writable(out)  # fail before the work, not after
-    refs = split_refs(a.dataset, a.annotations, a.split)
-    cap = Captioner.from_members(members, a.device, streams=["rgb", "flow"] if fused else None)
-    weights, alpha_curve = None, None
     with Meteor() as meteor:  # one JVM for every scoring below
-        if fused:
-            if alpha is None:
-                alpha, alpha_curve = tune_alpha(cap, split_refs(a.dataset, a.annotations, "val"), beam=1, meteor=meteor)
-                print(f"alpha tuned on val: {alpha}", file=sys.stderr)
-            weights = [alpha, 1 - alpha]
-        r = evaluate(cap, refs, weights, a.beam, meteor=meteor)
-    r.update(dataset=a.dataset, split=a.split, checkpoints=[m.checkpoint for m in members], alpha_curve=alpha_curve)
+        r = evaluate_captioner(cap, a.dataset, a.annotations, a.split, dec, meteor,
+                               log=lambda m: print(m, file=sys.stderr))
+    r["checkpoints"] = [m.checkpoint for m in members]
+    refs = r["videos"].keys() | set(r["missing"])
     if r["missing"]:
         print(f"s2vt evaluate: {len(r['missing'])} of {len(refs)} {a.split} videos have no features in every store "
               f"(e.g. {r['missing'][:3]}); scored the other {len(r['videos'])}", file=sys.stderr)
     write_json(r, out)
-    print(json.dumps({"metrics": r["metrics"], "videos": len(r["videos"]), "missing": len(r["missing"]),
+    print(json.dumps({"metrics_x100": {k: round(100 * v, 2) for k, v in r["metrics"].items()},
+                      "beam": dec.beam, "alpha": r["alpha"], "videos": len(r["videos"]), "missing": len(r["missing"]),
                       "written": str(out)}, indent=1))
     return 0
 
@@ -349,10 +332,9 @@ def _check_benchmark_out(out: Path, overwrite: bool) -> None:
 
 
 def cmd_benchmark(a) -> int:
-    from .decoding import DecodeConfig
-    from .evaluate import benchmark, check_spec
+    from .benchmark import benchmark, check_spec
 
-    DecodeConfig(beam=a.beam)
+    flags = decode_flags(a)
     check_device(a.device)
     if a.spec:
         spec = _read_json(a.spec, "--spec")
@@ -371,8 +353,11 @@ def cmd_benchmark(a) -> int:
         spec = [entry]
     check_spec(spec)
     _check_benchmark_out(Path(a.out), a.overwrite)
-    table, _ = benchmark(spec, a.out, beam=a.beam, device=a.device)
+    table, payload = benchmark(spec, a.out, flags, device=a.device, progress=not a.quiet)
     print(table)
+    print("(x100; mean ± standard deviation where a row has several seeds)")
+    for name, line in payload["verdicts"].items():
+        print(f"  {name}: {line}")
     print(f"\nwritten: {Path(a.out) / 'benchmark.md'}, {Path(a.out) / 'benchmark.json'}")
     return 0
 
@@ -410,13 +395,17 @@ def cmd_demo(a) -> int:
 
 def _shared_flags():
     """Parent parsers for flags several commands take, defined once."""
+    from .config import add_arguments
+    from .decoding import DecodeConfig
+
     device = argparse.ArgumentParser(add_help=False)
     device.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ... (default: cpu)")
-    beam = argparse.ArgumentParser(add_help=False)
-    beam.add_argument("--beam", type=int, default=5, help="beam size; 1 = greedy (default: 5)")
+    decode = argparse.ArgumentParser(add_help=False)
+    add_arguments(decode.add_argument_group("decoding (default: each checkpoint's own, set when it was trained)"),
+                  DecodeConfig)
     overwrite = argparse.ArgumentParser(add_help=False)
     overwrite.add_argument("--overwrite", action="store_true", help="replace an existing output this command did not write")
-    return {"device": device, "beam": beam, "overwrite": overwrite}
+    return {"device": device, "decode": decode, "overwrite": overwrite}
 
 
 def _add_synth(sub, shared):
@@ -512,6 +501,7 @@ def _add_interop(sub, shared):
 
 def _add_train(sub, shared):
     from .config import add_arguments
+    from .decoding import DecodeConfig
     from .model import ModelConfig
     from .train import TrainConfig
 
@@ -529,17 +519,18 @@ def _add_train(sub, shared):
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     add_arguments(s, TrainConfig, skip=("model",))
     add_arguments(s.add_argument_group("model"), ModelConfig, dest_prefix="model_")
+    add_arguments(s.add_argument_group("decoding: recorded in the checkpoint as the default of caption, evaluate and "
+                                       "benchmark"), DecodeConfig, dest_prefix="decoding_", skip=("alpha",))
     s.set_defaults(fn=cmd_train)
 
 
 def _add_caption(sub, shared):
-    s = sub.add_parser("caption", help="caption raw video files", formatter_class=F, parents=[shared["device"], shared["beam"]],
+    s = sub.add_parser("caption", help="caption raw video files", formatter_class=F, parents=[shared["device"], shared["decode"]],
                        epilog=_examples("s2vt caption video.mp4 --checkpoint runs/rgb/best.pt",
                                         "s2vt caption a.mp4 b.avi --checkpoint runs/rgb/best.pt --checkpoint-flow runs/flow/best.pt --alpha 0.6 --json"))
     s.add_argument("videos", nargs="+", help="video files")
     s.add_argument("--checkpoint", required=True, help="a trained model (best.pt)")
     s.add_argument("--checkpoint-flow", help="a flow model to fuse with")
-    s.add_argument("--alpha", type=float, help="RGB weight in fusion, in [0, 1] (default: 0.5; tune it with s2vt evaluate)")
     s.add_argument("--weights", help="CNN weights for the RGB model's backbone, if not the offline default")
     s.add_argument("--weights-flow", help="CNN weights for the flow model's backbone")
     s.add_argument("--attention", action="store_true",
@@ -550,7 +541,7 @@ def _add_caption(sub, shared):
 
 def _add_evaluate(sub, shared):
     s = sub.add_parser("evaluate", help="caption a split and score it (METEOR, BLEU, CIDEr, ROUGE-L)",
-                       formatter_class=F, parents=[shared["device"], shared["beam"], shared["overwrite"]], epilog=_examples(
+                       formatter_class=F, parents=[shared["device"], shared["decode"], shared["overwrite"]], epilog=_examples(
                            "s2vt evaluate --dataset synthetic --annotations data/synthetic --checkpoint runs/rgb/best.pt --features features/rgb.h5",
                            "s2vt evaluate ... --checkpoint-flow runs/flow/best.pt --features-flow features/flow.h5   # fusion, alpha tuned on val"))
     s.add_argument("--dataset", required=True, help=DATASETS)
@@ -560,7 +551,6 @@ def _add_evaluate(sub, shared):
     s.add_argument("--features", required=True, help="the feature store the model reads")
     s.add_argument("--checkpoint-flow", help="a flow model to fuse with")
     s.add_argument("--features-flow", help="the flow model's feature store")
-    s.add_argument("--alpha", type=float, help="fusion RGB weight in [0, 1] (default: tuned on val)")
     s.add_argument("--out", help="JSON output (default: next to the checkpoint)")
     s.set_defaults(fn=cmd_evaluate)
 
@@ -575,18 +565,22 @@ def _add_evaluate(sub, shared):
 
 def _add_benchmark(sub, shared):
     s = sub.add_parser("benchmark", help="the paper's table over datasets and splits", formatter_class=F,
-                       parents=[shared["device"], shared["beam"], shared["overwrite"]], epilog=_examples(
+                       parents=[shared["device"], shared["decode"], shared["overwrite"]], epilog=_examples(
                            "s2vt benchmark --dataset msvd --annotations data/msvd --rgb-checkpoint runs/vgg/best.pt "
                            "--rgb-features features/msvd_vgg.h5 --flow-checkpoint runs/flow/best.pt --flow-features features/msvd_flow.h5 --out bench/",
-                           "s2vt benchmark --spec bench.json --out bench/"))
-    s.add_argument("--spec", help="JSON list of {name, dataset, annotations, splits, rgb, flow, random}")
+                           "s2vt benchmark --dataset msvd --annotations data/msvd --rgb-checkpoint runs/s0/best.pt runs/s1/best.pt "
+                           "runs/s2/best.pt --rgb-features features/msvd_vgg.h5 --out bench/   # mean ± SD over 3 seeds",
+                           "s2vt benchmark --spec bench.json --out bench/ --beam 3"))
+    s.add_argument("--spec", help="JSON list of {name, dataset, annotations, splits, alpha, rgb, flow, random}; "
+                                  "a model is {checkpoint: PATH or [PATH per seed], features: PATH}")
     s.add_argument("--dataset", help=DATASETS)
     s.add_argument("--annotations", help="dataset root")
     s.add_argument("--splits", nargs="+", default=["test"], help="splits to evaluate (default: test)")
     for k, what in (("rgb", "RGB"), ("flow", "flow"), ("random", "RGB random-frame-order")):
-        s.add_argument(f"--{k}-checkpoint", help=f"the {what} model")
+        s.add_argument(f"--{k}-checkpoint", nargs="+", help=f"the {what} model: one checkpoint, or one per seed")
         s.add_argument(f"--{k}-features", help=f"the {what} model's feature store")
     s.add_argument("--out", default="benchmark", help="results folder (default: benchmark)")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(fn=cmd_benchmark)
 
 
@@ -625,6 +619,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "s2vt extract data/synthetic/videos --stream rgb --out features/synth_rgb.h5",
                          "s2vt train --dataset synthetic --annotations data/synthetic --features features/synth_rgb.h5 --out runs/rgb",
                          "s2vt caption video.mp4 --checkpoint runs/rgb/best.pt"))
+    from . import __version__
+
+    p.add_argument("--version", action="version", version=f"s2vt {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
     shared = _shared_flags()
     for add in (_add_synth, _add_dataset_info, _add_extract, _add_interop, _add_train, _add_caption, _add_evaluate,

@@ -106,7 +106,8 @@ def add_arguments(parser: argparse.ArgumentParser, cls, dest_prefix: str = "", s
         if tp is bool:
             parser.add_argument(flag(f.name), action=argparse.BooleanOptionalAction, **kw)
         else:
-            parser.add_argument(flag(f.name), type=tp, choices=m.get("choices"), **kw)
+            parser.add_argument(flag(f.name), type=tp, choices=m.get("choices"),
+                                metavar=None if m.get("choices") else f.name.upper(), **kw)
 
 
 def feature_fields(obj) -> list:

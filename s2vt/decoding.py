@@ -7,8 +7,8 @@ and a flow model scores each step as ``alpha * log p_rgb + (1 - alpha) * log p_f
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import List, Sequence, Tuple
+from dataclasses import dataclass, replace
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 
@@ -22,14 +22,28 @@ MAX_LEN = 30  # words a generated caption may have (training captions: at most 2
 
 @dataclass
 class DecodeConfig:
-    """How captions are generated; stored in every checkpoint as its defaults."""
+    """How captions are generated. ``s2vt train`` stores its values in every checkpoint as the
+    checkpoint's defaults; ``caption``, ``evaluate`` and ``benchmark`` use those unless a flag
+    is given. The fusion weight is a decoding setting too (None: tuned on val where a val split
+    is at hand, else 0.5)."""
 
     beam: int = option(5, "beam size (1 = greedy)", low=1, high=100)
     max_len: int = option(MAX_LEN, "words a generated caption may have at most", low=1, high=1000)
     len_penalty: float = option(1.0, "beam score = sum log p / length ** len_penalty", low=0.0, high=10.0)
+    alpha: Optional[float] = option(None, "fusion: the RGB model's weight in [0, 1], flow's is 1 - alpha "
+                                          "(default: tuned on val by evaluate / benchmark; 0.5 for caption)",
+                                    low=0.0, high=1.0)
 
     def __post_init__(self):
         check_fields(self)
+
+    def given(self, **flags) -> "DecodeConfig":
+        """These settings with the flags that were given (not None) on top."""
+        return replace(self, **{k: v for k, v in flags.items() if v is not None})
+
+    def search(self) -> dict:
+        """What the search itself uses (beam, max_len, len_penalty): the keyword arguments of :func:`decode`."""
+        return {"beam": self.beam, "max_len": self.max_len, "len_penalty": self.len_penalty}
 
 
 class Fusion:

@@ -30,6 +30,7 @@ from .fileio import atomic_write, write_json
 from .metrics import Meteor, score
 from .model import ModelConfig
 from .synth import SynthConfig, generate
+from .seeds import compare, mean_spread, print_findings
 from .train import TrainConfig, train
 
 MARKER = ".s2vt-demo"
@@ -161,19 +162,17 @@ def train_all(wd: Path, p: DemoPreset, data: Path, stores, seeds, device: str, m
     return runs, val_s
 
 
-def _bench_file(bench: Path, name: str, split: str, row: str) -> Path:
-    """Where ``evaluate.benchmark`` writes one row's captions and scores."""
-    from .evaluate import file_stem
+def _bench_file(bench: Path, split: str, row: str, seed: int, seeds: int) -> Path:
+    """Where ``s2vt.benchmark`` writes one row's captions and scores (``seed``: the index in the seed list)."""
+    from .benchmark import file_stem
 
-    return bench / f"{file_stem(name, split, row)}.json"
+    return bench / f"{file_stem('synthetic', split, row, seed if seeds > 1 else None)}.json"
 
 
 def evaluate_all(bench: Path, p: DemoPreset, data: Path, corpus, stores, runs, seeds, device: str, meteor) -> tuple:
-    """``evaluate.benchmark`` over one spec per seed, plus the constant caption, with attribute accuracies.
-
-    Returns (per_seed: {row: [metrics dict per seed]}, alphas: {seed: alpha}).
-    """
-    from .evaluate import benchmark
+    """``s2vt.benchmark`` of one entry holding every seed's checkpoints, plus the constant caption, with
+    attribute accuracies. Returns (per_seed: {row: [metrics dict per seed]}, alphas: {seed: alpha})."""
+    from .benchmark import benchmark
 
     truth = load_truth(data)
     test_refs = dict(corpus.split_items("test"))
@@ -181,31 +180,21 @@ def evaluate_all(bench: Path, p: DemoPreset, data: Path, corpus, stores, runs, s
     const, _ = score(test_refs, const_caps, meteor=meteor)
     per_seed: Dict[str, List[dict]] = {r: [] for r in ROW_ORDER}
     per_seed["constant caption"] = [{**const, **accuracy(const_caps, truth)}]
-    spec = [{"name": f"seed{s}", "dataset": "synthetic", "annotations": str(data), "splits": ["test"],
+    spec = [{"name": "synthetic", "dataset": "synthetic", "annotations": str(data), "splits": ["test"],
              "alpha": p.alpha,
-             **{BENCH_KEY[row]: {"checkpoint": str(runs[row][s] / "best.pt"),
-                                 "features": str(stores["flow" if row == "Flow" else "rgb"])} for row in BENCH_KEY}}
-            for s in seeds]
-    _, payload = benchmark(spec, bench, beam=p.beam, device=device, progress=False, meteor=meteor)
-    for s in seeds:
+             **{BENCH_KEY[row]: {"checkpoint": [str(runs[row][s] / "best.pt") for s in seeds],
+                                 "features": str(stores["flow" if row == "Flow" else "rgb"])} for row in BENCH_KEY}}]
+    _, payload = benchmark(spec, bench, {"beam": p.beam}, device=device, progress=False, meteor=meteor)
+    for i, _ in enumerate(seeds):
         for row in ROW_ORDER[1:]:
-            f = _bench_file(bench, f"seed{s}", "test", row)
+            f = _bench_file(bench, "test", row, i, len(seeds))
             if not f.exists():
                 raise S2VTError(f"benchmark did not write {f}: the demo reads each row's captions from there")
             ev = json.loads(f.read_text())
             caps = {v: r["caption"] for v, r in ev["videos"].items()}
             per_seed[row].append({**ev["metrics"], **accuracy(caps, truth)})
-    alphas = {s: payload["alphas"][f"seed{s}"] for s in seeds}
+    alphas = dict(zip(seeds, payload["alphas"]["synthetic"]))
     return per_seed, alphas
-
-
-def _mean_std(values: List[float]) -> tuple:
-    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
-
-
-def mean_spread(values: List[float]) -> str:
-    m, s = _mean_std(values)
-    return f"{100 * m:.1f} ± {100 * s:.1f}" if len(values) > 1 else f"{100 * m:.1f}"
 
 
 def results_table(per_seed: Dict[str, List[dict]]) -> str:
@@ -215,15 +204,6 @@ def results_table(per_seed: Dict[str, List[dict]]) -> str:
         ms = per_seed[row]
         lines.append(f"| {row} | " + " | ".join(mean_spread([m[k] for m in ms]) for _, k in COLUMNS) + " |")
     return "\n".join(lines)
-
-
-def compare(per_seed: Dict[str, List[dict]], better: str, worse: str, metric: str = "METEOR") -> dict:
-    """Does ``better`` beat ``worse`` on mean ``metric``, and by more than the sum of their standard deviations?"""
-    m1, s1 = _mean_std([m[metric] for m in per_seed[better]])
-    m2, s2 = _mean_std([m[metric] for m in per_seed[worse]])
-    return {"rows": [better, worse], "metric": metric, "means": [m1, m2], "stds": [s1, s2],
-            "seeds": [len(per_seed[better]), len(per_seed[worse])],
-            "holds": m1 > m2, "beyond_noise": m1 - m2 > s1 + s2}
 
 
 def findings(per_seed: Dict[str, List[dict]]) -> Dict[str, dict]:
@@ -237,21 +217,12 @@ def findings(per_seed: Dict[str, List[dict]]) -> Dict[str, dict]:
     }
 
 
-def print_findings(found: Dict[str, dict]) -> None:
-    for name, f in found.items():
-        verdict = "holds beyond seed noise" if f["beyond_noise"] else ("holds on the means only" if f["holds"]
-                                                                       else "does NOT hold")
-        (m1, m2), (s1, s2) = f["means"], f["stds"]
-        print(f"  {verdict}: {name} ({f['rows'][0]} {100 * m1:.1f} ± {100 * s1:.1f} vs "
-              f"{f['rows'][1]} {100 * m2:.1f} ± {100 * s2:.1f})")
-
-
-def example_and_report(wd: Path, corpus, runs, seed: int, alpha: float, beam: int, device: str) -> dict:
-    """Caption the first test video from its raw file with the fused models of ``seed``; write report.html."""
+def example_and_report(wd: Path, corpus, runs, seeds: List[int], alpha: float, beam: int, device: str) -> dict:
+    """Caption the first test video from its raw file with the fused models of the first seed; write report.html."""
     from .caption import video_captioner
     from .report import write_report
 
-    vid = corpus.splits["test"][0]
+    vid, seed = corpus.splits["test"][0], seeds[0]
     path = str(corpus.video_path(vid))
     vc = video_captioner([str(runs["RGB"][seed] / "best.pt"), str(runs["Flow"][seed] / "best.pt")], device=device,
                          streams=["rgb", "flow"])
@@ -259,7 +230,8 @@ def example_and_report(wd: Path, corpus, runs, seed: int, alpha: float, beam: in
     print(f"{corpus.video_path(vid)}\n  generated:  {generated}")
     for ref in corpus.captions[vid]:
         print(f"  reference:  {ref}")
-    write_report(_bench_file(wd / "bench", f"seed{seed}", "test", "RGB+Flow"), wd / "report.html", corpus.video_path,
+    write_report(_bench_file(wd / "bench", "test", "RGB+Flow", 0, len(seeds)), wd / "report.html",
+                 corpus.video_path,
                  title="s2vt demo: RGB+Flow on the embedded test split")
     return {"video": vid, "generated": generated, "references": corpus.captions[vid]}
 
@@ -310,7 +282,7 @@ def run_demo(workdir="demo_out", preset: str = "cpu", fresh: bool = False, devic
 
     _stage("6/6 a held-out test video, captioned from its raw file; HTML report")
     t = time.time()
-    example = example_and_report(wd, corpus, runs, seeds[0], alphas[seeds[0]], p.beam, device)
+    example = example_and_report(wd, corpus, runs, seeds, alphas[seeds[0]], p.beam, device)
     timings["example_and_report"] = time.time() - t
     timings["total"] = time.time() - t_start
     print("stage times (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items() if v is not None))

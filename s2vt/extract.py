@@ -125,8 +125,10 @@ class ExtractConfig:
         return out
 
     def flags(self) -> str:
-        """The ``s2vt extract`` flags that select these features (not the speed settings)."""
-        return as_flags(self, feature_fields(self))
+        """The ``s2vt extract`` flags that select these features (not the speed settings): the stream,
+        and every feature field whose value is not its default."""
+        return as_flags(self, [f for f in feature_fields(self)
+                               if f.name == "stream" or getattr(self, f.name) != f.default])
 
     def sampling(self) -> Sampling:
         return Sampling(stride=self.stride, num_frames=self.num_frames, max_frames=self.max_frames)
@@ -578,6 +580,38 @@ def check_shard(rank: int, world: int) -> Tuple[int, int]:
     if not ints or world < 1 or not 0 <= rank < world:
         raise S2VTError(f"--shard {rank}/{world}: need integers with N >= 1 and 0 <= I < N")
     return rank, world
+
+
+def video_items(paths: Sequence) -> List[Tuple[str, Path]]:
+    """(id, path) of video files and of every video under folders (searched recursively). A file's id
+    is its stem; under a folder, its path relative to the folder without extension, parts joined by
+    ``__`` (``a/b.mp4`` -> ``a__b``), so that two folders' ``clip1.mp4`` stay apart."""
+    from .datasets import VIDEO_EXTENSIONS
+    from .ids import check_video_id
+    from .video import iter_video_paths
+
+    items = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = list(iter_video_paths(p))
+            if not found:
+                raise S2VTError(f"{p}: no video files in this folder (looked for {', '.join(VIDEO_EXTENSIONS)})")
+            items += [(check_video_id("__".join(f.relative_to(p).with_suffix("").parts), str(f)), f) for f in found]
+        elif p.exists():
+            items.append((check_video_id(p.stem, str(p)), p))
+        else:
+            raise S2VTError(f"{p}: no such file or folder")
+    return items
+
+
+def unique_items(items: Sequence[Tuple[str, Path]]) -> List[Tuple[str, Path]]:
+    """``items`` sorted by id, each once; two paths under one id are refused."""
+    seen: Dict[str, Path] = {}
+    for vid, p in items:
+        if vid in seen and seen[vid] != p:
+            raise S2VTError(f"two videos share the id {vid!r}: {seen[vid]} and {p}")
+        seen[vid] = p
+    return sorted(seen.items())
 
 
 def shard_items(items: Sequence, rank: int, world: int) -> list:

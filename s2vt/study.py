@@ -16,10 +16,11 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from .attributes import accuracy, load_truth
-from .demo import PRESETS, _stage, compare, make_dataset, mean_spread, on_gpu, prepare_workdir, print_findings
+from .demo import PRESETS, _stage, make_dataset, on_gpu, prepare_workdir
 from .extract import ExtractConfig, extract
 from .fileio import atomic_write, write_json
 from .metrics import Meteor
+from .seeds import compare, mean_spread, print_findings
 from .model import ModelConfig
 from .train import TrainConfig, train
 
@@ -116,7 +117,7 @@ def run_study(workdir="demo_out", study: str = "decoders", preset: str = "cpu", 
         for seed in seeds:
             for row in ROWS:
                 cap = Captioner.from_members([Member(str(_run(wd, row, seed) / "best.pt"), str(store))], device)
-                ev = evaluate(cap, test_refs, beam=p.beam, meteor=meteor)
+                ev = evaluate(cap, test_refs, None, cap.decoding.given(beam=p.beam), meteor)
                 write_json(ev, wd / "bench" / f"{_run(wd, row, seed).name}.json")
                 caps = {v: r["caption"] for v, r in ev["videos"].items()}
                 per_seed[row].append({**ev["metrics"], **accuracy(caps, truth)})

@@ -35,6 +35,7 @@ from .errors import S2VTError
 from .fileio import write_json
 from .hostmem import keep_freed_memory
 from .decoders import build_model
+from .decoding import DecodeConfig
 from .model import ModelConfig
 from .signature import check_complete
 from .store import FeatureStore, signature_diff
@@ -43,7 +44,7 @@ from .vocab import Vocab
 LR_PRESETS = {"adam": 2e-4, "sgd": 0.01}
 # options a resumed run may change; any other difference from last.pt is refused
 RESUMABLE_CHANGES = {"epochs", "max_steps", "log_every", "save_every", "val_every", "patience", "device",
-                     "dist_timeout", "val_timeout", "out", "annotations", "features"}  # paths may move; contents are checked
+                     "dist_timeout", "val_timeout", "decoding", "out", "annotations", "features"}  # paths may move; contents are checked
 RUN_FILES = ("config.json", "vocab.json", "metrics.jsonl", "curves.png")
 
 
@@ -55,7 +56,8 @@ class TrainingDiverged(S2VTError):
 
 @dataclass
 class TrainConfig:
-    dataset: str = option("synthetic", "dataset format of --annotations (msvd, mvad, msrvtt, vatex, generic, synthetic)")
+    dataset: str = option("", "dataset format of --annotations (msvd, mvad, msrvtt, vatex, generic, synthetic); "
+                              "required")
     annotations: str = option("", "dataset root: caption and split files")
     features: str = option("", "HDF5 feature store written by `s2vt extract`")
     out: str = option("runs/s2vt", "run folder: checkpoints, config.json, metrics.jsonl, curves.png")
@@ -73,7 +75,10 @@ class TrainConfig:
     step_epochs: int = option(10, "step schedule: multiply the lr by --gamma every this many epochs", low=1)
     gamma: float = option(0.5, "step schedule factor", low=0.0, low_open=True, high=1.0)
     min_count: int = option(1, "vocabulary: keep words seen at least this often in the training split", low=1)
-    val_meteor: bool = option(True, "select the model on val METEOR of greedy captions (else on val loss)")
+    val_meteor: bool = option(True, "select the model on val METEOR of the captions --select-beam decodes "
+                                    "(else on val loss)")
+    select_beam: int = option(1, "beam of the val captions that select best.pt (1: greedy, cheap; the reported "
+                                 "numbers use the checkpoint's --beam)", low=1, high=100)
     val_every: int = option(1, "validate every N epochs (and after the last)", low=1)
     patience: int = option(0, "early stopping: validations without improvement (0: off)", low=0)
     shuffle_frames: bool = option(False, "the paper's random-frame-order ablation")
@@ -91,6 +96,7 @@ class TrainConfig:
     init: str = option("", "--objective scst: the cross-entropy checkpoint to start from (RUN/best.pt)")
     scst_samples: int = option(5, "--objective scst: captions sampled per video", low=1)
     model: ModelConfig = field(default_factory=ModelConfig)
+    decoding: DecodeConfig = field(default_factory=DecodeConfig)  # the checkpoint's decoding defaults
 
     def __post_init__(self):
         check_fields(self)
@@ -98,16 +104,20 @@ class TrainConfig:
             raise ConfigError("--objective scst fine-tunes a trained model: give it with --init RUN/best.pt")
         if not isinstance(self.model, ModelConfig):
             raise ConfigError(f"TrainConfig.model must be a ModelConfig, got {type(self.model).__name__}")
+        if not isinstance(self.decoding, DecodeConfig):
+            raise ConfigError(f"TrainConfig.decoding must be a DecodeConfig, got {type(self.decoding).__name__}")
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
         # fields of earlier versions that no longer mean anything are accepted and dropped
-        return from_dict(cls, d, "training config", nested={"model": ModelConfig}, ignore=("workers", "preload", "compile"))
+        return from_dict(cls, d, "training config", nested={"model": ModelConfig, "decoding": DecodeConfig},
+                         ignore=("workers", "preload", "compile"))
 
     def resolved(self) -> "TrainConfig":
         """A copy with presets filled in (the lr of the chosen optimiser)."""
         lr = self.lr if self.lr is not None else LR_PRESETS[self.optimizer]
-        return dataclasses.replace(self, lr=lr, model=dataclasses.replace(self.model))
+        return dataclasses.replace(self, lr=lr, model=dataclasses.replace(self.model),
+                                   decoding=dataclasses.replace(self.decoding))
 
 
 @dataclass
@@ -224,9 +234,9 @@ def validate(model, data: TrainData, cfg: TrainConfig, meteor=None) -> dict:
         bank = data.stream.bank
         source = bank.source(data.table.vids) if bank is not None else StoreFeatures(data.store, cfg.model.max_frames)
         cap = Captioner([model], [source], data.vocab, model_device(model))
-        caps = cap.caption(list(data.val_refs), beam=1, batch_size=256)
+        caps = cap.caption(list(data.val_refs), decoding=cfg.decoding, beam=cfg.select_beam, batch_size=256)
         corpus, _ = score(data.val_refs, caps, meteor=meteor)
-        rec.update(val_meteor=corpus["METEOR"], val_cider=corpus["CIDEr"])
+        rec.update(val_meteor=corpus["METEOR"], val_cider=corpus["CIDEr"], val_beam=cfg.select_beam)
     return rec
 
 
@@ -238,6 +248,9 @@ def model_device(model) -> torch.device:
 
 def load_data(cfg: TrainConfig, device: torch.device, rank: int, world: int, log=print) -> TrainData:
     """Captions, vocabulary (training split only) and a batch stream over the feature bank."""
+    if not cfg.dataset:
+        raise ConfigError("--dataset is required: the format of --annotations (msvd, mvad, msrvtt, vatex, generic, "
+                          "synthetic)")
     corpus = load_corpus(cfg.dataset, cfg.annotations)
     store = FeatureStore(cfg.features)
     check_complete(store.signature, store.path)
@@ -364,7 +377,8 @@ def check_resume(ck: Checkpoint, cfg: TrainConfig, vocab: Vocab, signature: dict
 def snapshot(model, optimizer, scheduler, state: LoopState, cfg: TrainConfig, data: TrainData) -> Checkpoint:
     device = model_device(model)
     rng = {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
-    return Checkpoint(cfg.model, model.state_dict(), data.vocab, data.store.signature, train_config=asdict(cfg),
+    return Checkpoint(cfg.model, model.state_dict(), data.vocab, data.store.signature, cfg.decoding,
+                      train_config=asdict(cfg),
                       state=asdict(state), optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), rng=rng)
 
 

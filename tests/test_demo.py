@@ -4,7 +4,8 @@ import re
 
 import pytest
 
-from s2vt.demo import MARKER, compare, findings, prepare_workdir, run_demo
+from s2vt.demo import MARKER, findings, prepare_workdir, run_demo
+from s2vt.seeds import compare
 from s2vt.errors import S2VTError
 
 

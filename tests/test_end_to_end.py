@@ -86,7 +86,8 @@ def test_evaluate_fused_and_report(trained, tmp_path):
             "--beam", "2", "--out", out)
     ev = json.loads(out.read_text())
     assert len(ev["videos"]) == 4 and 0 <= ev["metrics"]["METEOR"] <= 1
-    curve = ev["alpha_curve"]
+    assert ev["alpha_tuning"]["decoding"]["beam"] == 2 == ev["decoding"]["beam"]  # tuned as reported
+    curve = ev["alpha_tuning"]["curve"]
     assert set(map(float, curve)) == {round(0.1 * i, 1) for i in range(11)}
     best = max(curve.values())  # the chosen alpha scores best on val (ties: nearest 0.5)
     assert curve[str(ev["weights"][0])] == best or curve.get(ev["weights"][0]) == best
@@ -136,7 +137,7 @@ def test_benchmark_table_has_paper_rows(trained, tmp_path):
 
 
 def test_table_shows_a_dash_where_the_paper_has_no_figure():
-    from s2vt.evaluate import markdown_table
+    from s2vt.benchmark import markdown_table
 
     m = {"METEOR": 0.25}
     table = markdown_table({"RGB": {"msvd test": m, "msrvtt test": m}}, ["msvd test", "msrvtt test"], ("METEOR",),

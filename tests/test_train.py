@@ -302,7 +302,7 @@ def test_model_config_checks_its_own_values(field, value):
 def test_config_file_merges_under_flags(tmp_path):
     from s2vt.cli import build_parser, train_config
 
-    (tmp_path / "c.json").write_text(json.dumps({"epochs": 7, "lr": 0.1, "annotations": "A", "features": "F",
+    (tmp_path / "c.json").write_text(json.dumps({"epochs": 7, "lr": 0.1, "dataset": "synthetic", "annotations": "A", "features": "F",
                                                  "model": {"hidden": 24, "embed": 9}, "workers": 2}))
     args = build_parser().parse_args(["train", "--config", str(tmp_path / "c.json"), "--epochs", "3", "--embed", "16"])
     cfg = train_config(args)
@@ -380,24 +380,36 @@ def test_bank_and_store_paths_train_the_same_checkpoint(tiny_features, tmp_path,
 
 
 def test_tune_alpha_picks_the_best_weight_and_breaks_ties_towards_half():
+    from s2vt.decoding import DecodeConfig
     from s2vt.evaluate import tune_alpha
     from s2vt.metrics import Meteor
 
     refs = {"v1": ["a red ball moves left"], "v2": ["a blue box grows"]}
+    seen = []
 
     class Fake:  # captions are right only at alpha 0.3
+        decoding = DecodeConfig(beam=4)
+
         def available(self, vids):
             return list(vids), []
 
-        def caption(self, vids, weights=None, beam=1):
+        def caption(self, vids, weights=None, decoding=None):
+            seen.append(decoding)
             good = abs(weights[0] - 0.3) < 1e-9
             return {v: refs[v][0] if good else "nothing at all" for v in vids}
 
     with Meteor() as meteor:
-        best, curve = tune_alpha(Fake(), refs, meteor=meteor)
+        best, tuning = tune_alpha(Fake(), refs, meteor=meteor)
+        curve = tuning["curve"]
         assert best == 0.3 and curve[0.3] > max(v for a, v in curve.items() if a != 0.3)
+        assert {d.beam for d in seen} == {4} and tuning["decoding"]["beam"] == 4  # the checkpoint's decoding
         best, _ = tune_alpha(Fake(), refs, grid=[0.0, 0.4, 0.7, 1.0], meteor=meteor)
         assert best == 0.4  # all tie: nearest 0.5
+        best, _ = tune_alpha(Fake(), refs, grid=[0.0, 0.4, 0.6, 1.0], meteor=meteor)
+        assert best == 0.6  # equally near 0.5: the larger
+        seen.clear()
+        _, tuning = tune_alpha(Fake(), refs, DecodeConfig(beam=2, len_penalty=0.5), grid=[0.5], meteor=meteor)
+        assert [(d.beam, d.len_penalty) for d in seen] == [(2, 0.5)] and tuning["decoding"]["len_penalty"] == 0.5
 
 
 def test_compile_flag_is_gone_but_old_configs_still_load(capsys):
