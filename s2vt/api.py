@@ -70,5 +70,5 @@ def evaluate_split(checkpoint: PathLike, features: PathLike, dataset: str, annot
     cap = Captioner.from_members(members, device, streams=["rgb", "flow"] if checkpoint_flow else None)
     with Meteor() as meteor:
         r = evaluate_captioner(cap, dataset, annotations, split, cap.decoding.given(**decoding), meteor)
-    r["checkpoints"] = [m.checkpoint for m in members]
+    r.update(checkpoints=[m.checkpoint for m in members], features=[m.features for m in members])
     return r

@@ -11,6 +11,7 @@ beyond seed noise (:mod:`s2vt.seeds`).
 from __future__ import annotations
 
 import contextlib
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -198,9 +199,10 @@ def benchmark_entry(entry: Entry, out_dir: Path, flags: dict, device: str, meteo
             for row, cap in caps.items():
                 fusion = row == "RGB+Flow"
                 r = evaluate(cap, refs, [alpha, 1 - alpha] if fusion else None, cap.decoding.given(**flags), meteor)
-                r.update(dataset=entry.dataset, split=split, row=row, seed=seed,
-                         checkpoints=[m.checkpoint for m in entry.members(ROW_MEMBERS[row], seed)],
-                         alpha_tuning=tuning if fusion else None)
+                members = entry.members(ROW_MEMBERS[row], seed)
+                r.update(dataset=entry.dataset, split=split, row=row, seed=seed, alpha=alpha if fusion else None,
+                         checkpoints=[m.checkpoint for m in members], features=[m.features for m in members],
+                         alpha_tuning=tuning if fusion else None, date=time.strftime("%Y-%m-%d %H:%M"))
                 results.setdefault((row, f"{entry.name} {split}"), []).append(r["metrics"])
                 write_json(r, out_dir / f"{file_stem(entry.name, split, row, seed if several else None)}.json")
                 if bar is not None:

@@ -95,15 +95,20 @@ class Captioner:
 
     @torch.inference_mode()
     def caption(self, keys: Sequence[str], weights: Optional[Sequence[float]] = None,
-                decoding: Optional[DecodeConfig] = None, batch_size: int = 128, **flags) -> Dict[str, str]:
+                decoding: Optional[DecodeConfig] = None, batch_size: int = 128, progress: bool = False,
+                **flags) -> Dict[str, str]:
         """Captions of ``keys``; ``weights`` per member (default equal). The search is ``decoding``
-        (default: the first checkpoint's) with ``flags`` (beam, max_len, len_penalty) given on top."""
+        (default: the first checkpoint's) with ``flags`` (beam, max_len, len_penalty) given on top;
+        ``progress``: a bar over the videos."""
+        from tqdm import tqdm
+
         weights = list(weights) if weights is not None else [1.0] * len(self.models)
         search = (decoding or self.decoding).given(**flags).search()
         fusion = Fusion(list(zip(self.models, weights)))
         for m in self.models:
             m.eval()
         out: Dict[str, str] = {}
+        bar = tqdm(total=len(keys), desc="caption", unit="video", disable=not progress, leave=False)
         for i in range(0, len(keys), batch_size):
             chunk = list(keys[i:i + batch_size])
             inputs = []
@@ -116,6 +121,8 @@ class Captioner:
                 inputs.append((x.to(self.device, non_blocking=True), lens))
             toks = decode(fusion, inputs, **search)
             out.update({k: self.vocab.decode(t) for k, t in zip(chunk, toks)})
+            bar.update(len(chunk))
+        bar.close()
         return out
 
     @torch.inference_mode()

@@ -278,8 +278,8 @@ def cmd_evaluate(a) -> int:
     probe_writable(out)  # fail before the work, not after
     with Meteor() as meteor:  # one JVM for every scoring below
         r = evaluate_captioner(cap, a.dataset, a.annotations, a.split, dec, meteor,
-                               log=lambda m: print(m, file=sys.stderr))
-    r["checkpoints"] = [m.checkpoint for m in members]
+                               log=lambda m: print(m, file=sys.stderr), progress=not a.quiet)
+    r.update(checkpoints=[m.checkpoint for m in members], features=[m.features for m in members])
     refs = r["videos"].keys() | set(r["missing"])
     if r["missing"]:
         print(f"s2vt evaluate: {len(r['missing'])} of {len(refs)} {a.split} videos have no features in every store "
@@ -552,6 +552,7 @@ def _add_evaluate(sub, shared):
     s.add_argument("--checkpoint-flow", help="a flow model to fuse with")
     s.add_argument("--features-flow", help="the flow model's feature store")
     s.add_argument("--out", help="JSON output (default: next to the checkpoint)")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(fn=cmd_evaluate)
 
     s = sub.add_parser("score", help="score any captions against references", formatter_class=F,
@@ -589,7 +590,8 @@ def _add_report(sub, shared):
                        parents=[shared["overwrite"]],
                        epilog=_examples("s2vt report runs/rgb/eval_test_beam5.json --dataset synthetic --root data/synthetic"))
     s.add_argument("evaluation", help="JSON written by s2vt evaluate")
-    s.add_argument("--dataset", help=f"the evaluation's dataset ({DATASETS}), for keyframes")
+    s.add_argument("--dataset", help=f"the evaluation's dataset ({DATASETS}), for keyframes (default: the video "
+                                     "files the feature store recorded at extraction)")
     s.add_argument("--root", help="dataset root, for keyframes")
     s.add_argument("--out", help="HTML file (default: the evaluation's path with .html)")
     s.set_defaults(fn=cmd_report)

@@ -61,6 +61,7 @@ def render(evaluation: dict, video_path: Optional[Callable[[str], Path]] = None,
     order = sorted(videos, key=lambda v: videos[v].get("METEOR", 0.0))  # worst first
     metrics = evaluation.get("metrics", {})
     summary = ", ".join(f"{e(k)} {100 * v:.1f}" for k, v in metrics.items())
+    header = describe(evaluation)
     rows = []
     for vid in order:
         r = videos[vid]
@@ -73,11 +74,48 @@ def render(evaluation: dict, video_path: Optional[Callable[[str], Path]] = None,
                     f'<div class="refs">{refs}</div></td><td class="score">{100 * m:.1f}</td>'
                     f'<td class="score">{100 * r.get("CIDEr", 0.0):.1f}</td></tr>')
     return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><meta name='generator' content='s2vt-report'><title>{e(title)}</title><style>{_STYLE}</style></head>"
-            f"<body><h1>{e(title)}</h1><p>{len(videos)} videos. Corpus: {summary}</p>"
+            f"<body><h1>{e(title)}</h1><p class='setup'>{e(header)}</p>"
+            f"<p>{len(videos)} videos. Corpus (x100): {summary}</p>"
             "<p>Sorted from worst to best METEOR; click a header to re-sort.</p>"
             "<table><thead><tr><th data-k='vid'>video</th><th>keyframes</th><th>generated / references</th>"
             "<th data-k='meteor'>METEOR</th><th data-k='cider'>CIDEr</th></tr></thead>"
             f"<tbody>{''.join(rows)}</tbody></table><script>{_SCRIPT}</script></body></html>")
+
+
+def describe(ev: dict) -> str:
+    """One line of what made an evaluation: checkpoint(s), dataset and split, decoding, alpha, date."""
+    dec = ev.get("decoding") if isinstance(ev.get("decoding"), dict) else {"beam": ev.get("beam")}
+    cks = ev.get("checkpoints") if isinstance(ev.get("checkpoints"), list) else []
+    parts = [("checkpoints " if len(cks) > 1 else "checkpoint ") + " + ".join(map(str, cks)) if cks else "",
+             f"{ev['dataset']} {ev.get('split', '')}".strip() if ev.get("dataset") else "",
+             f"beam {dec.get('beam')}" if dec.get("beam") is not None else "",
+             f"length penalty {dec['len_penalty']}" if dec.get("len_penalty") is not None else "",
+             f"at most {dec['max_len']} words" if dec.get("max_len") is not None else "",
+             f"alpha {ev['alpha']}" + (" (tuned on val)" if ev.get("alpha_tuning") else "")
+             if ev.get("alpha") is not None else "",
+             f"evaluated {ev['date']}" if ev.get("date") else ""]
+    return "; ".join(p for p in parts if p)
+
+
+def store_sources(evaluation: dict) -> Optional[Callable[[str], Path]]:
+    """Video files by id from the source paths the evaluation's first feature store recorded at
+    extraction (None when it names no readable store)."""
+    from .store import FeatureStore
+
+    stores = evaluation.get("features")
+    if not isinstance(stores, list) or not stores or not isinstance(stores[0], str):
+        return None
+    try:
+        store = FeatureStore(stores[0])
+    except (S2VTError, OSError):
+        return None
+
+    def path_of(vid: str) -> Path:
+        if vid not in store:
+            raise S2VTError(f"{vid} is not in {stores[0]}")
+        return Path(str(store.meta(vid).get("source", "")))
+
+    return path_of
 
 
 def _keyframes_of(vid: str, video_path, frames: int) -> list:
@@ -111,31 +149,38 @@ def write_report(evaluation_json, out_html, video_path: Optional[Callable[[str],
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise S2VTError(f"{evaluation_json} is not an evaluation JSON written by `s2vt evaluate`")
     check_evaluation(ev, evaluation_json)
-    return atomic_write(Path(out_html), render(ev, video_path, title))
+    return atomic_write(Path(out_html), render(ev, video_path or store_sources(ev), title))
 
 
-def plot_curves(metrics_path: Path, png: Path) -> None:
-    """Training loss per log interval, validation loss and METEOR per epoch, from ``metrics.jsonl``."""
+def plot_curves(metrics_path: Path, png: Path, best_epoch: Optional[int] = None) -> None:
+    """Training loss, validation loss and val METEOR against epochs (fractional for the training
+    lines), from ``metrics.jsonl``; ``best_epoch``: the epoch best.pt holds, marked on both panels."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     recs = [json.loads(line) for line in open(metrics_path)] if Path(metrics_path).exists() else []
-    tr = [(r["step"], r["train_loss"]) for r in recs if "train_loss" in r]
-    va = [(r["step"], r["val_loss"]) for r in recs if "val_loss" in r]
-    me = [(r["step"], 100 * r["val_meteor"]) for r in recs if "val_meteor" in r]
+    tr = [(r.get("epochs", r["epoch"]), r["train_loss"]) for r in recs if "train_loss" in r]
+    va = [(r["epoch"], r["val_loss"]) for r in recs if "val_loss" in r]
+    me = [(r["epoch"], 100 * r["val_meteor"]) for r in recs if "val_meteor" in r]
+    beams = {r.get("val_beam", 1) for r in recs if "val_meteor" in r}
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
     if tr:
         axes[0].plot(*zip(*tr), label="train")
     if va:
         axes[0].plot(*zip(*va), "o-", label="val")
-    axes[0].set(xlabel="step", ylabel="loss (per token)", title="loss")
-    if tr or va:
-        axes[0].legend()
+    axes[0].set(xlabel="epoch", ylabel="loss (per token)", title="loss")
     if me:
         axes[1].plot(*zip(*me), "o-")
-    axes[1].set(xlabel="step", ylabel="METEOR", title="val METEOR (greedy)")
+    decoded = "greedy" if beams == {1} else f"beam {', '.join(map(str, sorted(beams)))}"
+    axes[1].set(xlabel="epoch", ylabel="METEOR (x100)", title=f"val METEOR ({decoded})")
+    if best_epoch is not None and best_epoch >= 0:
+        for ax in axes:
+            ax.axvline(best_epoch, color="grey", linestyle="--", label=f"best.pt (epoch {best_epoch})")
+        axes[1].legend()
+    if tr or va:
+        axes[0].legend()
     fig.tight_layout()
     fig.savefig(png, dpi=80)
     plt.close(fig)

@@ -44,7 +44,7 @@ from .vocab import Vocab
 LR_PRESETS = {"adam": 2e-4, "sgd": 0.01}
 # options a resumed run may change; any other difference from last.pt is refused
 RESUMABLE_CHANGES = {"epochs", "max_steps", "log_every", "save_every", "val_every", "patience", "device",
-                     "dist_timeout", "val_timeout", "decoding", "out", "annotations", "features"}  # paths may move; contents are checked
+                     "dist_timeout", "val_timeout", "decoding", "tensorboard", "out", "annotations", "features"}  # paths may move; contents are checked
 RUN_FILES = ("config.json", "vocab.json", "metrics.jsonl", "curves.png")
 
 
@@ -87,6 +87,8 @@ class TrainConfig:
     amp: bool = option(False, "mixed precision (CUDA only): a bf16 feature bank, the linear layers under bf16 "
                               "autocast, the LSTMs in fp32 (TF32 allowed); without it every op is IEEE fp32")
     log_every: int = option(50, "write a train-loss line to metrics.jsonl every N steps", low=1)
+    tensorboard: bool = option(False, "also write metrics.jsonl's figures as TensorBoard events in OUT/tensorboard "
+                                      "(needs the tensorboard package: pip install -e '.[tensorboard]')")
     save_every: int = option(0, "also write last.pt every N steps (0: once per epoch)", low=0)
     dist_timeout: int = option(300, "seconds to wait for torchrun peers before giving up", low=1)
     val_timeout: int = option(7200, "torchrun: seconds the other processes wait while rank 0 validates and saves",
@@ -530,11 +532,23 @@ def broadcast_int(value: int, group) -> int:
     return int(t)
 
 
+def tensorboard_writer(logdir: Path):
+    """A TensorBoard SummaryWriter on ``logdir``, or one line saying how to install TensorBoard."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise ConfigError("--tensorboard needs the tensorboard package: pip install tensorboard "
+                          "(or pip install -e '.[tensorboard]')") from None
+    return SummaryWriter(str(logdir))
+
+
 class RunWriter:
     """Everything rank 0 writes into the run folder: config, vocabulary, metrics, curves, checkpoints."""
 
     def __init__(self, out: Path, cfg: TrainConfig, data: TrainData, rank: int, fresh: bool):
         self.out, self.rank, self.cfg, self.val_seconds = out, rank, cfg, 0.0
+        self.epoch_batches = max(data.sampler.batches_per_epoch(), 1)  # for fractional epochs in the log
+        self.tb = tensorboard_writer(out / "tensorboard") if cfg.tensorboard and rank == 0 else None
         self.extra_log = None  # () -> dict added to each train line (the SCST rewards)
         self.last_path, self.best_path, self.metrics = out / "last.pt", out / "best.pt", out / "metrics.jsonl"
         if rank == 0:
@@ -549,6 +563,11 @@ class RunWriter:
         if self.rank == 0:
             with open(self.metrics, "a") as f:
                 f.write(json.dumps(rec) + "\n")
+        if self.tb is not None:
+            for k, v in rec.items():
+                if k not in ("step", "epoch", "epochs") and isinstance(v, (int, float)) and not isinstance(v, bool):
+                    self.tb.add_scalar(("val/" if k.startswith("val") else "train/") + k, v, rec["step"])
+            self.tb.flush()
 
     def check_finite(self, stats: dict, state: LoopState) -> None:
         if not bool(stats["ok"]):
@@ -560,7 +579,9 @@ class RunWriter:
         self.check_finite(stats, state)
         el = time.time() - stats["t0"]
         loss = float(stats["loss_sum"]) / max(stats["tokens"], 1)  # summed NLL / tokens
-        self.append({"step": state.step, "epoch": state.epoch, "train_loss": loss, "lr": optimizer.param_groups[0]["lr"],
+        self.append({"step": state.step, "epoch": state.epoch,
+                     "epochs": round(state.epoch + state.batch / self.epoch_batches, 4), "train_loss": loss,
+                     "lr": optimizer.param_groups[0]["lr"],
                      "samples_per_s": stats["samples"] * world / max(el, 1e-9),
                      **(self.extra_log() if self.extra_log else {})})
         bar.set_postfix(loss=f"{loss:.3f}", samples_s=f"{stats['samples'] * world / max(el, 1e-9):.0f}")
@@ -592,7 +613,7 @@ class RunWriter:
             ck.save(self.best_path)
         from .report import plot_curves
 
-        plot_curves(self.metrics, self.out / "curves.png")
+        plot_curves(self.metrics, self.out / "curves.png", ck.state.get("best_epoch"))
 
     def save_last(self, ck: Checkpoint, state: LoopState) -> None:
         if self.rank == 0:

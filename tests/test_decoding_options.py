@@ -136,3 +136,38 @@ def test_python_api_captions_a_raw_file_like_the_command(tiny_features, runs, ca
     with pytest.raises(SystemExit) as e:
         main(["--version"])
     assert e.value.code == 0 and capsys.readouterr().out.strip() == f"s2vt {s2vt.__version__}"
+
+
+def test_report_header_and_keyframes_from_the_stores_sources(tiny_features, runs, tmp_path):
+    root, stores = tiny_features
+    ck = runs["rgb", 0]
+    ev = ck.parent / "eval_test_beam3.json"
+    if not ev.exists():
+        assert cli("evaluate", "--dataset", "synthetic", "--annotations", root, "--checkpoint", ck,
+                   "--features", stores["rgb"], "--quiet") == 0
+    saved = json.loads(ev.read_text())
+    assert saved["features"] == [str(stores["rgb"])] and re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d", saved["date"])
+    assert cli("report", ev, "--out", tmp_path / "r.html") == 0  # no --dataset/--root: the store's source paths
+    page = (tmp_path / "r.html").read_text()
+    assert page.count("data:image/jpeg;base64,") == 4 * len(saved["videos"])
+    header = re.search(r"<p class='setup'>(.*?)</p>", page).group(1)
+    assert header == (f"checkpoint {ck}; synthetic test; beam 3; length penalty 0.7; at most 30 words; "
+                      f"evaluated {saved['date']}")
+
+
+def test_metrics_in_epochs_and_tensorboard_events(tiny_features, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    train_cli(tiny_features, tmp_path / "t", "rgb", "--max-steps", "0", "--epochs", "2", "--log-every", "2",
+              "--tensorboard")
+    recs = [json.loads(line) for line in (tmp_path / "t" / "metrics.jsonl").read_text().splitlines()]
+    train_lines = [r for r in recs if "train_loss" in r]
+    first_val = next(r for r in recs if "val_loss" in r)  # written at the end of epoch 1
+    per_epoch = first_val["step"] / first_val["epoch"]
+    assert all(r["epochs"] == pytest.approx(r["step"] / per_epoch, abs=1e-3) for r in train_lines)
+    acc = EventAccumulator(str(tmp_path / "t" / "tensorboard"))
+    acc.Reload()
+    logged = acc.Scalars("train/train_loss")
+    assert [(e.step, e.value) for e in logged] == [(r["step"], pytest.approx(r["train_loss"])) for r in train_lines]
+    assert "val/val_loss" in acc.Tags()["scalars"]
+    assert (tmp_path / "t" / "curves.png").stat().st_size > 0
