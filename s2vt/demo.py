@@ -18,12 +18,14 @@ import shutil
 import statistics
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Dict, List, Optional
 
 from .attributes import accuracy, load_truth
+from .config import from_dict
 from .datasets import load_corpus
+from .decoding import DecodeConfig
 from .errors import S2VTError
 from .extract import ExtractConfig, extract
 from .fileio import atomic_write, write_json
@@ -39,37 +41,57 @@ OWN = ("data", "features", "runs", "bench", "report.html", "results.md", "result
 
 @dataclass
 class DemoPreset:
+    """A demo's sizes: the dataset, the features, the training recipe (a TrainConfig whose paths,
+    seed, device and stream are filled in per run) and the seeds."""
+
     synth: SynthConfig
     stride: int
     input_size: int
-    model: ModelConfig
-    epochs: int
-    batch_size: int
-    lr: float
+    train: TrainConfig
     seeds: List[int]
-    beam: int
     workers: Optional[int] = 2  # decoding processes of the feature extraction (None: cores - 1 on a GPU)
     device: str = "cpu"
-    val_meteor: bool = True   # select checkpoints on val METEOR (else val loss)
-    val_every: int = 1        # validate every N epochs (and after the last)
     alpha: Optional[float] = None  # fixed fusion weight (None: tuned on val by the benchmark)
-    train_extra: dict = field(default_factory=dict)  # further TrainConfig fields
+
+    @property
+    def beam(self) -> int:
+        return self.train.decoding.beam
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "DemoPreset":
+        """A preset from its JSON form (``asdict``), checked field by field."""
+        if not isinstance(d, dict):
+            raise S2VTError(f"a demo preset must be a JSON object, got {type(d).__name__}")
+        train = TrainConfig.from_dict(d["train"]) if isinstance(d.get("train"), dict) else d.get("train")
+        return from_dict(cls, {**d, "train": train}, "demo preset", nested={"synth": SynthConfig})
+
+    def run_config(self, out: Path, seed: int, device: str, **fields) -> TrainConfig:
+        """The recipe of one run (``fields``: dataset, features, shuffle_frames, model, ...); amp on GPUs only."""
+        return replace(self.train, out=str(out), seed=seed, device=device, amp=self.train.amp and on_gpu(device),
+                       **fields)
+
+
+def _recipe(model: ModelConfig, epochs: int, batch_size: int, lr: float, beam: int, **more) -> TrainConfig:
+    return TrainConfig(model=model, epochs=epochs, batch_size=batch_size, lr=lr, log_every=1000,
+                       decoding=DecodeConfig(beam=beam), **more)
 
 
 PRESETS = {
     # ~10 minutes on a 2-core CPU
     "cpu": DemoPreset(SynthConfig(train=300, val=40, test=80, frames=48, width=128, height=96), stride=4,
-                      input_size=112, model=ModelConfig(embed=128, hidden=256, dropout=0.3, max_frames=80),
-                      epochs=20, batch_size=32, lr=2e-3, seeds=[0, 1, 2], beam=5, val_every=5),
+                      input_size=112, train=_recipe(ModelConfig(embed=128, hidden=256, dropout=0.3, max_frames=80),
+                                                    epochs=20, batch_size=32, lr=2e-3, beam=5, val_every=5),
+                      seeds=[0, 1, 2]),
     # seconds: for tests
     "tiny": DemoPreset(SynthConfig(train=12, val=4, test=4, frames=16, width=64, height=48), stride=4,
-                       input_size=64, model=ModelConfig(embed=32, hidden=32, dropout=0.0), epochs=1,
-                       batch_size=8, lr=2e-3, seeds=[0], beam=2, workers=0, val_meteor=False, alpha=0.5),
+                       input_size=64, train=_recipe(ModelConfig(embed=32, hidden=32, dropout=0.0), epochs=1,
+                                                    batch_size=8, lr=2e-3, beam=2, val_meteor=False),
+                       seeds=[0], workers=0, alpha=0.5),
     # MSVD-sized set and the paper's model sizes: one GPU, about ten minutes
     "gpu": DemoPreset(SynthConfig(train=1200, val=100, test=670, frames=120, width=320, height=240), stride=10,
-                      input_size=224, model=ModelConfig(), epochs=20, batch_size=64, lr=2e-4,
-                      seeds=[0, 1, 2], beam=5, workers=None, device="cuda", val_every=5,
-                      train_extra={"amp": True}),
+                      input_size=224, train=_recipe(ModelConfig(), epochs=20, batch_size=64, lr=2e-4, beam=5,
+                                                    val_every=5, amp=True),
+                      seeds=[0, 1, 2], workers=None, device="cuda"),
 }
 
 ROW_ORDER = ("constant caption", "Flow", "RGB", "RGB random order", "RGB+Flow")
@@ -150,11 +172,8 @@ def train_all(wd: Path, p: DemoPreset, data: Path, stores, seeds, device: str, m
                 print(f"reusing {out}")
                 res = json.loads((out / "done.json").read_text())
             else:
-                cfg = TrainConfig(dataset="synthetic", annotations=str(data), features=str(stores[stream]),
-                                  out=str(out), epochs=p.epochs, batch_size=p.batch_size, lr=p.lr, seed=seed,
-                                  device=device, shuffle_frames=shuffle, model=ModelConfig(**asdict(p.model)),
-                                  log_every=1000, val_meteor=p.val_meteor, val_every=p.val_every,
-                                  **{k: v for k, v in p.train_extra.items() if k != "amp" or on_gpu(device)})
+                cfg = p.run_config(out, seed, device, dataset="synthetic", annotations=str(data),
+                                   features=str(stores[stream]), shuffle_frames=shuffle)
                 print(f"-- {row}, seed {seed} -> {out}", flush=True)
                 res = train(cfg, progress=False, meteor=meteor, overwrite=True)  # an unfinished run of ours
                 write_json(res, out / "done.json")

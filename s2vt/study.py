@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict
+from dataclasses import replace
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -21,7 +21,6 @@ from .extract import ExtractConfig, extract
 from .fileio import atomic_write, write_json
 from .metrics import Meteor
 from .seeds import compare, mean_spread, print_findings
-from .model import ModelConfig
 from .train import TrainConfig, train
 
 ROWS = ("RGB S2VT", "RGB attention", "RGB S2VT + SCST", "RGB attention + SCST")
@@ -91,23 +90,20 @@ def run_study(workdir="demo_out", study: str = "decoders", preset: str = "cpu", 
     with Meteor() as meteor:
         _stage(f"3/5 training (seeds {seeds}): S2VT and attention, cross-entropy then SCST")
         t = time.time()
-        base = lambda out, seed, decoder, log_every=1000: dict(
-            dataset="synthetic", annotations=str(data), features=str(store), out=str(out), batch_size=p.batch_size,
-            seed=seed, device=device, log_every=log_every, val_meteor=p.val_meteor,
-            model=ModelConfig(**{**asdict(p.model), "decoder": decoder}),
-            **{k: v for k, v in p.train_extra.items() if k != "amp" or on_gpu(device)})
+        run = lambda out, seed, decoder, **more: p.run_config(
+            out, seed, device, dataset="synthetic", annotations=str(data), features=str(store),
+            model=replace(p.train.model, decoder=decoder), **more)
         for seed in seeds:
             for decoder, row in (("s2vt", "RGB S2VT"), ("attention", "RGB attention")):
                 xe = _run(wd, row, seed)
                 print(f"-- {row}, seed {seed} -> {xe}", flush=True)
-                _train_once(TrainConfig(**base(xe, seed, decoder), epochs=p.epochs, lr=p.lr, val_every=p.val_every),
-                            meteor)
+                _train_once(run(xe, seed, decoder), meteor)
                 sc = _run(wd, row + " + SCST", seed)
                 print(f"-- {row} + SCST, seed {seed} -> {sc}", flush=True)
                 s = SCST[preset]
-                _train_once(TrainConfig(**base(sc, seed, decoder, 2), objective="scst", init=str(xe / "best.pt"),
-                                        epochs=s["epochs"], lr=s["lr"], scst_samples=s["scst_samples"],
-                                        val_every=s["val_every"]), meteor)
+                _train_once(run(sc, seed, decoder, log_every=2, objective="scst", init=str(xe / "best.pt"),
+                                epochs=s["epochs"], lr=s["lr"], scst_samples=s["scst_samples"],
+                                val_every=s["val_every"]), meteor)
                 rewards[row + " + SCST"][seed] = [json.loads(l) for l in (sc / "metrics.jsonl").read_text().splitlines()]
         timings["training"] = time.time() - t
 

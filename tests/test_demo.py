@@ -83,3 +83,18 @@ def test_tiny_preset_writes_every_artefact_and_reuses_finished_stages(tmp_path, 
     run_demo(wd, "tiny")  # a re-run reuses the dataset and the trained models
     out = capsys.readouterr().out
     assert "reusing the generated dataset" in out and out.count("reusing ") >= 4
+
+
+def test_presets_are_configs_that_round_trip_through_json():
+    from dataclasses import asdict
+
+    from s2vt.demo import PRESETS, DemoPreset
+    from s2vt.errors import S2VTError
+
+    for name, p in PRESETS.items():
+        assert DemoPreset.from_dict(json.loads(json.dumps(asdict(p)))) == p, name
+    assert PRESETS["cpu"].beam == 5 and PRESETS["cpu"].run_config("o", 1, "cpu").amp is False
+    assert PRESETS["gpu"].run_config("o", 1, "cuda:0").amp is True
+    bad = {**asdict(PRESETS["tiny"]), "train": {**asdict(PRESETS["tiny"].train), "epochs": 0}}
+    with pytest.raises(S2VTError, match="--epochs"):
+        DemoPreset.from_dict(bad)
