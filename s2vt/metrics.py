@@ -58,12 +58,27 @@ def one_line(text: str) -> str:
     return _BREAKS.sub(" ", text)
 
 
+_PTB_CACHE: Dict[str, str] = {}  # line -> its tokens: the tokenizer treats each line on its own
+_PTB_CACHE_MAX = 500_000
+
+
 def ptb_tokenize(sentences: List[str], timeout: float = 600) -> List[str]:
-    """Stanford PTB tokenisation (lower-cased, punctuation dropped), one output per input."""
+    """Stanford PTB tokenisation (lower-cased, punctuation dropped), one output per input.
+
+    Lines seen before in this process come from a cache, so that scoring the same references
+    again (every validation, every alpha of the fusion tuning) starts no JVM for them."""
     out = [""] * len(sentences)
-    todo = [(i, one_line(s)) for i, s in enumerate(sentences) if one_line(s).strip()]
+    todo = []
+    for i, s in enumerate(sentences):
+        line = one_line(s)
+        if line in _PTB_CACHE:
+            out[i] = _PTB_CACHE[line]
+        elif line.strip():
+            todo.append((i, line))
     if not todo:
         return out
+    if len(_PTB_CACHE) > _PTB_CACHE_MAX:
+        _PTB_CACHE.clear()
     jar = _pkg_dir() / "tokenizer" / "stanford-corenlp-3.4.1.jar"
     fd, tmp = tempfile.mkstemp(prefix="s2vt-ptb-", suffix=".txt")
     try:
@@ -84,8 +99,8 @@ def ptb_tokenize(sentences: List[str], timeout: float = 600) -> List[str]:
         lines = lines[:-1]
     if len(lines) != len(todo):
         raise MetricError(f"PTB tokenizer returned {len(lines)} lines for {len(todo)} captions")
-    for (i, _), line in zip(todo, lines):
-        out[i] = " ".join(w for w in line.rstrip().split(" ") if w not in PUNCTUATIONS)
+    for (i, sentence), line in zip(todo, lines):
+        out[i] = _PTB_CACHE[sentence] = " ".join(w for w in line.rstrip().split(" ") if w not in PUNCTUATIONS)
     return out
 
 

@@ -154,3 +154,18 @@ def test_meteor_jvm_dies_with_a_killed_run():
     t.start()
     t.join()
     assert off_main == [None] and callable(child_dies_with_us())  # a thread's exit must not kill the JVM
+
+
+def test_tokenized_lines_are_cached_and_equal_a_fresh_tokenization(monkeypatch):
+    from s2vt import metrics
+
+    lines = ["A man's \"slicing\" a cucumber.", "Two dogs, running!", "a man is slicing a cucumber"]
+    monkeypatch.setattr(metrics, "_PTB_CACHE", {})
+    fresh = metrics.ptb_tokenize(lines)
+    assert fresh[1] == "two dogs running"
+
+    def no_jvm(*a, **k):
+        raise AssertionError("a cached line started the tokenizer")
+
+    monkeypatch.setattr(metrics.subprocess, "run", no_jvm)
+    assert metrics.ptb_tokenize(list(reversed(lines))) == list(reversed(fresh))

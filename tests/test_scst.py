@@ -1,8 +1,6 @@
 """Self-critical training: CIDEr-D equal to coco-caption's, SCST runs that train and resume, bad input."""
 import json
 import random
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -68,11 +66,9 @@ def test_scst_trains_logs_rewards_and_resumes_bitwise(tiny_features, tmp_path, d
     assert len(rewards) == 4 and all(r >= 0 for r in rewards)
 
 
-def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "s2vt", "train", *args], capture_output=True, text=True)
+def test_scst_bad_input_is_one_line_and_writes_nothing(tiny_features, tmp_path, capsys):
+    from s2vt.cli import main
 
-
-def test_scst_bad_input_is_one_line_and_writes_nothing(tiny_features, tmp_path):
     root, stores = tiny_features
     train(_xe(tiny_features, tmp_path / "xe"), progress=False)
     common = ["--dataset", "synthetic", "--annotations", str(root), "--features", str(stores["rgb"]),
@@ -87,7 +83,9 @@ def test_scst_bad_input_is_one_line_and_writes_nothing(tiny_features, tmp_path):
     (tmp_path / "noref").mkdir()
     for extra, msg in cases[:-1]:
         out = tmp_path / "out"
-        p = _cli(*common, "--objective", "scst", "--out", str(out), *extra)
-        lines = p.stderr.strip().splitlines()
-        assert p.returncode == 2 and len(lines) == 1 and msg in lines[0], (extra, p.stderr)
+        capsys.readouterr()
+        rc = main(["train", *common, "--objective", "scst", "--out", str(out), *extra])
+        err = capsys.readouterr().err
+        lines = err.strip().splitlines()
+        assert rc == 2 and len(lines) == 1 and msg in lines[0], (extra, err)
         assert not out.exists(), extra

@@ -393,13 +393,13 @@ def test_tune_alpha_picks_the_best_weight_and_breaks_ties_towards_half():
         def available(self, vids):
             return list(vids), []
 
-        def caption(self, vids, weights=None, decoding=None):
+        def caption(self, vids, weights=None, decoding=None, progress=False):
             seen.append(decoding)
             good = abs(weights[0] - 0.3) < 1e-9
             return {v: refs[v][0] if good else "nothing at all" for v in vids}
 
     with Meteor() as meteor:
-        best, tuning = tune_alpha(Fake(), refs, meteor=meteor)
+        best, tuning = tune_alpha(Fake(), refs, grid=(0.0, 0.3, 0.5, 1.0), meteor=meteor)
         curve = tuning["curve"]
         assert best == 0.3 and curve[0.3] > max(v for a, v in curve.items() if a != 0.3)
         assert {d.beam for d in seen} == {4} and tuning["decoding"]["beam"] == 4  # the checkpoint's decoding
