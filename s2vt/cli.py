@@ -304,7 +304,8 @@ def cmd_score(a) -> int:
     if not common:
         raise S2VTError("no video id is in both files")
     corpus, per = score({k: refs[k] for k in common}, {k: cands[k] for k in common}, use_meteor=not a.no_meteor)
-    out = {"metrics": corpus, "videos": len(common), "missing_candidates": only_r, "missing_references": only_c}
+    out = {"metrics": corpus, "metrics_scale": "fractions in [0, 1] (the paper's tables show x100)",
+           "videos": len(common), "missing_candidates": only_r, "missing_references": only_c}
     if a.per_video:
         out["per_video"] = per
     if only_r or only_c:

@@ -186,18 +186,12 @@ def _shapes(source: Source) -> Iterator[Tuple[str, Optional[tuple], Optional[str
             yield vid, None, why
 
 
-def import_features(src, out, name: str, stream: str = "rgb", id_map: Optional[str] = None,
-                    overwrite: bool = False) -> ImportSummary:
-    """Import the arrays of ``src`` into the store ``out`` (resumable; see the module notes)."""
-    check_video_id(name, "--name")
-    if stream not in ("rgb", "flow"):
-        raise S2VTError(f"--stream must be rgb or flow, not {stream!r}")
-    out = Path(out)
+def _open_target(out: Path, src, overwrite: bool) -> Optional[FeatureStore]:
+    """The store being resumed at ``out`` (None: a new one); with ``overwrite``, what was there is removed."""
     if out.is_dir():
         raise S2VTError(f"--out {out} is a folder; give the HDF5 file to write (e.g. {out / 'features.h5'})")
     if out.exists() and src and Path(src).exists() and out.resolve() == Path(src).resolve():
         raise S2VTError(f"--out {out} is the source; choose another output path")
-    source = scan(src, id_map)
     existing = None
     if out.exists():
         try:
@@ -212,19 +206,37 @@ def import_features(src, out, name: str, stream: str = "rgb", id_map: Optional[s
         import shutil
 
         shutil.rmtree(stage_dir(out))
-    summary = ImportSummary(out=str(out))
-    shapes = list(_shapes(source))
+    return existing
+
+
+def _store_dim(existing: Optional[FeatureStore], shapes, source, src) -> int:
+    """The feature width: the resumed store's, else the most common D among the arrays (the smaller on ties)."""
     dims = Counter(s[1] for _, s, err in shapes if err is None and len(s) == 2 and s[1] > 0)
     if existing is not None:
         dim = existing.signature.get("dim")
     elif dims:
-        dim = max(dims.items(), key=lambda kv: (kv[1], -kv[0]))[0]  # the most common D (the smaller on ties)
+        dim = max(dims.items(), key=lambda kv: (kv[1], -kv[0]))[0]
     else:
         dim = None
     if dim is None:
         first = next(iter(source.bad.items()), None) or next(((v, (e or f"shape {s}", "")) for v, s, e in shapes), None)
         raise S2VTError(f"{src}: no array can be imported (e.g. {first[0]}: {first[1][0]})" if first
                         else f"{src}: nothing to import")
+    return dim
+
+
+def import_features(src, out, name: str, stream: str = "rgb", id_map: Optional[str] = None,
+                    overwrite: bool = False) -> ImportSummary:
+    """Import the arrays of ``src`` into the store ``out`` (resumable; see the module notes)."""
+    check_video_id(name, "--name")
+    if stream not in ("rgb", "flow"):
+        raise S2VTError(f"--stream must be rgb or flow, not {stream!r}")
+    out = Path(out)
+    existing = _open_target(out, src, overwrite)
+    source = scan(src, id_map)
+    summary = ImportSummary(out=str(out))
+    shapes = list(_shapes(source))
+    dim = _store_dim(existing, shapes, source, src)
     writer = FeatureWriter(out, import_signature(name, stream, dim))
     try:
         done = writer.done_ids()

@@ -54,10 +54,84 @@ def study_table(per_seed: Dict[str, List[dict]]) -> str:
     return "\n".join(lines)
 
 
-def run_study(workdir="demo_out", study: str = "decoders", preset: str = "cpu", fresh: bool = False, device: str = "",
-              seeds=None, workers: Optional[int] = None) -> dict:
+def rgb_store(wd: Path, p, corpus, device: str) -> Path:
+    """The embedded dataset's RGB features (every split) in ``wd/features/rgb.h5``."""
+    items = [(v, corpus.video_path(v)) for ids in corpus.splits.values() for v in ids]
+    store = wd / "features" / "rgb.h5"
+    store.parent.mkdir(exist_ok=True)
+    ecfg = ExtractConfig(stream="rgb", stride=p.stride, input_size=p.input_size, crop_ratio=1.0, workers=p.workers,
+                         device=device, precision="bf16" if on_gpu(device) else "fp32")
+    print("\n".join(extract(items, store, ecfg).lines()))
+    return store
+
+
+def train_rows(wd: Path, p, preset: str, data: Path, store: Path, seeds, device: str, meteor) -> Dict[str, dict]:
+    """Both decoders with cross-entropy, then SCST from each; returns {SCST row: {seed: metrics.jsonl records}}."""
+    run = lambda out, seed, decoder, **more: p.run_config(
+        out, seed, device, dataset="synthetic", annotations=str(data), features=str(store),
+        model=replace(p.train.model, decoder=decoder), **more)
+    rewards: Dict[str, Dict[int, List[dict]]] = {r: {} for r in ROWS if "SCST" in r}
+    s = SCST[preset]
+    for seed in seeds:
+        for decoder, row in (("s2vt", "RGB S2VT"), ("attention", "RGB attention")):
+            xe = _run(wd, row, seed)
+            print(f"-- {row}, seed {seed} -> {xe}", flush=True)
+            _train_once(run(xe, seed, decoder), meteor)
+            sc = _run(wd, row + " + SCST", seed)
+            print(f"-- {row} + SCST, seed {seed} -> {sc}", flush=True)
+            _train_once(run(sc, seed, decoder, log_every=2, objective="scst", init=str(xe / "best.pt"),
+                            epochs=s["epochs"], lr=s["lr"], scst_samples=s["scst_samples"], val_every=s["val_every"]),
+                        meteor)
+            rewards[row + " + SCST"][seed] = [json.loads(l) for l in (sc / "metrics.jsonl").read_text().splitlines()]
+    return rewards
+
+
+def evaluate_rows(wd: Path, p, data: Path, corpus, store: Path, seeds, device: str, meteor) -> Dict[str, List[dict]]:
+    """Every row and seed on the test split, with the attribute accuracies: {row: [metrics per seed]}."""
     from .captioner import Captioner, Member
     from .evaluate import evaluate
+
+    truth, test_refs = load_truth(data), dict(corpus.split_items("test"))
+    per_seed: Dict[str, List[dict]] = {r: [] for r in ROWS}
+    (wd / "bench").mkdir(exist_ok=True)
+    for seed in seeds:
+        for row in ROWS:
+            cap = Captioner.from_members([Member(str(_run(wd, row, seed) / "best.pt"), str(store))], device)
+            ev = evaluate(cap, test_refs, None, cap.decoding.given(beam=p.beam), meteor)
+            write_json(ev, wd / "bench" / f"{_run(wd, row, seed).name}.json")
+            caps = {v: r["caption"] for v, r in ev["videos"].items()}
+            per_seed[row].append({**ev["metrics"], **accuracy(caps, truth)})
+    return per_seed
+
+
+def study_findings(per_seed: Dict[str, List[dict]]) -> Dict[str, dict]:
+    return {
+        "attention above S2VT (METEOR)": compare(per_seed, "RGB attention", "RGB S2VT"),
+        "SCST above cross-entropy, S2VT (CIDEr)": compare(per_seed, "RGB S2VT + SCST", "RGB S2VT", "CIDEr"),
+        "SCST above cross-entropy, attention (CIDEr)": compare(per_seed, "RGB attention + SCST", "RGB attention",
+                                                               "CIDEr"),
+        "SCST above cross-entropy, S2VT (METEOR)": compare(per_seed, "RGB S2VT + SCST", "RGB S2VT"),
+        "SCST above cross-entropy, attention (METEOR)": compare(per_seed, "RGB attention + SCST", "RGB attention"),
+    }
+
+
+def reward_curves(rewards: Dict[str, dict]) -> Dict[str, dict]:
+    """{SCST row: {seed: [(step, sampled reward, greedy reward)]}}, printed first -> last."""
+    curves = {row: {s: [(r["step"], round(r["reward_sample"], 4), round(r["reward_greedy"], 4))
+                        for r in recs if "reward_sample" in r] for s, recs in by_seed.items()}
+              for row, by_seed in rewards.items()}
+    for row, by_seed in curves.items():
+        for s, c in by_seed.items():
+            if c:
+                print(f"  {row} seed {s}: greedy CIDEr-D reward {c[0][2]:.3f} -> {c[-1][2]:.3f}, "
+                      f"sampled {c[0][1]:.3f} -> {c[-1][1]:.3f} over {c[-1][0]} steps")
+    return curves
+
+
+def run_study(workdir="demo_out", study: str = "decoders", preset: str = "cpu", fresh: bool = False, device: str = "",
+              seeds=None, workers: Optional[int] = None) -> dict:
+    """``s2vt demo --study decoders``: S2VT and attention, each with and without SCST, over seeds,
+    in ``workdir`` (the demo's work folder rules); returns what ``results.json`` holds."""
     from .report import write_report
 
     t_start = time.time()
@@ -72,74 +146,27 @@ def run_study(workdir="demo_out", study: str = "decoders", preset: str = "cpu", 
     t = time.time()
     corpus = make_dataset(data, p.synth, workers)
     timings["dataset"] = time.time() - t
-
     _stage("2/5 RGB features (EfficientNet-Lite0)")
     t = time.time()
-    items = [(v, corpus.video_path(v)) for ids in corpus.splits.values() for v in ids]
-    store = wd / "features" / "rgb.h5"
-    store.parent.mkdir(exist_ok=True)
-    ecfg = ExtractConfig(stream="rgb", stride=p.stride, input_size=p.input_size, crop_ratio=1.0, workers=p.workers,
-                         device=device, precision="bf16" if on_gpu(device) else "fp32")
-    print("\n".join(extract(items, store, ecfg).lines()))
+    store = rgb_store(wd, p, corpus, device)
     timings["features"] = time.time() - t
-
-    truth = load_truth(data)
-    test_refs = dict(corpus.split_items("test"))
-    per_seed: Dict[str, List[dict]] = {r: [] for r in ROWS}
-    rewards: Dict[str, Dict[int, List[dict]]] = {r: {} for r in ROWS if "SCST" in r}
     with Meteor() as meteor:
         _stage(f"3/5 training (seeds {seeds}): S2VT and attention, cross-entropy then SCST")
         t = time.time()
-        run = lambda out, seed, decoder, **more: p.run_config(
-            out, seed, device, dataset="synthetic", annotations=str(data), features=str(store),
-            model=replace(p.train.model, decoder=decoder), **more)
-        for seed in seeds:
-            for decoder, row in (("s2vt", "RGB S2VT"), ("attention", "RGB attention")):
-                xe = _run(wd, row, seed)
-                print(f"-- {row}, seed {seed} -> {xe}", flush=True)
-                _train_once(run(xe, seed, decoder), meteor)
-                sc = _run(wd, row + " + SCST", seed)
-                print(f"-- {row} + SCST, seed {seed} -> {sc}", flush=True)
-                s = SCST[preset]
-                _train_once(run(sc, seed, decoder, log_every=2, objective="scst", init=str(xe / "best.pt"),
-                                epochs=s["epochs"], lr=s["lr"], scst_samples=s["scst_samples"],
-                                val_every=s["val_every"]), meteor)
-                rewards[row + " + SCST"][seed] = [json.loads(l) for l in (sc / "metrics.jsonl").read_text().splitlines()]
+        rewards = train_rows(wd, p, preset, data, store, seeds, device, meteor)
         timings["training"] = time.time() - t
-
         _stage("4/5 every row on the test split")
         t = time.time()
-        (wd / "bench").mkdir(exist_ok=True)
-        for seed in seeds:
-            for row in ROWS:
-                cap = Captioner.from_members([Member(str(_run(wd, row, seed) / "best.pt"), str(store))], device)
-                ev = evaluate(cap, test_refs, None, cap.decoding.given(beam=p.beam), meteor)
-                write_json(ev, wd / "bench" / f"{_run(wd, row, seed).name}.json")
-                caps = {v: r["caption"] for v, r in ev["videos"].items()}
-                per_seed[row].append({**ev["metrics"], **accuracy(caps, truth)})
+        per_seed = evaluate_rows(wd, p, data, corpus, store, seeds, device, meteor)
         timings["evaluation"] = time.time() - t
 
     _stage("5/5 results on the test split")
     table = study_table(per_seed)
     print(table)
     print(f"(x100; mean ± standard deviation over seeds {seeds}; beam {p.beam})")
-    found = {
-        "attention above S2VT (METEOR)": compare(per_seed, "RGB attention", "RGB S2VT"),
-        "SCST above cross-entropy, S2VT (CIDEr)": compare(per_seed, "RGB S2VT + SCST", "RGB S2VT", "CIDEr"),
-        "SCST above cross-entropy, attention (CIDEr)": compare(per_seed, "RGB attention + SCST", "RGB attention",
-                                                               "CIDEr"),
-        "SCST above cross-entropy, S2VT (METEOR)": compare(per_seed, "RGB S2VT + SCST", "RGB S2VT"),
-        "SCST above cross-entropy, attention (METEOR)": compare(per_seed, "RGB attention + SCST", "RGB attention"),
-    }
+    found = study_findings(per_seed)
     print_findings(found)
-    curves = {row: {s: [(r["step"], round(r["reward_sample"], 4), round(r["reward_greedy"], 4))
-                        for r in recs if "reward_sample" in r] for s, recs in by_seed.items()}
-              for row, by_seed in rewards.items()}
-    for row, by_seed in curves.items():
-        for s, c in by_seed.items():
-            if c:
-                print(f"  {row} seed {s}: greedy CIDEr-D reward {c[0][2]:.3f} -> {c[-1][2]:.3f}, "
-                      f"sampled {c[0][1]:.3f} -> {c[-1][1]:.3f} over {c[-1][0]} steps")
+    curves = reward_curves(rewards)
     write_report(wd / "bench" / f"{_run(wd, ROWS[-1], seeds[0]).name}.json", wd / "report.html", corpus.video_path,
                  title=f"s2vt demo --study {study}: {ROWS[-1]} on the embedded test split")
     timings["total"] = time.time() - t_start
