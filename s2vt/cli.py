@@ -233,7 +233,8 @@ def cmd_caption(a) -> int:
         raise S2VTError("--attention adds per-word attention weights to the JSON output: add --json")
     cks = [a.checkpoint] + ([a.checkpoint_flow] if a.checkpoint_flow else [])
     cnn_weights = [a.weights] + ([a.weights_flow] if a.checkpoint_flow else [])
-    cap = video_captioner(cks, cnn_weights, device=a.device, streams=["rgb", "flow"] if a.checkpoint_flow else None)
+    cap = video_captioner(cks, cnn_weights, device=a.device, streams=["rgb", "flow"] if a.checkpoint_flow else None,
+                          download=a.download, flow_weights=a.flow_weights)
     dec = cap.decoding.given(**flags)
     alpha = 0.5 if dec.alpha is None else dec.alpha
     weights = [alpha, 1 - alpha] if a.checkpoint_flow else None
@@ -534,6 +535,10 @@ def _add_caption(sub, shared):
     s.add_argument("--checkpoint-flow", help="a flow model to fuse with")
     s.add_argument("--weights", help="CNN weights for the RGB model's backbone, if not the offline default")
     s.add_argument("--weights-flow", help="CNN weights for the flow model's backbone")
+    s.add_argument("--flow-weights", help="RAFT weights of a model trained on --flow-method raft_* features, if not "
+                                          "torchvision's file in torch's cache")
+    s.add_argument("--download", action="store_true",
+                   help="let torchvision / timm fetch published weights missing from this machine (needs internet)")
     s.add_argument("--attention", action="store_true",
                    help="with --json: each word's attention weights over the encoded frames (--decoder attention)")
     s.add_argument("--json", action="store_true", help="one JSON object per video")

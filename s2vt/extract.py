@@ -30,13 +30,14 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from .backbones import SPECS, Backbone, Preprocess, check_backbone, prepare
+from .backbones import Backbone, Preprocess, backbone_spec, check_backbone, prepare
 from .config import as_flags, check_device, check_fields, feature_fields, option
 from .devices import configure, local_world_size, synchronize
 from .devices import name as device_name
 from .errors import S2VTError
 from .flow import METHODS, OFFSET, SCALE, FlowComputer, flow_to_image
 from .hostmem import keep_freed_memory, return_free_memory
+from .raft import LEARNED, RAFT_MIN, FlowFeatures, LearnedFlow
 from .store import VERSION, BackgroundWriter, FeatureWriter, already_complete
 from .video import Sampling, iter_frames
 from .workers import DieWithParent, usable_cores, worker_context
@@ -60,19 +61,29 @@ class ExtractConfig:
     the store's signature is made from them, and :meth:`from_signature` reads them back."""
 
     stream: str = option("rgb", "RGB frames or optical-flow images", choices=STREAMS, feature="stream")
-    cnn: str = option("efficientnet_lite0", "backbone: efficientnet_lite0 (offline), vgg16, alexnet, resnet152",
-                      feature="backbone")
-    layer: Optional[str] = option(None, "feature layer (default per CNN: pool, fc7, fc7, pool)", feature="layer")
-    weights: Optional[str] = option(None, "CNN weights file (vgg16/alexnet/resnet152: torchvision .pth)")
+    cnn: str = option("efficientnet_lite0", "backbone: efficientnet_lite0 (offline), vgg16, alexnet, resnet152, "
+                                            "or timm:MODEL for any timm model (timm:resnet50, "
+                                            "timm:vit_base_patch16_clip_224.openai, ...)", feature="backbone")
+    layer: Optional[str] = option(None, "feature layer (default per CNN: pool, fc7, fc7, pool; timm: pool, or embed "
+                                        "for CLIP towers)", feature="layer")
+    weights: Optional[str] = option(None, "CNN weights file (torchvision .pth for vgg16/alexnet/resnet152; "
+                                          ".safetensors or .pth for timm models)")
+    download: bool = option(False, "let torchvision / timm fetch published weights (CNN and RAFT) into their "
+                                   "caches when no file is found (needs internet; off: nothing is downloaded)")
     stride: int = option(10, "keep one frame in every N (the paper: 10)", low=1, feature="sampling.stride")
     num_frames: int = option(0, "instead of a stride: K frames spread uniformly (0: use the stride)", low=0,
                              feature="sampling.num_frames")
     max_frames: int = option(0, "at most this many frames per video (0: all)", low=0, feature="sampling.max_frames")
-    input_size: int = option(224, "CNN input crop side in pixels", low=16, feature="preprocess.size")
-    crop_ratio: float = option(0.875, "crop side / resized short side, in (0, 1]", low=0.0, low_open=True, high=1.0,
-                               feature="preprocess.crop_ratio")
-    flow_method: str = option("dis", "OpenCV optical flow", choices=METHODS, feature="flow.method",
-                              when={"stream": "flow"})
+    input_size: Optional[int] = option(None, "CNN input crop side in pixels (default: the backbone's, 224 for all "
+                                             "but a few timm models)", low=16, feature="preprocess.size")
+    crop_ratio: Optional[float] = option(None, "crop side / resized short side, in (0, 1] (default: the backbone's; "
+                                               "0.875 for the ImageNet CNNs, timm's crop_pct for timm models)",
+                                         low=0.0, low_open=True, high=1.0, feature="preprocess.crop_ratio")
+    flow_method: str = option("dis", "optical flow: OpenCV's dis or farneback (decoding workers, CPU), or "
+                                     "torchvision's RAFT raft_small / raft_large (batched on --device)",
+                              choices=METHODS + LEARNED, feature="flow.method", when={"stream": "flow"})
+    flow_weights: Optional[str] = option(None, "RAFT weights file (a torchvision state dict; default: torchvision's "
+                                               "file in torch's cache)")
     batch_size: Optional[int] = option(None, f"images per CNN call (default: {CPU_BATCH} on the CPU, where small "
                                              f"batches stay in cache; {GPU_BATCH} on a GPU)", low=1)
     workers: Optional[int] = option(None, "decoding processes (default: cores - 1 on a GPU, 2 on the CPU; "
@@ -88,8 +99,28 @@ class ExtractConfig:
             torch.device(self.device)
         except (RuntimeError, TypeError) as e:
             raise S2VTError(f"--device {self.device!r} is not a device name (cpu, cuda, cuda:1, ...): {e}")
-        check_backbone(self.cnn, self.layer, self.input_size)
+        size = self.preprocess().size
+        check_backbone(self.cnn, self.layer, size)
+        if self.learned_flow() and (size % 8 or size < RAFT_MIN):
+            raise S2VTError(f"--input-size {size}: RAFT (--flow-method {self.flow_method}) needs a side divisible by 8 "
+                            f"and at least {RAFT_MIN}")
         self.sampling()  # --stride / --num-frames / --max-frames
+
+    def learned_flow(self) -> bool:
+        """True when flow is RAFT's, computed on the device from frame pairs (:mod:`s2vt.raft`)."""
+        return self.stream == "flow" and self.flow_method in LEARNED
+
+    def channels(self) -> int:
+        """Channels of the uint8 images workers send: 3, or 6 for RAFT's frame pairs."""
+        return 6 if self.learned_flow() else 3
+
+    def network(self, preprocess: Optional[Preprocess] = None) -> torch.nn.Module:
+        """The network from workers' images to features: the backbone, behind RAFT for learned flow
+        (weights loaded, on the CPU)."""
+        backbone = Backbone(self.cnn, self.layer, self.weights, preprocess or self.preprocess(), self.download)
+        if not self.learned_flow():
+            return backbone
+        return FlowFeatures(LearnedFlow(self.flow_method, self.flow_weights, self.download), backbone)
 
     def on_device(self) -> Tuple["ExtractConfig", torch.device]:
         """(this config as it runs here, the device): checked when a run starts, not on construction."""
@@ -102,16 +133,17 @@ class ExtractConfig:
         return self, dev
 
     @classmethod
-    def from_signature(cls, sig: dict, weights: Optional[str] = None, device: str = "cpu") -> "ExtractConfig":
-        """The settings that compute features with signature ``sig`` (``weights``: the file whose
-        digest it records; None = the offline default)."""
+    def from_signature(cls, sig: dict, weights: Optional[str] = None, device: str = "cpu",
+                       download: bool = False, flow_weights: Optional[str] = None) -> "ExtractConfig":
+        """The settings that compute features with signature ``sig`` (``weights`` / ``flow_weights``: the
+        CNN and RAFT files whose digests it records; None = the offline defaults)."""
         given = {}
         for f in fields(cls):
             key = f.metadata.get("feature")
             value = _lookup(sig, key) if key else _MISSING
             if value is not _MISSING:
                 given[f.name] = value
-        return cls(**given, weights=weights, device=device)
+        return cls(**given, weights=weights, device=device, download=download, flow_weights=flow_weights)
 
     def feature_values(self) -> dict:
         """The signature entries these settings define (dotted keys nested)."""
@@ -127,15 +159,19 @@ class ExtractConfig:
     def flags(self) -> str:
         """The ``s2vt extract`` flags that select these features (not the speed settings): the stream,
         and every feature field whose value is not its default."""
-        return as_flags(self, [f for f in feature_fields(self)
-                               if f.name == "stream" or getattr(self, f.name) != f.default])
+        base = backbone_spec(self.cnn).preprocess
+        defaults = {"input_size": base.size, "crop_ratio": base.crop_ratio}
+        return as_flags(self, [f for f in feature_fields(self) if f.name == "stream" or
+                               getattr(self, f.name) not in (f.default, defaults.get(f.name, f.default))])
 
     def sampling(self) -> Sampling:
         return Sampling(stride=self.stride, num_frames=self.num_frames, max_frames=self.max_frames)
 
     def preprocess(self) -> Preprocess:
-        base = SPECS[self.cnn].preprocess
-        return Preprocess(self.input_size, float(self.crop_ratio), base.mean, base.std)
+        """The backbone's preprocessing, with ``input_size`` / ``crop_ratio`` where given."""
+        base = backbone_spec(self.cnn).preprocess
+        return replace(base, size=base.size if self.input_size is None else self.input_size,
+                       crop_ratio=float(base.crop_ratio if self.crop_ratio is None else self.crop_ratio))
 
     def cnn_batch(self) -> int:
         """Images per CNN call: ``batch_size``, or the device's default. On a CPU, small batches
@@ -186,10 +222,14 @@ def extract_flags(sig: dict) -> str:
 
 
 def video_images(path, cfg: ExtractConfig, pre: Preprocess, info: dict) -> Iterator[Tuple[int, np.ndarray]]:
-    """(frame index, (3, S, S) uint8 CNN input) for each sampled position of one video."""
+    """(frame index, (C, S, S) uint8 network input) for each sampled position of one video: C = 3, or 6
+    for a learned flow's frame pair."""
     if cfg.stream == "rgb":
         for i, frame in iter_frames(path, cfg.sampling(), info=info):
             yield i, prepare(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB), pre)
+    elif cfg.learned_flow():  # the pair, cropped as the CNN wants it: RAFT runs on the device
+        for i, a, b in iter_frames(path, cfg.sampling(), pairs=True, info=info):
+            yield i, np.concatenate([prepare(cv2.cvtColor(f, cv2.COLOR_BGR2RGB), pre) for f in (a, b)])
     else:
         flow = FlowComputer(cfg.flow_method)
         for i, a, b in iter_frames(path, cfg.sampling(), pairs=True, info=info):
@@ -247,7 +287,7 @@ class VideoChunks(IterableDataset):
                 yield {"vid": vid, "error": str(e) or type(e).__name__, "source": str(path)}
                 continue
             # tensors travel from workers through shared memory, not pickled pipes
-            yield {"vid": vid, "images": torch.from_numpy(np.stack(imgs) if imgs else np.zeros((0, 3, S, S), np.uint8)),
+            yield {"vid": vid, "images": torch.from_numpy(np.stack(imgs) if imgs else np.zeros((0, self.cfg.channels(), S, S), np.uint8)),
                    "indices": np.array(idx, np.int64), "last": True,
                    "meta": {"fps": info.get("fps", 0.0), "decoded_frames": info.get("decoded_frames", 0),
                             "source": str(path)}}
@@ -283,7 +323,8 @@ class Pipeline:
         if device.type == "cpu":
             keep_freed_memory()  # activations are reused, not mapped afresh for every call
         n_bufs = 2 if self.cuda else 1  # fill one while the other is being copied to the device
-        self.bufs = [torch.empty((batch_size, 3, size, size), dtype=torch.uint8, pin_memory=self.cuda)
+        channels = getattr(backbone, "channels", 3)  # 6: RAFT's frame pairs
+        self.bufs = [torch.empty((batch_size, channels, size, size), dtype=torch.uint8, pin_memory=self.cuda)
                      for _ in range(n_bufs)]
         self.copied: List[Optional[torch.cuda.Event]] = [None] * n_bufs  # buffer's last H2D copy done
         self.copy_stream = torch.cuda.Stream(device) if self.cuda else None
@@ -548,7 +589,7 @@ def extract(items: Sequence[Tuple[str, str]], out, cfg: ExtractConfig,
         check_shard(*shard)
     cfg, device = cfg.on_device()  # cuda:LOCAL_RANK under torchrun
     configure(device, fp32=cfg.precision == "fp32", benchmark=True)  # fp32 features are IEEE fp32, as recorded
-    backbone = (backbone or Backbone(cfg.cnn, cfg.layer, cfg.weights, cfg.preprocess())).to(device)
+    backbone = (backbone or cfg.network()).to(device)
     sig = make_signature(cfg, backbone)
     if shard:
         sig["shard"] = f"{shard[0]}/{shard[1]}"
@@ -661,12 +702,12 @@ def time_stages(items: Sequence[Tuple[str, str]], cfg: ExtractConfig, workdir, b
     its cores, so no overlap can finish sooner; ``ratio_to_bound`` = extraction / bound_s."""
     cfg, device = cfg.on_device()
     configure(device, fp32=cfg.precision == "fp32", benchmark=True)
-    backbone = (backbone or Backbone(cfg.cnn, cfg.layer, cfg.weights, cfg.preprocess())).to(device)
+    backbone = (backbone or cfg.network()).to(device)
     t, c = time.perf_counter(), _cpu_seconds()
     images = sum(len(m["images"]) for m in _loader(list(items), cfg, backbone.preprocess) if "images" in m)
     decode_s, decode_cpu = time.perf_counter() - t, _cpu_seconds() - c
     S = backbone.preprocess.size
-    chunk = torch.randint(0, 256, (cfg.chunk, 3, S, S), dtype=torch.uint8)
+    chunk = torch.randint(0, 256, (cfg.chunk, cfg.channels(), S, S), dtype=torch.uint8)
     pipe = Pipeline(backbone, device, cfg.cnn_batch(), S, cfg.precision)
     for _ in range(max(2, 2 * cfg.cnn_batch() // cfg.chunk)):  # warm-up: two batches or more
         pipe.add(0, chunk)
