@@ -12,6 +12,7 @@ import argparse
 import json
 import os
 import sys
+import threading
 from pathlib import Path
 
 from .config import check_device
@@ -651,6 +652,37 @@ def _after_interrupt(args) -> str:
     return INTERRUPTED.get(args.command, "nothing was left half-written")
 
 
+class Stopped(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised where the main thread is, so a stopped command ends as an interrupted one."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _stop(signum, frame):
+    raise Stopped(signum)
+
+
+def _catch_stop_signals() -> None:
+    import signal
+
+    for sig in (signal.SIGTERM, getattr(signal, "SIGHUP", None)):
+        if sig is not None and signal.getsignal(sig) in (signal.SIG_DFL, None):
+            signal.signal(sig, _stop)
+
+
+def _interrupted(args, e: KeyboardInterrupt) -> int:
+    import signal
+
+    if isinstance(e, Stopped):
+        name = signal.Signals(e.signum).name
+        print(f"s2vt {args.command}: stopped by {name} ({_after_interrupt(args)})", file=sys.stderr)
+        return 128 + e.signum
+    print(f"s2vt {args.command}: interrupted ({_after_interrupt(args)})", file=sys.stderr)
+    return 130
+
+
 def _one_line_warning(message, category, filename, lineno, line=None) -> str:
     return f"s2vt: warning: {message}\n"
 
@@ -668,6 +700,8 @@ def main(argv=None) -> int:
         os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "FATAL")  # before torch is imported; errors still raise
     try:
         args = build_parser().parse_args(argv)
+        if argv is None and threading.current_thread() is threading.main_thread():  # the command is the process
+            _catch_stop_signals()
         keep_freed_memory()  # a command is one process: reuse freed tensors rather than map fresh pages
         try:
             return args.fn(args)
@@ -682,15 +716,16 @@ def main(argv=None) -> int:
             print(f"s2vt {args.command}: error:{where} {reason} (check the path, its permissions and free space)",
                   file=sys.stderr)
             return 1
-        except KeyboardInterrupt:
-            print(f"s2vt {args.command}: interrupted ({_after_interrupt(args)})", file=sys.stderr)
-            return 130
+        except KeyboardInterrupt as e:
+            return _interrupted(args, e)
         except Exception as e:  # a bug: one line, the traceback on request
             if os.environ.get("S2VT_DEBUG"):
                 raise
             print(f"s2vt {args.command}: internal error: {type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''} "
                   "(set S2VT_DEBUG=1 for the traceback)", file=sys.stderr)
             return 1
+    except Stopped as e:
+        return 128 + e.signum
     except KeyboardInterrupt:
         print("s2vt: interrupted", file=sys.stderr)
         return 130

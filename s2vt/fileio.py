@@ -1,17 +1,46 @@
-"""Durable file writes: write to a temporary name beside the target, fsync, rename.
+"""Durable file writes, and who may write where.
 
-A crash at any moment leaves either the previous file or the new one, never a torn
-file. Every file s2vt publishes (checkpoints, JSON results, store parts) goes through
-``atomic_write``.
+``atomic_write`` writes to a scratch file beside the target, fsyncs and renames: a crash at
+any moment leaves either the previous file or the new one, never a torn file. Every file
+s2vt publishes (checkpoints, JSON results, store parts) goes through it. Scratch files are
+made by ``tempfile.mkstemp`` (``.NAME.XXXXXXXX.s2vt-tmp``): a name no file of the user's can
+have, so cleaning up after a failed write removes only what this write created. A full disk
+or any other failed write raises an OSError naming the target, and leaves no file that looks
+complete.
+
+``folder_lock`` makes one process the only writer of a run folder (``s2vt train --out``):
+a second run on the same folder stops at once instead of mixing its files with the first's.
 """
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import json
 import os
+import tempfile
 from pathlib import Path
-from typing import Callable, IO, Union
+from typing import IO, Callable, Iterator, Union
+
+from .errors import S2VTError
 
 Writer = Union[bytes, str, Callable[[IO[bytes]], None]]
+
+
+SCRATCH_SUFFIX = ".s2vt-tmp"
+
+
+def scratch_file(path) -> Path:
+    """A new empty scratch file beside ``path``, named so no user file can have its name."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=SCRATCH_SUFFIX)
+    os.close(fd)
+    return Path(tmp)
+
+
+def _named(e: OSError, path: Path) -> OSError:
+    """``e`` naming ``path`` (the target, not the scratch file): 'No space left on device: OUT'."""
+    return OSError(e.errno, e.strerror or str(e), str(path))
 
 
 def atomic_write(path, data: Writer, fsync: bool = True) -> Path:
@@ -22,7 +51,7 @@ def atomic_write(path, data: Writer, fsync: bool = True) -> Path:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = scratch_file(path)
     try:
         with open(tmp, "wb") as f:
             if callable(data):
@@ -32,22 +61,62 @@ def atomic_write(path, data: Writer, fsync: bool = True) -> Path:
             f.flush()
             if fsync:
                 os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a published file gets the usual mode
         os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise _named(e, path) from e
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     return path
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def probe_writable(path) -> Path:
     """Fail now (OSError naming the file) if ``path`` could not be written later; creates parent folders."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    probe = path.with_name(path.name + ".tmp")
-    with open(probe, "wb"):
-        pass
-    probe.unlink()
+    try:
+        scratch_file(path).unlink()
+    except OSError as e:
+        raise _named(e, path) from e
     return path
+
+
+@contextlib.contextmanager
+def folder_lock(folder, flag: str = "--out") -> Iterator[Path]:
+    """Hold an exclusive lock on ``folder`` (created if absent) while the block runs; S2VTError at
+    once when another process holds it. The lock is ``flock`` on the folder itself, so it adds
+    no file, and the kernel releases it however the process ends (``kill -9`` included). A
+    folder this call created is removed again if the block leaves it empty."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise S2VTError(f"{flag} {folder} is a file, not a folder")
+    created = not folder.exists()
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(str(folder), os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise
+            raise S2VTError(f"another run is writing {folder} (it holds the folder's lock): wait for it to finish, "
+                            f"or choose another {flag}") from None
+        try:
+            yield folder
+        finally:
+            if created:
+                with contextlib.suppress(OSError):
+                    folder.rmdir()  # only when empty: the run wrote nothing
+    finally:
+        os.close(fd)
 
 
 def write_json(obj, path, indent: int = 1) -> Path:

@@ -29,7 +29,7 @@ from .errors import S2VTError
 from .fileio import atomic_write, fsync_dir
 from .ids import check_video_id, id_problem
 from .signature import IMPORTED
-from .store import VERSION, FeatureStore, FeatureWriter, stage_dir
+from .store import VERSION, FeatureStore, FeatureWriter, discard_stage, stage_dir
 
 VIDEO_SUFFIXES = (".avi", ".mp4", ".mkv", ".mov", ".webm", ".mpg", ".mpeg", ".m4v", ".flv", ".wmv", ".3gp")
 ARRAY_SUFFIXES = (".npy", ".npz")
@@ -203,9 +203,7 @@ def _open_target(out: Path, src, overwrite: bool) -> Optional[FeatureStore]:
             out.unlink()
             existing = None
     if overwrite and stage_dir(out).exists():
-        import shutil
-
-        shutil.rmtree(stage_dir(out))
+        discard_stage(out)
     return existing
 
 

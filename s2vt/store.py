@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import re
 import shutil
 import threading
 import time
@@ -34,7 +35,7 @@ import h5py
 import numpy as np
 
 from .errors import S2VTError, SignatureMismatch
-from .fileio import atomic_write, fsync_dir
+from .fileio import SCRATCH_SUFFIX, atomic_write, fsync_dir, scratch_file
 from .ids import check_video_id, id_problem
 from .signature import video_problem
 FORMAT = "s2vt-features"
@@ -140,6 +141,7 @@ class FeatureWriter:
         self.commit_videos = commit_videos if commit_videos is not None else _env_number("S2VT_COMMIT_VIDEOS", 256, integer=True)
         self.commit_bytes = commit_bytes
         created = not self.stage.exists()
+        _check_stage_is_ours(self.stage, self.path)
         self._lock: Optional[int] = _lock_stage(self.stage, self.path)
         try:
             self._open(signature)
@@ -167,7 +169,7 @@ class FeatureWriter:
         else:
             atomic_write(sig_file, json.dumps(signature, sort_keys=True))
             fsync_dir(self.stage)
-        for p in list(self.stage.glob("*.tmp")) + [self.stage / "work.h5"]:  # never trusted after a crash
+        for p in _scratch(self.stage) + [self.stage / "work.h5"]:  # never trusted after a crash
             p.unlink(missing_ok=True)
         self._groups = self._readable_groups()
         self._seq = max((int(p.stem[1:]) for p in self._groups), default=0)
@@ -272,8 +274,7 @@ class FeatureWriter:
         """Commit, then publish the working file as ``FILE.h5`` (fsync, atomic rename)."""
         self.commit()
         if self._work is None and self.existing and not self._groups:
-            shutil.rmtree(self.stage, ignore_errors=True)  # nothing new: the store is already complete
-            self._unlock()
+            self._unlock(drop_stage=True)  # nothing new: the store is already complete
             return self.path
         work = self._working()
         work.close()
@@ -282,8 +283,7 @@ class FeatureWriter:
             os.fsync(f.fileno())
         os.replace(self.stage / "work.h5", self.path)
         fsync_dir(self.path.parent)
-        shutil.rmtree(self.stage, ignore_errors=True)
-        self._unlock()
+        self._unlock(drop_stage=True)
         self._groups, self._built = [], False
         self.existing = FeatureStore(self.path)
         return self.path
@@ -303,8 +303,9 @@ class FeatureWriter:
     def _unlock(self, drop_stage: bool = False) -> None:
         if self._lock is None:
             return
-        if drop_stage:  # made by this writer and holding nothing but the lock file
-            (self.stage / LOCK_FILE).unlink(missing_ok=True)
+        if drop_stage:  # only the files a writer makes: anything else stays, and so does the folder
+            for p in _own_files(self.stage):
+                p.unlink(missing_ok=True)
             try:
                 self.stage.rmdir()
             except OSError:
@@ -314,6 +315,46 @@ class FeatureWriter:
 
 
 LOCK_FILE = "lock"
+GROUP_FILE = re.compile(r"g\d{6,}\.npz$")
+
+
+def _scratch(stage: Path) -> List[Path]:
+    return list(stage.glob(f".*{SCRATCH_SUFFIX}"))
+
+
+def _own_files(stage: Path) -> List[Path]:
+    """The files a writer puts in its staging folder (the lock last: it is released after)."""
+    if not stage.is_dir():
+        return []
+    groups = [p for p in stage.iterdir() if GROUP_FILE.fullmatch(p.name)]
+    return groups + _scratch(stage) + [stage / "work.h5", stage / "signature.json", stage / LOCK_FILE]
+
+
+def discard_stage(store) -> None:
+    """Remove the staging folder of ``store`` (``--overwrite``): only the files a writer makes;
+    S2VTError when the folder holds anything else."""
+    stage = stage_dir(store)
+    _check_stage_is_ours(stage, Path(store))
+    for p in _own_files(stage):
+        p.unlink(missing_ok=True)
+    if stage.is_dir():
+        stage.rmdir()
+
+
+def _check_stage_is_ours(stage: Path, store: Path) -> None:
+    """S2VTError when ``stage`` exists but is not a staging folder s2vt made (a file, or a folder of
+    someone else's files): it is neither used nor removed."""
+    if not stage.exists() and not stage.is_symlink():
+        return
+    if not stage.is_dir() or stage.is_symlink():
+        raise S2VTError(f"{stage} exists and is not the staging folder of {store}: move it away, or write to "
+                        "another --out")
+    ours = {p.name for p in _own_files(stage)}
+    foreign = sorted(p.name for p in stage.iterdir() if p.name not in ours)
+    if foreign:
+        raise S2VTError(f"{stage} holds files s2vt did not write ({', '.join(foreign[:3])}"
+                        f"{' ...' if len(foreign) > 3 else ''}): it is not the staging folder of {store}; move it "
+                        "away, or write to another --out")
 
 
 def _lock_stage(stage: Path, store: Path) -> Optional[int]:
@@ -389,7 +430,6 @@ class BackgroundWriter:
                     getattr(w, item[0])(*item[1:])
                 if item is None or w.commit_due_in() == 0:
                     w.commit()
-            w.close()
         except BaseException as e:  # surfaced in the caller's thread
             self._error = e
             while item is not None:  # keep draining until the stop sentinel, so no put blocks
@@ -408,17 +448,26 @@ class BackgroundWriter:
         check_video_id(vid, f"{self.writer.path}: video id")
         self._put(("add_failure", vid, reason, source))
 
-    def stop(self) -> None:
-        """Commit everything queued and stop the thread (the store is not published)."""
+    def _join(self) -> None:
         if self._thread.is_alive():
             self._q.put(None)
             self._thread.join()
-        if self._error is not None:
-            raise self._error
+
+    def stop(self) -> None:
+        """Commit everything queued, stop the thread and release the store (not published: a re-run resumes)."""
+        self._join()
+        try:
+            self.writer.close()
+        finally:
+            if self._error is not None:
+                raise self._error
 
     def finish(self) -> Path:
-        """``stop``, then publish the store."""
-        self.stop()
+        """Commit everything queued, stop the thread, then publish the store (still holding its lock)."""
+        self._join()
+        if self._error is not None:
+            self.writer.close()
+            raise self._error
         return self.writer.finalize()
 
 
@@ -554,7 +603,7 @@ def merge_stores(out, inputs: Iterable) -> Path:
     if out.is_dir():
         raise S2VTError(f"{out} is a folder; give the merged HDF5 file's path")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
+    tmp = scratch_file(out)
     try:
         _merge_into(tmp, inputs, {k: v for k, v in sig.items() if k != "shard"})
     except BaseException:

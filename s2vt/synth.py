@@ -28,6 +28,7 @@ of workers. ``s2vt.attributes`` scores captions against ``clips.jsonl``.
 """
 from __future__ import annotations
 
+import errno
 import json
 import math
 import re
@@ -193,13 +194,21 @@ def write_video(path: Path, frames: np.ndarray, fps: float) -> None:
     for f in frames:
         writer.write(f)
     writer.release()
+    # OpenCV reports no failed write (a full disk): the file must hold every frame before it is published
+    cap = cv2.VideoCapture(str(tmp))
+    n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) if cap.isOpened() else 0
+    cap.release()
+    if n != len(frames):
+        tmp.unlink(missing_ok=True)
+        raise OSError(errno.EIO, f"the video was not written completely ({n} of {len(frames)} frames readable; "
+                                 "is the disk full?)", str(path))
     tmp.replace(path)
 
 
 SPLITS = ("train", "val", "test")
 MARKER = ".s2vt-synth"  # written first: the folder is generate's to replace with overwrite=True
 OWN_FILES = ("captions.tsv", "train.txt", "val.txt", "test.txt", "clips.jsonl", "synth_config.json", MARKER)
-CLIP_FILE = re.compile(r"clip\d{5}(\.part)?\.(avi|mp4)(\.tmp)?$")  # what generate writes in videos/
+CLIP_FILE = re.compile(r"clip\d{5}\.(avi|mp4)$")  # the clips generate writes in videos/ (via clipNNNNN.part.EXT)
 
 
 def plan(cfg: SynthConfig) -> List[Tuple[int, str, str, tuple]]:
@@ -237,21 +246,37 @@ def _init_worker(die_with_parent: DieWithParent) -> None:
     cv2.setNumThreads(1)  # one clip per process: no nested thread pools
 
 
+def _listed_clips(out: Path) -> set:
+    """The clip files a previous ``generate`` planned in ``out``: the names its marker lists (written
+    before any clip), and those of its clips.jsonl."""
+    names = set()
+    try:
+        names |= {line.strip() for line in (out / MARKER).read_text().splitlines()}
+    except (OSError, UnicodeDecodeError):
+        pass
+    try:
+        ext = json.loads((out / "synth_config.json").read_text()).get("ext", ".avi")
+        names |= {json.loads(line)["id"] + ext for line in (out / "clips.jsonl").read_text().splitlines() if line}
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        pass
+    return {n for n in names if CLIP_FILE.fullmatch(n)}
+
+
 def remove_dataset(out: Path) -> None:
-    """Delete what a previous ``generate`` wrote in ``out`` (its files and clips), nothing else."""
-    for name in OWN_FILES:
-        for f in (out / name, out / (name + ".tmp")):
-            f.unlink(missing_ok=True)
+    """Delete what a previous ``generate`` wrote in ``out`` (its files and the clips it listed), nothing else."""
     videos = out / "videos"
-    if videos.is_dir():
-        for f in videos.iterdir():
-            if f.is_file() and CLIP_FILE.fullmatch(f.name):
+    for name in _listed_clips(out):
+        stem, ext = name.rsplit(".", 1)
+        for f in (videos / name, videos / f"{stem}.part.{ext}"):
+            if f.is_file() and not f.is_symlink():
                 f.unlink()
-        if not any(videos.iterdir()):
-            videos.rmdir()
+    for name in OWN_FILES:
+        (out / name).unlink(missing_ok=True)
+    if videos.is_dir() and not any(videos.iterdir()):
+        videos.rmdir()
 
 
-def _prepare(out: Path, overwrite: bool) -> None:
+def _prepare(out: Path, overwrite: bool, clips: List[str]) -> None:
     if out.exists() and not out.is_dir():
         raise S2VTError(f"{out} is a file; give `s2vt synth` a folder")
     if out.is_dir() and any(out.iterdir()):
@@ -265,7 +290,9 @@ def _prepare(out: Path, overwrite: bool) -> None:
                             "removed)")
         remove_dataset(out)
     (out / "videos").mkdir(parents=True, exist_ok=True)
-    atomic_write(out / MARKER, "written by s2vt synth; `s2vt synth --overwrite` may replace this folder\n")
+    # the clips are listed before any is written, so --overwrite removes these and no other file
+    atomic_write(out / MARKER, "written by s2vt synth; `s2vt synth --overwrite` may replace this folder and the "
+                               "clips listed below in videos/\n" + "".join(f"{c}\n" for c in clips))
 
 
 def _clips(jobs: list, workers: int, progress: bool):
@@ -312,8 +339,9 @@ def generate(out_dir, cfg: SynthConfig = SynthConfig(), progress: bool = True, w
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
         raise S2VTError(f"--workers {workers}: need at least 1 process")
     out = Path(out_dir)
-    _prepare(out, overwrite)
-    jobs = [(k, vid, split, combo, cfg, str(out / "videos")) for k, vid, split, combo in plan(cfg)]
+    clips = plan(cfg)
+    _prepare(out, overwrite, [vid + cfg.ext for _, vid, _, _ in clips])
+    jobs = [(k, vid, split, combo, cfg, str(out / "videos")) for k, vid, split, combo in clips]
     workers = default_workers(len(jobs)) if workers is None else max(1, min(workers, len(jobs)))
     meta, caption_lines = [], []
     for m, caps in _clips(jobs, workers, progress):

@@ -12,6 +12,7 @@ trains on its slice of every global batch (DDP); rank 0 validates and writes.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -32,7 +33,7 @@ from .config import ConfigError, check_device, check_fields, from_dict, option
 from .devices import configure
 from .datasets import load_corpus
 from .errors import S2VTError
-from .fileio import write_json
+from .fileio import folder_lock, write_json
 from .hostmem import keep_freed_memory
 from .decoders import build_model
 from .decoding import DecodeConfig
@@ -427,7 +428,17 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, meteor=
 
 def _train(cfg: TrainConfig, device: torch.device, rank: int, world: int, resume: bool, progress: bool, meteor,
            overwrite: bool, control=None) -> dict:
-    """train() once the device (and, under torchrun, the process group) is set up."""
+    """train() once the device (and, under torchrun, the process group) is set up: rank 0 holds the
+    run folder's lock for the whole run, so a second run on the same --out stops at once."""
+    out = Path(cfg.out)
+    if out.exists() and not out.is_dir():
+        raise S2VTError(f"--out {out} is a file, not a folder")
+    with folder_lock(out) if rank == 0 else contextlib.nullcontext():
+        return _train_locked(cfg, device, rank, world, resume, progress, meteor, overwrite, control)
+
+
+def _train_locked(cfg: TrainConfig, device: torch.device, rank: int, world: int, resume: bool, progress: bool,
+                  meteor, overwrite: bool, control=None) -> dict:
     from tqdm import tqdm
 
     out = Path(cfg.out)

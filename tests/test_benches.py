@@ -39,3 +39,13 @@ def test_bench_shares_times_both_ways_on_the_same_images():
         r = d[order]
         assert r["images"] == 3 * 1 + 3  # one frame in 10
         assert r["speedup"] == pytest.approx(r["fixed_s"] / r["shared_s"], rel=0.1)
+
+
+def test_bench_backbones_times_each_against_lite0_in_the_same_process():
+    d = _json_tail("scripts/bench_backbones.py", "--models", "timm:resnet18", "raft_small", "--images", "2",
+                   "--batch-size", "2", "--repeats", "1")
+    assert list(d["images_per_s"]) == ["efficientnet_lite0", "timm:resnet18", "raft_small"]
+    assert d["ratio_to_lite0"]["efficientnet_lite0"] == 1.0
+    r18 = d["images_per_s"]["timm:resnet18"] / d["images_per_s"]["efficientnet_lite0"]
+    assert d["ratio_to_lite0"]["timm:resnet18"] == pytest.approx(r18, rel=1e-3)
+    assert d["dim"] == {"efficientnet_lite0": 1280, "timm:resnet18": 512, "raft_small": 1280}
