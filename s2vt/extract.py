@@ -611,8 +611,24 @@ def extract(items: Sequence[Tuple[str, str]], out, cfg: ExtractConfig,
                 pass
             raise
         bg.finish()
+    _check_accounted(out, todo)
     summary.seconds = time.time() - t0
     return summary
+
+
+def _check_accounted(out, todo) -> None:
+    """Every video this run took is in the published store or listed as failed: one that is neither
+    (a worker that died without a word) ends the run with exit 1 and the videos named."""
+    from .store import FeatureStore
+
+    store = FeatureStore(out)
+    lost = [v for v, _ in todo if v not in store and v not in store.failed]
+    if lost:
+        err = S2VTError(f"{len(lost)} video(s) were neither extracted nor reported as failed "
+                        f"({', '.join(lost[:5])}{' ...' if len(lost) > 5 else ''}): a decoding worker was lost; "
+                        "re-run the same command to extract them")
+        err.exit_code = 1
+        raise err
 
 
 def check_shard(rank: int, world: int) -> Tuple[int, int]:

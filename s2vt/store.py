@@ -122,9 +122,12 @@ def published_store(path, signature: dict) -> Optional["FeatureStore"]:
 
 def already_complete(path, signature: dict, ids) -> bool:
     """True when the published store at ``path`` (same signature, no run in progress) holds every one of
-    ``ids``: a re-run has nothing to do and need not write anything (the folder may be read-only)."""
+    ``ids`` with finite features: a re-run has nothing to do and need not write anything (the folder
+    may be read-only)."""
     store = published_store(path, signature)
-    return store is not None and not stage_dir(path).exists() and set(ids) <= set(store.ids)
+    if store is None or stage_dir(path).exists() or not set(ids) <= set(store.ids):
+        return False
+    return not store.nonfinite_ids()
 
 
 class FeatureWriter:
@@ -189,8 +192,10 @@ class FeatureWriter:
         return out
 
     def done_ids(self) -> set:
-        """Videos already extracted (in the store or durably staged): a re-run skips them."""
-        done = set(self.existing.ids) if self.existing else set()
+        """Videos already extracted (in the store with finite features, or durably staged): a re-run
+        skips them. A stored video whose features are not finite is not done: it is computed again
+        and replaces the stored one."""
+        done = set(self.existing.ids) - set(self.existing.nonfinite_ids()) if self.existing else set()
         for p in self._groups:
             done.update(v for kind, v in _group_vids(p) if kind == "video")
         return done
@@ -397,7 +402,9 @@ def _apply(f: h5py.File, records: List[dict]) -> None:
             if vid in failed:
                 del failed[vid]
             _write_video(f, vid, r["features"], r["frame_indices"], r["meta"])
-        elif vid not in videos:
+        else:  # only a video that was not done is tried again: what failed now replaces what is stored
+            if vid in videos:
+                del videos[vid]
             if vid in failed:
                 del failed[vid]
             g = failed.create_group(vid)
@@ -572,10 +579,21 @@ class FeatureStore:
     def meta(self, vid: str) -> dict:
         return dict(self._h5()["videos"][vid].attrs)
 
+    def nonfinite_ids(self) -> List[str]:
+        """The videos whose features hold NaN or inf (reads every feature once: a run resuming onto
+        this store trusts nothing it did not verify)."""
+        f = self._h5()["videos"]
+        return [vid for vid in self.ids if not _finite(f[vid]["features"])]
+
     def close(self) -> None:
         if self._file is not None:
             self._file.close()
             self._file = None
+
+
+def _finite(ds, rows: int = 4096) -> bool:
+    """All values of the (T, D) dataset ``ds`` finite, read ``rows`` rows at a time."""
+    return all(np.isfinite(ds[i:i + rows]).all() for i in range(0, ds.shape[0], rows))
 
 
 def missing_shards(shards: List[Optional[str]]) -> List[str]:
@@ -624,6 +642,9 @@ def _merge_into(tmp: Path, inputs: List["FeatureStore"], merged_sig: dict) -> No
                 for vid in src["videos"]:
                     if vid in f["videos"]:
                         raise S2VTError(f"video {vid} is in more than one shard ({s.path})")
+                    if not _finite(src["videos"][vid]["features"]):
+                        raise S2VTError(f"{s.path}: video {vid} has non-finite features (NaN or inf); nothing was "
+                                        "merged: re-extract that shard (delete it, then run its extraction again)")
                     src.copy(src["videos"][vid], f["videos"], name=vid)
         for s in inputs:
             for vid, d in s.failed.items():
