@@ -10,8 +10,10 @@ work (the test suite runs it that way), not the GPU.
 Checks: ``train_fp32`` (per-step losses within 1e-3 relative), ``train_amp`` (--amp within 2%),
 ``bank_paths`` (the bank on the device, in host memory and read from the store give identical
 batches), ``torchrun`` (DDP through torchrun, one process per GPU, equals one process),
-``extract_fp32`` / ``extract_bf16`` (cosine >= 0.999 / 0.99 per frame), ``extract_batch_size``
-(fp32 features do not depend on the batch size), ``caption`` (a raw file: the same caption),
+``extract_fp32`` / ``extract_bf16`` (cosine >= 0.999 / 0.99 per frame; on a CPU ``--precision bf16``
+warns and computes fp32, so the CPU run checks the command line only), ``extract_batch_size``
+(fp32 features do not depend on the batch size), ``extract_timm`` / ``extract_raft`` (a timm backbone and
+RAFT flow, cosine >= 0.999 / 0.99), ``caption`` (a raw file: the same caption),
 ``evaluate`` (a split: the same captions and scores), ``resume_cpu_checkpoint`` (a CPU run resumed
 on the device ends where the CPU run ends).
 """
@@ -173,9 +175,7 @@ def _cosines(a: Path, b: Path) -> np.ndarray:
 
 
 def check_extract(w: Work, precision: str) -> dict:
-    if precision == "bf16" and not w.cuda:
-        return skipped("--bf16 is for CUDA devices")
-    dev = w.extract(w.device, f"dev_{precision}.h5", "--splits", "test", *(["--bf16"] if precision == "bf16" else []))
+    dev = w.extract(w.device, f"dev_{precision}.h5", "--splits", "test", "--precision", precision)
     cos = _cosines(dev, w.cpu_features)
     low = 0.999 if precision == "fp32" else 0.99
     return {"pass": bool(len(cos) and cos.min() >= low), "detail": {"min_cosine": float(cos.min()), "frames": len(cos)}}
@@ -190,6 +190,41 @@ def check_extract_batch_size(w: Work) -> dict:
     diff = max(float(np.abs(sa.features(v) - sb.features(v)).max() / (np.abs(sb.features(v)).max() + 1e-12))
                for v in sb.ids)
     return {"pass": diff <= 1e-4, "detail": {"max_rel_diff": diff}}
+
+
+def _random_weights(w: Work, model: str) -> Path:
+    """A weights file of a randomly initialised timm model or torchvision RAFT (the same file for both devices)."""
+    path = w.root / f"{model.replace(':', '_')}.pth"
+    if not path.exists():
+        torch.manual_seed(0)
+        if model.startswith("raft"):
+            from torchvision.models import optical_flow
+
+            net = getattr(optical_flow, model)(weights=None)
+        else:
+            import timm
+
+            net = timm.create_model(model[len("timm:"):], pretrained=False)
+        torch.save(net.state_dict(), path)
+    return path
+
+
+def check_extract_timm(w: Work) -> dict:
+    """A timm backbone (--cnn timm:resnet18) on the device against the CPU."""
+    weights = _random_weights(w, "timm:resnet18")
+    args = ("--splits", "test", "--cnn", "timm:resnet18", "--weights", weights)
+    cos = _cosines(w.extract(w.device, "dev_timm.h5", *args), w.extract("cpu", "cpu_timm.h5", *args))
+    return {"pass": bool(len(cos) and cos.min() >= 0.999), "detail": {"min_cosine": float(cos.min()), "frames": len(cos)}}
+
+
+def check_extract_raft(w: Work) -> dict:
+    """Learned flow (--flow-method raft_small, batched on the device) against the CPU: flow images are
+    rounded to integers, so a few pixels may differ by one level; the features must still agree."""
+    weights = _random_weights(w, "raft_small")
+    args = ("--splits", "test", "--stream", "flow", "--flow-method", "raft_small", "--flow-weights", weights,
+            "--input-size", 128)
+    cos = _cosines(w.extract(w.device, "dev_raft.h5", *args), w.extract("cpu", "cpu_raft.h5", *args))
+    return {"pass": bool(len(cos) and cos.min() >= 0.99), "detail": {"min_cosine": float(cos.min()), "frames": len(cos)}}
 
 
 def _checkpoint(w: Work) -> Path:
@@ -232,6 +267,7 @@ CHECKS: Dict[str, Callable[[Work], dict]] = {
     "train_fp32": check_train_fp32, "train_amp": check_train_amp, "bank_paths": check_bank_paths,
     "torchrun": check_torchrun, "extract_fp32": lambda w: check_extract(w, "fp32"),
     "extract_bf16": lambda w: check_extract(w, "bf16"), "extract_batch_size": check_extract_batch_size,
+    "extract_timm": check_extract_timm, "extract_raft": check_extract_raft,
     "caption": check_caption, "evaluate": check_evaluate, "resume_cpu_checkpoint": check_resume_cpu_checkpoint,
 }
 

@@ -20,7 +20,7 @@ from .demo import PRESETS, _stage, make_dataset, on_gpu, prepare_workdir
 from .extract import ExtractConfig, extract
 from .fileio import atomic_write, write_json
 from .metrics import Meteor
-from .seeds import compare, mean_spread, print_findings
+from .seeds import compare, mean_spread, mean_std, print_findings
 from .train import TrainConfig, train
 
 ROWS = ("RGB S2VT", "RGB attention", "RGB S2VT + SCST", "RGB attention + SCST")
@@ -104,6 +104,23 @@ def evaluate_rows(wd: Path, p, data: Path, corpus, store: Path, seeds, device: s
     return per_seed
 
 
+def paired_gain(per_seed: Dict[str, List[dict]], tuned: str, init: str, metric: str = "CIDEr") -> dict:
+    """``tuned``'s gain over ``init`` seed by seed (each SCST run starts from the cross-entropy run of
+    its seed): beyond seed noise when every seed gains and the mean gain exceeds the gains' SD."""
+    gains = [a[metric] - b[metric] for a, b in zip(per_seed[tuned], per_seed[init])]
+    m, sd = mean_std(gains)
+    return {"rows": [tuned, init], "metric": metric, "paired": True, "gains": gains, "mean_gain": m, "sd_gain": sd,
+            "holds": m > 0, "beyond_noise": len(gains) > 1 and min(gains) > 0 and m > sd}
+
+
+def _paired_line(name: str, f: dict) -> str:
+    word = ("holds beyond seed noise" if f["beyond_noise"] else
+            "holds on the mean only" if f["holds"] else "does NOT hold")
+    gains = ", ".join(f"{100 * g:+.1f}" for g in f["gains"])
+    return (f"  {name}: {word}: gain {100 * f['mean_gain']:.1f} ± {100 * f['sd_gain']:.1f} "
+            f"({f['metric']}, x100; per seed {gains})")
+
+
 def study_findings(per_seed: Dict[str, List[dict]]) -> Dict[str, dict]:
     return {
         "attention above S2VT (METEOR)": compare(per_seed, "RGB attention", "RGB S2VT"),
@@ -112,7 +129,18 @@ def study_findings(per_seed: Dict[str, List[dict]]) -> Dict[str, dict]:
                                                                "CIDEr"),
         "SCST above cross-entropy, S2VT (METEOR)": compare(per_seed, "RGB S2VT + SCST", "RGB S2VT"),
         "SCST above cross-entropy, attention (METEOR)": compare(per_seed, "RGB attention + SCST", "RGB attention"),
+        "SCST gain over its initialisation, S2VT (CIDEr, paired by seed)": paired_gain(per_seed, "RGB S2VT + SCST",
+                                                                                      "RGB S2VT"),
+        "SCST gain over its initialisation, attention (CIDEr, paired by seed)": paired_gain(
+            per_seed, "RGB attention + SCST", "RGB attention"),
     }
+
+
+def print_study_findings(found: Dict[str, dict]) -> None:
+    print_findings({k: f for k, f in found.items() if not f.get("paired")})
+    for name, f in found.items():
+        if f.get("paired"):
+            print(_paired_line(name, f))
 
 
 def reward_curves(rewards: Dict[str, dict]) -> Dict[str, dict]:
@@ -165,7 +193,7 @@ def run_study(workdir="demo_out", study: str = "decoders", preset: str = "cpu", 
     print(table)
     print(f"(x100; mean ± standard deviation over seeds {seeds}; beam {p.beam})")
     found = study_findings(per_seed)
-    print_findings(found)
+    print_study_findings(found)
     curves = reward_curves(rewards)
     write_report(wd / "bench" / f"{_run(wd, ROWS[-1], seeds[0]).name}.json", wd / "report.html", corpus.video_path,
                  title=f"s2vt demo --study {study}: {ROWS[-1]} on the embedded test split")
