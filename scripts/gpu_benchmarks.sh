@@ -19,12 +19,14 @@ if [ -n "${QUICK:-}" ]; then
     EXTRACT="--clips 2 --frames 30 --batch-size 16"
     DECODE="--clips 4 --batch-size 4 --single 1 --feat-dim 256 --vocab 500"
     SHARES="--short 4 --long 2 --short-frames 20 --long-frames 60 --repeats 1"
+    BACKBONES="--models timm:resnet18 raft_small --images 2 --batch-size 2 --repeats 1"
     AMP=""
 else
     TRAIN="--batch-sizes 64 256 --steps 20"
     EXTRACT="--clips 96 --batch-size 256 --workers 12"
     DECODE=""
     SHARES="--workers 14 --short 112 --long 28"
+    BACKBONES="--batch-size 64 --images 2048"
     AMP="--amp"
 fi
 BF16=$([ "$DEVICE" = cpu ] || echo --bf16)
@@ -57,6 +59,7 @@ run extract_rgb "$PY" scripts/bench_extract.py --device "$DEVICE" $BF16 $EXTRACT
 run extract_flow "$PY" scripts/bench_extract.py --device "$DEVICE" $BF16 $EXTRACT --stream flow --json
 run shares "$PY" scripts/bench_shares.py $SHARES --json
 run decode "$PY" scripts/bench_decode.py --device "$DEVICE" $AMP $DECODE --json
+run backbones "$PY" scripts/bench_backbones.py --device "$DEVICE" $BACKBONES --json
 if [ -n "${MSVD:-}" ]; then  # 1,970 clips x 120 frames -> 23,640 images per stream
     MSVD_CLIPS=$([ -n "${QUICK:-}" ] && echo 6 || echo 1970)
     MSVD_ARGS=$([ -n "${QUICK:-}" ] && echo "--frames 30 --batch-size 16" || echo "--batch-size 256 --workers 14")
