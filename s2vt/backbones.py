@@ -306,11 +306,24 @@ def resolve_weights(name: str, weights: Optional[str] = None, download: bool = F
         return p
     found = spec.find()
     if found is None and download and spec.fetch is not None:
-        spec.fetch()
+        fetch_weights(spec.fetch, name)
         found = spec.find()
     if found is None:
         raise WeightsNotFound(spec.missing + ". Nothing is downloaded unless --download is given.")
     return found
+
+
+def fetch_weights(fetch: Callable[[], None], name: str) -> None:
+    """``--download``: run the library's own loader (it writes to a temporary name and renames, so a
+    failed download leaves nothing that a later run would take for the file); one line when it fails."""
+    try:
+        fetch()
+    except KeyboardInterrupt:
+        raise
+    except Exception as e:  # no network, a proxy, a missing file on the hub: the library's own error types
+        why = " ".join(str(e).split())[:200] or type(e).__name__
+        raise WeightsNotFound(f"--download could not fetch the weights of {name} ({type(e).__name__}: {why}); check "
+                              "this machine's internet access, or pass the weights file with --weights") from None
 
 
 def file_digest(path: Path) -> str:

@@ -150,3 +150,34 @@ def test_a_timm_preprocess_reaches_the_signature_and_back():
     assert pre.interpolation == "bicubic" and pre.size == 224
     assert Preprocess.from_dict(json.loads(json.dumps(pre.to_dict()))) == pre
     assert "--cnn timm:" + CLIP in cfg.flags() and "--input-size" not in cfg.flags()
+
+
+def test_download_without_a_network_is_one_line_naming_the_flag(tmp_path, monkeypatch):
+    """--download runs timm's / torchvision's own loader; when that fails (no network here, simulated),
+    one line says so and names --weights. The loader itself is never run by the tests."""
+    import s2vt.timm_models as tm
+    from s2vt.backbones import backbone_spec, resolve_weights
+    from s2vt.raft import resolve_flow_weights
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+
+    def offline():
+        raise ConnectionError("Failed to resolve 'huggingface.co'\n(more lines)")
+
+    monkeypatch.setattr(tm, "_fetch", lambda model: offline)
+    tm.timm_spec.cache_clear()
+    try:
+        with pytest.raises(WeightsNotFound) as e:
+            resolve_weights("timm:resnet18", download=True)
+        msg = str(e.value)
+        assert "--download could not fetch the weights of timm:resnet18 (ConnectionError" in msg
+        assert "--weights" in msg and "\n" not in msg
+    finally:
+        tm.timm_spec.cache_clear()
+    import torchvision.models.optical_flow as of
+
+    monkeypatch.setattr(of.Raft_Small_Weights.C_T_V2, "get_state_dict", lambda *a, **k: offline(), raising=False)
+    with pytest.raises(WeightsNotFound, match="--download could not fetch the weights of raft_small"):
+        resolve_flow_weights("raft_small", download=True)
+    assert backbone_spec("efficientnet_lite0").fetch is None  # the default needs no download
