@@ -25,16 +25,20 @@ class VideoFeatures:
     to the model's ``max_frames``."""
 
     def __init__(self, ck: Checkpoint, cnn_weights: Optional[str] = None, device="cpu", label: str = "checkpoint",
-                 download: bool = False, flow_weights: Optional[str] = None):
+                 download: bool = False, flow_weights: Optional[str] = None, cnn: Optional[str] = None,
+                 layer: Optional[str] = None):
         sig = ck.feature_signature
         check_complete(sig, label)
+        self.max_frames = ck.max_frames
         if is_imported(sig):
-            raise S2VTError(f"{label} was trained on features imported as {sig['backbone'][len(IMPORTED):]!r} "
-                            "(s2vt import-features): they cannot be recomputed from a video file; caption them "
-                            "from their store with `s2vt evaluate`")
+            self._imported(sig, label, ExtractConfig(stream=sig["stream"], cnn=cnn, layer=layer, weights=cnn_weights,
+                                                     device=str(device), download=download) if cnn else None)
+            return
+        if cnn is not None:
+            raise S2VTError(f"--cnn is for models trained on imported features; {label} records how its features "
+                            "were computed, and they are computed so")
         self.cfg, self.device = ExtractConfig.from_signature(sig, cnn_weights, str(device), download,
                                                                 flow_weights).on_device()
-        self.max_frames = ck.max_frames
         configure(self.device, fp32=self.cfg.precision == "fp32")  # the features as extraction computed them
         pre = Preprocess.from_dict(sig["preprocess"])
         self.backbone = self.cfg.network(pre).to(self.device)
@@ -48,6 +52,20 @@ class VideoFeatures:
                 raise SignatureMismatch(f"{label} was trained on {self.cfg.flow_method} flow from weights with digest "
                                         f"{want}, but the weights found have digest {have}; pass the right file "
                                         "with --flow-weights")
+
+    def _imported(self, sig: dict, label: str, cfg: Optional[ExtractConfig]) -> None:
+        """Features imported from elsewhere cannot be recomputed; ``--cnn`` (``cfg``) names a backbone
+        that stands in for them, accepted when its feature width is the recorded one."""
+        name = sig["backbone"][len(IMPORTED):]
+        if cfg is None:
+            raise S2VTError(f"{label} was trained on features imported as {name!r} (s2vt import-features): they "
+                            "cannot be recomputed from a video file; caption them from their store with `s2vt "
+                            f"evaluate`, or name a backbone that computes the same features with --cnn (and --layer)")
+        self.cfg, self.device = cfg.on_device()
+        self.backbone = cfg.network().to(self.device)
+        if self.backbone.dim != sig["dim"]:
+            raise SignatureMismatch(f"--cnn {cfg.cnn} gives {self.backbone.dim}-d features ({self.backbone.layer}), "
+                                    f"but {label} was trained on {sig['dim']}-d features imported as {name!r}")
 
     @torch.inference_mode()
     def __call__(self, path, chunk: int = 64) -> torch.Tensor:
@@ -69,11 +87,14 @@ class VideoFeatures:
 
 def video_captioner(checkpoints: Sequence[str], cnn_weights: Optional[Sequence[Optional[str]]] = None,
                     device="cpu", streams: Optional[Sequence[str]] = None, download: bool = False,
-                    flow_weights: Optional[str] = None) -> Captioner:
+                    flow_weights: Optional[str] = None, cnn: Optional[str] = None,
+                    layer: Optional[str] = None) -> Captioner:
     """A captioner over raw video files (keys are paths); ``cnn_weights``: one file or None per checkpoint;
     ``download``: let torchvision / timm fetch published weights that are not on this machine;
-    ``flow_weights``: the RAFT weights of a checkpoint trained on learned flow."""
+    ``flow_weights``: the RAFT weights of a checkpoint trained on learned flow; ``cnn`` / ``layer``: for a
+    first checkpoint trained on imported features, a backbone that computes the same features."""
     cnn_weights = list(cnn_weights) if cnn_weights else [None] * len(checkpoints)
     cks = load_checkpoints(checkpoints, streams)
-    sources = [VideoFeatures(ck, w, device, p, download, flow_weights) for ck, w, p in zip(cks, cnn_weights, checkpoints)]
+    sources = [VideoFeatures(ck, w, device, p, download, flow_weights, *((cnn, layer) if i == 0 else (None, None)))
+               for i, (ck, w, p) in enumerate(zip(cks, cnn_weights, checkpoints))]
     return Captioner([ck.build_model(device) for ck in cks], sources, cks[0].vocab, device, cks[0].decoding)

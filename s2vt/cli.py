@@ -235,7 +235,7 @@ def cmd_caption(a) -> int:
     cks = [a.checkpoint] + ([a.checkpoint_flow] if a.checkpoint_flow else [])
     cnn_weights = [a.weights] + ([a.weights_flow] if a.checkpoint_flow else [])
     cap = video_captioner(cks, cnn_weights, device=a.device, streams=["rgb", "flow"] if a.checkpoint_flow else None,
-                          download=a.download, flow_weights=a.flow_weights)
+                          download=a.download, flow_weights=a.flow_weights, cnn=a.cnn, layer=a.layer)
     dec = cap.decoding.given(**flags)
     alpha = 0.5 if dec.alpha is None else dec.alpha
     weights = [alpha, 1 - alpha] if a.checkpoint_flow else None
@@ -536,6 +536,10 @@ def _add_caption(sub, shared):
     s.add_argument("--checkpoint-flow", help="a flow model to fuse with")
     s.add_argument("--weights", help="CNN weights for the RGB model's backbone, if not the offline default")
     s.add_argument("--weights-flow", help="CNN weights for the flow model's backbone")
+    s.add_argument("--cnn", help="for a model trained on imported features (s2vt import-features): a backbone "
+                                 "that computes the same features (its width must be the recorded one), e.g. "
+                                 "resnet152 or timm:MODEL")
+    s.add_argument("--layer", help="with --cnn: the feature layer")
     s.add_argument("--flow-weights", help="RAFT weights of a model trained on --flow-method raft_* features, if not "
                                           "torchvision's file in torch's cache")
     s.add_argument("--download", action="store_true",

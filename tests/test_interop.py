@@ -81,6 +81,8 @@ def test_import_train_evaluate_caption_export_roundtrip(npy_dir, msvd_dir, tiny_
     root, _ = tiny_synth
     video = sorted((root / "videos").iterdir())[0]
     one_line(capsys, ["caption", video, "--checkpoint", ck], 2, "imported as 'msvd-npy'", "cannot be recomputed")
+    one_line(capsys, ["caption", video, "--checkpoint", ck, "--cnn", "efficientnet_lite0"], 2,
+             "--cnn efficientnet_lite0 gives 1280-d features", f"trained on {D}-d features imported as 'msvd-npy'")
 
     out = tmp_path / "exported"
     assert main(["export-features", str(store), "--out", str(out)]) == 0
@@ -185,3 +187,28 @@ def test_hand_made_stores_work_or_name_what_is_missing(msvd_dir, tmp_path, capsy
     one_line(capsys, ["train", "--dataset", "msvd", "--annotations", msvd_dir, "--features", tmp_path / "nosampling.h5",
                       "--out", tmp_path / "run"], 2, "nosampling.h5", "no 'sampling' key")
     assert not (tmp_path / "run").exists()
+
+
+def test_caption_with_a_stand_in_backbone_for_imported_features(tiny_features, tmp_path, capsys):
+    """A model trained on imported features captions a raw video when --cnn names a backbone of the
+    recorded width; --cnn is refused for a model whose features record their backbone."""
+    root, stores = tiny_features
+    npy, store, run = tmp_path / "npy", tmp_path / "imported.h5", tmp_path / "run"
+    assert main(["export-features", str(stores["rgb"]), "--out", str(npy)]) == 0
+    assert main(["import-features", str(npy), "--out", str(store), "--name", "lite0-elsewhere"]) == 0
+    assert main(["train", "--dataset", "synthetic", "--annotations", str(root), "--features", str(store), "--out",
+                 str(run), "--max-steps", "2", "--batch-size", "4", "--no-val-meteor", "--embed", "8", "--hidden", "8",
+                 "--quiet"]) == 0, capsys.readouterr().err
+    capsys.readouterr()
+    video = sorted((root / "videos").iterdir())[0]
+    assert main(["caption", str(video), "--checkpoint", str(run / "best.pt"), "--cnn", "efficientnet_lite0",
+                 "--json"]) == 0, capsys.readouterr().err
+    rec = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert rec["video"] == str(video) and isinstance(rec["caption"], str)
+    extracted_run = tmp_path / "run2"
+    assert main(["train", "--dataset", "synthetic", "--annotations", str(root), "--features", str(stores["rgb"]),
+                 "--out", str(extracted_run), "--max-steps", "1", "--batch-size", "4", "--no-val-meteor", "--embed",
+                 "8", "--hidden", "8", "--quiet"]) == 0
+    capsys.readouterr()
+    one_line(capsys, ["caption", video, "--checkpoint", extracted_run / "best.pt", "--cnn", "timm:resnet18"], 2,
+             "--cnn is for models trained on imported features")
