@@ -100,23 +100,24 @@ def _clips(folder: Path) -> Path:
     return folder
 
 
-def test_a_users_folder_named_like_the_staging_folder_is_refused_and_kept(tmp_path):
+def test_a_users_folder_named_like_the_staging_folder_is_refused_and_kept(tmp_path, capsys):
+    from s2vt.cli import main
+
     videos = _clips(tmp_path / "v")
     out = tmp_path / "f.h5"
     parts = tmp_path / "f.h5.parts"
     parts.mkdir()
     (parts / "notes.txt").write_text("mine")
-    r = _s2vt("extract", videos, "--out", out, "--input-size", 32, "--workers", 0, "--quiet")
-    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
-    assert "holds files s2vt did not write (notes.txt)" in r.stderr
+    argv = ["extract", str(videos), "--out", str(out), "--input-size", "32", "--workers", "0", "--quiet"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "holds files s2vt did not write (notes.txt)" in err
     assert (parts / "notes.txt").read_text() == "mine" and not out.exists()
     (parts / "notes.txt").unlink()
     (parts / "mine").mkdir()
-    r = _s2vt("extract", videos, "--out", out, "--input-size", 32, "--workers", 0, "--quiet")
-    assert r.returncode == 2 and (parts / "mine").is_dir()
+    assert main(argv) == 2 and (parts / "mine").is_dir()
     (parts / "mine").rmdir()  # an empty folder of that name is used, then removed with the run's files
-    r = _s2vt("extract", videos, "--out", out, "--input-size", 32, "--workers", 0, "--quiet")
-    assert r.returncode == 0, r.stderr
+    assert main(argv) == 0, capsys.readouterr().err
     assert out.is_file() and not parts.exists()
 
 
