@@ -66,6 +66,10 @@ def atomic_write(path, data: Writer, fsync: bool = True) -> Path:
     except OSError as e:
         tmp.unlink(missing_ok=True)
         raise _named(e, path) from e
+    except RuntimeError as e:  # torch.save's C++ writer reports a full disk so ("unexpected pos ...")
+        tmp.unlink(missing_ok=True)
+        first = " ".join(str(e).split())[:200]
+        raise OSError(errno.EIO, f"could not write it (is the disk full?): {first}", str(path)) from e
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

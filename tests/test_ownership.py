@@ -94,6 +94,18 @@ def test_a_full_disk_names_the_target_and_keeps_the_previous_file(tmp_path, monk
     assert out.read_text() == "previous" and len(list(tmp_path.iterdir())) == 1
 
 
+def test_a_checkpoint_writer_failing_on_a_full_disk_is_an_os_error_naming_the_checkpoint(tmp_path):
+    out = tmp_path / "last.pt"
+
+    def torch_save_on_a_full_disk(f):
+        f.write(b"partial")
+        raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 1088 vs 1000")
+
+    with pytest.raises(OSError, match="is the disk full") as e:
+        atomic_write(out, torch_save_on_a_full_disk)
+    assert e.value.filename == str(out) and not list(tmp_path.iterdir())
+
+
 def _clips(folder: Path) -> Path:
     folder.mkdir()
     write(folder / "a.avi", moving_square(n=6, seed=1))
