@@ -56,15 +56,15 @@ def open_video(path) -> Tuple[cv2.VideoCapture, float, int]:
     if path.is_dir():
         raise VideoError(f"is a directory, not a video: {path}")
     if not path.is_file():
-        raise VideoError("not a regular file (a pipe, socket or device), not a video")
+        raise VideoError(f"not a regular file (a pipe, socket or device), not a video: {path}")
     if not os.access(path, os.R_OK):
-        raise VideoError("cannot read: permission denied")
+        raise VideoError(f"cannot read: permission denied: {path}")
     if path.stat().st_size == 0:
-        raise VideoError("empty file (0 bytes)")
+        raise VideoError(f"empty file (0 bytes): {path}")
     cap = cv2.VideoCapture(str(path))
     if not cap.isOpened():
         cap.release()
-        raise VideoError("cannot open: not a video, or a codec OpenCV lacks")
+        raise VideoError(f"cannot open: not a video, or a codec OpenCV lacks: {path}")
     fps = cap.get(cv2.CAP_PROP_FPS) or 0.0
     reported = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
     return cap, float(fps), reported

@@ -152,8 +152,9 @@ def test_files_that_are_not_readable_videos_say_why(tmp_path, monkeypatch):
     cases = {"pipe.avi": "not a regular file", "empty.avi": "empty file (0 bytes)",
              "dir.avi": "is a directory", "missing.avi": "file not found"}
     for name, reason in cases.items():
-        with pytest.raises(VideoError, match=re.escape(reason)):
+        with pytest.raises(VideoError, match=re.escape(reason)) as e:
             next(iter_frames(tmp_path / name, Sampling(stride=1)))
+        assert str(tmp_path / name) in str(e.value)  # the reason names the file
     video = write(tmp_path / "ok.avi", moving_square(4))
     monkeypatch.setattr(os, "access", lambda p, mode: False)  # what a user without read permission sees
     with pytest.raises(VideoError, match="cannot read: permission denied"):
