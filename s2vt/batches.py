@@ -368,7 +368,7 @@ class EpochSampler:
 
     def batches(self, epoch: int, start_batch: int = 0) -> List[List[int]]:
         """This rank's sample indices of every batch of ``epoch`` from ``start_batch`` on."""
-        g = torch.Generator().manual_seed(self.seed * 100003 + epoch)
+        g = torch.Generator().manual_seed((self.seed * 100003 + epoch) % (1 << 64))  # any seed up to 2**63-1
         perm = torch.randperm(self.n, generator=g).tolist()
         return [perm[k * self.B:(k + 1) * self.B][self.rank::self.world]
                 for k in range(start_batch, self.batches_per_epoch())]

@@ -8,7 +8,7 @@ tensors and plain types, written atomically (``fileio.atomic_write``) and read w
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Dict, Optional
 
@@ -18,8 +18,10 @@ from .config import ConfigError, from_dict
 from .decoding import DecodeConfig
 from .errors import S2VTError
 from .fileio import atomic_write
+from .inputs import InputError, check_input_file
 from .model import DECODERS, ModelConfig
-from .state_dicts import load_exactly
+from .signature import signature_problem
+from .state_dicts import load_exactly, mismatch
 from .vocab import Vocab
 
 FORMAT = "s2vt-checkpoint"
@@ -77,37 +79,161 @@ class Checkpoint:
         if decoder not in DECODERS:
             raise CheckpointError(f"{path} was trained with the decoder {decoder!r}, which this version of s2vt does "
                                   f"not know (known: {', '.join(DECODERS)}); use the s2vt version that trained it")
-        try:
-            mc = from_dict(ModelConfig, d["model_config"], "model_config")
-            dec = from_dict(DecodeConfig, d.get("decoding") or {}, "decoding")
-            vocab = Vocab.from_list(d["vocab"])
-        except (ConfigError, TypeError, ValueError) as e:
-            raise CheckpointError(f"{path}: malformed checkpoint: {e}")
+        for key in ("model_config", "decoding", "config", "state", "feature_signature"):
+            value = d.get(key) or {}  # absent or empty: the defaults
+            problem = _plain(value) if isinstance(value, dict) else f"is a {type(value).__name__}, not a dict"
+            if problem:
+                raise _malformed(path, key, problem)
+        mc = _parse(path, "model_config", lambda: from_dict(ModelConfig, d["model_config"], "model_config"))
+        dec = _parse(path, "decoding", lambda: from_dict(DecodeConfig, d.get("decoding") or {}, "decoding"))
+        vocab = _parse(path, "vocab", lambda: Vocab.from_list(d["vocab"]))
         if len(vocab) != mc.vocab_size:
             raise CheckpointError(f"{path}: vocabulary of {len(vocab)} words but the model expects {mc.vocab_size}")
-        if not isinstance(d["feature_signature"], dict):
-            raise CheckpointError(f"{path}: malformed checkpoint: feature_signature is not a dict")
-        _check_weights(path, d["model"])
+        _check_weights(path, d["model"], mc)
+        _check_signature(path, d["feature_signature"], mc)
+        _check_resume_fields(path, d)
         return cls(mc, d["model"], vocab, d["feature_signature"], dec, d.get("config") or {}, d.get("state") or {},
                    d.get("optimizer"), d.get("scheduler"), d.get("rng"), str(path))
 
 
-def _check_weights(path: Path, state) -> None:
-    """Tensors only, and finite ones: a damaged file can decode to NaN weights, which caption every
-    video with an empty sentence (training never saves a non-finite model)."""
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointError(f"{path}: malformed checkpoint: model is not a dict of tensors")
+def _malformed(path: Path, key: str, problem: str) -> CheckpointError:
+    return CheckpointError(f"{path}: malformed checkpoint: field {key!r} {problem}")
+
+
+def _parse(path: Path, key: str, make):
+    try:
+        return make()
+    except (ConfigError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: malformed checkpoint: field {key!r}: {e}")
+
+
+_PLAIN = (str, int, float, bool, type(None))
+
+
+def _plain(value, depth: int = 0) -> Optional[str]:
+    """Why ``value`` is not plain data (strings, numbers, lists and string-keyed dicts, 16 levels at most)."""
+    if depth > 16:
+        return "nests deeper than 16 levels"
+    if isinstance(value, _PLAIN):
+        return None
+    if isinstance(value, (list, tuple)):
+        return next((p for p in (_plain(v, depth + 1) for v in value) if p), None)
+    if isinstance(value, dict):
+        if not all(isinstance(k, str) for k in value):
+            return "has a key that is not a string"
+        return next((f"[{k!r}] {p}" if depth == 0 else p for k, p in
+                     ((k, _plain(v, depth + 1)) for k, v in value.items()) if p), None)
+    return f"holds a {type(value).__name__} where plain data (strings, numbers, lists, dicts) belongs"
+
+
+def _check_signature(path: Path, sig, mc: ModelConfig) -> None:
+    """The feature signature: every key caption / evaluate / resume reads, and the model's feature size."""
+    if not isinstance(sig, dict):
+        raise _malformed(path, "feature_signature", f"is a {type(sig).__name__}, not a dict")
+    problem = signature_problem(sig)
+    if problem:
+        raise _malformed(path, "feature_signature", f"({problem}; see the signature table of features/README.md)")
+    if sig["dim"] != mc.feat_dim:
+        raise _malformed(path, "feature_signature", f"says features of dim {sig['dim']}, but the model reads "
+                                                    f"{mc.feat_dim} (model_config.feat_dim)")
+
+
+def _check_weights(path: Path, state, mc: ModelConfig) -> None:
+    """Tensors only, fitting the recorded model (names, shapes, floating point: checked on a model
+    built on the meta device, which allocates nothing), and finite ones: a damaged file can decode to
+    NaN weights, which caption every video with an empty sentence (training never saves a non-finite model)."""
+    from .decoders import build_model
+
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                              and v.layout == torch.strided for k, v in state.items()):
+        raise CheckpointError(f"{path}: malformed checkpoint: model is not a dict of tensors (field 'model', dense "
+                              "tensors named by strings)")
+    with torch.device("meta"):
+        why = mismatch(build_model(mc), state)
+    if why:
+        raise _malformed(path, "model", f"(its weights do not fit its recorded model config): {why}")
     bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
     if bad:
         raise CheckpointError(f"{path} is damaged: non-finite (NaN or inf) weights in {', '.join(bad[:3])}"
                               + (f" and {len(bad) - 3} more" if len(bad) > 3 else ""))
 
 
+def _check_resume_fields(path: Path, d: dict) -> None:
+    """What ``s2vt train --resume`` restores: the loop state, the optimiser, scheduler and RNG states."""
+    from .train import LoopState
+
+    kinds = {f.name: (float if f.name == "best" else int) for f in fields(LoopState)}
+    for k, v in (d.get("state") or {}).items():
+        ok = k in kinds and isinstance(v, (int, float) if kinds[k] is float else int) and not isinstance(v, bool)
+        if not ok or (isinstance(v, int) and abs(v) > 2 ** 62):
+            raise _malformed(path, "state", f"[{k!r}] = {str(v)[:40]} is not a loop counter "
+                                            f"(known: {', '.join(kinds)})")
+    for key in ("optimizer", "scheduler", "rng"):
+        if d.get(key) is not None and not isinstance(d[key], dict):
+            raise _malformed(path, key, f"is a {type(d[key]).__name__}, not a dict")
+    problem = _optimizer_problem(d.get("optimizer"), [tuple(v.shape) for v in d["model"].values()])
+    if problem:
+        raise _malformed(path, "optimizer", problem)
+    problem = _scheduler_problem(d.get("scheduler"))
+    if problem:
+        raise _malformed(path, "scheduler", problem)
+    rng = d.get("rng") or {}
+    want = torch.get_rng_state()
+    for k in ("torch", "cuda"):
+        v = rng.get(k)
+        if (v is not None or k == "torch" and rng) and not (isinstance(v, torch.Tensor) and v.dtype == torch.uint8
+                                                           and (k == "cuda" or v.shape == want.shape)):
+            raise _malformed(path, "rng", f"[{k!r}] is not a random-generator state (a uint8 tensor)")
+
+
+def _scheduler_problem(sch) -> Optional[str]:
+    """Why ``sch`` is not a learning-rate scheduler's state (None: it is, or it is absent)."""
+    if sch is None:
+        return None
+    problem = _plain({k: v for k, v in sch.items() if k != "lr_lambdas"})
+    if problem:
+        return problem
+    numbers = [sch.get("last_epoch", 0)] + [x for k in ("base_lrs", "_last_lr") for x in sch.get(k) or []]
+    if not isinstance(sch.get("last_epoch", 0), int) or not all(
+            isinstance(x, (int, float)) and not isinstance(x, bool) and abs(x) < 1e300 for x in numbers):
+        return "has a last_epoch or learning rates that are not finite numbers"
+    return None
+
+
+def _optimizer_problem(opt, shapes) -> Optional[str]:
+    """Why ``opt`` is not an optimiser state for parameters of ``shapes`` (None: it is, or it is absent)."""
+    if opt is None:
+        return None
+    groups, state = opt.get("param_groups"), opt.get("state")
+    if not isinstance(groups, list) or not isinstance(state, dict) or not all(
+            isinstance(g, dict) and isinstance(g.get("params"), list) for g in groups):
+        return "has no 'state' dict and 'param_groups' list of {params: [...]}"
+    ids = [i for g in groups for i in g["params"]]
+    if sorted(ids) != list(range(len(shapes))) or any(isinstance(i, bool) for i in ids):
+        return f"covers parameters {ids[:5]}{'...' if len(ids) > 5 else ''}, not the model's {len(shapes)}"
+    problem = _plain([{k: v for k, v in g.items() if k != "params"} for g in groups])
+    if problem:
+        return f"param_groups {problem}"
+    for i, st in state.items():
+        if not isinstance(i, int) or not 0 <= i < len(shapes) or not isinstance(st, dict):
+            return f"has state for {i!r}, which is not one of its parameters"
+        for k, v in st.items():
+            ok = (isinstance(v, torch.Tensor) and v.is_floating_point() and tuple(v.shape) in ((), shapes[i])) or (
+                isinstance(v, (int, float)) and not isinstance(v, bool))
+            if not ok:
+                return f"state[{i}][{k!r}] does not fit parameter {i} of shape {shapes[i]}"
+    return None
+
+
 def _read(path: Path, map_location) -> Dict[str, Any]:
     if path.is_dir():
         raise CheckpointError(f"{path} is a folder; give the checkpoint file in it (e.g. {path / 'best.pt'})")
-    if not path.is_file():
+    if not path.exists():
         raise CheckpointError(f"checkpoint not found: {path}")
+    try:  # a FIFO, socket or device: refused by name, not read (a FIFO would block)
+        check_input_file(path, "checkpoint", max_bytes=None)
+    except InputError as e:
+        raise CheckpointError(str(e))
     if path.stat().st_size == 0:
         raise CheckpointError(f"{path} is empty (0 bytes): not a checkpoint")
     try:

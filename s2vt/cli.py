@@ -28,12 +28,10 @@ def _examples(*lines: str) -> str:
 
 
 def _read_json(path: str, what: str):
-    try:
-        return json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise S2VTError(f"{what} {path} does not exist")
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise S2VTError(f"{what} {path} is not valid JSON: {e}")
+    """A JSON input named by flag ``what``: a regular UTF-8 file, size and nesting bounded (s2vt.inputs)."""
+    from .inputs import read_json
+
+    return read_json(path, what)
 
 
 def check_output(out: Path, inputs=(), overwrite: bool = False, ours=lambda p: False) -> Path:
@@ -50,10 +48,12 @@ def check_output(out: Path, inputs=(), overwrite: bool = False, ours=lambda p: F
 
 
 def _is_evaluation(p: Path) -> bool:
-    try:
-        d = json.loads(p.read_text())
+    from .inputs import read_json
+
+    try:  # a FIFO, a huge or a deeply nested file is not one of ours (and is not read)
+        d = read_json(p)
         return isinstance(d, dict) and "metrics" in d and "videos" in d
-    except (OSError, ValueError):
+    except (OSError, ValueError, S2VTError):
         return False
 
 
@@ -89,12 +89,11 @@ def cmd_dataset_info(a) -> int:
 def _list_items(path: str):
     from .ids import check_video_id
 
+    from .inputs import read_lines
+
     items = []
-    try:
-        lines = Path(path).read_text(encoding="utf-8-sig").splitlines()  # a byte-order mark is not a path
-    except (OSError, UnicodeDecodeError) as e:
-        raise S2VTError(f"--list {path}: cannot read it ({e})")
-    for n, line in enumerate(lines, 1):
+    # a regular UTF-8 file (a byte-order mark is not a path); a line with a control character is refused
+    for n, line in read_lines(path, "--list"):
         if not line.strip() or line.lstrip().startswith("#"):
             continue
         cols = line.split("\t")
@@ -294,20 +293,23 @@ def cmd_evaluate(a) -> int:
 
 
 def cmd_score(a) -> int:
+    import shutil
+
     from .metrics import read_tsv, score
 
-    for f in (a.references, a.candidates):
-        if Path(f).is_dir():
-            raise S2VTError(f"{f} is a folder; give a 'video_id<TAB>caption' file")
-    refs = read_tsv(a.references, many=True)
-    cands = {k: v[0] for k, v in read_tsv(a.candidates, many=False).items()}
+    # regular UTF-8 files of at most 64 MiB, captions of at most 1,000 words (s2vt.inputs, s2vt.metrics)
+    refs = read_tsv(a.references, many=True, what="--references")
+    cands = {k: v[0] for k, v in read_tsv(a.candidates, many=False, what="--candidates").items()}
     only_r, only_c = sorted(set(refs) - set(cands)), sorted(set(cands) - set(refs))
     common = sorted(set(refs) & set(cands))
     if not common:
-        raise S2VTError("no video id is in both files")
-    corpus, per = score({k: refs[k] for k in common}, {k: cands[k] for k in common}, use_meteor=not a.no_meteor)
+        raise S2VTError(f"no video id is in both --references {a.references} and --candidates {a.candidates}")
+    java_tok = not a.no_meteor or shutil.which("java") is not None  # --no-meteor without Java: pure Python
+    corpus, per = score({k: refs[k] for k in common}, {k: cands[k] for k in common}, use_meteor=not a.no_meteor,
+                        java_tokenizer=java_tok)
     out = {"metrics": corpus, "metrics_scale": "fractions in [0, 1] (the paper's tables show x100)",
-           "videos": len(common), "missing_candidates": only_r, "missing_references": only_c}
+           "tokenizer": "ptb" if java_tok else "python", "videos": len(common), "missing_candidates": only_r,
+           "missing_references": only_c}
     if a.per_video:
         out["per_video"] = per
     if only_r or only_c:
@@ -367,12 +369,17 @@ def cmd_benchmark(a) -> int:
 
 def cmd_report(a) -> int:
     from .datasets import load_corpus
+    from .inputs import check_input_file
     from .report import write_report
 
+    check_input_file(a.evaluation, "evaluation")  # a regular file of at most 64 MiB, before any work
     if a.dataset and not a.root:
         raise S2VTError("--dataset needs --root (the dataset folder), for the keyframes")
     path_of = load_corpus(a.dataset, a.root).video_path if a.dataset else None
-    out = check_output(Path(a.out or Path(a.evaluation).with_suffix(".html")), [a.evaluation], a.overwrite, _is_report)
+    out = Path(a.out or Path(a.evaluation).with_suffix(".html"))
+    if out.exists() and not out.is_dir() and not out.is_file():  # a FIFO: reading it to check would block
+        raise S2VTError(f"--out {out} is not a regular file (a FIFO, socket or device); give a .html file path")
+    out = check_output(out, [a.evaluation], a.overwrite, _is_report)
     if out.suffix.lower() not in (".html", ".htm"):
         raise S2VTError(f"--out {out}: the report is an HTML page; give a .html path")
     print(f"wrote {write_report(a.evaluation, out, path_of)}")
@@ -566,12 +573,18 @@ def _add_evaluate(sub, shared):
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(fn=cmd_evaluate)
 
-    s = sub.add_parser("score", help="score any captions against references", formatter_class=F,
+    s = sub.add_parser("score", help="score any captions against references", formatter_class=F, description=(
+                           "METEOR and the PTB tokenizer run on Java: a JVM must give its first answer within "
+                           "S2VT_JAVA_TIMEOUT seconds of starting (default 60)."),
                        epilog=_examples("s2vt score --references refs.tsv --candidates cands.tsv"))
-    s.add_argument("--references", required=True, help="video_id<TAB>caption, many lines per video")
+    s.add_argument("--references", required=True, help="video_id<TAB>caption, many lines per video (a caption: at "
+                                                        "most 1,000 words; the file: at most 64 MiB)")
     s.add_argument("--candidates", required=True, help="video_id<TAB>caption, one line per video")
     s.add_argument("--per-video", action="store_true", help="also print every video's scores")
-    s.add_argument("--no-meteor", action="store_true", help="skip METEOR (no Java needed)")
+    s.add_argument("--no-meteor", action="store_true",
+                   help="skip METEOR; then no Java is needed: without a Java runtime captions are tokenised by a "
+                        "pure-Python stand-in for the PTB tokenizer (equal on ordinary captions; unusual symbols or "
+                        "abbreviations may tokenise differently; the JSON's 'tokenizer' says which ran)")
     s.set_defaults(fn=cmd_score)
 
 

@@ -17,6 +17,9 @@ from typing import Any, Iterable, Optional, Sequence
 from .errors import S2VTError
 
 
+INT64_MAX = 2 ** 63 - 1  # the largest integer numpy and torch take
+
+
 class ConfigError(S2VTError):
     """A configuration value that makes no sense; the message names the flag."""
 
@@ -58,17 +61,35 @@ def check_value(name: str, value: Any, f: dataclasses.Field, owner: str) -> None
         if tp is float and isinstance(value, int) and not isinstance(value, bool):
             ok = True
         if not ok:
-            raise ConfigError(f"{where} must be {tp.__name__}, got {value!r} ({type(value).__name__})")
+            raise ConfigError(f"{where} must be {tp.__name__}, got {_number(value)} ({type(value).__name__})")
     if m.get("choices") and value not in m["choices"]:
-        raise ConfigError(f"{where} must be one of {', '.join(map(str, m['choices']))}, got {value!r}")
+        raise ConfigError(f"{where} must be one of {', '.join(map(str, m['choices']))}, got {_number(value)}")
     if tp in (int, float) and value is not None:
         if not math.isfinite(value):
             raise ConfigError(f"{where} must be a finite number, got {value!r}")
         low, high = m.get("low"), m.get("high")
+        if tp is int and not -INT64_MAX - 1 <= value <= INT64_MAX:  # numpy and torch take 64-bit integers
+            high = INT64_MAX if high is None else high
+            low = -INT64_MAX - 1 if low is None else low
         if low is not None and (value < low or (m.get("low_open") and value == low)):
-            raise ConfigError(f"{where} must be {'>' if m.get('low_open') else '>='} {low}, got {value!r}")
+            raise ConfigError(f"{where} must be {'>' if m.get('low_open') else '>='} {_number(low)}, "
+                              f"got {_number(value)}")
         if high is not None and value > high:
-            raise ConfigError(f"{where} must be <= {high}, got {value!r}")
+            raise ConfigError(f"{where} must be <= {_number(high)}, got {_number(value)}")
+
+
+def _number(v) -> str:
+    """A bound or value for a message: powers of two near 64-bit limits by name, huge values shortened."""
+    names = {INT64_MAX: "2**63-1", -INT64_MAX - 1: "-2**63", 2 ** 32 - 1: "2**32-1"}
+    if isinstance(v, int) and v in names:
+        return f"{names[v]} ({v})"
+    try:
+        text = repr(v)
+    except ValueError:  # an integer of more digits than Python converts
+        return f"an integer of about {int(v.bit_length() * 0.30103)} digits"
+    if len(text) <= 60:
+        return text
+    return f"{text[:20]}... ({len(text)} digits)" if isinstance(v, int) else f"{text[:50]}... ({len(text)} characters)"
 
 
 def check_fields(obj) -> None:

@@ -255,6 +255,22 @@ def example_and_report(wd: Path, corpus, runs, seeds: List[int], alpha: float, b
     return {"video": vid, "generated": generated, "references": corpus.captions[vid]}
 
 
+def check_seeds(seeds) -> List[int]:
+    """``--seeds``: each one a training seed, in the range of ``TrainConfig.seed`` (checked before any work)."""
+    from dataclasses import fields
+
+    from .config import ConfigError, check_value
+
+    seed = next(f for f in fields(TrainConfig) if f.name == "seed")
+    for s in seeds:
+        try:
+            check_value("seed", s, seed, "TrainConfig")
+        except ConfigError as e:
+            raise ConfigError(f"--seeds: {str(e).replace('--seed (TrainConfig.seed)', 'a seed')} "
+                              "(the range of s2vt train --seed)") from None
+    return list(seeds)
+
+
 def run_demo(workdir="demo_out", preset: str = "cpu", fresh: bool = False, device: str = "", seeds=None,
              workers: Optional[int] = None) -> dict:
     """Run every stage in ``workdir``; returns what ``results.json`` holds.
@@ -264,7 +280,7 @@ def run_demo(workdir="demo_out", preset: str = "cpu", fresh: bool = False, devic
     t_start = time.time()
     p = PRESETS[preset]
     device = device or p.device
-    seeds = list(seeds) if seeds else p.seeds
+    seeds = check_seeds(seeds) if seeds else p.seeds
     wd = Path(workdir)
     prepare_workdir(wd, fresh)
     timings: Dict[str, Optional[float]] = {}

@@ -70,12 +70,14 @@ class ExtractConfig:
                                           ".safetensors or .pth for timm models)")
     download: bool = option(False, "let torchvision / timm fetch published weights (CNN and RAFT) into their "
                                    "caches when no file is found (needs internet; off: nothing is downloaded)")
-    stride: int = option(10, "keep one frame in every N (the paper: 10)", low=1, feature="sampling.stride")
+    stride: int = option(10, "keep one frame in every N (the paper: 10)", low=1, high=100_000,
+                         feature="sampling.stride")
     num_frames: int = option(0, "instead of a stride: K frames spread uniformly (0: use the stride)", low=0,
-                             feature="sampling.num_frames")
-    max_frames: int = option(0, "at most this many frames per video (0: all)", low=0, feature="sampling.max_frames")
+                             high=100_000, feature="sampling.num_frames")
+    max_frames: int = option(0, "at most this many frames per video (0: all)", low=0, high=1_000_000,
+                             feature="sampling.max_frames")
     input_size: Optional[int] = option(None, "CNN input crop side in pixels (default: the backbone's, 224 for all "
-                                             "but a few timm models)", low=16, feature="preprocess.size")
+                                             "but a few timm models)", low=16, high=1024, feature="preprocess.size")
     crop_ratio: Optional[float] = option(None, "crop side / resized short side, in (0, 1] (default: the backbone's; "
                                                "0.875 for the ImageNet CNNs, timm's crop_pct for timm models)",
                                          low=0.0, low_open=True, high=1.0, feature="preprocess.crop_ratio")
@@ -85,10 +87,10 @@ class ExtractConfig:
     flow_weights: Optional[str] = option(None, "RAFT weights file (a torchvision state dict; default: torchvision's "
                                                "file in torch's cache)")
     batch_size: Optional[int] = option(None, f"images per CNN call (default: {CPU_BATCH} on the CPU, where small "
-                                             f"batches stay in cache; {GPU_BATCH} on a GPU)", low=1)
+                                             f"batches stay in cache; {GPU_BATCH} on a GPU)", low=1, high=65536)
     workers: Optional[int] = option(None, "decoding processes (default: cores - 1 on a GPU, 2 on the CPU; "
-                                          "0: in-process)", low=0)
-    chunk: int = option(32, "frames per worker message (bounds memory)", low=1, cli=False)
+                                          "0: in-process)", low=0, high=512)
+    chunk: int = option(32, "frames per worker message (bounds memory)", low=1, high=4096, cli=False)
     device: str = option("cpu", "cpu, cuda, cuda:1 ...", cli=False)  # the command's shared --device
     precision: str = option("fp32", "bf16: autocast for the CNN on CUDA, recorded in the store "
                                     "(on a CPU: a warning, then fp32)", choices=("fp32", "bf16"), feature="precision")

@@ -51,12 +51,10 @@ def file_id(name: str) -> str:
 
 def read_id_map(path, ids) -> Dict[str, str]:
     """``{file id: new id}`` from ``--id-map`` (``FILE_ID VIDEO_ID`` a line; lines of other files are ignored)."""
+    from .inputs import read_lines
+
     ids, out = set(ids), {}
-    try:
-        lines = Path(path).read_text(encoding="utf-8-sig").splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise S2VTError(f"--id-map {path}: cannot read it ({e})")
-    for n, line in enumerate(lines, 1):
+    for n, line in read_lines(path, "--id-map"):  # a regular UTF-8 file, size bounded, no control characters
         if not line.strip() or line.lstrip().startswith("#"):
             continue
         cols = line.split()

@@ -30,14 +30,14 @@ DECODERS = ("s2vt", "attention")  # the models of s2vt.decoders
 @dataclass
 class ModelConfig:
     feat_dim: int = option(4096, "feature size (VGG-16 fc7 in the paper); set from the feature store",
-                           low=1, cli=False)
-    vocab_size: int = option(0, "words in the vocabulary; set from the training captions", low=0, cli=False)
-    embed: int = option(500, "frame projection and word embedding size (paper: 500)", low=1)
-    hidden: int = option(1000, "units in each LSTM layer (paper: 1000)", low=1)
+                           low=1, high=65536, cli=False)
+    vocab_size: int = option(0, "words in the vocabulary; set from the training captions", low=0, high=1_000_000, cli=False)
+    embed: int = option(500, "frame projection and word embedding size (paper: 500)", low=1, high=8192)
+    hidden: int = option(1000, "units in each LSTM layer (paper: 1000)", low=1, high=8192)
     dropout: float = option(0.5, "dropout on projected frames and LSTM outputs", low=0.0, high=0.95)
     max_frames: int = option(80, "encoder steps at most; longer videos are subsampled uniformly (paper: 80)",
-                             low=1)
-    max_words: int = option(20, "caption words at most in training (paper: 20)", low=1)
+                             low=1, high=10_000)
+    max_words: int = option(20, "caption words at most in training (paper: 20)", low=1, high=1000)
     decoder: str = option("s2vt", "s2vt (the paper) or attention (soft temporal attention over the encoded frames, "
                           "s2vt.attention)", choices=DECODERS)
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 import base64
 import html
 import json
+import math
+import os
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -16,6 +18,7 @@ import cv2
 from .errors import S2VTError
 from .fileio import atomic_write
 from .ids import id_problem
+from .inputs import InputError, check_input_file, read_json
 from .video import Sampling, VideoError, iter_frames
 
 
@@ -106,6 +109,7 @@ def store_sources(evaluation: dict) -> Optional[Callable[[str], Path]]:
     if not isinstance(stores, list) or not stores or not isinstance(stores[0], str):
         return None
     try:
+        check_input_file(stores[0], max_bytes=None)  # a FIFO named here would block the HDF5 library
         store = FeatureStore(stores[0])
     except (S2VTError, OSError):
         return None
@@ -123,9 +127,27 @@ def _keyframes_of(vid: str, video_path, frames: int) -> list:
     if video_path is None or id_problem(vid):
         return []
     try:
-        return keyframes(video_path(vid), frames)
-    except S2VTError:
+        path = video_path(vid)
+        if not os.path.isfile(path):  # a FIFO or device would block the decoder
+            return []
+        return keyframes(path, frames)
+    except (S2VTError, OSError, ValueError):
         return []
+
+
+def is_score(v) -> bool:
+    """A finite number a page can show (not a bool, not an integer too large for a float)."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return False
+    try:
+        return math.isfinite(float(v)) and abs(v) <= 1e6
+    except OverflowError:
+        return False
+
+
+def _short(key) -> str:
+    text = repr(key)
+    return text if len(text) <= 60 else text[:50] + "..."
 
 
 def check_evaluation(ev, where) -> None:
@@ -133,21 +155,28 @@ def check_evaluation(ev, where) -> None:
     what = f"{where} is not an evaluation written by `s2vt evaluate`"
     if not isinstance(ev, dict) or not isinstance(ev.get("videos"), dict):
         raise S2VTError(f"{what} (no 'videos' object)")
-    if not isinstance(ev.get("metrics", {}), dict) or not all(
-            isinstance(v, (int, float)) for v in ev.get("metrics", {}).values()):
-        raise S2VTError(f"{what} ('metrics' must map names to numbers)")
+    metrics = ev.get("metrics", {})
+    if not isinstance(metrics, dict) or not all(is_score(v) for v in metrics.values()):
+        bad = next((k for k, v in metrics.items() if not is_score(v)), None) if isinstance(metrics, dict) else None
+        raise S2VTError(f"{what} ('metrics' must map names to finite numbers"
+                        + (f"; metrics[{_short(bad)}] is not one)" if bad is not None else ")"))
     for vid, r in ev["videos"].items():
         ok = isinstance(r, dict) and isinstance(r.get("caption", ""), str) and isinstance(r.get("references", []), list)
-        if not ok or not all(isinstance(r.get(k, 0.0), (int, float)) for k in ("METEOR", "CIDEr")):
-            raise S2VTError(f"{what} (videos[{vid!r}] must be an object with caption, references and scores)")
+        if not ok or not all(is_score(r.get(k, 0.0)) for k in ("METEOR", "CIDEr")):
+            raise S2VTError(f"{what} (videos[{_short(vid)}] must be an object with a caption string, a references "
+                            "list and finite scores)")
+        if not all(isinstance(x, str) for x in r.get("references", [])):
+            raise S2VTError(f"{what} (videos[{_short(vid)}].references must be a list of strings)")
 
 
 def write_report(evaluation_json, out_html, video_path: Optional[Callable[[str], Path]] = None,
                  title: str = "s2vt evaluation") -> Path:
-    try:
-        ev = json.loads(Path(evaluation_json).read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise S2VTError(f"{evaluation_json} is not an evaluation JSON written by `s2vt evaluate`")
+    try:  # a regular UTF-8 file of at most 64 MiB, nested at most 64 levels (s2vt.inputs)
+        ev = read_json(evaluation_json, "evaluation")
+    except InputError as e:
+        if "not valid JSON" in str(e) or "not UTF-8" in str(e):
+            raise S2VTError(f"{evaluation_json} is not an evaluation JSON written by `s2vt evaluate` ({e})")
+        raise
     check_evaluation(ev, evaluation_json)
     return atomic_write(Path(out_html), render(ev, video_path or store_sources(ev), title))
 

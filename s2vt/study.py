@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from .attributes import accuracy, load_truth
-from .demo import PRESETS, _stage, make_dataset, on_gpu, prepare_workdir
+from .demo import PRESETS, _stage, check_seeds, make_dataset, on_gpu, prepare_workdir
 from .extract import ExtractConfig, extract
 from .fileio import atomic_write, write_json
 from .metrics import Meteor
@@ -165,7 +165,7 @@ def run_study(workdir="demo_out", study: str = "decoders", preset: str = "cpu", 
     t_start = time.time()
     p = PRESETS[preset]
     device = device or p.device
-    seeds = list(seeds) if seeds else p.seeds
+    seeds = check_seeds(seeds) if seeds else p.seeds
     wd = Path(workdir)
     prepare_workdir(wd, fresh)
     timings: Dict[str, float] = {}

@@ -64,16 +64,16 @@ class TrainConfig:
     out: str = option("runs/s2vt", "run folder: checkpoints, config.json, metrics.jsonl, curves.png")
     train_split: str = option("train", "split to train on")
     val_split: str = option("val", "split to validate on (empty: no validation, the last epoch is kept)")
-    epochs: int = option(30, "passes over every training caption", low=1)
+    epochs: int = option(30, "passes over every training caption", low=1, high=100_000)
     max_steps: int = option(0, "stop after this many optimiser steps (0: no limit)", low=0)
-    batch_size: int = option(64, "(video, caption) pairs per optimiser step", low=1)
+    batch_size: int = option(64, "(video, caption) pairs per optimiser step", low=1, high=16384)
     optimizer: str = option("adam", "optimiser", choices=("adam", "sgd"))
     lr: Optional[float] = option(None, "learning rate (preset: adam 2e-4, sgd 0.01)", low=0.0, low_open=True, high=10.0)
     momentum: float = option(0.9, "SGD momentum", low=0.0, high=0.999)
     weight_decay: float = option(0.0, "L2 weight decay", low=0.0, high=1.0)
     grad_clip: float = option(5.0, "clip the global gradient norm to this", low=0.0, low_open=True)
     schedule: str = option("none", "learning-rate schedule per epoch", choices=("none", "step", "cosine"))
-    step_epochs: int = option(10, "step schedule: multiply the lr by --gamma every this many epochs", low=1)
+    step_epochs: int = option(10, "step schedule: multiply the lr by --gamma every this many epochs", low=1, high=100_000)
     gamma: float = option(0.5, "step schedule factor", low=0.0, low_open=True, high=1.0)
     min_count: int = option(1, "vocabulary: keep words seen at least this often in the training split", low=1)
     val_meteor: bool = option(True, "select the model on val METEOR of the captions --select-beam decodes "
@@ -83,7 +83,7 @@ class TrainConfig:
     val_every: int = option(1, "validate every N epochs (and after the last)", low=1)
     patience: int = option(0, "early stopping: validations without improvement (0: off)", low=0)
     shuffle_frames: bool = option(False, "the paper's random-frame-order ablation")
-    seed: int = option(0, "seed of the data order, frame shuffling and initial weights", low=0)
+    seed: int = option(0, "seed of the data order, frame shuffling and initial weights", low=0, high=2 ** 63 - 1)
     device: str = option("cpu", "cpu, cuda, cuda:1, ...")
     amp: bool = option(False, "mixed precision (CUDA only): a bf16 feature bank, the linear layers under bf16 "
                               "autocast, the LSTMs in fp32 (TF32 allowed); without it every op is IEEE fp32")
@@ -91,13 +91,13 @@ class TrainConfig:
     tensorboard: bool = option(False, "also write metrics.jsonl's figures as TensorBoard events in OUT/tensorboard "
                                       "(needs the tensorboard package: pip install -e '.[tensorboard]')")
     save_every: int = option(0, "also write last.pt every N steps (0: once per epoch)", low=0)
-    dist_timeout: int = option(300, "seconds to wait for torchrun peers before giving up", low=1)
+    dist_timeout: int = option(300, "seconds to wait for torchrun peers before giving up", low=1, high=604800)
     val_timeout: int = option(7200, "torchrun: seconds the other processes wait while rank 0 validates and saves",
-                              low=1)
+                              low=1, high=604800)
     objective: str = option("xe", "xe: cross-entropy on the captions; scst: self-critical fine-tuning of --init on "
                             "CIDEr-D (s2vt.scst)", choices=("xe", "scst"))
     init: str = option("", "--objective scst: the cross-entropy checkpoint to start from (RUN/best.pt)")
-    scst_samples: int = option(5, "--objective scst: captions sampled per video", low=1)
+    scst_samples: int = option(5, "--objective scst: captions sampled per video", low=1, high=100)
     model: ModelConfig = field(default_factory=ModelConfig)
     decoding: DecodeConfig = field(default_factory=DecodeConfig)  # the checkpoint's decoding defaults
 

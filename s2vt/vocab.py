@@ -67,8 +67,19 @@ class Vocab:
 
     @classmethod
     def from_list(cls, itos: Sequence[str]) -> "Vocab":
+        """The vocabulary ``to_list`` wrote; ValueError naming the first entry that cannot be one."""
+        if not isinstance(itos, (list, tuple)):
+            raise ValueError(f"vocabulary must be a list of words, not a {type(itos).__name__}")
         if list(itos[: len(SPECIALS)]) != list(SPECIALS):
             raise ValueError(f"vocabulary must start with {SPECIALS}")
+        seen = set()
+        for i, w in enumerate(itos):
+            if not isinstance(w, str) or not w or w != w.strip() or any(c.isspace() for c in w):
+                raise ValueError(f"vocabulary entry {i} is {str(w)[:40]!r} ({type(w).__name__}), not a word "
+                                 "(a non-empty string without spaces)")
+            if w in seen:
+                raise ValueError(f"vocabulary entry {i} {w[:40]!r} appears twice")
+            seen.add(w)
         return cls(itos[len(SPECIALS):])
 
     def save(self, path: Path) -> None:

@@ -57,7 +57,7 @@ def test_batched_beam_equals_one_by_one_and_fusion():
 def test_checkpoint_records_and_rebuilds_the_decoder(tmp_path):
     m = tiny()
     vocab = Vocab(["a", "b", "c", "d", "e"])
-    ck = Checkpoint(m.cfg, m.state_dict(), vocab, {"stream": "rgb", "dim": 6})
+    ck = Checkpoint(m.cfg, m.state_dict(), vocab, {"format_version": 1, "stream": "rgb", "backbone": "imported:test", "dim": 6})
     ck.save(tmp_path / "a.pt")
     back = Checkpoint.load(tmp_path / "a.pt").build_model()
     assert isinstance(back, AttentionS2VT)

@@ -108,7 +108,7 @@ def _ck(value: float) -> checkpoint.Checkpoint:
     vocab = Vocab(["a", "b"])
     model = S2VT(ModelConfig(feat_dim=4, vocab_size=len(vocab), embed=4, hidden=4))
     weights = {k: torch.full_like(v, value) for k, v in model.state_dict().items()}
-    return checkpoint.Checkpoint(model.cfg, weights, vocab, {"stream": "rgb", "dim": 4})
+    return checkpoint.Checkpoint(model.cfg, weights, vocab, {"format_version": 1, "stream": "rgb", "backbone": "imported:test", "dim": 4})
 
 
 def test_crash_during_checkpoint_write_keeps_previous(tmp_path, monkeypatch):
