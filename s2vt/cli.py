@@ -689,6 +689,27 @@ def _catch_stop_signals() -> None:
             signal.signal(sig, _stop)
 
 
+# the output each command owns while it runs: (argument, kind); train and extract lock theirs themselves
+OUTPUTS = {"evaluate": ("out", "file"), "report": ("out", "file"), "merge-features": ("out", "file"),
+           "benchmark": ("out", "folder"), "export-features": ("out", "folder"), "synth": ("out_dir", "folder"),
+           "demo": ("workdir", "folder")}
+
+
+def output_lock(args):
+    """The lock of the command's output (fileio.file_lock / folder_lock), or a no-op."""
+    import contextlib
+
+    from .fileio import file_lock, folder_lock
+
+    arg, kind = OUTPUTS.get(args.command, (None, None))
+    out = getattr(args, arg, None) if arg else None
+    if not out:
+        return contextlib.nullcontext()
+    flag = "output folder" if arg == "out_dir" else f"--{arg}" if arg != "out" or args.command != "merge-features" \
+        else "output"
+    return (file_lock if kind == "file" else folder_lock)(out, flag)
+
+
 def _interrupted(args, e: KeyboardInterrupt) -> int:
     import signal
 
@@ -721,7 +742,8 @@ def main(argv=None) -> int:
             _catch_stop_signals()
         keep_freed_memory()  # a command is one process: reuse freed tensors rather than map fresh pages
         try:
-            return args.fn(args)
+            with output_lock(args):
+                return args.fn(args)
         except S2VTError as e:
             print(f"s2vt {args.command}: error: {e}", file=sys.stderr)
             return getattr(e, "exit_code", 2)

@@ -8,8 +8,10 @@ have, so cleaning up after a failed write removes only what this write created. 
 or any other failed write raises an OSError naming the target, and leaves no file that looks
 complete.
 
-``folder_lock`` makes one process the only writer of a run folder (``s2vt train --out``):
-a second run on the same folder stops at once instead of mixing its files with the first's.
+``folder_lock`` makes one process the only writer of an output folder (``s2vt train --out``,
+``benchmark --out``, ``synth``, ``demo --workdir``), ``file_lock`` of an output file
+(``evaluate --out``, ``report``, ``merge-features``): a second run on the same output stops at
+once instead of mixing its files with the first's.
 """
 from __future__ import annotations
 
@@ -139,4 +141,40 @@ def fsync_dir(folder) -> None:
     except OSError:
         pass
     finally:
+        os.close(fd)
+
+
+LOCK_SUFFIX = ".s2vt-lock"
+
+
+@contextlib.contextmanager
+def file_lock(path, flag: str = "--out") -> Iterator[Path]:
+    """Hold an exclusive lock on the output file ``path`` while the block runs; S2VTError at once when
+    another process holds it. The lock is ``flock`` on ``.NAME.s2vt-lock`` beside the file (a name no
+    user file has), removed when the block ends; the kernel releases it however the process ends."""
+    path = Path(path)
+    lock = path.with_name(f".{path.name}{LOCK_SUFFIX}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(5):
+        fd = os.open(str(lock), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            os.close(fd)
+            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise
+            raise S2VTError(f"another run is writing {path} (it holds {lock.name}): wait for it to finish, or "
+                            f"choose another {flag}") from None
+        try:
+            if os.stat(lock).st_ino == os.fstat(fd).st_ino:
+                break  # the lock file still in place: ours
+        except FileNotFoundError:
+            pass
+        os.close(fd)  # locked a file the previous holder removed as it finished: lock the new one
+    else:
+        raise S2VTError(f"cannot lock {lock}: other runs keep taking and releasing it")
+    try:
+        yield path
+    finally:
+        lock.unlink(missing_ok=True)
         os.close(fd)

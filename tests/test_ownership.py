@@ -196,3 +196,47 @@ def test_sigterm_and_sighup_end_a_command_with_one_line(tmp_path, sig, code, nam
     _, err = p.communicate(timeout=30)
     assert p.returncode == code
     assert err.strip().splitlines() == [f"s2vt dataset-info: stopped by {name} (nothing was left half-written)"]
+
+
+HOLD_FILE = """
+import sys, time
+from s2vt.fileio import file_lock
+with file_lock(sys.argv[1]):
+    print("held", flush=True)
+    time.sleep(120)
+"""
+
+
+def test_an_output_file_has_one_writer_and_its_lock_file_goes_with_the_run(tmp_path, capsys):
+    from s2vt.cli import main
+
+    out = tmp_path / "ev.json"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_FILE, str(out)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert main(["evaluate", "--dataset", "synthetic", "--annotations", str(tmp_path / "nowhere"),
+                     "--checkpoint", str(tmp_path / "nowhere.pt"), "--features", str(tmp_path / "f.h5"),
+                     "--out", str(out)]) == 2
+        assert capsys.readouterr().err.strip() == (f"s2vt evaluate: error: another run is writing {out} (it holds "
+                                                   ".ev.json.s2vt-lock): wait for it to finish, or choose another --out")
+        assert main(["merge-features", str(out), str(tmp_path / "a.h5")]) == 2
+        assert "another run is writing" in capsys.readouterr().err
+    finally:
+        holder.kill()
+        holder.wait()
+    assert (tmp_path / ".ev.json.s2vt-lock").exists()  # the killed holder's, released by the kernel
+    assert main(["merge-features", str(out), str(tmp_path / "a.h5")]) == 2  # the lock is free: the real error
+    assert "another run" not in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []  # a finished holder removes its lock file
+
+
+def test_output_folders_of_benchmark_synth_and_demo_are_locked(tmp_path, capsys):
+    from s2vt.cli import main
+    from s2vt.fileio import folder_lock
+
+    with folder_lock(tmp_path / "ds"):
+        assert main(["synth", str(tmp_path / "ds"), "--train", "1", "--val", "1", "--test", "1"]) == 2
+        assert "another run is writing" in capsys.readouterr().err
+    with folder_lock(tmp_path / "wd"):
+        assert main(["demo", "--workdir", str(tmp_path / "wd")]) == 2
+        assert "another run is writing" in capsys.readouterr().err
