@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .inputs import check_input_file
 from .errors import S2VTError, WeightsNotFound
 from .state_dicts import load_exactly
 
@@ -302,6 +303,8 @@ def resolve_weights(name: str, weights: Optional[str] = None, download: bool = F
     if weights:
         p = Path(weights).expanduser()
         if not p.is_file():
+            if p.exists():  # a FIFO, socket, device or folder: named as what it is, never opened
+                check_input_file(p, "--weights", max_bytes=None)
             raise WeightsNotFound(f"weights file not found: {p}")
         return p
     found = spec.find()

@@ -20,7 +20,7 @@ from .errors import S2VTError
 from .fileio import atomic_write
 from .inputs import InputError, check_input_file
 from .model import DECODERS, ModelConfig
-from .signature import signature_problem
+from .signature import is_imported, signature_problem
 from .state_dicts import load_exactly, mismatch
 from .vocab import Vocab
 
@@ -136,6 +136,13 @@ def _check_signature(path: Path, sig, mc: ModelConfig) -> None:
     if sig["dim"] != mc.feat_dim:
         raise _malformed(path, "feature_signature", f"says features of dim {sig['dim']}, but the model reads "
                                                     f"{mc.feat_dim} (model_config.feat_dim)")
+    if not is_imported(sig):  # the settings that recompute the features (s2vt caption) must be ones extraction takes
+        from .extract import ExtractConfig
+
+        try:
+            ExtractConfig.from_signature(sig)
+        except S2VTError as e:
+            raise _malformed(path, "feature_signature", f"({e})") from None
 
 
 def _check_weights(path: Path, state, mc: ModelConfig) -> None:

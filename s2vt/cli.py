@@ -640,8 +640,15 @@ def _add_demo(sub, shared):
     s.set_defaults(fn=cmd_demo)
 
 
+class Parser(argparse.ArgumentParser):
+    """A usage error is one line, as every other error: what is wrong, and where the help is."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="s2vt", formatter_class=F, description=(
+    p = Parser(prog="s2vt", formatter_class=F, description=(
         "S2VT video captioning: extract CNN features, train the stacked LSTM, caption videos, benchmark METEOR."),
         epilog=_examples("s2vt demo", "s2vt synth data/synthetic",
                          "s2vt extract data/synthetic/videos --stream rgb --out features/synth_rgb.h5",

@@ -268,6 +268,9 @@ def check_seeds(seeds) -> List[int]:
         except ConfigError as e:
             raise ConfigError(f"--seeds: {str(e).replace('--seed (TrainConfig.seed)', 'a seed')} "
                               "(the range of s2vt train --seed)") from None
+    twice = sorted({s for s in seeds if list(seeds).count(s) > 1})
+    if twice:
+        raise ConfigError(f"--seeds: seed {twice[0]} is given twice; each seed is one run (mean ± SD over distinct seeds)")
     return list(seeds)
 
 

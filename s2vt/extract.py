@@ -34,7 +34,7 @@ from .backbones import Backbone, Preprocess, backbone_spec, check_backbone, prep
 from .config import as_flags, check_device, check_fields, feature_fields, option
 from .devices import configure, local_world_size, synchronize
 from .devices import name as device_name
-from .errors import S2VTError
+from .errors import S2VTError, SignatureMismatch
 from .flow import METHODS, OFFSET, SCALE, FlowComputer, flow_to_image
 from .hostmem import keep_freed_memory, return_free_memory
 from .raft import LEARNED, RAFT_MIN, FlowFeatures, LearnedFlow
@@ -145,7 +145,10 @@ class ExtractConfig:
             value = _lookup(sig, key) if key else _MISSING
             if value is not _MISSING:
                 given[f.name] = value
-        return cls(**given, weights=weights, device=device, download=download, flow_weights=flow_weights)
+        try:
+            return cls(**given, weights=weights, device=device, download=download, flow_weights=flow_weights)
+        except S2VTError as e:  # a value recorded in the signature, not a flag the user gave
+            raise SignatureMismatch(signature_words(str(e))) from None
 
     def feature_values(self) -> dict:
         """The signature entries these settings define (dotted keys nested)."""
@@ -196,6 +199,18 @@ class ExtractConfig:
 
 
 _MISSING = object()
+
+
+def signature_words(message: str) -> str:
+    """An ExtractConfig error about a value read from a signature, in the signature's words:
+    "--stride (ExtractConfig.stride) must be >= 1" -> "its signature's sampling.stride must be >= 1"."""
+    for f in fields(ExtractConfig):
+        key = f.metadata.get("feature")
+        if key:
+            name = f"--{f.name.replace('_', '-')}"
+            message = message.replace(f"{name} (ExtractConfig.{f.name})", f"its signature's {key}")
+            message = message.replace(f"{name} ", f"its signature's {key} ", 1) if message.startswith(name) else message
+    return f"{message} (a value the features' signature records)"
 
 
 def _lookup(d: dict, dotted: str):

@@ -70,7 +70,9 @@ def java_timeout() -> float:
     except ValueError:
         value = float("nan")
     if not 0 < value <= 86400:
-        raise MetricError(f"{JAVA_TIMEOUT_ENV}={raw!r}: give the seconds a JVM may take to start, in (0, 86400]")
+        err = MetricError(f"{JAVA_TIMEOUT_ENV}={raw!r}: give the seconds a JVM may take to start, in (0, 86400]")
+        err.exit_code = 2  # the environment must change, as for a bad flag
+        raise err
     return value
 
 

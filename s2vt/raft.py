@@ -22,6 +22,7 @@ from typing import Optional
 import torch
 from torch import nn
 
+from .inputs import check_input_file
 from .errors import S2VTError, WeightsNotFound
 from .flow import OFFSET, SCALE
 
@@ -44,6 +45,8 @@ def resolve_flow_weights(method: str, weights: Optional[str] = None, download: b
     if weights:
         p = Path(weights).expanduser()
         if not p.is_file():
+            if p.exists():  # a FIFO, socket, device or folder: named as what it is, never opened
+                check_input_file(p, "--flow-weights", max_bytes=None)
             raise WeightsNotFound(f"--flow-weights: file not found: {p}")
         return p
     enum = _weights_enum(method)

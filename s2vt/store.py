@@ -34,6 +34,7 @@ from typing import Iterable, List, Optional
 import h5py
 import numpy as np
 
+from .inputs import check_input_file
 from .errors import S2VTError, SignatureMismatch
 from .fileio import SCRATCH_SUFFIX, atomic_write, fsync_dir, scratch_file
 from .ids import check_video_id, id_problem
@@ -530,6 +531,8 @@ class FeatureStore:
     def __init__(self, path):
         self.path = Path(path)
         if not self.path.is_file():
+            if self.path.exists():  # a FIFO, socket, device or folder: named as what it is, never opened
+                check_input_file(self.path, "feature file", max_bytes=None)
             raise S2VTError(f"feature file not found: {self.path} (create it with `s2vt extract`)")
         try:
             with h5py.File(self.path, "r") as f:

@@ -288,6 +288,13 @@ def _prepare(out: Path, overwrite: bool, clips: List[str]) -> None:
             raise S2VTError(f"{out} holds a dataset written by `s2vt synth`; choose an empty folder, or pass "
                             "overwrite=True (`s2vt synth --overwrite`) to replace it (only its own files are "
                             "removed)")
+    ours = _listed_clips(out) if out.is_dir() else set()
+    taken = sorted(c for c in clips if (out / "videos" / c).exists() and c not in ours)
+    if taken:  # a file of the user's under a name this dataset needs: never overwritten
+        raise S2VTError(f"{out / 'videos' / taken[0]} exists and was not written by `s2vt synth`"
+                        f"{f' (and {len(taken) - 1} more)' if len(taken) > 1 else ''}: move it away, or write the "
+                        "dataset to another folder")
+    if overwrite and out.is_dir() and any(out.iterdir()):
         remove_dataset(out)
     (out / "videos").mkdir(parents=True, exist_ok=True)
     # the clips are listed before any is written, so --overwrite removes these and no other file

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from s2vt.cli import main
+from s2vt.errors import S2VTError
 
 
 def one_line(capsys, argv, *needles, code=2):
@@ -283,3 +284,86 @@ def test_a_bad_java_timeout_is_named(tmp_path, monkeypatch):
     monkeypatch.setenv("S2VT_JAVA_TIMEOUT", "soon")
     with pytest.raises(MetricError, match="S2VT_JAVA_TIMEOUT"):
         java_timeout()
+
+
+@pytest.mark.parametrize("key, value, needle", [
+    (("sampling", "stride"), "4", "its signature's sampling.stride must be int"),
+    (("sampling", "stride"), -4, "its signature's sampling.stride must be >= 1"),
+    (("preprocess", "size"), 10 ** 12, "its signature's preprocess.size must be <= 1024"),
+    (("backbone",), "vgg17", "'vgg17' is unknown"),
+])
+def test_recorded_extraction_settings_are_checked_at_load_in_the_signatures_words(tmp_path, capsys, key, value,
+                                                                                  needle):
+    from s2vt.checkpoint import Checkpoint, CheckpointError, load
+    from s2vt.decoders import build_model
+    from s2vt.extract import ExtractConfig, make_signature
+    from s2vt.model import ModelConfig
+    from s2vt.vocab import Vocab
+
+    class Lite0Stub:  # what make_signature reads of a backbone, without loading one
+        def signature(self):
+            return {"backbone": "efficientnet_lite0", "layer": "pool", "dim": 1280, "weights_digest": "0" * 16,
+                    "preprocess": {"size": 224, "crop_ratio": 0.875, "mean": [0.5] * 3, "std": [0.5] * 3}}
+
+    sig = make_signature(ExtractConfig(), Lite0Stub())
+    vocab = Vocab(["a", "b"])
+    model = build_model(ModelConfig(feat_dim=1280, vocab_size=len(vocab), embed=4, hidden=4))
+    good = Checkpoint(model.cfg, model.state_dict(), vocab, sig).save(tmp_path / "good.pt")
+    assert load(good).feature_signature == sig
+    d = torch.load(good, weights_only=True)
+    target = d["feature_signature"]
+    for k in key[:-1]:
+        target = target[k]
+    target[key[-1]] = value
+    bad = tmp_path / "bad.pt"
+    torch.save(d, bad)
+    with pytest.raises(CheckpointError) as e:
+        load(bad)
+    msg = str(e.value)
+    assert str(bad) in msg and "feature_signature" in msg and needle in msg and "\n" not in msg
+    assert "ExtractConfig" not in msg and "--stride" not in msg
+    one_line(capsys, ["caption", tmp_path / "v.mp4", "--checkpoint", bad], str(bad), needle)
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["train", "--dataset", "synthetic", "--batch-size", "abc"], "s2vt train: error: argument --batch-size: invalid int"),
+    (["extract", "x", "--stream", "rgbx"], "s2vt extract: error: argument --stream: invalid choice"),
+    (["extract", "x", "--out", "x.h5", "--overwrite"], "s2vt: error: unrecognized arguments: --overwrite"),
+    (["nosuch"], "s2vt: error: argument COMMAND: invalid choice"),
+])
+def test_usage_errors_are_one_line_naming_the_help(argv, needle, capsys):
+    from s2vt.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and len(err.strip().splitlines()) == 1 and err.startswith(needle)
+    assert "--help`)" in err
+
+
+def test_fifo_stores_and_weight_files_are_named_as_fifos(fifo, good_checkpoint, capsys):
+    from s2vt.store import FeatureStore
+
+    with pytest.raises(S2VTError, match="feature file .*fifo is a FIFO"):
+        FeatureStore(fifo)
+    from s2vt.backbones import resolve_weights
+    from s2vt.raft import resolve_flow_weights
+
+    for fn, flag in ((lambda: resolve_weights("alexnet", str(fifo)), "--weights"),
+                     (lambda: resolve_flow_weights("raft_small", str(fifo)), "--flow-weights")):
+        with pytest.raises(S2VTError, match=f"{flag} .* is a FIFO"):
+            fn()
+
+
+def test_demo_seeds_must_be_distinct(capsys, tmp_path):
+    one_line(capsys, ["demo", "--workdir", tmp_path / "d", "--seeds", "1", "1"], "--seeds: seed 1 is given twice")
+    assert not (tmp_path / "d").exists()
+
+
+def test_a_bad_java_timeout_is_a_setup_error_exit_2(tmp_path, monkeypatch, capsys):
+    from s2vt.cli import main
+
+    (tmp_path / "r.tsv").write_text("v1\ta cat\n")
+    monkeypatch.setenv("S2VT_JAVA_TIMEOUT", "abc")
+    assert main(["score", "--references", str(tmp_path / "r.tsv"), "--candidates", str(tmp_path / "r.tsv")]) == 2
+    assert "S2VT_JAVA_TIMEOUT='abc'" in capsys.readouterr().err

@@ -240,3 +240,18 @@ def test_output_folders_of_benchmark_synth_and_demo_are_locked(tmp_path, capsys)
     with folder_lock(tmp_path / "wd"):
         assert main(["demo", "--workdir", str(tmp_path / "wd")]) == 2
         assert "another run is writing" in capsys.readouterr().err
+
+
+def test_synth_never_writes_over_a_users_file_under_a_name_the_dataset_needs(tmp_path, capsys):
+    from s2vt.cli import main
+    from s2vt.synth import SynthConfig, generate
+
+    d = tmp_path / "ds"
+    generate(d, SynthConfig(train=1, val=1, test=1, frames=6, width=48, height=32, seed=1), progress=False, workers=1)
+    mine = d / "videos" / "clip00004.avi"
+    mine.write_bytes(b"my clip")
+    assert main(["synth", str(d), "--train", "3", "--val", "1", "--test", "1", "--frames", "6", "--width", "48",
+                 "--height", "32", "--workers", "1", "--overwrite"]) == 2
+    err = capsys.readouterr().err
+    assert f"{mine} exists and was not written by `s2vt synth`" in err and len(err.strip().splitlines()) == 1
+    assert mine.read_bytes() == b"my clip"
