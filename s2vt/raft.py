@@ -22,7 +22,6 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .inputs import check_input_file
 from .errors import S2VTError, WeightsNotFound
 from .flow import OFFSET, SCALE
 
@@ -43,12 +42,9 @@ def resolve_flow_weights(method: str, weights: Optional[str] = None, download: b
     if method not in LEARNED:
         raise S2VTError(f"--flow-method {method!r} is not a learned flow; choose one of {', '.join(LEARNED)}")
     if weights:
-        p = Path(weights).expanduser()
-        if not p.is_file():
-            if p.exists():  # a FIFO, socket, device or folder: named as what it is, never opened
-                check_input_file(p, "--flow-weights", max_bytes=None)
-            raise WeightsNotFound(f"--flow-weights: file not found: {p}")
-        return p
+        from .backbones import given_weights
+
+        return given_weights(weights, "--flow-weights")
     enum = _weights_enum(method)
     cached = Path(torch.hub.get_dir()) / "checkpoints" / enum.url.rsplit("/", 1)[-1]
     if not cached.is_file() and download:
