@@ -259,7 +259,9 @@ def cmd_caption(a) -> int:
 def cmd_evaluate(a) -> int:
     from .captioner import Captioner, Member
     from .evaluate import evaluate_captioner
-    from .fileio import probe_writable, write_json
+    import contextlib
+
+    from .fileio import file_lock, probe_writable
     from .metrics import Meteor
 
     flags = decode_flags(a)
@@ -277,9 +279,17 @@ def cmd_evaluate(a) -> int:
                                      / f"eval_{a.split}_beam{dec.beam}{'_fused' if fused else ''}.json")
     check_output(out, [x for m in members for x in (m.checkpoint, m.features)] + [a.annotations], a.overwrite, _is_evaluation)
     probe_writable(out)  # fail before the work, not after
-    with Meteor() as meteor:  # one JVM for every scoring below
+    # an explicit --out is locked by main(); the default path, next to the checkpoint, here
+    with (file_lock(out) if not a.out else contextlib.nullcontext()), Meteor() as meteor:
         r = evaluate_captioner(cap, a.dataset, a.annotations, a.split, dec, meteor,
                                log=lambda m: print(m, file=sys.stderr), progress=not a.quiet)
+        _write_evaluation(a, r, out, members, dec)
+    return 0
+
+
+def _write_evaluation(a, r: dict, out: Path, members, dec) -> None:
+    from .fileio import write_json
+
     r.update(checkpoints=[m.checkpoint for m in members], features=[m.features for m in members])
     refs = r["videos"].keys() | set(r["missing"])
     if r["missing"]:
@@ -289,7 +299,6 @@ def cmd_evaluate(a) -> int:
     print(json.dumps({"metrics_x100": {k: round(100 * v, 2) for k, v in r["metrics"].items()},
                       "beam": dec.beam, "alpha": r["alpha"], "videos": len(r["videos"]), "missing": len(r["missing"]),
                       "written": str(out)}, indent=1))
-    return 0
 
 
 def cmd_score(a) -> int:

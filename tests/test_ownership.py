@@ -255,3 +255,22 @@ def test_synth_never_writes_over_a_users_file_under_a_name_the_dataset_needs(tmp
     err = capsys.readouterr().err
     assert f"{mine} exists and was not written by `s2vt synth`" in err and len(err.strip().splitlines()) == 1
     assert mine.read_bytes() == b"my clip"
+
+
+def test_evaluate_locks_its_default_output_next_to_the_checkpoint(tiny_features, tmp_path, capsys):
+    from s2vt.cli import main
+    from s2vt.fileio import file_lock
+
+    root, stores = tiny_features
+    run = tmp_path / "run"
+    assert main(["train", "--dataset", "synthetic", "--annotations", str(root), "--features", str(stores["rgb"]),
+                 "--out", str(run), "--max-steps", "1", "--batch-size", "4", "--no-val-meteor", "--embed", "8",
+                 "--hidden", "8", "--quiet"]) == 0
+    capsys.readouterr()
+    argv = ["evaluate", "--dataset", "synthetic", "--annotations", str(root), "--checkpoint", str(run / "best.pt"),
+            "--features", str(stores["rgb"]), "--split", "test", "--beam", "1", "--quiet"]
+    with file_lock(run / "eval_test_beam1.json"):
+        assert main(argv) == 2
+        assert "another run is writing" in capsys.readouterr().err
+    assert main(argv) == 0, capsys.readouterr().err
+    assert (run / "eval_test_beam1.json").is_file() and not list(run.glob(".*s2vt-lock"))
