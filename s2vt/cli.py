@@ -42,6 +42,8 @@ def check_output(out: Path, inputs=(), overwrite: bool = False, ours=lambda p: F
             raise S2VTError(f"--out {out} is one of this command's inputs; choose another output path")
     if out.is_dir():
         raise S2VTError(f"--out {out} is a folder; give a file path")
+    if out.exists() and not out.is_file():  # a FIFO, socket or device: telling whether it is ours would block
+        raise S2VTError(f"--out {out} is not a regular file (a FIFO, socket or device); give a file path")
     if out.exists() and not overwrite and not ours(out):
         raise S2VTError(f"--out {out} exists and was not written by this command; pass --overwrite to replace it")
     return out
@@ -257,11 +259,20 @@ def cmd_caption(a) -> int:
 
 
 def cmd_evaluate(a) -> int:
-    from .captioner import Captioner, Member
-    from .evaluate import evaluate_captioner
     import contextlib
 
-    from .fileio import file_lock, probe_writable
+    from .fileio import file_lock
+
+    with contextlib.ExitStack() as held:  # one writer per output: --out at once, the default once it is known
+        if a.out:
+            held.enter_context(file_lock(a.out))
+        return _evaluate(a, lambda out: None if a.out else held.enter_context(file_lock(out)))
+
+
+def _evaluate(a, lock) -> int:
+    from .captioner import Captioner, Member
+    from .evaluate import evaluate_captioner
+    from .fileio import probe_writable
     from .metrics import Meteor
 
     flags = decode_flags(a)
@@ -277,13 +288,13 @@ def cmd_evaluate(a) -> int:
     dec = cap.decoding.given(**flags)  # the checkpoint's decoding, with the flags given on top
     out = Path(a.out) if a.out else (Path(a.checkpoint).parent
                                      / f"eval_{a.split}_beam{dec.beam}{'_fused' if fused else ''}.json")
+    lock(out)
     check_output(out, [x for m in members for x in (m.checkpoint, m.features)] + [a.annotations], a.overwrite, _is_evaluation)
     probe_writable(out)  # fail before the work, not after
-    # an explicit --out is locked by main(); the default path, next to the checkpoint, here
-    with (file_lock(out) if not a.out else contextlib.nullcontext()), Meteor() as meteor:
+    with Meteor() as meteor:  # one JVM for every scoring below
         r = evaluate_captioner(cap, a.dataset, a.annotations, a.split, dec, meteor,
                                log=lambda m: print(m, file=sys.stderr), progress=not a.quiet)
-        _write_evaluation(a, r, out, members, dec)
+    _write_evaluation(a, r, out, members, dec)
     return 0
 
 
@@ -385,10 +396,7 @@ def cmd_report(a) -> int:
     if a.dataset and not a.root:
         raise S2VTError("--dataset needs --root (the dataset folder), for the keyframes")
     path_of = load_corpus(a.dataset, a.root).video_path if a.dataset else None
-    out = Path(a.out or Path(a.evaluation).with_suffix(".html"))
-    if out.exists() and not out.is_dir() and not out.is_file():  # a FIFO: reading it to check would block
-        raise S2VTError(f"--out {out} is not a regular file (a FIFO, socket or device); give a .html file path")
-    out = check_output(out, [a.evaluation], a.overwrite, _is_report)
+    out = check_output(Path(a.out or Path(a.evaluation).with_suffix(".html")), [a.evaluation], a.overwrite, _is_report)
     if out.suffix.lower() not in (".html", ".htm"):
         raise S2VTError(f"--out {out}: the report is an HTML page; give a .html path")
     print(f"wrote {write_report(a.evaluation, out, path_of)}")
@@ -707,10 +715,11 @@ def _catch_stop_signals() -> None:
             signal.signal(sig, _stop)
 
 
-# the output each command owns while it runs: (argument, kind); train and extract lock theirs themselves
-OUTPUTS = {"evaluate": ("out", "file"), "report": ("out", "file"), "merge-features": ("out", "file"),
-           "benchmark": ("out", "folder"), "export-features": ("out", "folder"), "synth": ("out_dir", "folder"),
-           "demo": ("workdir", "folder")}
+# the output each command owns while it runs: (argument, kind, its name in messages); train, extract,
+# import-features and evaluate (whose default path depends on the checkpoint) lock theirs themselves
+OUTPUTS = {"report": ("out", "file", "--out"), "merge-features": ("out", "file", "output"),
+           "benchmark": ("out", "folder", "--out"), "export-features": ("out", "folder", "--out"),
+           "synth": ("out_dir", "folder", "output folder"), "demo": ("workdir", "folder", "--workdir")}
 
 
 def output_lock(args):
@@ -719,12 +728,10 @@ def output_lock(args):
 
     from .fileio import file_lock, folder_lock
 
-    arg, kind = OUTPUTS.get(args.command, (None, None))
+    arg, kind, flag = OUTPUTS.get(args.command, (None, None, None))
     out = getattr(args, arg, None) if arg else None
     if not out:
         return contextlib.nullcontext()
-    flag = "output folder" if arg == "out_dir" else f"--{arg}" if arg != "out" or args.command != "merge-features" \
-        else "output"
     return (file_lock if kind == "file" else folder_lock)(out, flag)
 
 

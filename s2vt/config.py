@@ -79,8 +79,8 @@ def check_value(name: str, value: Any, f: dataclasses.Field, owner: str) -> None
 
 
 def _number(v) -> str:
-    """A bound or value for a message: powers of two near 64-bit limits by name, huge values shortened."""
-    names = {INT64_MAX: "2**63-1", -INT64_MAX - 1: "-2**63", 2 ** 32 - 1: "2**32-1"}
+    """A bound or value for a message: the 64-bit limits by name, huge values shortened."""
+    names = {INT64_MAX: "2**63-1", -INT64_MAX - 1: "-2**63"}
     if isinstance(v, int) and v in names:
         return f"{names[v]} ({v})"
     try:

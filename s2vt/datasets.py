@@ -47,6 +47,7 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from .errors import DataError, S2VTError
 from .ids import check_video_id
+from .inputs import check_input_file
 
 SPLITS = ("train", "val", "test")
 VIDEO_EXTENSIONS = (".avi", ".mp4", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv")
@@ -85,8 +86,9 @@ class Corpus:
 def read_lines(path: Path) -> Iterator[Tuple[int, str]]:
     """Yield (1-based line number, text) of a UTF-8 file; a bad byte names its line."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise DataError(path, "file not found")
+    check_input_file(path, max_bytes=None)  # a FIFO, socket, device or folder is named, never opened
     with open(path, "rb") as f:
         for n, raw in enumerate(f, 1):
             try:

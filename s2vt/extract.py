@@ -340,7 +340,7 @@ class Pipeline:
         if device.type == "cpu":
             keep_freed_memory()  # activations are reused, not mapped afresh for every call
         n_bufs = 2 if self.cuda else 1  # fill one while the other is being copied to the device
-        channels = getattr(backbone, "channels", 3)  # 6: RAFT's frame pairs
+        channels = getattr(backbone, "channels", 3)  # 6: RAFT's frame pairs (s2vt.raft.FlowFeatures)
         self.bufs = [torch.empty((batch_size, channels, size, size), dtype=torch.uint8, pin_memory=self.cuda)
                      for _ in range(n_bufs)]
         self.copied: List[Optional[torch.cuda.Event]] = [None] * n_bufs  # buffer's last H2D copy done

@@ -38,6 +38,10 @@ class InputError(S2VTError):
     """An input file that cannot be read as what it should be; the message names it."""
 
 
+class NotText(InputError):
+    """A regular file whose bytes are not UTF-8 text, or not JSON where JSON is read."""
+
+
 def _name(what: str, path) -> str:
     return f"{what} {path}" if what else f"{path}"
 
@@ -108,8 +112,8 @@ def read_text(path, what: str = "", max_bytes: int = MAX_BYTES) -> str:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         line = data[:e.start].count(b"\n") + 1
-        raise InputError(f"{_name(what, path)}:{line}: not UTF-8 text ({e.reason} at byte {e.start}); "
-                         "re-encode the file as UTF-8")
+        raise NotText(f"{_name(what, path)}:{line}: not UTF-8 text ({e.reason} at byte {e.start}); "
+                      "re-encode the file as UTF-8")
 
 
 def json_depth(text: str) -> int:
@@ -129,7 +133,7 @@ def parse_json(text: str, where: str, max_depth: int = MAX_DEPTH) -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
-        raise InputError(f"{where} is not valid JSON: {e}")
+        raise NotText(f"{where} is not valid JSON: {e}")
     except (ValueError, RecursionError) as e:
         if "integer string conversion" in str(e):
             raise InputError(f"{where} holds an integer of more than {sys.get_int_max_str_digits()} digits; "

@@ -18,7 +18,7 @@ import cv2
 from .errors import S2VTError
 from .fileio import atomic_write
 from .ids import id_problem
-from .inputs import InputError, check_input_file, read_json
+from .inputs import NotText, check_input_file, read_json
 from .video import Sampling, VideoError, iter_frames
 
 
@@ -173,10 +173,8 @@ def write_report(evaluation_json, out_html, video_path: Optional[Callable[[str],
                  title: str = "s2vt evaluation") -> Path:
     try:  # a regular UTF-8 file of at most 64 MiB, nested at most 64 levels (s2vt.inputs)
         ev = read_json(evaluation_json, "evaluation")
-    except InputError as e:
-        if "not valid JSON" in str(e) or "not UTF-8" in str(e):
-            raise S2VTError(f"{evaluation_json} is not an evaluation JSON written by `s2vt evaluate` ({e})")
-        raise
+    except NotText as e:
+        raise S2VTError(f"{evaluation_json} is not an evaluation JSON written by `s2vt evaluate` ({e})")
     check_evaluation(ev, evaluation_json)
     return atomic_write(Path(out_html), render(ev, video_path or store_sources(ev), title))
 

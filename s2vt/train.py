@@ -29,7 +29,7 @@ import torch
 from .batches import BatchStream, CaptionTable, EpochSampler, FeatureBank, StoreFeatures, num_frames, place_bank
 from .captioner import Captioner
 from .checkpoint import Checkpoint
-from .config import ConfigError, check_device, check_fields, from_dict, option
+from .config import INT64_MAX, ConfigError, check_device, check_fields, from_dict, option
 from .devices import configure
 from .datasets import load_corpus
 from .errors import S2VTError
@@ -83,7 +83,7 @@ class TrainConfig:
     val_every: int = option(1, "validate every N epochs (and after the last)", low=1)
     patience: int = option(0, "early stopping: validations without improvement (0: off)", low=0)
     shuffle_frames: bool = option(False, "the paper's random-frame-order ablation")
-    seed: int = option(0, "seed of the data order, frame shuffling and initial weights", low=0, high=2 ** 63 - 1)
+    seed: int = option(0, "seed of the data order, frame shuffling and initial weights", low=0, high=INT64_MAX)
     device: str = option("cpu", "cpu, cuda, cuda:1, ...")
     amp: bool = option(False, "mixed precision (CUDA only): a bf16 feature bank, the linear layers under bf16 "
                               "autocast, the LSTMs in fp32 (TF32 allowed); without it every op is IEEE fp32")
@@ -431,9 +431,7 @@ def _train(cfg: TrainConfig, device: torch.device, rank: int, world: int, resume
     """train() once the device (and, under torchrun, the process group) is set up: rank 0 holds the
     run folder's lock for the whole run, so a second run on the same --out stops at once."""
     out = Path(cfg.out)
-    if out.exists() and not out.is_dir():
-        raise S2VTError(f"--out {out} is a file, not a folder")
-    with folder_lock(out) if rank == 0 else contextlib.nullcontext():
+    with folder_lock(out) if rank == 0 else contextlib.nullcontext():  # a file at --out: refused by name
         return _train_locked(cfg, device, rank, world, resume, progress, meteor, overwrite, control)
 
 

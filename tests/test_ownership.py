@@ -77,7 +77,9 @@ def test_atomic_writes_never_touch_a_users_tmp_file_and_leave_no_scratch(tmp_pat
     assert {p: p.read_bytes() for p in mine} == mine
     assert out.read_text().strip().replace(" ", "").replace("\n", "") == '{"a":1}'
     assert not list(tmp_path.glob(f"*{SCRATCH_SUFFIX}")) and not list(tmp_path.glob(f".*{SCRATCH_SUFFIX}"))
-    assert oct(out.stat().st_mode & 0o777) != oct(0o600) or os.umask(0o22) == 0o177  # a usual mode, not mkstemp's
+    mask = os.umask(0)
+    os.umask(mask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~mask  # the usual mode of a new file, not mkstemp's 0600
 
 
 def test_a_full_disk_names_the_target_and_keeps_the_previous_file(tmp_path, monkeypatch):
