@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """CNN images/s on the CPU per batch size, with the allocator as extraction sets it
-(s2vt.hostmem.keep_freed_memory) and with glibc's defaults (a fresh interpreter).
+(s2vt.runtime.hostmem.keep_freed_memory) and with glibc's defaults (a fresh interpreter).
 
 Each setting runs the extraction's own Pipeline (staging, normalisation, CNN) on the same
 random uint8 images after a warm-up. The default batch sizes include the CPU default
@@ -38,8 +38,8 @@ def rates(args) -> dict:
     """{batch size: best images/s over the repeats}."""
     import torch
 
-    from s2vt.backbones import Backbone
-    from s2vt.extract import ExtractConfig, Pipeline
+    from s2vt.features.backbones.registry import Backbone
+    from s2vt.features.extract import ExtractConfig, Pipeline
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -11,10 +11,10 @@ import time
 
 import torch
 
-from s2vt.devices import resolve, synchronize
-from s2vt.devices import name as device_name
-from s2vt.decoding import beam_search
-from s2vt.model import ModelConfig, S2VT
+from s2vt.runtime.devices import resolve, synchronize
+from s2vt.runtime.devices import name as device_name
+from s2vt.decoding.search import beam_search
+from s2vt.models.s2vt import ModelConfig, S2VT
 
 
 def parse_args(argv=None):

@@ -4,7 +4,7 @@
 Measures (1) decode-only: the same worker processes decoding, sampling and cropping,
 without the CNN; (2) CNN-only: the extraction's device pipeline (staging, transfers, CNN)
 on ready uint8 images, as many as decoding produced; (3) the full extraction into an HDF5
-store. Goal: extraction <= 1.15x max(decode-only, CNN-only). Logic: s2vt.extract.time_stages.
+store. Goal: extraction <= 1.15x max(decode-only, CNN-only). Logic: s2vt.features.extract.time_stages.
 
   python scripts/bench_extract.py --clips 12 --frames 60 --stream flow          # CPU, small
   python scripts/bench_extract.py --device cuda --bf16 --workers 12 --batch-size 256 --clips 96 --json
@@ -14,9 +14,9 @@ import json
 import tempfile
 from pathlib import Path
 
-from s2vt import extract
-from s2vt.extract import CPU_BATCH, GPU_BATCH, ExtractConfig, time_stages
-from s2vt.synth import SynthConfig, generate
+from s2vt.features import extract
+from s2vt.features.extract import CPU_BATCH, GPU_BATCH, ExtractConfig, time_stages
+from s2vt.data.synth import SynthConfig, generate
 
 
 def parse_args(argv=None):
@@ -34,7 +34,7 @@ def parse_args(argv=None):
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ...")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast (GPU)")
     p.add_argument("--no-turns", action="store_true",
-                   help="CPU: let decoding workers run while the CNN computes (see s2vt.extract.cpu_gate)")
+                   help="CPU: let decoding workers run while the CNN computes (see s2vt.features.extract.cpu_gate)")
     p.add_argument("--json", action="store_true", help="last stdout line: one JSON object of the figures")
     return p.parse_args(argv)
 

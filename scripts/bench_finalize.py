@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from s2vt.store import FeatureStore, FeatureWriter
+from s2vt.features.store import FeatureStore, FeatureWriter
 
 
 def parse_args(argv=None):

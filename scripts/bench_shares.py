@@ -2,7 +2,7 @@
 """Decoding workers sharing one list of videos, against a fixed share per worker.
 
 Extraction's workers each take the next video no worker has taken yet, and their chunks
-are passed on as they finish (``s2vt.extract.SHARE_VIDEOS``). The baseline gives worker k
+are passed on as they finish (``s2vt.features.extract.SHARE_VIDEOS``). The baseline gives worker k
 the videos k, k+W, k+2W, ... and passes chunks on in turn, worker by worker (the
 DataLoader's default for an iterable dataset). With videos of different lengths the
 baseline leaves workers idle while one finishes its share. Measured: the decode-only
@@ -20,9 +20,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from s2vt import extract
-from s2vt.extract import ExtractConfig
-from s2vt.synth import SynthConfig, generate
+from s2vt.features import extract
+from s2vt.features.extract import ExtractConfig
+from s2vt.data.synth import SynthConfig, generate
 
 
 def parse_args(argv=None):

@@ -22,7 +22,7 @@ Per batch size, four figures (samples/s):
 With ``--objective scst`` each batch size also gets ``scst``: seconds of one self-critical
 step (K samples and the greedy caption per video, CIDEr-D rewards, teacher-forced log p, backward,
 Adam), of the CIDEr-D rewards alone (B*K samples + B greedy captions against the references,
-s2vt.scst.CiderD), and of our cross-entropy step on the same batch.
+s2vt.training.scst.CiderD), and of our cross-entropy step on the same batch.
 """
 import argparse
 import json
@@ -36,15 +36,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from s2vt.batches import BatchStream, CaptionTable, EpochSampler, FeatureBank, place_bank
-from s2vt.devices import configure, resolve, synchronize
-from s2vt.devices import name as device_name
-from s2vt.hostmem import keep_freed_memory
-from s2vt.model import run_lstm
-from s2vt.model import ModelConfig, S2VT
-from s2vt.store import FeatureStore, FeatureWriter
-from s2vt.train import TrainConfig, make_optimizer, train_step
-from s2vt.vocab import Vocab
+from s2vt.training.batches import BatchStream, CaptionTable, EpochSampler, FeatureBank, place_bank
+from s2vt.runtime.devices import configure, resolve, synchronize
+from s2vt.runtime.devices import name as device_name
+from s2vt.runtime.hostmem import keep_freed_memory
+from s2vt.models.s2vt import run_lstm
+from s2vt.models.s2vt import ModelConfig, S2VT
+from s2vt.features.store import FeatureStore, FeatureWriter
+from s2vt.training.loop import TrainConfig, make_optimizer, train_step
+from s2vt.data.vocab import Vocab
 
 
 def parse_args(argv=None):
@@ -64,7 +64,7 @@ def parse_args(argv=None):
     p.add_argument("--objective", choices=["xe", "scst"], default="xe", help="scst: also time the self-critical step")
     p.add_argument("--scst-samples", type=int, default=5, help="captions sampled per video (--objective scst)")
     p.add_argument("--default-allocator", action="store_true",
-                   help="keep glibc's malloc defaults (s2vt train keeps freed memory on the CPU: s2vt.hostmem)")
+                   help="keep glibc's malloc defaults (s2vt train keeps freed memory on the CPU: s2vt.runtime.hostmem)")
     return p.parse_args(argv)
 
 
@@ -79,7 +79,7 @@ class Ceiling(nn.Module):
         B, T, _ = feats.shape
         L = words.shape[1]
         x1 = torch.cat([self.proj(feats), feats.new_zeros(B, L, self.proj.out_features)], 1)
-        h1, _ = run_lstm(self.l1, x1)  # the LSTMs in fp32, as s2vt.model runs them
+        h1, _ = run_lstm(self.l1, x1)  # the LSTMs in fp32, as s2vt.models.s2vt runs them
         w = torch.cat([words.new_zeros(B, T), words], 1)
         h2, _ = run_lstm(self.l2, torch.cat([h1, self.emb(w)], -1))
         return F.cross_entropy(self.out(h2[:, T:]).flatten(0, 1).float(), targets.flatten())
@@ -196,7 +196,7 @@ def bench_ours(B, args, device, stream, n_samples, vocab_size) -> dict:
 
 def bench_scst(B, args, device, stream, n_samples, vocab, items) -> dict:
     """Seconds per SCST step, per CIDEr-D reward computation, per cross-entropy step (same model, batch B)."""
-    from s2vt.scst import CiderD, SCSTLoss, reference_ids
+    from s2vt.training.scst import CiderD, SCSTLoss, reference_ids
 
     cfg = TrainConfig(batch_size=B, lr=1e-5, amp=args.amp, device=str(device))
     torch.manual_seed(0)
@@ -232,7 +232,7 @@ def bench_scst(B, args, device, stream, n_samples, vocab, items) -> dict:
 def main(args):
     device = resolve(args.device)
     if args.default_allocator:
-        os.environ["S2VT_KEEP_FREED_MEMORY"] = "0"  # s2vt.hostmem then keeps glibc's defaults
+        os.environ["S2VT_KEEP_FREED_MEMORY"] = "0"  # s2vt.runtime.hostmem then keeps glibc's defaults
     configure(device, fp32=not args.amp)  # as s2vt train does
     if device.type == "cpu":
         keep_freed_memory()  # as s2vt train does

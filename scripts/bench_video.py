@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Frame sampling: s2vt's reader against reading every frame, on the same generated clips.
 
-``s2vt.video.iter_frames`` calls ``grab()`` for every frame (the codec still decodes it: a
+``s2vt.video.reader.iter_frames`` calls ``grab()`` for every frame (the codec still decodes it: a
 frame count is only trusted once decoded) but ``retrieve()`` (conversion to BGR) and the
 resize only for sampled frames. The baseline calls ``read()`` (grab + retrieve) for every
 frame and keeps the same ones. Both must yield identical frames; the script checks it.
@@ -20,8 +20,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from s2vt.synth import SynthConfig, generate
-from s2vt.video import Sampling, _shrink, iter_frames, open_video
+from s2vt.data.synth import SynthConfig, generate
+from s2vt.video.reader import Sampling, _shrink, iter_frames, open_video
 
 
 def read_every_frame(path, sampling: Sampling):

@@ -21,7 +21,7 @@ def msvd_dir():
 @pytest.fixture(scope="session")
 def tiny_synth(tmp_path_factory):
     """A small embedded dataset written once per test session."""
-    from s2vt.synth import SynthConfig, generate
+    from s2vt.data.synth import SynthConfig, generate
 
     out = tmp_path_factory.mktemp("synth")
     cfg = SynthConfig(train=12, val=4, test=4, frames=16, width=64, height=48, seed=3)
@@ -32,8 +32,8 @@ def tiny_synth(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_features(tiny_synth, tmp_path_factory):
     """RGB and flow feature stores of the tiny dataset (EfficientNet-Lite0 at 64 px)."""
-    from s2vt.datasets import load_corpus
-    from s2vt.extract import ExtractConfig, extract
+    from s2vt.data.corpora import load_corpus
+    from s2vt.features.extract import ExtractConfig, extract
 
     root, _ = tiny_synth
     corpus = load_corpus("synthetic", root)

@@ -2,11 +2,11 @@
 import pytest
 import torch
 
-from s2vt.attention import AttentionS2VT
-from s2vt.checkpoint import Checkpoint, CheckpointError
-from s2vt.decoding import Fusion, beam_search, greedy
-from s2vt.model import ModelConfig
-from s2vt.vocab import Vocab
+from s2vt.models.attention import AttentionS2VT
+from s2vt.models.checkpoint import Checkpoint, CheckpointError
+from s2vt.decoding.search import Fusion, beam_search, greedy
+from s2vt.models.s2vt import ModelConfig
+from s2vt.data.vocab import Vocab
 
 
 def tiny(seed=0, **kw):
@@ -73,9 +73,9 @@ def test_attention_models_train_evaluate_fuse_and_caption_raw_files(tiny_feature
     import subprocess
     import sys
 
-    from s2vt.captioner import Captioner, Member
-    from s2vt.datasets import load_corpus
-    from s2vt.train import TrainConfig, train
+    from s2vt.captioning.captioner import Captioner, Member
+    from s2vt.data.corpora import load_corpus
+    from s2vt.training.loop import TrainConfig, train
 
     root, stores = tiny_features
     for stream in ("rgb", "flow"):

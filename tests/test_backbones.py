@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from s2vt.backbones import Backbone, Preprocess, normalize, prepare, resolve_weights
-from s2vt.errors import S2VTError, WeightsNotFound
+from s2vt.features.backbones.registry import Backbone, Preprocess, normalize, prepare, resolve_weights
+from s2vt.runtime.errors import S2VTError, WeightsNotFound
 
 
 def _frames():

@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from s2vt.batches import (Batch, BatchStream, CaptionTable, EpochSampler, FeatureBank, cap_frames,
+from s2vt.training.batches import (Batch, BatchStream, CaptionTable, EpochSampler, FeatureBank, cap_frames,
                           frame_permutation, place_bank)
-from s2vt.store import FeatureStore, FeatureWriter
-from s2vt.vocab import Vocab
+from s2vt.features.store import FeatureStore, FeatureWriter
+from s2vt.data.vocab import Vocab
 
 WORDS = [f"w{i}" for i in range(30)]
 
@@ -115,7 +115,7 @@ def test_bank_holds_capped_frames_back_to_back(corpus):
 
 
 def test_bank_is_placed_where_it_fits(monkeypatch):
-    from s2vt import batches
+    from s2vt.training import batches
 
     monkeypatch.setattr(batches, "available_memory", lambda: 1000)
     assert place_bank(400, torch.device("cpu")) == "device"
@@ -131,7 +131,7 @@ def test_captions_are_tokenised_once_with_lengths(corpus):
 
 
 def test_bank_serves_captioning_the_same_frames_as_the_store(corpus):
-    from s2vt.batches import StoreFeatures
+    from s2vt.training.batches import StoreFeatures
 
     store, items, vocab = corpus
     vids = [v for v, _ in items]
@@ -144,7 +144,7 @@ def test_bank_serves_captioning_the_same_frames_as_the_store(corpus):
 def test_epoch_order_takes_every_seed_up_to_2_63_and_is_unchanged_for_small_ones():
     import torch
 
-    from s2vt.batches import EpochSampler
+    from s2vt.training.batches import EpochSampler
 
     big = EpochSampler(10, 4, seed=2 ** 63 - 1).batches(3)
     assert sorted(i for b in big for i in b) == list(range(10))

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from s2vt.cli import main
+from s2vt.cli.commands import main
 
 
 @pytest.fixture(scope="module")
 def run(tiny_features, tmp_path_factory):
-    from s2vt.model import ModelConfig
-    from s2vt.train import TrainConfig, train
+    from s2vt.models.s2vt import ModelConfig
+    from s2vt.training.loop import TrainConfig, train
 
     root, stores = tiny_features
     out = tmp_path_factory.mktemp("cli") / "run"
@@ -132,7 +132,7 @@ def test_runtime_oserror_is_one_line_naming_the_file(tmp_path, capsys):
 
 
 def test_an_oserror_naming_no_file_reads_cleanly(capsys, monkeypatch):
-    import s2vt.cli as cli
+    import s2vt.cli.commands as cli
 
     def locked(args):  # how h5py reports a file another process holds: no filename
         raise OSError("Unable to synchronously open file (unable to lock file, errno = 11)")
@@ -248,7 +248,7 @@ def test_synth_refuses_values_that_make_no_sense_and_writes_nothing(tmp_path, ca
 
 
 def test_an_interrupted_train_says_how_to_go_on(run, tmp_path, capsys, monkeypatch):
-    import s2vt.train as tr
+    import s2vt.training.loop as tr
 
     root, stores, _ = run
     argv = ["train", "--dataset", "synthetic", "--annotations", str(root), "--features", str(stores["rgb"]),
@@ -276,7 +276,7 @@ def test_an_interrupted_train_says_how_to_go_on(run, tmp_path, capsys, monkeypat
 
 
 def test_list_file_skips_comments_and_a_byte_order_mark(tmp_path):
-    from s2vt.cli import _list_items
+    from s2vt.cli.commands import _list_items
 
     lst = tmp_path / "videos.txt"
     lst.write_bytes("\ufeffa/clip1.avi\n# my note\n\n  # indented note\nv2\tb/clip2.mp4\n".encode("utf-8"))

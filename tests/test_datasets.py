@@ -4,8 +4,8 @@ import sys
 
 import pytest
 
-from s2vt.datasets import load_corpus, msvd_split_of
-from s2vt.errors import DataError, S2VTError
+from s2vt.data.corpora import load_corpus, msvd_split_of
+from s2vt.runtime.errors import DataError, S2VTError
 
 
 def test_msvd_counts_on_real_files(msvd_dir):

@@ -5,10 +5,10 @@ import os
 
 import pytest
 
-import s2vt.datasets as ds
-from s2vt.cli import main
-from s2vt.datasets import load_corpus
-from s2vt.errors import DataError, S2VTError
+import s2vt.data.corpora as ds
+from s2vt.cli.commands import main
+from s2vt.data.corpora import load_corpus
+from s2vt.runtime.errors import DataError, S2VTError
 
 
 def _video(vid, split):

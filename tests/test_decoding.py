@@ -2,10 +2,10 @@
 
 import torch
 
-from s2vt.errors import S2VTError
+from s2vt.runtime.errors import S2VTError
 
-from s2vt.decoding import EOS, Fusion, beam_search, greedy
-from s2vt.model import ModelConfig, S2VT
+from s2vt.decoding.search import EOS, Fusion, beam_search, greedy
+from s2vt.models.s2vt import ModelConfig, S2VT
 
 # vocabulary: 0 pad, 1 bos, 2 eos, 3 unk, 4 "a", 5 "b", 6 "c"
 V = 7

@@ -10,8 +10,8 @@ import sys
 import pytest
 
 import s2vt
-from s2vt.checkpoint import Checkpoint
-from s2vt.cli import main
+from s2vt.models.checkpoint import Checkpoint
+from s2vt.cli.commands import main
 
 
 def cli(*args) -> int:
@@ -38,8 +38,8 @@ def runs(tiny_features, tmp_path_factory):
 
 
 def test_the_checkpoints_decoding_is_the_default_and_flags_override_it(tiny_features, runs, capsys):
-    from s2vt.captioner import Captioner, Member
-    from s2vt.cli import build_parser, decode_flags
+    from s2vt.captioning.captioner import Captioner, Member
+    from s2vt.cli.commands import build_parser, decode_flags
 
     root, stores = tiny_features
     ck = runs["rgb", 0]
@@ -74,7 +74,7 @@ def test_fusion_is_tuned_with_the_reported_decoding_and_never_loses_to_either_mo
     # tuning and reporting agree: on the split it was tuned on, the reported score is the curve's best
     assert fused["metrics"]["METEOR"] == pytest.approx(curve[fused["alpha"]]) == pytest.approx(max(curve.values()))
     # the grid's ends are the single models: a member of weight 0 is not run at all
-    from s2vt.captioner import Captioner, Member
+    from s2vt.captioning.captioner import Captioner, Member
 
     members = [Member(str(runs["rgb", 1]), str(stores["rgb"])), Member(str(runs["flow", 0]), str(stores["flow"]))]
     both = Captioner.from_members(members, streams=["rgb", "flow"])

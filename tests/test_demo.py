@@ -4,9 +4,9 @@ import re
 
 import pytest
 
-from s2vt.demo import MARKER, findings, prepare_workdir, run_demo
-from s2vt.seeds import compare
-from s2vt.errors import S2VTError
+from s2vt.apps.demo import MARKER, findings, prepare_workdir, run_demo
+from s2vt.evaluation.stats import compare
+from s2vt.runtime.errors import S2VTError
 
 
 def test_refuses_a_users_folder_and_deletes_nothing(tmp_path):
@@ -88,8 +88,8 @@ def test_tiny_preset_writes_every_artefact_and_reuses_finished_stages(tmp_path, 
 def test_presets_are_configs_that_round_trip_through_json():
     from dataclasses import asdict
 
-    from s2vt.demo import PRESETS, DemoPreset
-    from s2vt.errors import S2VTError
+    from s2vt.apps.demo import PRESETS, DemoPreset
+    from s2vt.runtime.errors import S2VTError
 
     for name, p in PRESETS.items():
         assert DemoPreset.from_dict(json.loads(json.dumps(asdict(p)))) == p, name

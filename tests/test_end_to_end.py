@@ -7,8 +7,8 @@ import sys
 import pytest
 import torch
 
-from s2vt.model import ModelConfig
-from s2vt.train import TrainConfig, train
+from s2vt.models.s2vt import ModelConfig
+from s2vt.training.loop import TrainConfig, train
 
 
 def run(*args, ok=True):
@@ -34,7 +34,7 @@ def trained(tiny_features, tmp_path_factory):
 
 def test_caption_raw_videos_and_a_bad_file(trained, tmp_path):
     root, stores, runs = trained
-    from s2vt.datasets import load_corpus
+    from s2vt.data.corpora import load_corpus
 
     corpus = load_corpus("synthetic", root)
     vid = corpus.splits["test"][0]
@@ -54,10 +54,10 @@ def test_caption_from_raw_video_equals_caption_from_store(trained):
     """Features computed at caption time equal the extracted ones bit for bit (whatever the batch
     sizes), so the captions agree."""
     root, stores, runs = trained
-    from s2vt.caption import video_captioner
-    from s2vt.captioner import Captioner, Member
-    from s2vt.datasets import load_corpus
-    from s2vt.store import FeatureStore
+    from s2vt.captioning.videos import video_captioner
+    from s2vt.captioning.captioner import Captioner, Member
+    from s2vt.data.corpora import load_corpus
+    from s2vt.features.store import FeatureStore
 
     corpus = load_corpus("synthetic", root)
     vc = video_captioner([str(runs["rgb"])])
@@ -109,7 +109,7 @@ def test_report_renders_in_headless_chromium(trained, tmp_path):
     browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
     if not browser:
         pytest.skip("no Chromium installed (apt-get install chromium) - report rendering not checked")
-    from s2vt.report import render
+    from s2vt.evaluation.report import render
 
     ev = {"metrics": {"METEOR": 0.5}, "videos": {"v1": {"caption": "a <b>", "references": ["x"], "METEOR": 0.2},
                                                  "v2": {"caption": "c", "references": ["y"], "METEOR": 0.9}}}
@@ -137,7 +137,7 @@ def test_benchmark_table_has_paper_rows(trained, tmp_path):
 
 
 def test_table_shows_a_dash_where_the_paper_has_no_figure():
-    from s2vt.benchmark import markdown_table
+    from s2vt.evaluation.benchmark import markdown_table
 
     m = {"METEOR": 0.25}
     table = markdown_table({"RGB": {"msvd test": m, "msrvtt test": m}}, ["msvd test", "msrvtt test"], ("METEOR",),

@@ -13,11 +13,11 @@ import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from s2vt import batches as batches_mod
-from s2vt.batches import Batch, BatchStream, CaptionTable, FeatureBank, place_bank
-from s2vt.config import ConfigError, check_device
-from s2vt.store import FeatureStore, FeatureWriter
-from s2vt.vocab import Vocab
+from s2vt.training import batches as batches_mod
+from s2vt.training.batches import Batch, BatchStream, CaptionTable, FeatureBank, place_bank
+from s2vt.runtime.config import ConfigError, check_device
+from s2vt.features.store import FeatureStore, FeatureWriter
+from s2vt.data.vocab import Vocab
 
 pytestmark = pytest.mark.fake_cuda
 WORDS = [f"w{i}" for i in range(20)]
@@ -75,8 +75,8 @@ def test_cuda_devices_are_normalised_with_their_index(gpus, monkeypatch):
 
 
 def test_extraction_under_torchrun_takes_its_own_gpu_and_share_of_cores(gpus, monkeypatch):
-    from s2vt import extract as extract_mod
-    from s2vt.extract import ExtractConfig
+    from s2vt.features import extract as extract_mod
+    from s2vt.features.extract import ExtractConfig
 
     gpus(n=2)
     monkeypatch.setattr(extract_mod, "usable_cores", lambda: 16)
@@ -207,7 +207,7 @@ def test_host_path_gathers_into_reused_pinned_buffers_and_waits_on_each_copy_alo
 def test_lengths_moved_to_the_gpu_by_ddp_still_pack_on_the_cpu(fake_cuda):
     from torch.distributed.utils import _to_kwargs
 
-    from s2vt.model import step_lengths
+    from s2vt.models.s2vt import step_lengths
 
     feats = torch.zeros(3, 5, 4, device="cuda")
     words = torch.ones(3, 4, dtype=torch.long, device="cuda")
@@ -222,7 +222,7 @@ def test_lengths_moved_to_the_gpu_by_ddp_still_pack_on_the_cpu(fake_cuda):
 
 
 def test_a_resumed_optimiser_uses_the_implementation_of_its_device(corpus, fake_cuda):
-    from s2vt.train import make_optimizer, restore, TrainConfig
+    from s2vt.training.loop import make_optimizer, restore, TrainConfig
 
     class Ck:
         pass
@@ -244,7 +244,7 @@ def test_a_resumed_optimiser_uses_the_implementation_of_its_device(corpus, fake_
 
 
 def test_fp32_on_the_gpu_means_ieee_fp32_and_extraction_lets_cudnn_pick_algorithms():
-    from s2vt.devices import configure, cuda_settings
+    from s2vt.runtime.devices import configure, cuda_settings
 
     saved = cuda_settings()
     try:
@@ -278,8 +278,8 @@ def test_every_op_of_the_amp_step_is_in_a_dtype_the_help_names(monkeypatch):
     """--amp: the linear layers in bf16 under autocast, the LSTMs in fp32 with autocast off (CUDA's autocast
     would send cuDNN's LSTM to fp16), the loss in fp32; nothing in fp16. Checked under CPU autocast, whose
     policy for these ops is the same; the LSTM check is the device-independent part."""
-    from s2vt.model import ModelConfig, S2VT
-    from s2vt.train import TrainConfig, make_optimizer, train_step
+    from s2vt.models.s2vt import ModelConfig, S2VT
+    from s2vt.training.loop import TrainConfig, make_optimizer, train_step
 
     torch.manual_seed(0)
     model = S2VT(ModelConfig(feat_dim=6, vocab_size=12, embed=4, hidden=5, dropout=0.0))

@@ -1,5 +1,5 @@
 """Hostile files and numbers a user's command loads: each gives ONE line naming the file or flag and a
-non-zero exit; never an internal error, a traceback, a hang or an out-of-memory kill (s2vt.inputs)."""
+non-zero exit; never an internal error, a traceback, a hang or an out-of-memory kill (s2vt.runtime.inputs)."""
 import json
 import os
 import subprocess
@@ -8,8 +8,8 @@ import sys
 import pytest
 import torch
 
-from s2vt.cli import main
-from s2vt.errors import S2VTError
+from s2vt.cli.commands import main
+from s2vt.runtime.errors import S2VTError
 
 
 def one_line(capsys, argv, *needles, code=2):
@@ -88,7 +88,7 @@ def test_deep_or_non_utf8_json_is_refused(tmp_path, capsys):
     (tmp_path / "digits.json").write_text('{"seed": ' + "9" * 5000 + "}")
     one_line(capsys, ["train", "--config", tmp_path / "digits.json"], "--config", "digits")
     (tmp_path / "ok.json").write_text('{"a": "[[[[" }')  # brackets inside strings do not count
-    from s2vt.inputs import read_json
+    from s2vt.runtime.inputs import read_json
     assert read_json(tmp_path / "ok.json") == {"a": "[[[["}
 
 
@@ -157,7 +157,7 @@ def test_score_without_meteor_needs_no_java(tmp_path):
 def test_python_tokenizer_equals_ptb_on_ordinary_captions():
     import shutil
 
-    from s2vt.metrics import ptb_tokenize, py_tokenize
+    from s2vt.evaluation.metrics import ptb_tokenize, py_tokenize
 
     if not shutil.which("java"):
         pytest.skip("no Java runtime")
@@ -170,10 +170,10 @@ def test_python_tokenizer_equals_ptb_on_ordinary_captions():
 
 @pytest.fixture(scope="module")
 def good_checkpoint(tmp_path_factory):
-    from s2vt.checkpoint import Checkpoint
-    from s2vt.decoders import build_model
-    from s2vt.model import ModelConfig
-    from s2vt.vocab import Vocab
+    from s2vt.models.checkpoint import Checkpoint
+    from s2vt.models.registry import build_model
+    from s2vt.models.s2vt import ModelConfig
+    from s2vt.data.vocab import Vocab
 
     vocab = Vocab(["a", "b"])
     model = build_model(ModelConfig(feat_dim=4, vocab_size=len(vocab), embed=4, hidden=4))
@@ -204,7 +204,7 @@ def _edit(d):
     (lambda d: d.update(optimizer={"state": {}, "param_groups": [{"params": [0]}]}), "optimizer"),
 ])
 def test_hand_edited_checkpoint_fields_are_refused_at_load(good_checkpoint, tmp_path, capsys, edit, field):
-    from s2vt.checkpoint import CheckpointError, load
+    from s2vt.models.checkpoint import CheckpointError, load
 
     assert load(good_checkpoint).build_model() is not None
     d = torch.load(good_checkpoint, weights_only=True)
@@ -257,7 +257,7 @@ def hanging_java(tmp_path):
 
 @pytest.mark.parametrize("meteor", [False, True])
 def test_a_hanging_jvm_is_named_with_the_variable_to_raise(tmp_path, hanging_java, meteor):
-    from s2vt.metrics import _PTB_CACHE
+    from s2vt.evaluation.metrics import _PTB_CACHE
 
     _PTB_CACHE.clear()
     (tmp_path / "r.tsv").write_text("v1\tan unseen caption for the cache\n")
@@ -269,7 +269,7 @@ def test_a_hanging_jvm_is_named_with_the_variable_to_raise(tmp_path, hanging_jav
 
 
 def test_meteor_start_is_bounded(hanging_java, monkeypatch):
-    from s2vt.metrics import Meteor, MetricError
+    from s2vt.evaluation.metrics import Meteor, MetricError
 
     for k, v in hanging_java.items():
         monkeypatch.setenv(k, v)
@@ -279,7 +279,7 @@ def test_meteor_start_is_bounded(hanging_java, monkeypatch):
 
 
 def test_a_bad_java_timeout_is_named(tmp_path, monkeypatch):
-    from s2vt.metrics import MetricError, java_timeout
+    from s2vt.evaluation.metrics import MetricError, java_timeout
 
     monkeypatch.setenv("S2VT_JAVA_TIMEOUT", "soon")
     with pytest.raises(MetricError, match="S2VT_JAVA_TIMEOUT"):
@@ -294,11 +294,11 @@ def test_a_bad_java_timeout_is_named(tmp_path, monkeypatch):
 ])
 def test_recorded_extraction_settings_are_checked_at_load_in_the_signatures_words(tmp_path, capsys, key, value,
                                                                                   needle):
-    from s2vt.checkpoint import Checkpoint, CheckpointError, load
-    from s2vt.decoders import build_model
-    from s2vt.extract import ExtractConfig, make_signature
-    from s2vt.model import ModelConfig
-    from s2vt.vocab import Vocab
+    from s2vt.models.checkpoint import Checkpoint, CheckpointError, load
+    from s2vt.models.registry import build_model
+    from s2vt.features.extract import ExtractConfig, make_signature
+    from s2vt.models.s2vt import ModelConfig
+    from s2vt.data.vocab import Vocab
 
     class Lite0Stub:  # what make_signature reads of a backbone, without loading one
         def signature(self):
@@ -332,7 +332,7 @@ def test_recorded_extraction_settings_are_checked_at_load_in_the_signatures_word
     (["nosuch"], "s2vt: error: argument COMMAND: invalid choice"),
 ])
 def test_usage_errors_are_one_line_naming_the_help(argv, needle, capsys):
-    from s2vt.cli import main
+    from s2vt.cli.commands import main
 
     with pytest.raises(SystemExit) as e:
         main(argv)
@@ -342,12 +342,12 @@ def test_usage_errors_are_one_line_naming_the_help(argv, needle, capsys):
 
 
 def test_fifo_stores_and_weight_files_are_named_as_fifos(fifo, good_checkpoint, capsys):
-    from s2vt.store import FeatureStore
+    from s2vt.features.store import FeatureStore
 
     with pytest.raises(S2VTError, match="feature file .*fifo is a FIFO"):
         FeatureStore(fifo)
-    from s2vt.backbones import resolve_weights
-    from s2vt.raft import resolve_flow_weights
+    from s2vt.features.backbones.registry import resolve_weights
+    from s2vt.features.raft import resolve_flow_weights
 
     for fn, flag in ((lambda: resolve_weights("alexnet", str(fifo)), "--weights"),
                      (lambda: resolve_flow_weights("raft_small", str(fifo)), "--flow-weights")):
@@ -361,7 +361,7 @@ def test_demo_seeds_must_be_distinct(capsys, tmp_path):
 
 
 def test_a_bad_java_timeout_is_a_setup_error_exit_2(tmp_path, monkeypatch, capsys):
-    from s2vt.cli import main
+    from s2vt.cli.commands import main
 
     (tmp_path / "r.tsv").write_text("v1\ta cat\n")
     monkeypatch.setenv("S2VT_JAVA_TIMEOUT", "abc")

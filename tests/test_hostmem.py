@@ -6,7 +6,7 @@ import pytest
 
 PROBE = r"""
 import ctypes, sys
-from s2vt import hostmem
+from s2vt.runtime import hostmem
 if sys.argv[1] == "tuned":
     assert hostmem.keep_freed_memory() and hostmem.keep_freed_memory()  # idempotent
 if sys.argv[1] == "opted out":
@@ -43,7 +43,7 @@ def test_large_blocks_come_from_the_heap_once_tuned():
 
 RETURN_PROBE = r"""
 import ctypes
-from s2vt import hostmem
+from s2vt.runtime import hostmem
 def resident():
     return int(open("/proc/self/statm").read().split()[1]) * 4096
 assert hostmem.keep_freed_memory()

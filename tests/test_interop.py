@@ -5,9 +5,9 @@ import h5py
 import numpy as np
 import pytest
 
-from s2vt.cli import main
-from s2vt.interop import file_id
-from s2vt.store import FeatureStore
+from s2vt.cli.commands import main
+from s2vt.features.interop import file_id
+from s2vt.features.store import FeatureStore
 
 D = 16
 TRAIN, VAL, TEST = ["vid1", "vid2", "vid3", "vid4", "vid5", "vid6"], ["vid1201", "vid1202"], ["vid1301", "vid1302"]
@@ -161,8 +161,8 @@ def _hand_made(path, sig, failed=True, features=True):
 
 
 def test_hand_made_stores_work_or_name_what_is_missing(msvd_dir, tmp_path, capsys):
-    from s2vt.errors import S2VTError
-    from s2vt.signature import check_complete
+    from s2vt.runtime.errors import S2VTError
+    from s2vt.features.signature import check_complete
 
     minimal = {"format_version": 1, "stream": "rgb", "backbone": "imported:mine", "dim": 4}
     _hand_made(tmp_path / "ok.h5", minimal)

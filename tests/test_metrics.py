@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from s2vt.metrics import Meteor, MetricError, ptb_tokenize, score
+from s2vt.evaluation.metrics import Meteor, MetricError, ptb_tokenize, score
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +116,7 @@ def test_score_cli(tmp_path, meteor):
 
 METEOR_THEN_WAIT = """
 import time
-from s2vt.metrics import Meteor
+from s2vt.evaluation.metrics import Meteor
 m = Meteor()
 print(m.proc.pid, flush=True)
 time.sleep(120)
@@ -139,7 +139,7 @@ def test_meteor_jvm_dies_with_a_killed_run():
     import threading
     import time
 
-    from s2vt.workers import child_dies_with_us
+    from s2vt.runtime.workers import child_dies_with_us
 
     p = subprocess.Popen([sys.executable, "-c", METEOR_THEN_WAIT], stdout=subprocess.PIPE, text=True)
     jvm = int(p.stdout.readline())
@@ -157,7 +157,7 @@ def test_meteor_jvm_dies_with_a_killed_run():
 
 
 def test_tokenized_lines_are_cached_and_equal_a_fresh_tokenization(monkeypatch):
-    from s2vt import metrics
+    from s2vt.evaluation import metrics
 
     lines = ["A man's \"slicing\" a cucumber.", "Two dogs, running!", "a man is slicing a cucumber"]
     monkeypatch.setattr(metrics, "_PTB_CACHE", {})

@@ -1,8 +1,8 @@
 import torch
 
-from s2vt.batches import pad_features
-from s2vt.model import ModelConfig, S2VT
-from s2vt.vocab import Vocab
+from s2vt.training.batches import pad_features
+from s2vt.models.s2vt import ModelConfig, S2VT
+from s2vt.data.vocab import Vocab
 
 
 def collate_captions(samples):

@@ -12,14 +12,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from s2vt.errors import S2VTError
-from s2vt.fileio import SCRATCH_SUFFIX, atomic_write, folder_lock, write_json
+from s2vt.runtime.errors import S2VTError
+from s2vt.runtime.fileio import SCRATCH_SUFFIX, atomic_write, folder_lock, write_json
 
 from videos import moving_square, write
 
 HOLD = """
 import sys, time
-from s2vt.fileio import folder_lock
+from s2vt.runtime.fileio import folder_lock
 with folder_lock(sys.argv[1]):
     print("held", flush=True)
     time.sleep(120)
@@ -115,7 +115,7 @@ def _clips(folder: Path) -> Path:
 
 
 def test_a_users_folder_named_like_the_staging_folder_is_refused_and_kept(tmp_path, capsys):
-    from s2vt.cli import main
+    from s2vt.cli.commands import main
 
     videos = _clips(tmp_path / "v")
     out = tmp_path / "f.h5"
@@ -136,7 +136,7 @@ def test_a_users_folder_named_like_the_staging_folder_is_refused_and_kept(tmp_pa
 
 
 def test_synth_overwrite_removes_only_the_clips_it_wrote(tmp_path):
-    from s2vt.synth import SynthConfig, generate
+    from s2vt.data.synth import SynthConfig, generate
 
     d = tmp_path / "ds"
     cfg = SynthConfig(train=2, val=1, test=1, frames=6, width=48, height=32, seed=1)
@@ -155,7 +155,7 @@ def test_synth_overwrite_removes_only_the_clips_it_wrote(tmp_path):
 def test_synth_refuses_to_publish_a_clip_that_was_not_written_whole(tmp_path, monkeypatch):
     import cv2
 
-    from s2vt.synth import write_video
+    from s2vt.data.synth import write_video
 
     real = cv2.VideoWriter
 
@@ -183,7 +183,7 @@ def test_synth_refuses_to_publish_a_clip_that_was_not_written_whole(tmp_path, mo
 @pytest.mark.parametrize("sig,code,name", [(signal.SIGTERM, 143, "SIGTERM"), (signal.SIGHUP, 129, "SIGHUP")])
 def test_sigterm_and_sighup_end_a_command_with_one_line(tmp_path, sig, code, name):
     p = subprocess.Popen([sys.executable, "-c",
-                          "import sys, time, s2vt.cli as c\n"
+                          "import sys, time, s2vt.cli.commands as c\n"
                           "orig = c.build_parser\n"
                           "def bp():\n"
                           "    p = orig()\n"
@@ -202,7 +202,7 @@ def test_sigterm_and_sighup_end_a_command_with_one_line(tmp_path, sig, code, nam
 
 HOLD_FILE = """
 import sys, time
-from s2vt.fileio import file_lock
+from s2vt.runtime.fileio import file_lock
 with file_lock(sys.argv[1]):
     print("held", flush=True)
     time.sleep(120)
@@ -210,7 +210,7 @@ with file_lock(sys.argv[1]):
 
 
 def test_an_output_file_has_one_writer_and_its_lock_file_goes_with_the_run(tmp_path, capsys):
-    from s2vt.cli import main
+    from s2vt.cli.commands import main
 
     out = tmp_path / "ev.json"
     holder = subprocess.Popen([sys.executable, "-c", HOLD_FILE, str(out)], stdout=subprocess.PIPE, text=True)
@@ -233,8 +233,8 @@ def test_an_output_file_has_one_writer_and_its_lock_file_goes_with_the_run(tmp_p
 
 
 def test_output_folders_of_benchmark_synth_and_demo_are_locked(tmp_path, capsys):
-    from s2vt.cli import main
-    from s2vt.fileio import folder_lock
+    from s2vt.cli.commands import main
+    from s2vt.runtime.fileio import folder_lock
 
     with folder_lock(tmp_path / "ds"):
         assert main(["synth", str(tmp_path / "ds"), "--train", "1", "--val", "1", "--test", "1"]) == 2
@@ -245,8 +245,8 @@ def test_output_folders_of_benchmark_synth_and_demo_are_locked(tmp_path, capsys)
 
 
 def test_synth_never_writes_over_a_users_file_under_a_name_the_dataset_needs(tmp_path, capsys):
-    from s2vt.cli import main
-    from s2vt.synth import SynthConfig, generate
+    from s2vt.cli.commands import main
+    from s2vt.data.synth import SynthConfig, generate
 
     d = tmp_path / "ds"
     generate(d, SynthConfig(train=1, val=1, test=1, frames=6, width=48, height=32, seed=1), progress=False, workers=1)
@@ -260,8 +260,8 @@ def test_synth_never_writes_over_a_users_file_under_a_name_the_dataset_needs(tmp
 
 
 def test_evaluate_locks_its_default_output_next_to_the_checkpoint(tiny_features, tmp_path, capsys):
-    from s2vt.cli import main
-    from s2vt.fileio import file_lock
+    from s2vt.cli.commands import main
+    from s2vt.runtime.fileio import file_lock
 
     root, stores = tiny_features
     run = tmp_path / "run"

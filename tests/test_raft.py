@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from s2vt.errors import S2VTError, WeightsNotFound
-from s2vt.flow import flow_to_image
-from s2vt.raft import LearnedFlow, flow_images, resolve_flow_weights
+from s2vt.runtime.errors import S2VTError, WeightsNotFound
+from s2vt.video.flow import flow_to_image
+from s2vt.features.raft import LearnedFlow, flow_images, resolve_flow_weights
 
 from videos import moving_square, write
 
@@ -37,9 +37,9 @@ def test_flow_images_encode_as_opencvs_flow_images():
 
 
 def test_raft_small_extracts_flow_features_on_the_cpu_and_caption_recomputes_them(tmp_path, raft_weights):
-    from s2vt.caption import VideoFeatures
-    from s2vt.extract import ExtractConfig, extract, video_items
-    from s2vt.store import FeatureStore
+    from s2vt.captioning.videos import VideoFeatures
+    from s2vt.features.extract import ExtractConfig, extract, video_items
+    from s2vt.features.store import FeatureStore
 
     (tmp_path / "v").mkdir()
     write(tmp_path / "v" / "right.avi", moving_square(n=9, dx=3, seed=1))
@@ -82,7 +82,7 @@ def test_raft_weights_missing_or_of_another_model_are_named(tmp_path, monkeypatc
 
 
 def test_raft_needs_an_input_size_divisible_by_8_and_at_least_128():
-    from s2vt.extract import ExtractConfig
+    from s2vt.features.extract import ExtractConfig
 
     for size in (132, 120):
         with pytest.raises(S2VTError, match=f"--input-size {size}: RAFT .* divisible by 8 and at least 128"):

@@ -4,9 +4,9 @@ import h5py
 import numpy as np
 import pytest
 
-from s2vt.errors import S2VTError
-from s2vt.extract import ExtractConfig, extract, video_items
-from s2vt.store import FeatureStore, merge_stores
+from s2vt.runtime.errors import S2VTError
+from s2vt.features.extract import ExtractConfig, extract, video_items
+from s2vt.features.store import FeatureStore, merge_stores
 
 from videos import moving_square, write
 
@@ -56,7 +56,7 @@ def test_merge_refuses_a_shard_with_non_finite_features_and_writes_nothing(clips
 
 
 def test_a_video_neither_stored_nor_failed_ends_the_run_with_exit_1(clips, tmp_path, monkeypatch):
-    import s2vt.extract as ex
+    import s2vt.features.extract as ex
 
     real = ex._run
     monkeypatch.setattr(ex, "_run", lambda todo, *a: real(todo[1:], *a))  # a worker that lost one video

@@ -5,10 +5,10 @@ import random
 import pytest
 import torch
 
-from s2vt import checkpoint
-from s2vt.model import ModelConfig
-from s2vt.scst import CiderD
-from s2vt.train import TrainConfig, train
+from s2vt.models import checkpoint
+from s2vt.models.s2vt import ModelConfig
+from s2vt.training.scst import CiderD
+from s2vt.training.loop import TrainConfig, train
 
 WORDS = "a the red blue green circle square ball moves left right up down is moving to quickly".split()
 
@@ -67,7 +67,7 @@ def test_scst_trains_logs_rewards_and_resumes_bitwise(tiny_features, tmp_path, d
 
 
 def test_scst_bad_input_is_one_line_and_writes_nothing(tiny_features, tmp_path, capsys):
-    from s2vt.cli import main
+    from s2vt.cli.commands import main
 
     root, stores = tiny_features
     train(_xe(tiny_features, tmp_path / "xe"), progress=False)

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from s2vt.errors import S2VTError, SignatureMismatch
-from s2vt.extract import ExtractConfig, extract, shard_items
-from s2vt.store import BackgroundWriter, FeatureStore, FeatureWriter, check_signature, merge_stores, stage_dir, staged_ids
+from s2vt.runtime.errors import S2VTError, SignatureMismatch
+from s2vt.features.extract import ExtractConfig, extract, shard_items
+from s2vt.features.store import BackgroundWriter, FeatureStore, FeatureWriter, check_signature, merge_stores, stage_dir, staged_ids
 
 from processes import wait_until_gone
 from videos import moving_square, write
@@ -164,7 +164,7 @@ def test_turns_gate_never_blocks_after_its_setter_is_killed():
     import multiprocessing
     import threading
 
-    from s2vt.extract import Turns
+    from s2vt.features.extract import Turns
 
     ctx = multiprocessing.get_context("fork")
     for _ in range(10):
@@ -188,7 +188,7 @@ def test_turns_gate_sleeps_while_closed_and_wakes_at_once():
     spinning waiter slowed CNN batches by a sixth on 2 cores) and resume as soon as it opens."""
     import threading
 
-    from s2vt.extract import Turns
+    from s2vt.features.extract import Turns
 
     gate = Turns(2)
     gate.set()
@@ -485,7 +485,7 @@ def test_bf16_on_cpu_warns_and_computes_fp32():
 
 def test_signature_is_made_from_the_feature_fields_and_read_back():
     from dataclasses import fields
-    from s2vt.extract import make_signature
+    from s2vt.features.extract import make_signature
 
     class FakeBackbone:  # what a Backbone resolves, without loading weights
         def signature(self):
@@ -505,8 +505,8 @@ def test_signature_is_made_from_the_feature_fields_and_read_back():
 
 def test_crop_ratio_is_applied(tmp_path):
     import cv2
-    from s2vt.backbones import prepare
-    from s2vt.extract import VideoChunks
+    from s2vt.features.backbones.registry import prepare
+    from s2vt.features.extract import VideoChunks
 
     p = write(tmp_path / "a.avi", moving_square(1, 96, 64))
     frame = cv2.cvtColor(cv2.VideoCapture(str(p)).read()[1], cv2.COLOR_BGR2RGB)
@@ -534,8 +534,8 @@ class _NaNForBright(torch.nn.Module):
 
 
 def test_non_finite_and_zero_frame_videos_are_failures(tmp_path, monkeypatch):
-    from s2vt import extract as ex
-    from s2vt.backbones import Backbone
+    from s2vt.features import extract as ex
+    from s2vt.features.backbones.registry import Backbone
 
     dark = _videos(tmp_path / "v", 2)
     bright = write(tmp_path / "bright.avi", [np.full((48, 64, 3), 250, np.uint8)] * 8)
@@ -552,7 +552,7 @@ def test_non_finite_and_zero_frame_videos_are_failures(tmp_path, monkeypatch):
 
 
 def test_shard_specs_are_validated(monkeypatch):
-    from s2vt.extract import env_shard
+    from s2vt.features.extract import env_shard
 
     for rank, world in [(2, 2), (-1, 2), (0, 0)]:
         with pytest.raises(S2VTError, match=f"--shard {rank}/{world}"):
@@ -569,8 +569,8 @@ def test_shard_specs_are_validated(monkeypatch):
 
 
 def test_pipeline_returns_rows_to_their_owners_in_order():
-    from s2vt.backbones import Backbone
-    from s2vt.extract import Pipeline
+    from s2vt.features.backbones.registry import Backbone
+    from s2vt.features.extract import Pipeline
 
     b = Backbone(preprocess=ExtractConfig(input_size=32).preprocess())
     x = torch.randint(0, 256, (7, 3, 32, 32), dtype=torch.uint8)
@@ -584,7 +584,7 @@ def test_pipeline_returns_rows_to_their_owners_in_order():
 
 
 def test_missing_shards_are_named():
-    from s2vt.store import missing_shards
+    from s2vt.features.store import missing_shards
 
     assert missing_shards(["0/4", "2/4"]) == ["1/4", "3/4"]
     assert missing_shards(["0/2", "1/2"]) == [] and missing_shards([None, None]) == []
@@ -616,7 +616,7 @@ def _die_in_a_worker(*a, **k):
 
 
 def test_a_killed_decoding_worker_is_an_error_that_says_what_to_do(tmp_path, monkeypatch):
-    import s2vt.extract as ex
+    import s2vt.features.extract as ex
 
     items = _videos(tmp_path / "v", 2)
     monkeypatch.setattr(ex, "video_images", _die_in_a_worker)  # forked workers inherit the patch
@@ -628,7 +628,7 @@ def test_a_killed_decoding_worker_is_an_error_that_says_what_to_do(tmp_path, mon
 def test_a_worker_killed_while_the_cnn_computes_is_the_same_clear_error(tmp_path, monkeypatch):
     """The DataLoader's SIGCHLD handler raises wherever the main thread is (here: in a CNN batch),
     not only where it waits for the next chunk."""
-    import s2vt.extract as ex
+    import s2vt.features.extract as ex
     from torch.utils.data import get_worker_info
 
     items = _videos(tmp_path / "v", 3)
@@ -655,7 +655,7 @@ def test_a_worker_killed_while_the_cnn_computes_is_the_same_clear_error(tmp_path
 
 
 def test_flags_give_back_the_same_feature_settings():
-    from s2vt.cli import build_parser, extract_config
+    from s2vt.cli.commands import build_parser, extract_config
 
     fields = ("stream", "cnn", "layer", "stride", "num_frames", "max_frames", "input_size", "crop_ratio",
               "flow_method", "precision")
@@ -669,8 +669,8 @@ _UNDER_FORKSERVER = """
 import multiprocessing, sys
 from pathlib import Path
 multiprocessing.set_start_method("forkserver")  # the default from Python 3.14 on
-from s2vt.extract import ExtractConfig, extract
-from s2vt.synth import SynthConfig, generate
+from s2vt.features.extract import ExtractConfig, extract
+from s2vt.data.synth import SynthConfig, generate
 out = Path(sys.argv[1])
 generate(out / "data", SynthConfig(train=4, val=0, test=0, frames=12, width=64, height=48), progress=False, workers=2)
 items = sorted((p.stem, p) for p in (out / "data" / "videos").iterdir())
@@ -697,7 +697,7 @@ def test_workers_share_videos_so_a_slow_one_holds_up_nothing(tmp_path, monkeypat
     """Each worker takes the next untaken video and its chunks are passed on when ready: while
     one worker is stuck on a slow video, the other decodes all the rest (with a fixed share
     each, half of them waited behind the slow one)."""
-    import s2vt.extract as ex
+    import s2vt.features.extract as ex
 
     vids = tmp_path / "v"
     _videos(vids, 9, frames=8)
@@ -718,7 +718,7 @@ def test_workers_share_videos_so_a_slow_one_holds_up_nothing(tmp_path, monkeypat
 
 _HOLD_WRITER = """
 import sys, time
-from s2vt.store import FeatureWriter
+from s2vt.features.store import FeatureWriter
 w = FeatureWriter(sys.argv[1], {"stream": "rgb"})
 print("ready", flush=True)
 time.sleep(60)
@@ -758,7 +758,7 @@ def test_a_refused_writer_leaves_no_staging_folder_behind(tmp_path):
 
 
 def test_more_workers_than_cores_is_one_warning(tmp_path, monkeypatch, recwarn):
-    import s2vt.extract as ex
+    import s2vt.features.extract as ex
 
     monkeypatch.setattr(ex, "usable_cores", lambda: 1)
     items = _videos(tmp_path / "v", 2)

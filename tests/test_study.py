@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from s2vt.errors import S2VTError
-from s2vt.study import ROWS, run_study
+from s2vt.runtime.errors import S2VTError
+from s2vt.apps.study import ROWS, run_study
 
 
 def test_tiny_study_writes_every_row(tmp_path):
@@ -31,7 +31,7 @@ def test_tiny_study_writes_every_row(tmp_path):
 
 
 def test_paired_gain_needs_every_seed_to_gain_by_more_than_the_gains_sd():
-    from s2vt.study import paired_gain
+    from s2vt.apps.study import paired_gain
 
     xe = [{"CIDEr": v} for v in (3.81, 3.235, 3.751)]
     up = [{"CIDEr": v} for v in (3.994, 3.883, 3.979)]  # gains 0.184, 0.648, 0.228: mean 0.353, SD 0.256

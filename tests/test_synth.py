@@ -11,8 +11,8 @@ import cv2
 import numpy as np
 import pytest
 
-from s2vt.errors import S2VTError
-from s2vt.synth import COLOURS, SynthConfig, generate
+from s2vt.runtime.errors import S2VTError
+from s2vt.data.synth import COLOURS, SynthConfig, generate
 
 from processes import processes_with, wait_until_gone
 
@@ -82,7 +82,7 @@ def test_captions_match_rendered_motion(tmp_path):
 
 def test_direction_not_readable_from_frame_positions(tmp_path):
     # left and right clips visit the same range of positions: only the order differs
-    from s2vt.synth import trajectory
+    from s2vt.data.synth import trajectory
 
     cfg = SynthConfig(frames=20)
     l = trajectory("left", cfg, np.random.default_rng(1))
@@ -154,8 +154,8 @@ def test_overwrite_removes_only_its_own_files(tmp_path):
 
 
 def test_every_template_parses_to_its_own_attributes():
-    from s2vt.attributes import parse
-    from s2vt.synth import SHAPES, SYNONYMS, TEMPLATES
+    from s2vt.data.attributes import parse
+    from s2vt.data.synth import SHAPES, SYNONYMS, TEMPLATES
 
     for motion, templates in TEMPLATES.items():
         for t in templates:
@@ -166,7 +166,7 @@ def test_every_template_parses_to_its_own_attributes():
 
 
 def test_attribute_accuracy_of_hand_written_captions():
-    from s2vt.attributes import Attributes, accuracy, parse
+    from s2vt.data.attributes import Attributes, accuracy, parse
 
     truth = {"a": Attributes("red", "circle", "left"), "b": Attributes("blue", "square", "grow"),
              "c": Attributes("yellow", "triangle", "down"), "d": Attributes("green", "square", "spin")}
@@ -209,7 +209,7 @@ def _die_in_a_worker(job):
 
 
 def test_a_killed_synth_worker_is_an_error_that_says_what_to_do(tmp_path, monkeypatch):
-    import s2vt.synth as synth
+    import s2vt.data.synth as synth
 
     monkeypatch.setattr(synth, "make_clip", _die_in_a_worker)
     with pytest.raises(S2VTError, match="a synth worker died .* re-run the same command with --overwrite"):

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from s2vt.backbones import Backbone, Preprocess, normalize, prepare, read_state, resolve_weights
-from s2vt.errors import S2VTError, WeightsNotFound
+from s2vt.features.backbones.registry import Backbone, Preprocess, normalize, prepare, read_state, resolve_weights
+from s2vt.runtime.errors import S2VTError, WeightsNotFound
 
 from videos import moving_square, write
 
@@ -66,7 +66,7 @@ def test_resnet18_from_a_pth_file_extracts_512_d_features_with_timms_preprocessi
     r = _run("extract", clip_videos, "--cnn", "timm:resnet18", "--weights", w, "--out", out, "--stride", 4,
              "--input-size", 64, "--workers", 0)
     assert r.returncode == 0, r.stderr
-    from s2vt.store import FeatureStore
+    from s2vt.features.store import FeatureStore
 
     s = FeatureStore(out)
     sig = s.signature
@@ -81,9 +81,9 @@ def test_resnet18_from_a_pth_file_extracts_512_d_features_with_timms_preprocessi
 @pytest.mark.parametrize("layer,dim", [(None, 512), ("pool", 768)])
 def test_clip_tower_gives_the_image_embedding_by_default_and_caption_recomputes_it(layer, dim, tmp_path, clip_weights,
                                                                                      clip_videos):
-    from s2vt.caption import VideoFeatures
-    from s2vt.extract import ExtractConfig, extract, video_items
-    from s2vt.store import FeatureStore
+    from s2vt.captioning.videos import VideoFeatures
+    from s2vt.features.extract import ExtractConfig, extract, video_items
+    from s2vt.features.store import FeatureStore
 
     cfg = ExtractConfig(cnn=f"timm:{CLIP}", layer=layer, weights=str(clip_weights), stride=4, workers=0)
     out = tmp_path / "clip.h5"
@@ -105,7 +105,7 @@ def test_clip_tower_gives_the_image_embedding_by_default_and_caption_recomputes_
 
 def test_clip_refuses_another_input_size():
     with pytest.raises(S2VTError, match="--input-size 112: .* takes 224-pixel images only"):
-        from s2vt.extract import ExtractConfig
+        from s2vt.features.extract import ExtractConfig
 
         ExtractConfig(cnn=f"timm:{CLIP}", input_size=112)
 
@@ -143,7 +143,7 @@ def test_missing_timm_weights_name_the_file_and_the_flags(tmp_path, monkeypatch)
 
 
 def test_a_timm_preprocess_reaches_the_signature_and_back():
-    from s2vt.extract import ExtractConfig
+    from s2vt.features.extract import ExtractConfig
 
     cfg = ExtractConfig(cnn=f"timm:{CLIP}")
     pre = cfg.preprocess()
@@ -155,9 +155,9 @@ def test_a_timm_preprocess_reaches_the_signature_and_back():
 def test_download_without_a_network_is_one_line_naming_the_flag(tmp_path, monkeypatch):
     """--download runs timm's / torchvision's own loader; when that fails (no network here, simulated),
     one line says so and names --weights. The loader itself is never run by the tests."""
-    import s2vt.timm_models as tm
-    from s2vt.backbones import backbone_spec, resolve_weights
-    from s2vt.raft import resolve_flow_weights
+    import s2vt.features.backbones.timm as tm
+    from s2vt.features.backbones.registry import backbone_spec, resolve_weights
+    from s2vt.features.raft import resolve_flow_weights
 
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from s2vt import checkpoint
-from s2vt.errors import S2VTError
-from s2vt.model import ModelConfig, S2VT
-from s2vt.train import TrainConfig, TrainingDiverged, train
+from s2vt.models import checkpoint
+from s2vt.runtime.errors import S2VTError
+from s2vt.models.s2vt import ModelConfig, S2VT
+from s2vt.training.loop import TrainConfig, TrainingDiverged, train
 
 
 def cfg_for(tiny_features, out, **kw):
@@ -69,11 +69,11 @@ def test_resume_refuses_other_features(tiny_features, tmp_path):
 
 
 def test_evaluating_on_other_features_names_the_extract_command_that_matches(tiny_features, tmp_path):
-    from s2vt.backbones import Backbone
-    from s2vt.captioner import Captioner, Member
-    from s2vt.cli import build_parser, extract_config
-    from s2vt.errors import SignatureMismatch
-    from s2vt.extract import make_signature
+    from s2vt.features.backbones.registry import Backbone
+    from s2vt.captioning.captioner import Captioner, Member
+    from s2vt.cli.commands import build_parser, extract_config
+    from s2vt.runtime.errors import SignatureMismatch
+    from s2vt.features.extract import make_signature
 
     root, stores = tiny_features
     train(cfg_for(tiny_features, tmp_path / "r", max_steps=2), progress=False)
@@ -103,7 +103,7 @@ def test_crafted_checkpoint_is_refused(tmp_path, monkeypatch):
 
 
 def _ck(value: float) -> checkpoint.Checkpoint:
-    from s2vt.vocab import Vocab
+    from s2vt.data.vocab import Vocab
 
     vocab = Vocab(["a", "b"])
     model = S2VT(ModelConfig(feat_dim=4, vocab_size=len(vocab), embed=4, hidden=4))
@@ -187,7 +187,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_features, tmp_path, 
 
 
 def test_missing_features_are_skipped_with_a_count(tiny_features, tmp_path, capsys):
-    from s2vt.store import merge_stores
+    from s2vt.features.store import merge_stores
     import h5py
 
     root, stores = tiny_features
@@ -208,13 +208,13 @@ def _free_port():
 
 SLOW_VALIDATION = """
 import os, sys, time
-import s2vt.train as t
+import s2vt.training.loop as t
 validate = t.validate
 def slow(*a, **k):  # rank 0 validates alone for longer than --dist-timeout
     time.sleep(8)
     return validate(*a, **k)
 t.validate = slow
-from s2vt.cli import main
+from s2vt.cli.commands import main
 sys.exit(main(sys.argv[1:]))
 """
 
@@ -249,7 +249,7 @@ def test_two_process_ddp_matches_single_process_and_waits_out_a_long_validation(
 # ----------------------------------------------------------------------------- recipe and config
 
 def test_sgd_and_adam_presets_are_resolved_in_the_library():
-    from s2vt.train import TrainConfig
+    from s2vt.training.loop import TrainConfig
 
     assert TrainConfig(optimizer="sgd").resolved().lr == 0.01
     assert TrainConfig().resolved().lr == 2e-4
@@ -263,7 +263,7 @@ def test_sgd_and_adam_presets_are_resolved_in_the_library():
     ("none", [1, 1, 1, 1, 1]), ("step", [1, 1, 0.5, 0.5, 0.25]), ("cosine", [1, 0.904508, 0.654508, 0.345492, 0.095492]),
 ])
 def test_lr_schedules_per_epoch(schedule, want):
-    from s2vt.train import TrainConfig, make_optimizer, make_scheduler
+    from s2vt.training.loop import TrainConfig, make_optimizer, make_scheduler
 
     cfg = TrainConfig(lr=1.0, schedule=schedule, step_epochs=2, gamma=0.5, epochs=5).resolved()
     model = S2VT(ModelConfig(feat_dim=4, vocab_size=6, embed=4, hidden=4))
@@ -284,8 +284,8 @@ def test_lr_schedules_per_epoch(schedule, want):
     ("val_every", 0, r"--val-every"), ("gamma", 2.0, r"--gamma .* <= 1"),
 ])
 def test_training_config_checks_its_own_values(field, value, message):
-    from s2vt.config import ConfigError
-    from s2vt.train import TrainConfig
+    from s2vt.runtime.config import ConfigError
+    from s2vt.training.loop import TrainConfig
 
     with pytest.raises(ConfigError, match=message):
         TrainConfig(**{field: value})
@@ -293,14 +293,14 @@ def test_training_config_checks_its_own_values(field, value, message):
 
 @pytest.mark.parametrize("field, value", [("max_words", -2), ("hidden", 0), ("dropout", 1.5), ("max_frames", 0)])
 def test_model_config_checks_its_own_values(field, value):
-    from s2vt.config import ConfigError
+    from s2vt.runtime.config import ConfigError
 
     with pytest.raises(ConfigError, match="--" + field.replace("_", "-")):
         ModelConfig(**{field: value})
 
 
 def test_config_file_merges_under_flags(tmp_path):
-    from s2vt.cli import build_parser, train_config
+    from s2vt.cli.commands import build_parser, train_config
 
     (tmp_path / "c.json").write_text(json.dumps({"epochs": 7, "lr": 0.1, "dataset": "synthetic", "annotations": "A", "features": "F",
                                                  "model": {"hidden": 24, "embed": 9}, "workers": 2}))
@@ -316,7 +316,7 @@ def test_config_file_merges_under_flags(tmp_path):
 
 
 def test_patience_stops_after_stale_validations(tiny_features, tmp_path, monkeypatch):
-    from s2vt import train as train_mod
+    from s2vt.training import loop as train_mod
 
     scores = iter([3.0, 2.0, 2.5, 2.6, 1.0, 1.0])  # val loss: improves once (epoch 2), then never again
     monkeypatch.setattr(train_mod, "validate", lambda *a, **k: {"val_loss": next(scores)})
@@ -352,8 +352,8 @@ def test_existing_run_is_not_replaced_without_resume_or_overwrite(tiny_features,
 
 
 def test_vocabulary_comes_from_the_training_split_only(tiny_features, tmp_path):
-    from s2vt.datasets import load_corpus
-    from s2vt.vocab import tokenize
+    from s2vt.data.corpora import load_corpus
+    from s2vt.data.vocab import tokenize
 
     root, _ = tiny_features
     corpus = load_corpus("synthetic", root)
@@ -368,7 +368,7 @@ def test_vocabulary_comes_from_the_training_split_only(tiny_features, tmp_path):
 
 def test_bank_and_store_paths_train_the_same_checkpoint(tiny_features, tmp_path, monkeypatch):
     """Features in a bank or read from the store per batch: same seed, bitwise the same weights (CPU)."""
-    from s2vt import train as train_mod
+    from s2vt.training import loop as train_mod
 
     train(cfg_for(tiny_features, tmp_path / "bank", max_steps=8, shuffle_frames=True), progress=False)
     monkeypatch.setattr(train_mod, "place_bank", lambda need, device: "store")
@@ -380,9 +380,9 @@ def test_bank_and_store_paths_train_the_same_checkpoint(tiny_features, tmp_path,
 
 
 def test_tune_alpha_picks_the_best_weight_and_breaks_ties_towards_half():
-    from s2vt.decoding import DecodeConfig
-    from s2vt.evaluate import tune_alpha
-    from s2vt.metrics import Meteor
+    from s2vt.decoding.search import DecodeConfig
+    from s2vt.evaluation.evaluate import tune_alpha
+    from s2vt.evaluation.metrics import Meteor
 
     refs = {"v1": ["a red ball moves left"], "v2": ["a blue box grows"]}
     seen = []
@@ -413,8 +413,8 @@ def test_tune_alpha_picks_the_best_weight_and_breaks_ties_towards_half():
 
 
 def test_compile_flag_is_gone_but_old_configs_still_load(capsys):
-    from s2vt.cli import main
-    from s2vt.train import TrainConfig
+    from s2vt.cli.commands import main
+    from s2vt.training.loop import TrainConfig
 
     with pytest.raises(SystemExit) as e:
         main(["train", "--dataset", "synthetic", "--compile"])

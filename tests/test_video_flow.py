@@ -3,9 +3,9 @@ import re
 import numpy as np
 import pytest
 
-from s2vt.errors import S2VTError
-from s2vt.flow import FlowComputer, flow_to_image
-from s2vt.video import Sampling, VideoError, iter_frames, iter_video_paths
+from s2vt.runtime.errors import S2VTError
+from s2vt.video.flow import FlowComputer, flow_to_image
+from s2vt.video.reader import Sampling, VideoError, iter_frames, iter_video_paths
 
 from videos import moving_square, numbered, write
 
@@ -124,9 +124,9 @@ def test_sampling_validates_naming_the_flag(kw, flag):
 
 
 def test_flow_method_checked_and_signature_constants_come_from_flow():
-    from s2vt import flow
-    from s2vt.backbones import Backbone
-    from s2vt.extract import ExtractConfig, make_signature
+    from s2vt.video import flow
+    from s2vt.features.backbones.registry import Backbone
+    from s2vt.features.extract import ExtractConfig, make_signature
 
     with pytest.raises(S2VTError, match="--flow-method 'brox'"):
         FlowComputer("brox")

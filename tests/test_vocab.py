@@ -1,4 +1,4 @@
-from s2vt.vocab import SPECIALS, Vocab, tokenize
+from s2vt.data.vocab import SPECIALS, Vocab, tokenize
 
 
 def test_tokenize_lowercases_and_strips_punctuation():
@@ -18,7 +18,7 @@ def test_vocab_from_training_only_with_min_count():
 
 
 def test_vocab_on_synthetic_has_no_test_only_words(tiny_synth):
-    from s2vt.datasets import load_corpus
+    from s2vt.data.corpora import load_corpus
 
     root, _ = tiny_synth
     c = load_corpus("synthetic", root)

@@ -1,0 +1,334 @@
+"""``s2vt demo``: the whole pipeline on the embedded dataset, with the paper's ablations.
+
+Stages (each reused on a re-run unless ``--fresh``): generate the dataset, extract RGB
+and flow features, train RGB / flow / RGB-random-order models for each seed, run
+``evaluate.benchmark`` (fusion weight tuned on val, every row on test), print the
+table (mean and standard deviation over seeds of METEOR, BLEU-4, CIDEr and the
+per-attribute accuracies), state which findings hold beyond seed noise, caption a
+held-out test video from its raw file, and write the HTML report.
+
+The work folder is the demo's own: it holds a marker file (``.s2vt-demo``). A non-empty
+folder without one is refused, and ``--fresh`` deletes only what the demo writes
+(``OWN``), never other files.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import statistics
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Dict, List, Optional
+
+from s2vt.data.attributes import accuracy, load_truth
+from s2vt.runtime.config import from_dict
+from s2vt.data.corpora import load_corpus
+from s2vt.decoding.search import DecodeConfig
+from s2vt.runtime.errors import S2VTError
+from s2vt.features.extract import ExtractConfig, extract
+from s2vt.runtime.fileio import atomic_write, write_json
+from s2vt.evaluation.metrics import Meteor, score
+from s2vt.models.s2vt import ModelConfig
+from s2vt.data.synth import SynthConfig, generate
+from s2vt.evaluation.stats import compare, mean_spread, print_findings
+from s2vt.training.loop import TrainConfig, train
+
+MARKER = ".s2vt-demo"
+OWN = ("data", "features", "runs", "bench", "report.html", "results.md", "results.json")
+
+
+@dataclass
+class DemoPreset:
+    """A demo's sizes: the dataset, the features, the training recipe (a TrainConfig whose paths,
+    seed, device and stream are filled in per run) and the seeds."""
+
+    synth: SynthConfig
+    stride: int
+    input_size: int
+    train: TrainConfig
+    seeds: List[int]
+    workers: Optional[int] = 2  # decoding processes of the feature extraction (None: cores - 1 on a GPU)
+    device: str = "cpu"
+    alpha: Optional[float] = None  # fixed fusion weight (None: tuned on val by the benchmark)
+
+    @property
+    def beam(self) -> int:
+        return self.train.decoding.beam
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "DemoPreset":
+        """A preset from its JSON form (``asdict``), checked field by field."""
+        if not isinstance(d, dict):
+            raise S2VTError(f"a demo preset must be a JSON object, got {type(d).__name__}")
+        train = TrainConfig.from_dict(d["train"]) if isinstance(d.get("train"), dict) else d.get("train")
+        return from_dict(cls, {**d, "train": train}, "demo preset", nested={"synth": SynthConfig})
+
+    def run_config(self, out: Path, seed: int, device: str, **fields) -> TrainConfig:
+        """The recipe of one run (``fields``: dataset, features, shuffle_frames, model, ...); amp on GPUs only."""
+        return replace(self.train, out=str(out), seed=seed, device=device, amp=self.train.amp and on_gpu(device),
+                       **fields)
+
+
+def _recipe(model: ModelConfig, epochs: int, batch_size: int, lr: float, beam: int, **more) -> TrainConfig:
+    return TrainConfig(model=model, epochs=epochs, batch_size=batch_size, lr=lr, log_every=1000,
+                       decoding=DecodeConfig(beam=beam), **more)
+
+
+PRESETS = {
+    # ~10 minutes on a 2-core CPU
+    "cpu": DemoPreset(SynthConfig(train=300, val=40, test=80, frames=48, width=128, height=96), stride=4,
+                      input_size=112, train=_recipe(ModelConfig(embed=128, hidden=256, dropout=0.3, max_frames=80),
+                                                    epochs=20, batch_size=32, lr=2e-3, beam=5, val_every=5),
+                      seeds=[0, 1, 2]),
+    # seconds: for tests
+    "tiny": DemoPreset(SynthConfig(train=12, val=4, test=4, frames=16, width=64, height=48), stride=4,
+                       input_size=64, train=_recipe(ModelConfig(embed=32, hidden=32, dropout=0.0), epochs=1,
+                                                    batch_size=8, lr=2e-3, beam=2, val_meteor=False),
+                       seeds=[0], workers=0, alpha=0.5),
+    # MSVD-sized set and the paper's model sizes: one GPU, about ten minutes
+    "gpu": DemoPreset(SynthConfig(train=1200, val=100, test=670, frames=120, width=320, height=240), stride=10,
+                      input_size=224, train=_recipe(ModelConfig(), epochs=20, batch_size=64, lr=2e-4, beam=5,
+                                                    val_every=5, amp=True),
+                      seeds=[0, 1, 2], workers=None, device="cuda"),
+}
+
+ROW_ORDER = ("constant caption", "Flow", "RGB", "RGB random order", "RGB+Flow")
+TRAINED = (("RGB", "rgb", False), ("Flow", "flow", False), ("RGB random order", "rgb", True))  # row, stream, shuffle
+BENCH_KEY = {"RGB": "rgb", "Flow": "flow", "RGB random order": "random"}
+COLUMNS = (("METEOR", "METEOR"), ("BLEU-4", "Bleu_4"), ("CIDEr", "CIDEr"), ("colour", "acc_colour"),
+           ("shape", "acc_shape"), ("motion", "acc_motion"), ("all three", "acc_all"))
+
+
+def _stage(msg: str) -> None:
+    print(f"\n== {msg}", flush=True)
+
+
+def prepare_workdir(wd: Path, fresh: bool) -> None:
+    """Claim ``wd`` for the demo (marker file); with ``fresh``, delete the demo's own outputs only."""
+    if wd.exists() and not wd.is_dir():
+        raise S2VTError(f"--workdir {wd} is a file; give a folder")
+    marked = (wd / MARKER).exists()
+    if wd.is_dir() and any(wd.iterdir()) and not marked:
+        raise S2VTError(f"--workdir {wd} is not empty and was not written by `s2vt demo` (no {MARKER} file); "
+                        "nothing was deleted. Give an empty or new folder as --workdir")
+    if fresh and marked:
+        for name in OWN:
+            p = wd / name
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p)
+            elif p.exists() or p.is_symlink():
+                p.unlink()
+    wd.mkdir(parents=True, exist_ok=True)
+    atomic_write(wd / MARKER, "This folder is an `s2vt demo` work folder; `s2vt demo --fresh` deletes only: "
+                 + ", ".join(OWN) + "\n")
+
+
+def constant_baseline(corpus, split: str) -> Dict[str, str]:
+    """The most frequent training caption, for every video of ``split``."""
+    counts = Counter(c for v in corpus.splits["train"] for c in corpus.captions[v])
+    best = max(counts, key=lambda c: (counts[c], c))
+    return {v: best for v in corpus.splits[split]}
+
+
+def make_dataset(data: Path, cfg: SynthConfig, workers: Optional[int]):
+    cfg_file = data / "synth_config.json"
+    if cfg_file.exists() and json.loads(cfg_file.read_text()) == asdict(cfg):
+        print("reusing the generated dataset")
+    else:
+        generate(data, cfg, workers=workers, overwrite=True)
+    corpus = load_corpus("synthetic", data)
+    print(json.dumps(corpus.stats()["splits"]))
+    return corpus
+
+
+def on_gpu(device: str) -> bool:
+    return device.startswith("cuda")
+
+
+def make_features(wd: Path, p: DemoPreset, corpus, device: str) -> Dict[str, Path]:
+    items = [(v, corpus.video_path(v)) for ids in corpus.splits.values() for v in ids]
+    stores = {}
+    for stream in ("rgb", "flow"):
+        ecfg = ExtractConfig(stream=stream, stride=p.stride, input_size=p.input_size, crop_ratio=1.0,
+                             workers=p.workers, device=device, precision="bf16" if on_gpu(device) else "fp32")
+        stores[stream] = wd / "features" / f"{stream}.h5"
+        stores[stream].parent.mkdir(exist_ok=True)
+        summary = extract(items, stores[stream], ecfg)
+        print("\n".join(summary.lines()))
+    return stores
+
+
+def train_all(wd: Path, p: DemoPreset, data: Path, stores, seeds, device: str, meteor) -> tuple:
+    """Train every (row, seed); returns ({row: {seed: run dir}}, seconds spent validating or None)."""
+    runs: Dict[str, Dict[int, Path]] = {row: {} for row, _, _ in TRAINED}
+    val_s: Optional[float] = 0.0
+    for seed in seeds:
+        for row, stream, shuffle in TRAINED:
+            out = wd / "runs" / f"{row.replace(' ', '_').lower()}_seed{seed}"
+            runs[row][seed] = out
+            if (out / "done.json").exists():
+                print(f"reusing {out}")
+                res = json.loads((out / "done.json").read_text())
+            else:
+                cfg = p.run_config(out, seed, device, dataset="synthetic", annotations=str(data),
+                                   features=str(stores[stream]), shuffle_frames=shuffle)
+                print(f"-- {row}, seed {seed} -> {out}", flush=True)
+                res = train(cfg, progress=False, meteor=meteor, overwrite=True)  # an unfinished run of ours
+                write_json(res, out / "done.json")
+            val_s = val_s + res["val_s"] if val_s is not None and "val_s" in res else None
+    return runs, val_s
+
+
+def _bench_file(bench: Path, split: str, row: str, seed: int, seeds: int) -> Path:
+    """Where ``s2vt.evaluation.benchmark`` writes one row's captions and scores (``seed``: the index in the seed list)."""
+    from s2vt.evaluation.benchmark import file_stem
+
+    return bench / f"{file_stem('synthetic', split, row, seed if seeds > 1 else None)}.json"
+
+
+def evaluate_all(bench: Path, p: DemoPreset, data: Path, corpus, stores, runs, seeds, device: str, meteor) -> tuple:
+    """``s2vt.evaluation.benchmark`` of one entry holding every seed's checkpoints, plus the constant caption, with
+    attribute accuracies. Returns (per_seed: {row: [metrics dict per seed]}, alphas: {seed: alpha})."""
+    from s2vt.evaluation.benchmark import benchmark
+
+    truth = load_truth(data)
+    test_refs = dict(corpus.split_items("test"))
+    const_caps = constant_baseline(corpus, "test")
+    const, _ = score(test_refs, const_caps, meteor=meteor)
+    per_seed: Dict[str, List[dict]] = {r: [] for r in ROW_ORDER}
+    per_seed["constant caption"] = [{**const, **accuracy(const_caps, truth)}]
+    spec = [{"name": "synthetic", "dataset": "synthetic", "annotations": str(data), "splits": ["test"],
+             "alpha": p.alpha,
+             **{BENCH_KEY[row]: {"checkpoint": [str(runs[row][s] / "best.pt") for s in seeds],
+                                 "features": str(stores["flow" if row == "Flow" else "rgb"])} for row in BENCH_KEY}}]
+    _, payload = benchmark(spec, bench, {"beam": p.beam}, device=device, progress=False, meteor=meteor)
+    for i, _ in enumerate(seeds):
+        for row in ROW_ORDER[1:]:
+            f = _bench_file(bench, "test", row, i, len(seeds))
+            if not f.exists():
+                raise S2VTError(f"benchmark did not write {f}: the demo reads each row's captions from there")
+            ev = json.loads(f.read_text())
+            caps = {v: r["caption"] for v, r in ev["videos"].items()}
+            per_seed[row].append({**ev["metrics"], **accuracy(caps, truth)})
+    alphas = dict(zip(seeds, payload["alphas"]["synthetic"]))
+    return per_seed, alphas
+
+
+def results_table(per_seed: Dict[str, List[dict]]) -> str:
+    """Markdown: one row per model, mean ± std over seeds (x100) of every column of ``COLUMNS``."""
+    lines = ["| model | " + " | ".join(c for c, _ in COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
+    for row in ROW_ORDER:
+        ms = per_seed[row]
+        lines.append(f"| {row} | " + " | ".join(mean_spread([m[k] for m in ms]) for _, k in COLUMNS) + " |")
+    return "\n".join(lines)
+
+
+def findings(per_seed: Dict[str, List[dict]]) -> Dict[str, dict]:
+    """The paper's findings on test METEOR; "every model above the constant caption" uses the weakest model."""
+    weakest = min(ROW_ORDER[1:], key=lambda r: statistics.mean(m["METEOR"] for m in per_seed[r]))
+    return {
+        "RGB+Flow above RGB": compare(per_seed, "RGB+Flow", "RGB"),
+        "RGB+Flow above Flow": compare(per_seed, "RGB+Flow", "Flow"),
+        "RGB ordered above RGB random order": compare(per_seed, "RGB", "RGB random order"),
+        "every model above the constant caption": compare(per_seed, weakest, "constant caption"),
+    }
+
+
+def example_and_report(wd: Path, corpus, runs, seeds: List[int], alpha: float, beam: int, device: str) -> dict:
+    """Caption the first test video from its raw file with the fused models of the first seed; write report.html."""
+    from s2vt.captioning.videos import video_captioner
+    from s2vt.evaluation.report import write_report
+
+    vid, seed = corpus.splits["test"][0], seeds[0]
+    path = str(corpus.video_path(vid))
+    vc = video_captioner([str(runs["RGB"][seed] / "best.pt"), str(runs["Flow"][seed] / "best.pt")], device=device,
+                         streams=["rgb", "flow"])
+    generated = vc.caption([path], weights=[alpha, 1 - alpha], beam=beam)[path]
+    print(f"{corpus.video_path(vid)}\n  generated:  {generated}")
+    for ref in corpus.captions[vid]:
+        print(f"  reference:  {ref}")
+    write_report(_bench_file(wd / "bench", "test", "RGB+Flow", 0, len(seeds)), wd / "report.html",
+                 corpus.video_path,
+                 title="s2vt demo: RGB+Flow on the embedded test split")
+    return {"video": vid, "generated": generated, "references": corpus.captions[vid]}
+
+
+def check_seeds(seeds) -> List[int]:
+    """``--seeds``: each one a training seed, in the range of ``TrainConfig.seed`` (checked before any work)."""
+    from dataclasses import fields
+
+    from s2vt.runtime.config import ConfigError, check_value
+
+    seed = next(f for f in fields(TrainConfig) if f.name == "seed")
+    for s in seeds:
+        try:
+            check_value("seed", s, seed, "TrainConfig")
+        except ConfigError as e:
+            raise ConfigError(f"--seeds: {str(e).replace('--seed (TrainConfig.seed)', 'a seed')} "
+                              "(the range of s2vt train --seed)") from None
+    twice = sorted({s for s in seeds if list(seeds).count(s) > 1})
+    if twice:
+        raise ConfigError(f"--seeds: seed {twice[0]} is given twice; each seed is one run (mean ± SD over distinct seeds)")
+    return list(seeds)
+
+
+def run_demo(workdir="demo_out", preset: str = "cpu", fresh: bool = False, device: str = "", seeds=None,
+             workers: Optional[int] = None) -> dict:
+    """Run every stage in ``workdir``; returns what ``results.json`` holds.
+
+    workers: processes generating the dataset (None: all cores).
+    """
+    t_start = time.time()
+    p = PRESETS[preset]
+    device = device or p.device
+    seeds = check_seeds(seeds) if seeds else p.seeds
+    wd = Path(workdir)
+    prepare_workdir(wd, fresh)
+    timings: Dict[str, Optional[float]] = {}
+
+    data = wd / "data"
+    _stage(f"1/6 embedded dataset -> {data}")
+    t = time.time()
+    corpus = make_dataset(data, p.synth, workers)
+    timings["dataset"] = time.time() - t
+
+    _stage("2/6 features (RGB frames and optical-flow images, EfficientNet-Lite0)")
+    t = time.time()
+    stores = make_features(wd, p, corpus, device)
+    timings["features"] = time.time() - t
+
+    with Meteor() as meteor:  # one METEOR process for validation and evaluation
+        _stage(f"3/6 training (seeds {seeds}): RGB, Flow, RGB random frame order")
+        t = time.time()
+        runs, timings["validation"] = train_all(wd, p, data, stores, seeds, device, meteor)
+        timings["training"] = time.time() - t
+
+        _stage("4/6 benchmark: fusion weight on val, every row on test")
+        t = time.time()
+        per_seed, alphas = evaluate_all(wd / "bench", p, data, corpus, stores, runs, seeds, device, meteor)
+        timings["evaluation"] = time.time() - t
+
+    _stage("5/6 results on the test split")
+    table = results_table(per_seed)
+    print(table)
+    print(f"(x100; mean ± standard deviation over seeds {seeds}; beam {p.beam}; colour/shape/motion: fraction of "
+          f"test videos whose caption names it correctly; fusion alpha per seed: {alphas})")
+    found = findings(per_seed)
+    print_findings(found)
+
+    _stage("6/6 a held-out test video, captioned from its raw file; HTML report")
+    t = time.time()
+    example = example_and_report(wd, corpus, runs, seeds, alphas[seeds[0]], p.beam, device)
+    timings["example_and_report"] = time.time() - t
+    timings["total"] = time.time() - t_start
+    print("stage times (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items() if v is not None))
+    results = {"preset": preset, "seeds": seeds, "table": table, "per_seed": per_seed, "alphas": alphas,
+               "findings": found, "example": example, "timings_s": timings}
+    write_json(results, wd / "results.json")
+    atomic_write(wd / "results.md", table + "\n")
+    print(f"\ndone in {timings['total'] / 60:.1f} min. Everything is in {wd}/:")
+    print("  data/ (videos, captions)  features/rgb.h5 features/flow.h5  runs/ (checkpoints, metrics, curves)")
+    print("  bench/ (per-video captions and scores)  results.md results.json  report.html")
+    return results

@@ -1,0 +1,1 @@
+"""Image networks that turn frames into feature vectors: torchvision, timm and EfficientNet-Lite0."""

@@ -1,0 +1,103 @@
+"""Any timm image model as the backbone: ``--cnn timm:MODEL`` (e.g. ``timm:resnet50``,
+``timm:convnext_tiny``, ``timm:vit_base_patch16_clip_224.openai``).
+
+Layers: ``pool`` is the pooled pre-logits (what timm returns with ``num_classes=0``);
+``logits`` the classifier's output; for CLIP image towers (``*_clip_*`` models) ``embed``,
+the default, is the CLIP image embedding (timm's head there is CLIP's projection: 512-d for
+ViT-B/16 and B/32, 768-d for ViT-L/14), and ``pool`` the pooled width before it (768 or 1024).
+
+Preprocessing (input size, crop fraction, interpolation, mean/std; CLIP's differ from
+ImageNet's) comes from the model's timm data config and is recorded in the store's signature,
+so ``s2vt caption`` recomputes features as extraction did. Weights: ``--weights FILE``
+(``.safetensors`` or ``.pth``, timm's names or ones timm's own converter maps, e.g. OpenAI's
+CLIP); else the file timm's hub loader left in Hugging Face's cache; ``--download`` lets timm
+fetch it there. Nothing is fetched otherwise.
+"""
+from __future__ import annotations
+
+import difflib
+import functools
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+
+from s2vt.features.backbones.registry import BackboneSpec, Preprocess, TimmHead, _timm, timm_filter
+from s2vt.runtime.errors import S2VTError
+
+TIMM = "timm:"
+
+
+def _known(model: str) -> None:
+    import timm
+
+    if model and timm.is_model(model):
+        return
+    arch = model.split(".", 1)[0]
+    close = difflib.get_close_matches(arch, timm.list_models(), n=3, cutoff=0.6)
+    hint = (f"; did you mean {', '.join(TIMM + c for c in close)}?" if close else
+            "; python -c \"import timm; print(timm.list_models('*clip*'))\" lists them")
+    raise S2VTError(f"--cnn {TIMM}{model}: timm has no model {model!r}{hint}")
+
+
+def _hub_file(cfg: dict) -> Callable[[], Optional[Path]]:
+    """The weights file timm's loader keeps for this model, if it is on this machine."""
+    def find():
+        hub = cfg.get("hf_hub_id")
+        if hub:
+            from huggingface_hub import try_to_load_from_cache
+
+            for fname in (cfg.get("hf_hub_filename"), "model.safetensors", "pytorch_model.bin"):
+                got = try_to_load_from_cache(hub, fname) if fname else None
+                if isinstance(got, str):
+                    return Path(got)
+        url = cfg.get("url")
+        if url:
+            p = Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
+            return p if p.is_file() else None
+        return None
+    return find
+
+
+def _fetch(model: str) -> Callable[[], None]:
+    def fetch():
+        import timm
+
+        timm.create_model(model, pretrained=True)  # timm's hub loader fills its cache
+    return fetch
+
+
+def _fixed_input(net) -> Optional[int]:
+    pe = getattr(net, "patch_embed", None)
+    if pe is None or not getattr(pe, "strict_img_size", False) or getattr(pe, "dynamic_img_size", False):
+        return None
+    return int(pe.img_size[0])
+
+
+@functools.lru_cache(maxsize=None)
+def timm_spec(name: str) -> BackboneSpec:
+    """The spec of ``timm:MODEL``: layers and sizes read off the model built on the meta device
+    (no memory, no weights), preprocessing from its timm data config."""
+    import timm
+    from timm.data import resolve_data_config
+
+    model = name[len(TIMM):]
+    _known(model)
+    with torch.device("meta"):
+        net = timm.create_model(model, pretrained=False)
+    data = resolve_data_config({}, model=net)
+    clip = "_clip_" in model.split(".", 1)[0] and net.num_classes > 0
+    if clip:
+        layers = {"embed": net.num_classes, "pool": net.num_features}
+    else:
+        layers = {"pool": net.num_features, **({"logits": net.num_classes} if net.num_classes else {})}
+    pre = Preprocess(size=int(data["input_size"][-1]), crop_ratio=float(data.get("crop_pct") or 1.0),
+                     mean=tuple(float(v) for v in data["mean"]), std=tuple(float(v) for v in data["std"]),
+                     interpolation=data.get("interpolation", "bicubic"))
+    cfg = dict(net.pretrained_cfg or {})
+    where = f"model.safetensors of https://huggingface.co/{cfg['hf_hub_id']}" if cfg.get("hf_hub_id") else \
+        cfg.get("url") or "its published weights"
+    missing = (f"no weights for {name}: pass --weights FILE (.safetensors or .pth; timm's file is {where}), "
+               "or --download to let timm fetch it into its cache (needs internet)")
+    return BackboneSpec(layers, "embed" if clip else "pool", pre, _hub_file(cfg), missing, _timm(model), TimmHead,
+                        min_input=32, fixed_input=_fixed_input(net), fetch=_fetch(model), remap=timm_filter)

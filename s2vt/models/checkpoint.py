@@ -1,0 +1,259 @@
+"""Checkpoints: one typed record that rebuilds everything, and the only code that reads one.
+
+A :class:`Checkpoint` holds the model config and weights, the vocabulary, the feature
+signature of the store it was trained on, the decoding defaults, the resolved training
+config, the loop state, optimiser/scheduler state and RNG state. On disk it is a dict of
+tensors and plain types, written atomically (``fileio.atomic_write``) and read with
+``torch.load(weights_only=True)``, so a file crafted to run code when unpickled is refused.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import torch
+
+from s2vt.runtime.config import ConfigError, from_dict
+from s2vt.decoding.search import DecodeConfig
+from s2vt.runtime.errors import S2VTError
+from s2vt.runtime.fileio import atomic_write
+from s2vt.runtime.inputs import InputError, check_input_file
+from s2vt.models.s2vt import DECODERS, ModelConfig
+from s2vt.features.signature import is_imported, signature_problem
+from s2vt.runtime.state_dicts import load_exactly, mismatch
+from s2vt.data.vocab import Vocab
+
+FORMAT = "s2vt-checkpoint"
+VERSION = 2
+_REQUIRED = ("model", "model_config", "vocab", "feature_signature")
+
+
+class CheckpointError(S2VTError):
+    """A file that is not a usable s2vt checkpoint."""
+
+
+@dataclass
+class Checkpoint:
+    model_config: ModelConfig
+    weights: Dict[str, torch.Tensor]
+    vocab: Vocab
+    feature_signature: dict
+    decoding: DecodeConfig = field(default_factory=DecodeConfig)
+    train_config: dict = field(default_factory=dict)   # the resolved TrainConfig, as written to config.json
+    state: dict = field(default_factory=dict)          # loop state: step, epoch, batch, best, ...
+    optimizer: Optional[dict] = None
+    scheduler: Optional[dict] = None
+    rng: Optional[dict] = None
+    source: str = field(default="", compare=False)   # the file it was read from, for messages
+
+    @property
+    def max_frames(self) -> int:
+        return self.model_config.max_frames
+
+    def build_model(self, device="cpu") -> torch.nn.Module:
+        """The model (the recorded decoder) in eval mode on ``device``, weights loaded."""
+        from s2vt.models.registry import build_model
+
+        model = build_model(self.model_config)
+        load_exactly(model, self.weights, CheckpointError,
+                     f"{self.source or 'the checkpoint'}: its weights do not fit its recorded model config")
+        return model.to(device).eval()
+
+    def save(self, path) -> Path:
+        d = {"format": FORMAT, "version": VERSION, "model": self.weights, "model_config": asdict(self.model_config),
+             "vocab": self.vocab.to_list(), "feature_signature": self.feature_signature,
+             "decoding": asdict(self.decoding), "config": self.train_config, "state": self.state,
+             "optimizer": self.optimizer, "scheduler": self.scheduler, "rng": self.rng}
+        return atomic_write(path, lambda f: torch.save(d, f))
+
+    @classmethod
+    def load(cls, path, map_location="cpu") -> "Checkpoint":
+        path = Path(path)
+        d = _read(path, map_location)
+        missing = [k for k in _REQUIRED if k not in d]
+        if d.get("format") != FORMAT or missing:
+            raise CheckpointError(f"{path} is not an s2vt checkpoint"
+                                  + (f" (missing {', '.join(missing)})" if missing else " (no format tag)"))
+        decoder = d["model_config"].get("decoder", "s2vt") if isinstance(d["model_config"], dict) else "s2vt"
+        if decoder not in DECODERS:
+            raise CheckpointError(f"{path} was trained with the decoder {decoder!r}, which this version of s2vt does "
+                                  f"not know (known: {', '.join(DECODERS)}); use the s2vt version that trained it")
+        for key in ("model_config", "decoding", "config", "state", "feature_signature"):
+            value = d.get(key) or {}  # absent or empty: the defaults
+            problem = _plain(value) if isinstance(value, dict) else f"is a {type(value).__name__}, not a dict"
+            if problem:
+                raise _malformed(path, key, problem)
+        mc = _parse(path, "model_config", lambda: from_dict(ModelConfig, d["model_config"], "model_config"))
+        dec = _parse(path, "decoding", lambda: from_dict(DecodeConfig, d.get("decoding") or {}, "decoding"))
+        vocab = _parse(path, "vocab", lambda: Vocab.from_list(d["vocab"]))
+        if len(vocab) != mc.vocab_size:
+            raise CheckpointError(f"{path}: vocabulary of {len(vocab)} words but the model expects {mc.vocab_size}")
+        _check_weights(path, d["model"], mc)
+        _check_signature(path, d["feature_signature"], mc)
+        _check_resume_fields(path, d)
+        return cls(mc, d["model"], vocab, d["feature_signature"], dec, d.get("config") or {}, d.get("state") or {},
+                   d.get("optimizer"), d.get("scheduler"), d.get("rng"), str(path))
+
+
+def _malformed(path: Path, key: str, problem: str) -> CheckpointError:
+    return CheckpointError(f"{path}: malformed checkpoint: field {key!r} {problem}")
+
+
+def _parse(path: Path, key: str, make):
+    try:
+        return make()
+    except (ConfigError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: malformed checkpoint: field {key!r}: {e}")
+
+
+_PLAIN = (str, int, float, bool, type(None))
+
+
+def _plain(value, depth: int = 0) -> Optional[str]:
+    """Why ``value`` is not plain data (strings, numbers, lists and string-keyed dicts, 16 levels at most)."""
+    if depth > 16:
+        return "nests deeper than 16 levels"
+    if isinstance(value, _PLAIN):
+        return None
+    if isinstance(value, (list, tuple)):
+        return next((p for p in (_plain(v, depth + 1) for v in value) if p), None)
+    if isinstance(value, dict):
+        if not all(isinstance(k, str) for k in value):
+            return "has a key that is not a string"
+        return next((f"[{k!r}] {p}" if depth == 0 else p for k, p in
+                     ((k, _plain(v, depth + 1)) for k, v in value.items()) if p), None)
+    return f"holds a {type(value).__name__} where plain data (strings, numbers, lists, dicts) belongs"
+
+
+def _check_signature(path: Path, sig, mc: ModelConfig) -> None:
+    """The feature signature: every key caption / evaluate / resume reads, and the model's feature size."""
+    if not isinstance(sig, dict):
+        raise _malformed(path, "feature_signature", f"is a {type(sig).__name__}, not a dict")
+    problem = signature_problem(sig)
+    if problem:
+        raise _malformed(path, "feature_signature", f"({problem}; see the signature table of features/README.md)")
+    if sig["dim"] != mc.feat_dim:
+        raise _malformed(path, "feature_signature", f"says features of dim {sig['dim']}, but the model reads "
+                                                    f"{mc.feat_dim} (model_config.feat_dim)")
+    if not is_imported(sig):  # the settings that recompute the features (s2vt caption) must be ones extraction takes
+        from s2vt.features.extract import ExtractConfig
+
+        try:
+            ExtractConfig.from_signature(sig)
+        except S2VTError as e:
+            raise _malformed(path, "feature_signature", f"({e})") from None
+
+
+def _check_weights(path: Path, state, mc: ModelConfig) -> None:
+    """Tensors only, fitting the recorded model (names, shapes, floating point: checked on a model
+    built on the meta device, which allocates nothing), and finite ones: a damaged file can decode to
+    NaN weights, which caption every video with an empty sentence (training never saves a non-finite model)."""
+    from s2vt.models.registry import build_model
+
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                              and v.layout == torch.strided for k, v in state.items()):
+        raise CheckpointError(f"{path}: malformed checkpoint: model is not a dict of tensors (field 'model', dense "
+                              "tensors named by strings)")
+    with torch.device("meta"):
+        why = mismatch(build_model(mc), state)
+    if why:
+        raise _malformed(path, "model", f"(its weights do not fit its recorded model config): {why}")
+    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise CheckpointError(f"{path} is damaged: non-finite (NaN or inf) weights in {', '.join(bad[:3])}"
+                              + (f" and {len(bad) - 3} more" if len(bad) > 3 else ""))
+
+
+def _check_resume_fields(path: Path, d: dict) -> None:
+    """What ``s2vt train --resume`` restores: the loop state, the optimiser, scheduler and RNG states."""
+    from s2vt.training.loop import LoopState
+
+    kinds = {f.name: (float if f.name == "best" else int) for f in fields(LoopState)}
+    for k, v in (d.get("state") or {}).items():
+        ok = k in kinds and isinstance(v, (int, float) if kinds[k] is float else int) and not isinstance(v, bool)
+        if not ok or (isinstance(v, int) and abs(v) > 2 ** 62):
+            raise _malformed(path, "state", f"[{k!r}] = {str(v)[:40]} is not a loop counter "
+                                            f"(known: {', '.join(kinds)})")
+    for key in ("optimizer", "scheduler", "rng"):
+        if d.get(key) is not None and not isinstance(d[key], dict):
+            raise _malformed(path, key, f"is a {type(d[key]).__name__}, not a dict")
+    problem = _optimizer_problem(d.get("optimizer"), [tuple(v.shape) for v in d["model"].values()])
+    if problem:
+        raise _malformed(path, "optimizer", problem)
+    problem = _scheduler_problem(d.get("scheduler"))
+    if problem:
+        raise _malformed(path, "scheduler", problem)
+    rng = d.get("rng") or {}
+    want = torch.get_rng_state()
+    for k in ("torch", "cuda"):
+        v = rng.get(k)
+        if (v is not None or k == "torch" and rng) and not (isinstance(v, torch.Tensor) and v.dtype == torch.uint8
+                                                           and (k == "cuda" or v.shape == want.shape)):
+            raise _malformed(path, "rng", f"[{k!r}] is not a random-generator state (a uint8 tensor)")
+
+
+def _scheduler_problem(sch) -> Optional[str]:
+    """Why ``sch`` is not a learning-rate scheduler's state (None: it is, or it is absent)."""
+    if sch is None:
+        return None
+    problem = _plain({k: v for k, v in sch.items() if k != "lr_lambdas"})
+    if problem:
+        return problem
+    numbers = [sch.get("last_epoch", 0)] + [x for k in ("base_lrs", "_last_lr") for x in sch.get(k) or []]
+    if not isinstance(sch.get("last_epoch", 0), int) or not all(
+            isinstance(x, (int, float)) and not isinstance(x, bool) and abs(x) < 1e300 for x in numbers):
+        return "has a last_epoch or learning rates that are not finite numbers"
+    return None
+
+
+def _optimizer_problem(opt, shapes) -> Optional[str]:
+    """Why ``opt`` is not an optimiser state for parameters of ``shapes`` (None: it is, or it is absent)."""
+    if opt is None:
+        return None
+    groups, state = opt.get("param_groups"), opt.get("state")
+    if not isinstance(groups, list) or not isinstance(state, dict) or not all(
+            isinstance(g, dict) and isinstance(g.get("params"), list) for g in groups):
+        return "has no 'state' dict and 'param_groups' list of {params: [...]}"
+    ids = [i for g in groups for i in g["params"]]
+    if sorted(ids) != list(range(len(shapes))) or any(isinstance(i, bool) for i in ids):
+        return f"covers parameters {ids[:5]}{'...' if len(ids) > 5 else ''}, not the model's {len(shapes)}"
+    problem = _plain([{k: v for k, v in g.items() if k != "params"} for g in groups])
+    if problem:
+        return f"param_groups {problem}"
+    for i, st in state.items():
+        if not isinstance(i, int) or not 0 <= i < len(shapes) or not isinstance(st, dict):
+            return f"has state for {i!r}, which is not one of its parameters"
+        for k, v in st.items():
+            ok = (isinstance(v, torch.Tensor) and v.is_floating_point() and tuple(v.shape) in ((), shapes[i])) or (
+                isinstance(v, (int, float)) and not isinstance(v, bool))
+            if not ok:
+                return f"state[{i}][{k!r}] does not fit parameter {i} of shape {shapes[i]}"
+    return None
+
+
+def _read(path: Path, map_location) -> Dict[str, Any]:
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a folder; give the checkpoint file in it (e.g. {path / 'best.pt'})")
+    if not path.exists():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:  # a FIFO, socket or device: refused by name, not read (a FIFO would block)
+        check_input_file(path, "checkpoint", max_bytes=None)
+    except InputError as e:
+        raise CheckpointError(str(e))
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path} is empty (0 bytes): not a checkpoint")
+    try:
+        d = torch.load(path, map_location=map_location, weights_only=True)
+    except PermissionError:
+        raise CheckpointError(f"cannot read {path}: permission denied")
+    except Exception as e:  # includes pickle payloads that weights_only refuses
+        raise CheckpointError(f"refusing to load {path}: not a readable plain-tensor s2vt checkpoint (damaged, "
+                              f"truncated, or holding objects that would run code when loaded; {type(e).__name__})")
+    if not isinstance(d, dict):
+        raise CheckpointError(f"{path} is not an s2vt checkpoint (holds a {type(d).__name__})")
+    return d
+
+
+def load(path, map_location="cpu") -> Checkpoint:
+    return Checkpoint.load(path, map_location)

@@ -1,0 +1,168 @@
+"""Typed configs: fields carry their help text, configs check their own values, and the
+command line is made from them one way.
+
+A config dataclass declares each field with :func:`option` (default, help, choices,
+range). ``check_fields(self)`` in its ``__post_init__`` validates types, ranges, choices
+and finiteness, so Python callers and the CLI get the same errors. :func:`add_arguments`
+turns the fields into argparse flags whose help is the field's text (fairseq-style).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import typing
+from typing import Any, Iterable, Optional, Sequence
+
+from s2vt.runtime.errors import S2VTError
+
+
+INT64_MAX = 2 ** 63 - 1  # the largest integer numpy and torch take
+
+
+class ConfigError(S2VTError):
+    """A configuration value that makes no sense; the message names the flag."""
+
+
+def option(default: Any, help: str, choices: Optional[Sequence] = None, low: Optional[float] = None,
+           high: Optional[float] = None, low_open: bool = False, cli: bool = True, feature: Optional[str] = None,
+           when: Optional[dict] = None) -> Any:
+    """A dataclass field with its help text and allowed values (``low``/``high`` inclusive unless ``low_open``).
+
+    ``feature``: the dotted key this field takes in a feature signature (it defines what a feature
+    means); ``when``: {field: value} under which the field applies (e.g. only for the flow stream)."""
+    meta = {"help": help, "choices": choices, "low": low, "high": high, "low_open": low_open, "cli": cli,
+            "feature": feature, "when": when or {}}
+    if isinstance(default, (list, dict)):
+        return dataclasses.field(default_factory=lambda: type(default)(default), metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _base_type(tp):
+    """int, float, str or bool from an annotation (``Optional[X]`` -> X)."""
+    if isinstance(tp, str):
+        return {"int": int, "float": float, "str": str, "bool": bool}.get(tp.replace("Optional[", "").rstrip("]"))
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    return args[0] if args else tp
+
+
+def check_value(name: str, value: Any, f: dataclasses.Field, owner: str) -> None:
+    """Raise ConfigError when ``value`` breaks the field's type, choices or range."""
+    m, tp = f.metadata, _base_type(f.type)
+    where = f"{flag(name)} ({owner}.{name})"
+    if value is None and (isinstance(f.type, str) and "Optional" in f.type):
+        return
+    if tp in (int, float, str, bool):
+        ok = isinstance(value, tp) and not (tp is int and isinstance(value, bool))
+        if tp is float and isinstance(value, int) and not isinstance(value, bool):
+            ok = True
+        if not ok:
+            raise ConfigError(f"{where} must be {tp.__name__}, got {_number(value)} ({type(value).__name__})")
+    if m.get("choices") and value not in m["choices"]:
+        raise ConfigError(f"{where} must be one of {', '.join(map(str, m['choices']))}, got {_number(value)}")
+    if tp in (int, float) and value is not None:
+        if not math.isfinite(value):
+            raise ConfigError(f"{where} must be a finite number, got {value!r}")
+        low, high = m.get("low"), m.get("high")
+        if tp is int and not -INT64_MAX - 1 <= value <= INT64_MAX:  # numpy and torch take 64-bit integers
+            high = INT64_MAX if high is None else high
+            low = -INT64_MAX - 1 if low is None else low
+        if low is not None and (value < low or (m.get("low_open") and value == low)):
+            raise ConfigError(f"{where} must be {'>' if m.get('low_open') else '>='} {_number(low)}, "
+                              f"got {_number(value)}")
+        if high is not None and value > high:
+            raise ConfigError(f"{where} must be <= {_number(high)}, got {_number(value)}")
+
+
+def _number(v) -> str:
+    """A bound or value for a message: the 64-bit limits by name, huge values shortened."""
+    names = {INT64_MAX: "2**63-1", -INT64_MAX - 1: "-2**63"}
+    if isinstance(v, int) and v in names:
+        return f"{names[v]} ({v})"
+    try:
+        text = repr(v)
+    except ValueError:  # an integer of more digits than Python converts
+        return f"an integer of about {int(v.bit_length() * 0.30103)} digits"
+    if len(text) <= 60:
+        return text
+    return f"{text[:20]}... ({len(text)} digits)" if isinstance(v, int) else f"{text[:50]}... ({len(text)} characters)"
+
+
+def check_fields(obj) -> None:
+    """Validate every field of a config dataclass declared with :func:`option`."""
+    for f in dataclasses.fields(obj):
+        if "help" in f.metadata:
+            check_value(f.name, getattr(obj, f.name), f, type(obj).__name__)
+
+
+def from_dict(cls, d: Any, what: str = "config", nested: Optional[dict] = None, ignore: Iterable[str] = ()):
+    """Build ``cls`` from a dict, refusing unknown keys; ``nested`` maps a field to its config class."""
+    if not isinstance(d, dict):
+        raise ConfigError(f"{what} must be a JSON object, got {type(d).__name__}")
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(d) - names - set(ignore)
+    if unknown:
+        raise ConfigError(f"{what}: unknown options {sorted(unknown)} (known: {', '.join(sorted(names))})")
+    d = {k: v for k, v in d.items() if k in names}
+    for key, sub in (nested or {}).items():
+        if key in d:
+            d[key] = from_dict(sub, d[key], f"{what}.{key}")
+    return cls(**d)
+
+
+def add_arguments(parser: argparse.ArgumentParser, cls, dest_prefix: str = "", skip: Iterable[str] = ()) -> None:
+    """One flag per field of ``cls`` with the field's help; defaults stay None (= not given)."""
+    for f in dataclasses.fields(cls):
+        m = f.metadata
+        if f.name in skip or "help" not in m or not m.get("cli", True):
+            continue
+        tp = _base_type(f.type)
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        shown = "" if default in (None, "") else f" (default: {default})"
+        kw = dict(dest=dest_prefix + f.name, default=None, help=m["help"] + shown)
+        if tp is bool:
+            parser.add_argument(flag(f.name), action=argparse.BooleanOptionalAction, **kw)
+        else:
+            parser.add_argument(flag(f.name), type=tp, choices=m.get("choices"),
+                                metavar=None if m.get("choices") else f.name.upper(), **kw)
+
+
+def feature_fields(obj) -> list:
+    """The fields of ``obj`` that define its features (declared with ``feature=``) and apply to its values."""
+    return [f for f in dataclasses.fields(obj) if f.metadata.get("feature")
+            and all(getattr(obj, k) == v for k, v in f.metadata.get("when", {}).items())]
+
+
+def as_flags(obj, fields) -> str:
+    """The command-line flags that set ``fields`` of ``obj`` to their values (None: left out)."""
+    out = []
+    for f in fields:
+        v = getattr(obj, f.name)
+        if v is None:
+            continue
+        if isinstance(v, bool):
+            out.append(flag(f.name) if v else "--no-" + f.name.replace("_", "-"))
+        else:
+            out.append(f"{flag(f.name)} {v}")
+    return " ".join(out)
+
+
+def overrides(args: argparse.Namespace, cls, dest_prefix: str = "") -> dict:
+    """The fields of ``cls`` given on the command line (not None)."""
+    out = {}
+    for f in dataclasses.fields(cls):
+        v = getattr(args, dest_prefix + f.name, None)
+        if v is not None:
+            out[f.name] = v
+    return out
+
+
+def check_device(device: str):
+    """The normalised torch.device named ``device`` (see :func:`s2vt.runtime.devices.resolve`)."""
+    from s2vt.runtime.devices import resolve
+
+    return resolve(device)

@@ -1,0 +1,1 @@
+"""Reading videos: decoding, frame sampling and optical-flow images (OpenCV)."""
