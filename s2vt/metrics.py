@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 from .errors import S2VTError
+from .metric_stats import video_stats
 from .workers import child_dies_with_us
 
 PUNCTUATIONS = {"''", "'", "``", "`", "-LRB-", "-RRB-", "-LCB-", "-RCB-", ".", "?", "!", ",", ":", "-", "--", "...", ";"}
@@ -351,8 +352,6 @@ def score(references: Dict[str, List[str]], candidates: Dict[str, str], meteor: 
         for k, v in zip(ids, ss):
             per[k][name] = float(v)
     if stats is not None:
-        from .metric_stats import video_stats
-
         stats.update(video_stats(ids, gts, res, lines, per))
     return corpus, per
 
