@@ -219,3 +219,39 @@ def test_compare_refuses_bad_flags(evaluations, capsys, argv, needle):
     assert rc == 2 and len(err.strip().splitlines()) == 1 and needle in err, err
     rc, _, err = _cli(capsys, "compare", d / "weak0.json", "--system", "s", d / "strong0.json")
     assert rc == 2 and "not both" in err
+
+
+def test_bleu_bootstrap_p_agrees_with_sacrebleu(msvd_dir):
+    """On pre-tokenised text, where sacrebleu's BLEU equals coco-caption's, the paired-bootstrap
+    p-value of BLEU-4 agrees with sacrebleu's within Monte-Carlo error (independent draws)."""
+    pytest.importorskip("sacrebleu")
+    from sacrebleu.metrics import BLEU
+    from sacrebleu.significance import PairedTest
+
+    from s2vt.metric_stats import METEOR_WIDTH, bleu_video_stats
+
+    refs = {}
+    for line in (msvd_dir / "sents_test_lc_nopunc.txt").read_text().splitlines():
+        vid, cap = line.split("\t")
+        refs.setdefault(vid, []).append(cap)
+    vids = sorted(refs, key=lambda v: int(v[3:]))[:300]
+
+    def hypotheses(seed):  # a reference of each video, one to four words shorter
+        rng = np.random.default_rng(seed)
+        words = [refs[v][rng.integers(len(refs[v]))].split() for v in vids]
+        return [" ".join(w[:max(2, len(w) - rng.integers(1, 5))]) for w in words]
+
+    hyps = {"a": hypotheses(1), "b": hypotheses(2)}
+    streams = [[refs[v][j] if j < len(refs[v]) else None for v in vids] for j in range(max(map(len, refs.values())))]
+    systems = [System(k, np.array([[[0.0] * METEOR_WIDTH + bleu_video_stats(c, refs[v]) + [0.0, 0.0]
+                                     for c, v in zip(h, vids)]])) for k, h in hyps.items()]
+    for x, h in zip(systems, hyps.values()):
+        ours = float(bleu_from_stats(x.stats[0, :, METEOR_WIDTH:METEOR_WIDTH + 10].sum(0)))
+        assert abs(BLEU(tokenize="none").corpus_score(h, streams).score / 100 - ours) <= 1e-9
+    resamples = 4000
+    p = compare(systems, resamples=resamples, seed=0)["systems"]["b"]["Bleu_4"]["p"]
+    _, scores = PairedTest(list(hyps.items()), {"BLEU": BLEU(tokenize="none")}, streams, test_type="bs",
+                           n_samples=resamples)()
+    theirs = scores["BLEU"][1].p_value
+    assert 0.02 < theirs < 0.5                       # a case where p is neither 0 nor 1
+    assert abs(p - theirs) <= 4.5 * np.sqrt(2 * theirs * (1 - theirs) / resamples), (p, theirs)
