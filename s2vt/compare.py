@@ -276,3 +276,13 @@ def table(result: dict, systems: Sequence[System]) -> str:
             ci = f"[{100 * lo:+.2f}, {100 * hi:+.2f}]"
             lines.append(f"{x.name[:24]:<24} {m:<8} {100 * r['diff']:+7.2f}  {ci:<17} {r['p']:7.4f}  {verdict(r['p'])}")
     return "\n".join(lines)
+
+
+def stack_runs(runs: Sequence[Dict[str, dict]]) -> np.ndarray:
+    """One system's runs, each ``{video: stats}`` (as s2vt evaluate keeps them), as ``(seeds, videos, width)``
+    in sorted video order; every run must cover the same videos."""
+    order = sorted(runs[0])
+    for r in runs[1:]:
+        if sorted(r) != order:
+            raise CompareError("runs of one system cover different videos; paired comparison needs the same test set")
+    return np.asarray([[video_row(r[v]) for v in order] for r in runs], dtype=np.float64)

@@ -255,3 +255,34 @@ def test_bleu_bootstrap_p_agrees_with_sacrebleu(msvd_dir):
     theirs = scores["BLEU"][1].p_value
     assert 0.02 < theirs < 0.5                       # a case where p is neither 0 nor 1
     assert abs(p - theirs) <= 4.5 * np.sqrt(2 * theirs * (1 - theirs) / resamples), (p, theirs)
+
+
+def _rows(evs, kind, seeds=range(3)):
+    per_seed = [evs[kind, s]["metrics"] for s in seeds]
+    per_video = [{v: r["stats"] for v, r in evs[kind, s]["videos"].items()} for s in seeds]
+    return per_seed, per_video
+
+
+def test_findings_carry_the_paired_difference_ci_and_p(evaluations):
+    from s2vt.benchmark import findings as bench_findings
+    from s2vt.seeds import compare as finding, findings_markdown, verdict
+    from s2vt.study import paired_gain
+
+    _, evs = evaluations
+    (sw, vw), (ss, vs) = _rows(evs, "weak"), _rows(evs, "strong")
+    per_seed, per_video = {"strong": ss, "weak": sw}, {"strong": vs, "weak": vw}
+    f = finding(per_seed, "strong", "weak", "CIDEr", per_video)
+    assert abs(f["diff"] - (f["means"][0] - f["means"][1])) <= 1e-9
+    assert f["ci"][0] < f["diff"] < f["ci"][1] and f["p"] < 0.05 and f["significant"] is True
+    assert "significant at p < 0.05" in verdict(f) and f"p = {f['p']:.4f}" in verdict(f)
+    assert "p" not in finding(per_seed, "strong", "weak", "CIDEr")       # without statistics: as before
+    back = finding(per_seed, "weak", "strong", "CIDEr", per_video)
+    assert back["diff"] == pytest.approx(-f["diff"]) and not back["holds"]
+    g = paired_gain(per_seed, "strong", "weak", "CIDEr", per_video)
+    assert abs(g["diff"] - g["mean_gain"]) <= 1e-9 and g["p"] == f["p"] and g["ci"] == f["ci"]
+    md = findings_markdown({"strong above weak": f, "gain": g})
+    assert f"| strong above weak | CIDEr | {100 * f['means'][0]:.1f} vs {100 * f['means'][1]:.1f} | " \
+           f"{100 * f['diff']:+.1f} |" in md and f"{f['p']:.4f} | yes |" in md
+    results = {"RGB+Flow": {"c": ss}, "RGB": {"c": sw}}
+    b = bench_findings(results, ["c"], {"RGB+Flow": {"c": vs}, "RGB": {"c": vw}})["RGB+Flow above RGB (c)"]
+    assert b["metric"] == "METEOR" and b["p"] < 0.05 and b["seeds"] == [3, 3]
