@@ -60,7 +60,8 @@ def paired_words(f: dict) -> str:
         return ""
     lo, hi = f["ci"]
     word = "significant at p < 0.05" if f["significant"] else "not significant at p < 0.05"
-    return f"; paired over videos and seeds {100 * f['diff']:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}], p = {f['p']:.4f}: {word}"
+    return (f"; paired over videos and seeds {100 * f['diff']:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}], "
+            f"p = {f['p']:.4f}: {word}")
 
 
 def verdict(f: dict) -> str:
