@@ -49,3 +49,11 @@ def test_bench_backbones_times_each_against_lite0_in_the_same_process():
     r18 = d["images_per_s"]["timm:resnet18"] / d["images_per_s"]["efficientnet_lite0"]
     assert d["ratio_to_lite0"]["timm:resnet18"] == pytest.approx(r18, rel=1e-3)
     assert d["dim"] == {"efficientnet_lite0": 1280, "timm:resnet18": 512, "raft_small": 1280}
+
+
+def test_bench_compare_times_the_study_sized_case():
+    d = _json_tail("scripts/bench_compare.py", "--ar")
+    assert (d["videos"], d["seeds"], d["metrics"], d["resamples"]) == (670, 3, 4, 10_000)
+    assert 0 < d["bootstrap_s"] <= 10 and d["ar_s"] > 0
+    assert set(d["bootstrap_p"]) == {"METEOR", "Bleu_4", "CIDEr", "ROUGE_L"}
+    assert all(1 / 10_001 <= p <= 1 for p in [*d["bootstrap_p"].values(), *d["ar_p"].values()])

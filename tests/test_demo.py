@@ -74,6 +74,9 @@ def test_tiny_preset_writes_every_artefact_and_reuses_finished_stages(tmp_path, 
     assert len(saved["findings"]) == 4
     for f in saved["findings"].values():
         assert len(f["means"]) == 2 and f["stds"] == [0.0, 0.0] and isinstance(f["beyond_noise"], bool)
+        assert abs(f["diff"] - (f["means"][0] - f["means"][1])) <= 1e-9 and f["ci"][0] <= f["diff"] <= f["ci"][1]
+        assert 0 < f["p"] <= 1 and f["significant"] == (f["p"] < 0.05)
+    assert "| paired diff | 95% CI | p |" in (wd / "results.md").read_text()
     assert {"dataset", "features", "training", "evaluation", "total"} <= set(saved["timings_s"])
     assert saved["timings_s"]["total"] >= saved["timings_s"]["training"] > 0
     assert saved["per_seed"] == json.loads(json.dumps(res["per_seed"]))

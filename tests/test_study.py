@@ -28,6 +28,10 @@ def test_tiny_study_writes_every_row(tmp_path):
     paired = res["findings"]["SCST gain over its initialisation, S2VT (CIDEr, paired by seed)"]
     per = saved["per_seed"]
     assert paired["gains"] == pytest.approx([per["RGB S2VT + SCST"][0]["CIDEr"] - per["RGB S2VT"][0]["CIDEr"]])
+    assert abs(saved["findings"]["SCST gain over its initialisation, S2VT (CIDEr, paired by seed)"]["diff"]
+               - paired["gains"][0]) <= 1e-9
+    assert all(0 < f["p"] <= 1 and len(f["ci"]) == 2 for f in saved["findings"].values())
+    assert "| paired diff | 95% CI | p |" in (wd / "results.md").read_text()
 
 
 def test_paired_gain_needs_every_seed_to_gain_by_more_than_the_gains_sd():

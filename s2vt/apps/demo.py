@@ -32,7 +32,7 @@ from s2vt.runtime.fileio import atomic_write, write_json
 from s2vt.evaluation.metrics import Meteor, score
 from s2vt.models.s2vt import ModelConfig
 from s2vt.data.synth import SynthConfig, generate
-from s2vt.evaluation.stats import compare, mean_spread, print_findings
+from s2vt.evaluation.stats import PerVideo, compare, findings_markdown, mean_spread, print_findings
 from s2vt.training.loop import TrainConfig, train
 
 MARKER = ".s2vt-demo"
@@ -190,15 +190,19 @@ def _bench_file(bench: Path, split: str, row: str, seed: int, seeds: int) -> Pat
 
 def evaluate_all(bench: Path, p: DemoPreset, data: Path, corpus, stores, runs, seeds, device: str, meteor) -> tuple:
     """``s2vt.evaluation.benchmark`` of one entry holding every seed's checkpoints, plus the constant caption, with
-    attribute accuracies. Returns (per_seed: {row: [metrics dict per seed]}, alphas: {seed: alpha})."""
+    attribute accuracies. Returns (per_seed: {row: [metrics dict per seed]}, alphas: {seed: alpha},
+    per_video: {row: [{video: metric statistics} per seed]})."""
     from s2vt.evaluation.benchmark import benchmark
 
     truth = load_truth(data)
     test_refs = dict(corpus.split_items("test"))
     const_caps = constant_baseline(corpus, "test")
-    const, _ = score(test_refs, const_caps, meteor=meteor)
+    const_stats: Dict[str, dict] = {}
+    const, _ = score(test_refs, const_caps, meteor=meteor, stats=const_stats)
     per_seed: Dict[str, List[dict]] = {r: [] for r in ROW_ORDER}
     per_seed["constant caption"] = [{**const, **accuracy(const_caps, truth)}]
+    per_video: PerVideo = {r: [] for r in ROW_ORDER}
+    per_video["constant caption"] = [const_stats]
     spec = [{"name": "synthetic", "dataset": "synthetic", "annotations": str(data), "splits": ["test"],
              "alpha": p.alpha,
              **{BENCH_KEY[row]: {"checkpoint": [str(runs[row][s] / "best.pt") for s in seeds],
@@ -212,8 +216,9 @@ def evaluate_all(bench: Path, p: DemoPreset, data: Path, corpus, stores, runs, s
             ev = json.loads(f.read_text())
             caps = {v: r["caption"] for v, r in ev["videos"].items()}
             per_seed[row].append({**ev["metrics"], **accuracy(caps, truth)})
+            per_video[row].append({v: r["stats"] for v, r in ev["videos"].items()})
     alphas = dict(zip(seeds, payload["alphas"]["synthetic"]))
-    return per_seed, alphas
+    return per_seed, alphas, per_video
 
 
 def results_table(per_seed: Dict[str, List[dict]]) -> str:
@@ -225,14 +230,15 @@ def results_table(per_seed: Dict[str, List[dict]]) -> str:
     return "\n".join(lines)
 
 
-def findings(per_seed: Dict[str, List[dict]]) -> Dict[str, dict]:
-    """The paper's findings on test METEOR; "every model above the constant caption" uses the weakest model."""
+def findings(per_seed: Dict[str, List[dict]], per_video: Optional[PerVideo] = None) -> Dict[str, dict]:
+    """The paper's findings on test METEOR; "every model above the constant caption" uses the weakest model.
+    With ``per_video`` statistics, each also carries the paired difference, its 95% CI and p."""
     weakest = min(ROW_ORDER[1:], key=lambda r: statistics.mean(m["METEOR"] for m in per_seed[r]))
     return {
-        "RGB+Flow above RGB": compare(per_seed, "RGB+Flow", "RGB"),
-        "RGB+Flow above Flow": compare(per_seed, "RGB+Flow", "Flow"),
-        "RGB ordered above RGB random order": compare(per_seed, "RGB", "RGB random order"),
-        "every model above the constant caption": compare(per_seed, weakest, "constant caption"),
+        "RGB+Flow above RGB": compare(per_seed, "RGB+Flow", "RGB", per_video=per_video),
+        "RGB+Flow above Flow": compare(per_seed, "RGB+Flow", "Flow", per_video=per_video),
+        "RGB ordered above RGB random order": compare(per_seed, "RGB", "RGB random order", per_video=per_video),
+        "every model above the constant caption": compare(per_seed, weakest, "constant caption", per_video=per_video),
     }
 
 
@@ -307,7 +313,8 @@ def run_demo(workdir="demo_out", preset: str = "cpu", fresh: bool = False, devic
 
         _stage("4/6 benchmark: fusion weight on val, every row on test")
         t = time.time()
-        per_seed, alphas = evaluate_all(wd / "bench", p, data, corpus, stores, runs, seeds, device, meteor)
+        per_seed, alphas, per_video = evaluate_all(wd / "bench", p, data, corpus, stores, runs, seeds, device,
+                                                   meteor)
         timings["evaluation"] = time.time() - t
 
     _stage("5/6 results on the test split")
@@ -315,7 +322,7 @@ def run_demo(workdir="demo_out", preset: str = "cpu", fresh: bool = False, devic
     print(table)
     print(f"(x100; mean ± standard deviation over seeds {seeds}; beam {p.beam}; colour/shape/motion: fraction of "
           f"test videos whose caption names it correctly; fusion alpha per seed: {alphas})")
-    found = findings(per_seed)
+    found = findings(per_seed, per_video)
     print_findings(found)
 
     _stage("6/6 a held-out test video, captioned from its raw file; HTML report")
@@ -327,7 +334,7 @@ def run_demo(workdir="demo_out", preset: str = "cpu", fresh: bool = False, devic
     results = {"preset": preset, "seeds": seeds, "table": table, "per_seed": per_seed, "alphas": alphas,
                "findings": found, "example": example, "timings_s": timings}
     write_json(results, wd / "results.json")
-    atomic_write(wd / "results.md", table + "\n")
+    atomic_write(wd / "results.md", table + "\n\n" + findings_markdown(found) + "\n")
     print(f"\ndone in {timings['total'] / 60:.1f} min. Everything is in {wd}/:")
     print("  data/ (videos, captions)  features/rgb.h5 features/flow.h5  runs/ (checkpoints, metrics, curves)")
     print("  bench/ (per-video captions and scores)  results.md results.json  report.html")

@@ -20,7 +20,7 @@ from s2vt.apps.demo import PRESETS, _stage, check_seeds, make_dataset, on_gpu, p
 from s2vt.features.extract import ExtractConfig, extract
 from s2vt.runtime.fileio import atomic_write, write_json
 from s2vt.evaluation.metrics import Meteor
-from s2vt.evaluation.stats import compare, mean_spread, mean_std, print_findings
+from s2vt.evaluation.stats import PerVideo, compare, findings_markdown, mean_spread, mean_std, paired, paired_words, print_findings
 from s2vt.training.loop import TrainConfig, train
 
 ROWS = ("RGB S2VT", "RGB attention", "RGB S2VT + SCST", "RGB attention + SCST")
@@ -86,13 +86,15 @@ def train_rows(wd: Path, p, preset: str, data: Path, store: Path, seeds, device:
     return rewards
 
 
-def evaluate_rows(wd: Path, p, data: Path, corpus, store: Path, seeds, device: str, meteor) -> Dict[str, List[dict]]:
-    """Every row and seed on the test split, with the attribute accuracies: {row: [metrics per seed]}."""
+def evaluate_rows(wd: Path, p, data: Path, corpus, store: Path, seeds, device: str, meteor) -> tuple:
+    """Every row and seed on the test split, with the attribute accuracies: ({row: [metrics per seed]},
+    {row: [{video: metric statistics} per seed]})."""
     from s2vt.captioning.captioner import Captioner, Member
     from s2vt.evaluation.evaluate import evaluate
 
     truth, test_refs = load_truth(data), dict(corpus.split_items("test"))
     per_seed: Dict[str, List[dict]] = {r: [] for r in ROWS}
+    per_video: PerVideo = {r: [] for r in ROWS}
     (wd / "bench").mkdir(exist_ok=True)
     for seed in seeds:
         for row in ROWS:
@@ -101,16 +103,22 @@ def evaluate_rows(wd: Path, p, data: Path, corpus, store: Path, seeds, device: s
             write_json(ev, wd / "bench" / f"{_run(wd, row, seed).name}.json")
             caps = {v: r["caption"] for v, r in ev["videos"].items()}
             per_seed[row].append({**ev["metrics"], **accuracy(caps, truth)})
-    return per_seed
+            per_video[row].append({v: r["stats"] for v, r in ev["videos"].items()})
+    return per_seed, per_video
 
 
-def paired_gain(per_seed: Dict[str, List[dict]], tuned: str, init: str, metric: str = "CIDEr") -> dict:
+def paired_gain(per_seed: Dict[str, List[dict]], tuned: str, init: str, metric: str = "CIDEr",
+                per_video: Optional[PerVideo] = None) -> dict:
     """``tuned``'s gain over ``init`` seed by seed (each SCST run starts from the cross-entropy run of
-    its seed): beyond seed noise when every seed gains and the mean gain exceeds the gains' SD."""
+    its seed): beyond seed noise when every seed gains and the mean gain exceeds the gains' SD. With
+    ``per_video`` statistics, also the paired bootstrap's difference, CI and p (seeds paired)."""
     gains = [a[metric] - b[metric] for a, b in zip(per_seed[tuned], per_seed[init])]
     m, sd = mean_std(gains)
-    return {"rows": [tuned, init], "metric": metric, "paired": True, "gains": gains, "mean_gain": m, "sd_gain": sd,
-            "holds": m > 0, "beyond_noise": len(gains) > 1 and min(gains) > 0 and m > sd}
+    f = {"rows": [tuned, init], "metric": metric, "paired": True, "gains": gains, "mean_gain": m, "sd_gain": sd,
+         "holds": m > 0, "beyond_noise": len(gains) > 1 and min(gains) > 0 and m > sd}
+    if per_video:
+        f.update(paired(per_video, tuned, init, metric))
+    return f
 
 
 def _paired_line(name: str, f: dict) -> str:
@@ -118,21 +126,23 @@ def _paired_line(name: str, f: dict) -> str:
             "holds on the mean only" if f["holds"] else "does NOT hold")
     gains = ", ".join(f"{100 * g:+.1f}" for g in f["gains"])
     return (f"  {name}: {word}: gain {100 * f['mean_gain']:.1f} ± {100 * f['sd_gain']:.1f} "
-            f"({f['metric']}, x100; per seed {gains})")
+            f"({f['metric']}, x100; per seed {gains})" + paired_words(f))
 
 
-def study_findings(per_seed: Dict[str, List[dict]]) -> Dict[str, dict]:
+def study_findings(per_seed: Dict[str, List[dict]], per_video: Optional[PerVideo] = None) -> Dict[str, dict]:
+    v = per_video
     return {
-        "attention above S2VT (METEOR)": compare(per_seed, "RGB attention", "RGB S2VT"),
-        "SCST above cross-entropy, S2VT (CIDEr)": compare(per_seed, "RGB S2VT + SCST", "RGB S2VT", "CIDEr"),
+        "attention above S2VT (METEOR)": compare(per_seed, "RGB attention", "RGB S2VT", per_video=v),
+        "SCST above cross-entropy, S2VT (CIDEr)": compare(per_seed, "RGB S2VT + SCST", "RGB S2VT", "CIDEr", v),
         "SCST above cross-entropy, attention (CIDEr)": compare(per_seed, "RGB attention + SCST", "RGB attention",
-                                                               "CIDEr"),
-        "SCST above cross-entropy, S2VT (METEOR)": compare(per_seed, "RGB S2VT + SCST", "RGB S2VT"),
-        "SCST above cross-entropy, attention (METEOR)": compare(per_seed, "RGB attention + SCST", "RGB attention"),
+                                                               "CIDEr", v),
+        "SCST above cross-entropy, S2VT (METEOR)": compare(per_seed, "RGB S2VT + SCST", "RGB S2VT", per_video=v),
+        "SCST above cross-entropy, attention (METEOR)": compare(per_seed, "RGB attention + SCST", "RGB attention",
+                                                                per_video=v),
         "SCST gain over its initialisation, S2VT (CIDEr, paired by seed)": paired_gain(per_seed, "RGB S2VT + SCST",
-                                                                                      "RGB S2VT"),
+                                                                                      "RGB S2VT", per_video=v),
         "SCST gain over its initialisation, attention (CIDEr, paired by seed)": paired_gain(
-            per_seed, "RGB attention + SCST", "RGB attention"),
+            per_seed, "RGB attention + SCST", "RGB attention", per_video=v),
     }
 
 
@@ -185,14 +195,14 @@ def run_study(workdir="demo_out", study: str = "decoders", preset: str = "cpu", 
         timings["training"] = time.time() - t
         _stage("4/5 every row on the test split")
         t = time.time()
-        per_seed = evaluate_rows(wd, p, data, corpus, store, seeds, device, meteor)
+        per_seed, per_video = evaluate_rows(wd, p, data, corpus, store, seeds, device, meteor)
         timings["evaluation"] = time.time() - t
 
     _stage("5/5 results on the test split")
     table = study_table(per_seed)
     print(table)
     print(f"(x100; mean ± standard deviation over seeds {seeds}; beam {p.beam})")
-    found = study_findings(per_seed)
+    found = study_findings(per_seed, per_video)
     print_study_findings(found)
     curves = reward_curves(rewards)
     write_report(wd / "bench" / f"{_run(wd, ROWS[-1], seeds[0]).name}.json", wd / "report.html", corpus.video_path,
@@ -202,6 +212,6 @@ def run_study(workdir="demo_out", study: str = "decoders", preset: str = "cpu", 
     results = {"study": study, "preset": preset, "seeds": seeds, "table": table, "per_seed": per_seed,
                "findings": found, "reward_curves": curves, "timings_s": timings}
     write_json(results, wd / "results.json")
-    atomic_write(wd / "results.md", table + "\n")
+    atomic_write(wd / "results.md", table + "\n\n" + findings_markdown(found) + "\n")
     print(f"\ndone in {timings['total'] / 60:.1f} min. Everything is in {wd}/ (results.md results.json report.html)")
     return results

@@ -339,6 +339,21 @@ def cmd_score(a) -> int:
     return 0
 
 
+def cmd_compare(a) -> int:
+    from s2vt.evaluation.compare import compare, groups_of, load_systems, table
+
+    if not 1 <= a.resamples <= 1_000_000:
+        raise S2VTError(f"--resamples {a.resamples}: give 1 to 1000000")
+    if a.seed < 0:
+        raise S2VTError(f"--seed {a.seed}: give a seed of 0 or more")
+    systems = load_systems(groups_of(a.evaluations, a.system))
+    result = compare(systems, a.method, a.resamples, a.seed)
+    print(table(result, systems))
+    if a.json:
+        print(json.dumps(result))
+    return 0
+
+
 def _check_benchmark_out(out: Path, overwrite: bool) -> None:
     """The results folder: a folder, writable, and not holding another program's benchmark files."""
     from s2vt.runtime.fileio import probe_writable
@@ -607,6 +622,34 @@ def _add_evaluate(sub, shared):
     s.set_defaults(fn=cmd_score)
 
 
+def _add_compare(sub, shared):
+    s = sub.add_parser("compare", help="is a difference real? paired bootstrap or randomisation over test videos",
+                       formatter_class=F, description=(
+                           "Each system against the first (the baseline), per metric (METEOR, BLEU-4, CIDEr-D, "
+                           "ROUGE-L): the difference, its 95% confidence interval and a p-value, from the per-video "
+                           "statistics s2vt evaluate keeps. Every resample scores each metric in its corpus form. "
+                           "A system of several runs (one per seed) also resamples its seeds and averages over them "
+                           "inside each resample; systems with as many runs pair them by seed."),
+                       epilog=_examples(
+                           "s2vt compare runs/base/eval_test_beam5.json runs/new/eval_test_beam5.json",
+                           "s2vt compare --system xe runs/xe0/eval.json runs/xe1/eval.json runs/xe2/eval.json "
+                           "--system scst runs/scst0/eval.json runs/scst1/eval.json runs/scst2/eval.json",
+                           "s2vt compare base.json new.json --method ar --resamples 20000 --seed 1 --json"))
+    s.add_argument("evaluations", nargs="*", help="evaluation JSONs (s2vt evaluate), one per system; the first is "
+                                                  "the baseline")
+    s.add_argument("--system", nargs="+", action="append", metavar=("NAME", "FILE"),
+                   help="a system of several runs: its name, then one evaluation JSON per seed (repeat the flag "
+                        "for each system; the first is the baseline)")
+    s.add_argument("--method", choices=["bootstrap", "ar"], default="bootstrap",
+                   help="bootstrap: paired bootstrap (default); ar: approximate randomisation (p), the CI from "
+                        "the paired bootstrap")
+    s.add_argument("--resamples", type=int, default=10_000, help="resamples or randomisation trials (default 10000)")
+    s.add_argument("--seed", type=int, default=0, help="random seed: the same seed prints the same numbers (default 0)")
+    s.add_argument("--json", action="store_true", help="end with one JSON line: baseline, systems (diff, ci, p per "
+                                                       "metric, as fractions), resamples, method")
+    s.set_defaults(fn=cmd_compare)
+
+
 def _add_benchmark(sub, shared):
     s = sub.add_parser("benchmark", help="the paper's table over datasets and splits", formatter_class=F,
                        parents=[shared["device"], shared["decode"], shared["overwrite"]], epilog=_examples(
@@ -677,7 +720,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
     shared = _shared_flags()
     for add in (_add_synth, _add_dataset_info, _add_extract, _add_interop, _add_train, _add_caption, _add_evaluate,
-                _add_benchmark, _add_report, _add_demo):
+                _add_compare, _add_benchmark, _add_report, _add_demo):
         add(sub, shared)
     return p
 

@@ -22,7 +22,7 @@ from s2vt.runtime.errors import S2VTError
 from s2vt.evaluation.evaluate import evaluate, split_refs, tune_alpha
 from s2vt.runtime.fileio import write_json
 from s2vt.evaluation.metrics import Meteor
-from s2vt.evaluation.stats import PerSeed, compare, mean_spread, verdict
+from s2vt.evaluation.stats import PerSeed, PerVideo, compare, findings_markdown, mean_spread, verdict
 
 # MSVD METEOR (%) reported by the paper, and M-VAD
 PAPER = {
@@ -182,8 +182,10 @@ def benchmark_entry(entry: Entry, out_dir: Path, flags: dict, device: str, meteo
     """Every row the entry's models allow, on each of its splits and seeds.
 
     ``flags``: DecodeConfig fields given on the command line (over each checkpoint's defaults).
-    Returns ({(row, column): [metrics per seed]}, [alpha per seed])."""
+    Returns ({(row, column): [metrics per seed]}, [alpha per seed], {(row, column): [{video: metric
+    statistics} per seed]})."""
     results: Dict[Tuple[str, str], List[dict]] = {}
+    videos: Dict[Tuple[str, str], List[dict]] = {}
     alphas: List[Optional[float]] = []
     several = entry.seeds > 1
     for seed in range(entry.seeds):
@@ -204,20 +206,27 @@ def benchmark_entry(entry: Entry, out_dir: Path, flags: dict, device: str, meteo
                          checkpoints=[m.checkpoint for m in members], features=[m.features for m in members],
                          alpha_tuning=tuning if fusion else None, date=time.strftime("%Y-%m-%d %H:%M"))
                 results.setdefault((row, f"{entry.name} {split}"), []).append(r["metrics"])
+                videos.setdefault((row, f"{entry.name} {split}"), []).append(
+                    {v: x["stats"] for v, x in r["videos"].items()})
                 write_json(r, out_dir / f"{file_stem(entry.name, split, row, seed if several else None)}.json")
                 if bar is not None:
                     bar.update(1)
-    return results, alphas
+    return results, alphas, videos
 
 
-def findings(results: Dict[str, Dict[str, List[dict]]], columns: Sequence[str]) -> Dict[str, dict]:
-    """The paper's comparisons on METEOR in every column that has both rows."""
+def findings(results: Dict[str, Dict[str, List[dict]]], columns: Sequence[str],
+             videos: Optional[Dict[str, Dict[str, List[dict]]]] = None) -> Dict[str, dict]:
+    """The paper's comparisons on METEOR in every column that has both rows; with ``videos`` (as
+    ``results``, each run's per-video metric statistics) also the paired difference, its CI and p."""
     out = {}
     for col in columns:
         for better, worse in COMPARISONS:
             if results.get(better, {}).get(col) and results.get(worse, {}).get(col):
                 per_seed: PerSeed = {better: results[better][col], worse: results[worse][col]}
-                out[f"{better} above {worse} ({col})"] = compare(per_seed, better, worse)
+                per_video: Optional[PerVideo] = ({r: videos[r][col] for r in (better, worse)}
+                                                 if videos and all(col in videos.get(r, {}) for r in (better, worse))
+                                                 else None)
+                out[f"{better} above {worse} ({col})"] = compare(per_seed, better, worse, per_video=per_video)
     return out
 
 
@@ -233,26 +242,27 @@ def benchmark(spec: list, out_dir, flags: Optional[dict] = None, device: str = "
     DecodeConfig().given(**flags)  # checked before any work
     entries, out_dir = check_spec(spec), Path(out_dir)
     results: Dict[str, Dict[str, List[dict]]] = {r: {} for r in ROWS}
+    videos: Dict[str, Dict[str, List[dict]]] = {r: {} for r in ROWS}
     columns, paper_of, alphas = [], {}, {}
     total = sum(e.seeds * len(e.splits) * sum(all(m in e.models() for m in ms) for ms in ROW_MEMBERS.values())
                 for e in entries)
     with (contextlib.nullcontext(meteor) if meteor is not None else Meteor()) as meteor, \
             tqdm(total=total, desc="benchmark", unit="row", disable=not progress) as bar:  # one JVM for all
         for entry in entries:
-            found, alphas[entry.name] = benchmark_entry(entry, out_dir, flags, device, meteor, bar)
+            found, alphas[entry.name], stats = benchmark_entry(entry, out_dir, flags, device, meteor, bar)
             for split in entry.splits:
                 col = f"{entry.name} {split}"
                 columns.append(col)
                 paper_of[col] = entry.dataset if split == "test" else None
             for (row, col), metrics in found.items():
-                results[row][col] = metrics
+                results[row][col], videos[row][col] = metrics, stats[row, col]
     shown = {r: v for r, v in results.items() if v}
     table = markdown_table(shown, columns, ("METEOR", "Bleu_4", "CIDEr"), paper_of)
-    found = findings(shown, columns)
+    found = findings(shown, columns, videos)
     payload = {"table": table, "results": results, "alphas": alphas, "decoding_flags": flags,
                "findings": found, "verdicts": {k: verdict(f) for k, f in found.items()},
                "metrics_scale": "fractions in [0, 1]; the table shows x100",
                "spec": [asdict(e) for e in entries]}
     write_json(payload, out_dir / "benchmark.json")
-    (out_dir / "benchmark.md").write_text(table + "\n")
+    (out_dir / "benchmark.md").write_text(table + "\n" + (f"\n{findings_markdown(found)}\n" if found else ""))
     return table, payload

@@ -16,18 +16,25 @@ from s2vt.decoding.search import DecodeConfig
 from s2vt.runtime.errors import S2VTError
 from s2vt.evaluation.metrics import Meteor, score
 
+# the evaluation JSON's layout; 2: each video carries its metric statistics ("stats", s2vt.evaluation.metric_stats),
+# from which s2vt compare rescores any resample of the videos
+FORMAT = 2
+
 
 def evaluate(captioner: Captioner, refs: Dict[str, List[str]], weights=None, decoding: Optional[DecodeConfig] = None,
              meteor: Optional[Meteor] = None, progress: bool = False) -> dict:
     """Caption the videos of ``refs`` with ``decoding`` (default: the checkpoint's) and score them.
-    Returns corpus/per-video metrics (fractions, not x100), captions and the decoding used."""
+    Returns corpus/per-video metrics (fractions, not x100), each video's metric statistics, captions
+    and the decoding used."""
     dec = decoding or captioner.decoding
     vids, missing = captioner.available(list(refs))
     if not vids:
         raise S2VTError("no video of this split has features in every store")
     caps = captioner.caption(vids, weights, dec, progress=progress)
-    corpus, per = score({v: refs[v] for v in vids}, caps, meteor=meteor)
-    return {"metrics": corpus, "videos": {v: {"caption": caps[v], "references": refs[v], **per[v]} for v in vids},
+    stats: Dict[str, dict] = {}
+    corpus, per = score({v: refs[v] for v in vids}, caps, meteor=meteor, stats=stats)
+    return {"format": FORMAT, "metrics": corpus,
+            "videos": {v: {"caption": caps[v], "references": refs[v], **per[v], "stats": stats[v]} for v in vids},
             "missing": missing, "beam": dec.beam, "decoding": asdict(dec),
             "weights": list(weights) if weights is not None else None}
 

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 from s2vt.runtime.errors import S2VTError
+from s2vt.evaluation.metric_stats import video_stats
 from s2vt.runtime.workers import child_dies_with_us
 
 PUNCTUATIONS = {"''", "'", "``", "`", "-LRB-", "-RRB-", "-LCB-", "-RCB-", ".", "?", "!", ",", ":", "-", "--", "...", ";"}
@@ -255,6 +256,11 @@ class Meteor:
 
     def compute_score(self, gts: Dict[str, List[str]], res: Dict[str, List[str]]) -> Tuple[float, List[float]]:
         """Corpus METEOR and per-item scores; same arguments as pycocoevalcap's Meteor."""
+        return self.compute_stats(gts, res)[:2]
+
+    def compute_stats(self, gts: Dict[str, List[str]],
+                      res: Dict[str, List[str]]) -> Tuple[float, List[float], List[str]]:
+        """:meth:`compute_score`, and each item's ``SCORE`` statistics line (s2vt.evaluation.metric_stats)."""
         assert gts.keys() == res.keys(), "references and candidates must cover the same ids"
         with self._lock:
             stats = []
@@ -265,7 +271,7 @@ class Meteor:
                 stats.append(self._read())
             self._send("EVAL ||| " + " ||| ".join(stats))
             scores = [float(self._read()) for _ in stats]
-            return float(self._read()), scores
+            return float(self._read()), scores, stats
 
     def close(self) -> None:
         if self.proc.poll() is None:
@@ -290,12 +296,14 @@ class Meteor:
 
 
 def score(references: Dict[str, List[str]], candidates: Dict[str, str], meteor: Optional[Meteor] = None,
-          use_meteor: bool = True, java_tokenizer: bool = True) -> Tuple[Dict[str, float], Dict[str, Dict[str, float]]]:
+          use_meteor: bool = True, java_tokenizer: bool = True,
+          stats: Optional[Dict[str, dict]] = None) -> Tuple[Dict[str, float], Dict[str, Dict[str, float]]]:
     """Corpus metrics and per-video metrics for ``candidates`` (one caption per id).
 
     ``references`` and ``candidates`` must have the same ids. Scores are fractions
     (multiply by 100 for the paper's tables). ``java_tokenizer=False`` (only without METEOR):
-    :func:`py_tokenize` instead of the PTB tokenizer, so nothing needs Java.
+    :func:`py_tokenize` instead of the PTB tokenizer, so nothing needs Java. ``stats``: a dict
+    filled with each video's sufficient statistics (:func:`s2vt.evaluation.metric_stats.video_stats`).
     """
     from pycocoevalcap.bleu.bleu import Bleu
     from pycocoevalcap.cider.cider import Cider
@@ -326,11 +334,12 @@ def score(references: Dict[str, List[str]], candidates: Dict[str, str], meteor: 
         corpus[f"Bleu_{n + 1}"] = float(b[n])
         for k, s in zip(ids, bs[n]):
             per[k][f"Bleu_{n + 1}"] = float(s)
+    lines = None
     if use_meteor:
         own = meteor is None
         m = meteor or Meteor()
         try:
-            ms, mss = m.compute_score(gts, res)
+            ms, mss, lines = m.compute_stats(gts, res)
         finally:
             if own:
                 m.close()
@@ -342,6 +351,8 @@ def score(references: Dict[str, List[str]], candidates: Dict[str, str], meteor: 
         corpus[name] = float(s)
         for k, v in zip(ids, ss):
             per[k][name] = float(v)
+    if stats is not None:
+        stats.update(video_stats(ids, gts, res, lines, per))
     return corpus, per
 
 
