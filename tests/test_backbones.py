@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from s2vt.features.backbones.registry import Backbone, Preprocess, normalize, prepare, resolve_weights
+from s2vt.features.backbones.registry import Backbone, resolve_weights
+from s2vt.features.backbones.spec import Preprocess, normalize, prepare
 from s2vt.runtime.errors import S2VTError, WeightsNotFound
 
 

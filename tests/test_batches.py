@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from s2vt.training.batches import (Batch, BatchStream, CaptionTable, EpochSampler, FeatureBank, cap_frames,
+from s2vt.features.frames import cap_frames
+from s2vt.training.batches import (Batch, BatchStream, CaptionTable, EpochSampler, FeatureBank,
                           frame_permutation, place_bank)
 from s2vt.features.store import FeatureStore, FeatureWriter
 from s2vt.data.vocab import Vocab
@@ -131,7 +132,7 @@ def test_captions_are_tokenised_once_with_lengths(corpus):
 
 
 def test_bank_serves_captioning_the_same_frames_as_the_store(corpus):
-    from s2vt.training.batches import StoreFeatures
+    from s2vt.features.frames import StoreFeatures
 
     store, items, vocab = corpus
     vids = [v for v, _ in items]

@@ -15,9 +15,10 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from s2vt.training import batches as batches_mod
 from s2vt.training.batches import Batch, BatchStream, CaptionTable, FeatureBank, place_bank
-from s2vt.runtime.config import ConfigError, check_device
 from s2vt.features.store import FeatureStore, FeatureWriter
 from s2vt.data.vocab import Vocab
+from s2vt.runtime.devices import resolve as resolve_device
+from s2vt.runtime.errors import ConfigError
 
 pytestmark = pytest.mark.fake_cuda
 WORDS = [f"w{i}" for i in range(20)]
@@ -62,16 +63,16 @@ def corpus(tmp_path_factory):
 
 def test_cuda_devices_are_normalised_with_their_index(gpus, monkeypatch):
     gpus(n=2)
-    assert check_device("cuda") == torch.device("cuda:0")  # torch.device("cuda") != torch.device("cuda:0")
-    assert check_device("cuda:1") == torch.device("cuda", 1)
+    assert resolve_device("cuda") == torch.device("cuda:0")  # torch.device("cuda") != torch.device("cuda:0")
+    assert resolve_device("cuda:1") == torch.device("cuda", 1)
     monkeypatch.setenv("LOCAL_RANK", "1")  # torchrun's second process on this machine
-    assert check_device("cuda") == torch.device("cuda:1")
-    assert check_device("cpu") == torch.device("cpu")
+    assert resolve_device("cuda") == torch.device("cuda:1")
+    assert resolve_device("cpu") == torch.device("cpu")
     with pytest.raises(ConfigError, match="cuda:2 .*2 CUDA device"):
-        check_device("cuda:2")
+        resolve_device("cuda:2")
     monkeypatch.setenv("LOCAL_RANK", "3")
     with pytest.raises(ConfigError, match="LOCAL_RANK"):
-        check_device("cuda")
+        resolve_device("cuda")
 
 
 def test_extraction_under_torchrun_takes_its_own_gpu_and_share_of_cores(gpus, monkeypatch):
@@ -83,7 +84,7 @@ def test_extraction_under_torchrun_takes_its_own_gpu_and_share_of_cores(gpus, mo
     monkeypatch.setenv("LOCAL_RANK", "1")
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
     cfg = ExtractConfig(device="cuda")
-    assert check_device(cfg.device) == torch.device("cuda:1")
+    assert resolve_device(cfg.device) == torch.device("cuda:1")
     assert cfg.decode_workers() == 7  # 16 cores shared by 2 processes, one core each for the CNN's process
     monkeypatch.delenv("LOCAL_RANK")
     monkeypatch.delenv("LOCAL_WORLD_SIZE")

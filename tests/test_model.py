@@ -1,6 +1,6 @@
 import torch
 
-from s2vt.training.batches import pad_features
+from s2vt.features.frames import pad_features
 from s2vt.models.s2vt import ModelConfig, S2VT
 from s2vt.data.vocab import Vocab
 

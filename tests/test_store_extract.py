@@ -505,7 +505,7 @@ def test_signature_is_made_from_the_feature_fields_and_read_back():
 
 def test_crop_ratio_is_applied(tmp_path):
     import cv2
-    from s2vt.features.backbones.registry import prepare
+    from s2vt.features.backbones.spec import prepare
     from s2vt.features.extract import VideoChunks
 
     p = write(tmp_path / "a.avi", moving_square(1, 96, 64))

@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from s2vt.features.backbones.registry import Backbone, Preprocess, normalize, prepare, read_state, resolve_weights
+from s2vt.features.backbones.registry import Backbone, resolve_weights
+from s2vt.features.backbones.spec import Preprocess, normalize, prepare
+from s2vt.features.backbones.weights import read_state
 from s2vt.runtime.errors import S2VTError, WeightsNotFound
 
 from videos import moving_square, write

@@ -284,7 +284,7 @@ def test_lr_schedules_per_epoch(schedule, want):
     ("val_every", 0, r"--val-every"), ("gamma", 2.0, r"--gamma .* <= 1"),
 ])
 def test_training_config_checks_its_own_values(field, value, message):
-    from s2vt.runtime.config import ConfigError
+    from s2vt.runtime.errors import ConfigError
     from s2vt.training.loop import TrainConfig
 
     with pytest.raises(ConfigError, match=message):
@@ -293,7 +293,7 @@ def test_training_config_checks_its_own_values(field, value, message):
 
 @pytest.mark.parametrize("field, value", [("max_words", -2), ("hidden", 0), ("dropout", 1.5), ("max_frames", 0)])
 def test_model_config_checks_its_own_values(field, value):
-    from s2vt.runtime.config import ConfigError
+    from s2vt.runtime.errors import ConfigError
 
     with pytest.raises(ConfigError, match="--" + field.replace("_", "-")):
         ModelConfig(**{field: value})

@@ -265,15 +265,15 @@ def check_seeds(seeds) -> List[int]:
     """``--seeds``: each one a training seed, in the range of ``TrainConfig.seed`` (checked before any work)."""
     from dataclasses import fields
 
-    from s2vt.runtime.config import ConfigError, check_value
+    from s2vt.runtime.config import check_value
+    from s2vt.runtime.errors import ConfigError, FieldError
 
     seed = next(f for f in fields(TrainConfig) if f.name == "seed")
     for s in seeds:
         try:
             check_value("seed", s, seed, "TrainConfig")
-        except ConfigError as e:
-            raise ConfigError(f"--seeds: {str(e).replace('--seed (TrainConfig.seed)', 'a seed')} "
-                              "(the range of s2vt train --seed)") from None
+        except FieldError as e:
+            raise ConfigError(f"--seeds: {e.about('a seed')} (the range of s2vt train --seed)") from None
     twice = sorted({s for s in seeds if list(seeds).count(s) > 1})
     if twice:
         raise ConfigError(f"--seeds: seed {twice[0]} is given twice; each seed is one run (mean ± SD over distinct seeds)")

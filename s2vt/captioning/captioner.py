@@ -14,7 +14,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from s2vt.training.batches import StoreFeatures, pad_features
+from s2vt.features.frames import StoreFeatures, pad_features
 from s2vt.models.checkpoint import Checkpoint
 from s2vt.decoding.search import DecodeConfig, Fusion, decode
 from s2vt.runtime.devices import normalize

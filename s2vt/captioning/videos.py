@@ -9,8 +9,8 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from s2vt.features.backbones.registry import Preprocess
-from s2vt.training.batches import cap_frames
+from s2vt.features.backbones.spec import Preprocess
+from s2vt.features.frames import cap_frames
 from s2vt.captioning.captioner import Captioner, load_checkpoints
 from s2vt.models.checkpoint import Checkpoint
 from s2vt.runtime.devices import configure

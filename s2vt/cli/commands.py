@@ -15,8 +15,8 @@ import sys
 import threading
 from pathlib import Path
 
-from s2vt.runtime.config import check_device
 from s2vt.runtime.errors import S2VTError
+from s2vt.runtime.devices import resolve as resolve_device
 from s2vt.runtime.hostmem import keep_freed_memory
 
 F = argparse.RawDescriptionHelpFormatter
@@ -229,7 +229,7 @@ def cmd_caption(a) -> int:
     from s2vt.video.reader import VideoError
 
     flags = decode_flags(a)
-    check_device(a.device)
+    resolve_device(a.device)
     _needs_flow(a, "--alpha", "--weights-flow")
     if a.attention and not a.json:
         raise S2VTError("--attention adds per-word attention weights to the JSON output: add --json")
@@ -276,7 +276,7 @@ def _evaluate(a, lock) -> int:
     from s2vt.evaluation.metrics import Meteor
 
     flags = decode_flags(a)
-    check_device(a.device)
+    resolve_device(a.device)
     _needs_flow(a, "--alpha", "--features-flow")
     members = [Member(a.checkpoint, a.features)]
     if a.checkpoint_flow:
@@ -375,7 +375,7 @@ def cmd_benchmark(a) -> int:
     from s2vt.evaluation.benchmark import benchmark, check_spec
 
     flags = decode_flags(a)
-    check_device(a.device)
+    resolve_device(a.device)
     if a.spec:
         spec = _read_json(a.spec, "--spec")
     else:
@@ -422,7 +422,7 @@ def cmd_demo(a) -> int:
     from s2vt.apps.demo import run_demo
 
     if a.device:
-        check_device(a.device)
+        resolve_device(a.device)
     if a.seeds is not None and any(s < 0 for s in a.seeds):
         raise S2VTError(f"--seeds {' '.join(map(str, a.seeds))}: seeds must be >= 0")
     if a.study:

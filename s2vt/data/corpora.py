@@ -48,9 +48,9 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 from s2vt.runtime.errors import DataError, S2VTError
 from s2vt.data.ids import check_video_id
 from s2vt.runtime.inputs import check_input_file
+from s2vt.video.reader import VIDEO_EXTENSIONS
 
 SPLITS = ("train", "val", "test")
-VIDEO_EXTENSIONS = (".avi", ".mp4", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv")
 
 
 @dataclass

@@ -21,7 +21,7 @@ statistics, so 10,000 resamples cost a few matrix products, not a scorer call ea
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 

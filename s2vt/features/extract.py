@@ -30,11 +30,13 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from s2vt.features.backbones.registry import Backbone, Preprocess, backbone_spec, check_backbone, prepare
-from s2vt.runtime.config import as_flags, check_device, check_fields, feature_fields, option
+from s2vt.features.backbones.registry import Backbone, backbone_spec, check_backbone
+from s2vt.features.backbones.spec import Preprocess, prepare
+from s2vt.runtime.config import as_flags, check_fields, feature_fields, option
 from s2vt.runtime.devices import configure, local_world_size, synchronize
+from s2vt.runtime.devices import resolve as resolve_device
 from s2vt.runtime.devices import name as device_name
-from s2vt.runtime.errors import S2VTError, SignatureMismatch
+from s2vt.runtime.errors import FieldError, S2VTError, SignatureMismatch
 from s2vt.video.flow import METHODS, OFFSET, SCALE, FlowComputer, flow_to_image
 from s2vt.runtime.hostmem import keep_freed_memory, return_free_memory
 from s2vt.features.raft import LEARNED, RAFT_MIN, FlowFeatures, LearnedFlow
@@ -126,7 +128,7 @@ class ExtractConfig:
 
     def on_device(self) -> Tuple["ExtractConfig", torch.device]:
         """(this config as it runs here, the device): checked when a run starts, not on construction."""
-        dev = check_device(self.device)
+        dev = resolve_device(self.device)
         if self.precision == "bf16" and dev.type == "cpu":
             # CPUs without bf16 units run a bf16 CNN ~60x slower than fp32: compute (and record) fp32
             warnings.warn("--precision bf16 is for GPUs; on the CPU the CNN runs (and the store records) fp32",
@@ -147,8 +149,10 @@ class ExtractConfig:
                 given[f.name] = value
         try:
             return cls(**given, weights=weights, device=device, download=download, flow_weights=flow_weights)
-        except S2VTError as e:  # a value recorded in the signature, not a flag the user gave
-            raise SignatureMismatch(signature_words(str(e))) from None
+        except FieldError as e:  # a value recorded in the signature, not a flag the user gave
+            raise in_signature_words(e) from None
+        except S2VTError as e:
+            raise SignatureMismatch(f"{e} (a value the features' signature records)") from None
 
     def feature_values(self) -> dict:
         """The signature entries these settings define (dotted keys nested)."""
@@ -201,16 +205,12 @@ class ExtractConfig:
 _MISSING = object()
 
 
-def signature_words(message: str) -> str:
-    """An ExtractConfig error about a value read from a signature, in the signature's words:
-    "--stride (ExtractConfig.stride) must be >= 1" -> "its signature's sampling.stride must be >= 1"."""
-    for f in fields(ExtractConfig):
-        key = f.metadata.get("feature")
-        if key:
-            name = f"--{f.name.replace('_', '-')}"
-            message = message.replace(f"{name} (ExtractConfig.{f.name})", f"its signature's {key}")
-            message = message.replace(f"{name} ", f"its signature's {key} ", 1) if message.startswith(name) else message
-    return f"{message} (a value the features' signature records)"
+def in_signature_words(e: FieldError) -> SignatureMismatch:
+    """An ExtractConfig field error about a value read from a signature, in the signature's words:
+    "its signature's sampling.stride must be >= 1, got 0 (a value the features' signature records)"."""
+    key = next((f.metadata.get("feature") for f in fields(ExtractConfig) if f.name == e.name), None)
+    subject = f"its signature's {key}" if key else f"its signature's {e.name}"
+    return SignatureMismatch(f"{e.about(subject)} (a value the features' signature records)")
 
 
 def _lookup(d: dict, dotted: str):
@@ -660,7 +660,7 @@ def video_items(paths: Sequence) -> List[Tuple[str, Path]]:
     """(id, path) of video files and of every video under folders (searched recursively). A file's id
     is its stem; under a folder, its path relative to the folder without extension, parts joined by
     ``__`` (``a/b.mp4`` -> ``a__b``), so that two folders' ``clip1.mp4`` stay apart."""
-    from s2vt.data.corpora import VIDEO_EXTENSIONS
+    from s2vt.video.reader import VIDEO_EXTENSIONS
     from s2vt.data.ids import check_video_id
     from s2vt.video.reader import iter_video_paths
 

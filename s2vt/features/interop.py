@@ -26,12 +26,12 @@ from typing import Dict, Iterator, List, Optional, Tuple
 import numpy as np
 
 from s2vt.runtime.errors import S2VTError
+from s2vt.video.reader import VIDEO_EXTENSIONS
 from s2vt.runtime.fileio import atomic_write, fsync_dir
 from s2vt.data.ids import check_video_id, id_problem
 from s2vt.features.signature import IMPORTED
 from s2vt.features.store import VERSION, FeatureStore, FeatureWriter, discard_stage, stage_dir
 
-VIDEO_SUFFIXES = (".avi", ".mp4", ".mkv", ".mov", ".webm", ".mpg", ".mpeg", ".m4v", ".flv", ".wmv", ".3gp")
 ARRAY_SUFFIXES = (".npy", ".npz")
 FLOATS = ("float16", "float32", "float64")
 
@@ -43,7 +43,7 @@ def file_id(name: str) -> str:
         if stem.lower().endswith(suf):
             stem = stem[: -len(suf)]
             break
-    for suf in VIDEO_SUFFIXES:
+    for suf in VIDEO_EXTENSIONS:
         if stem.lower().endswith(suf) and len(stem) > len(suf):
             return stem[: -len(suf)]
     return stem

@@ -22,6 +22,7 @@ from typing import Optional
 import torch
 from torch import nn
 
+from s2vt.features.backbones.weights import fetch_weights, file_digest, given_weights, load_state
 from s2vt.runtime.errors import S2VTError, WeightsNotFound
 from s2vt.video.flow import OFFSET, SCALE
 
@@ -42,14 +43,10 @@ def resolve_flow_weights(method: str, weights: Optional[str] = None, download: b
     if method not in LEARNED:
         raise S2VTError(f"--flow-method {method!r} is not a learned flow; choose one of {', '.join(LEARNED)}")
     if weights:
-        from s2vt.features.backbones.registry import given_weights
-
         return given_weights(weights, "--flow-weights")
     enum = _weights_enum(method)
     cached = Path(torch.hub.get_dir()) / "checkpoints" / enum.url.rsplit("/", 1)[-1]
     if not cached.is_file() and download:
-        from s2vt.features.backbones.registry import fetch_weights
-
         fetch_weights(lambda: enum.get_state_dict(progress=True), method)  # torchvision's loader fills torch's cache
     if not cached.is_file():
         raise WeightsNotFound(f"no weights for {method}: pass --flow-weights FILE (a torchvision RAFT state dict), "
@@ -71,8 +68,6 @@ class LearnedFlow(nn.Module):
     def __init__(self, method: str = "raft_small", weights: Optional[str] = None, download: bool = False):
         super().__init__()
         from torchvision.models import optical_flow
-
-        from s2vt.features.backbones.registry import file_digest, load_state
 
         path = resolve_flow_weights(method, weights, download)
         self.method, self.weights_digest = method, file_digest(path)

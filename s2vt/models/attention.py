@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from s2vt.runtime.config import ConfigError
+from s2vt.runtime.errors import ConfigError
 from s2vt.models.s2vt import ModelConfig, run_lstm
 
 LSTMState = Tuple[torch.Tensor, torch.Tensor]

@@ -8,13 +8,15 @@ tensors and plain types, written atomically (``fileio.atomic_write``) and read w
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Dict, Optional
 
 import torch
 
-from s2vt.runtime.config import ConfigError, from_dict
+from s2vt.runtime.config import from_dict
+from s2vt.runtime.errors import ConfigError
 from s2vt.decoding.search import DecodeConfig
 from s2vt.runtime.errors import S2VTError
 from s2vt.runtime.fileio import atomic_write
@@ -31,6 +33,18 @@ _REQUIRED = ("model", "model_config", "vocab", "feature_signature")
 
 class CheckpointError(S2VTError):
     """A file that is not a usable s2vt checkpoint."""
+
+
+@dataclass
+class LoopState:
+    """Where a training run is: the checkpoint's ``state``, all a resume needs besides the weights."""
+
+    step: int = 0           # optimiser steps taken
+    epoch: int = 0          # epochs finished
+    batch: int = 0          # batches of the current epoch finished
+    best: float = -math.inf  # best validation score (higher is better)
+    best_epoch: int = -1
+    stale: int = 0          # validations since the last improvement
 
 
 @dataclass
@@ -167,8 +181,6 @@ def _check_weights(path: Path, state, mc: ModelConfig) -> None:
 
 def _check_resume_fields(path: Path, d: dict) -> None:
     """What ``s2vt train --resume`` restores: the loop state, the optimiser, scheduler and RNG states."""
-    from s2vt.training.loop import LoopState
-
     kinds = {f.name: (float if f.name == "best" else int) for f in fields(LoopState)}
     for k, v in (d.get("state") or {}).items():
         ok = k in kinds and isinstance(v, (int, float) if kinds[k] is float else int) and not isinstance(v, bool)

@@ -21,7 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-from s2vt.runtime.config import ConfigError, check_fields, option
+from s2vt.runtime.config import check_fields, option
+from s2vt.runtime.errors import ConfigError
 
 State = Tuple[Tuple[torch.Tensor, torch.Tensor], Tuple[torch.Tensor, torch.Tensor]]
 DECODERS = ("s2vt", "attention")  # the models of s2vt.models.registry

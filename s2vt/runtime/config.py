@@ -14,14 +14,10 @@ import math
 import typing
 from typing import Any, Iterable, Optional, Sequence
 
-from s2vt.runtime.errors import S2VTError
+from s2vt.runtime.errors import ConfigError, FieldError
 
 
 INT64_MAX = 2 ** 63 - 1  # the largest integer numpy and torch take
-
-
-class ConfigError(S2VTError):
-    """A configuration value that makes no sense; the message names the flag."""
 
 
 def option(default: Any, help: str, choices: Optional[Sequence] = None, low: Optional[float] = None,
@@ -53,7 +49,6 @@ def _base_type(tp):
 def check_value(name: str, value: Any, f: dataclasses.Field, owner: str) -> None:
     """Raise ConfigError when ``value`` breaks the field's type, choices or range."""
     m, tp = f.metadata, _base_type(f.type)
-    where = f"{flag(name)} ({owner}.{name})"
     if value is None and (isinstance(f.type, str) and "Optional" in f.type):
         return
     if tp in (int, float, str, bool):
@@ -61,21 +56,20 @@ def check_value(name: str, value: Any, f: dataclasses.Field, owner: str) -> None
         if tp is float and isinstance(value, int) and not isinstance(value, bool):
             ok = True
         if not ok:
-            raise ConfigError(f"{where} must be {tp.__name__}, got {_number(value)} ({type(value).__name__})")
+            raise FieldError(name, owner, f"must be {tp.__name__}", f"{_number(value)} ({type(value).__name__})")
     if m.get("choices") and value not in m["choices"]:
-        raise ConfigError(f"{where} must be one of {', '.join(map(str, m['choices']))}, got {_number(value)}")
+        raise FieldError(name, owner, f"must be one of {', '.join(map(str, m['choices']))}", _number(value))
     if tp in (int, float) and value is not None:
         if not math.isfinite(value):
-            raise ConfigError(f"{where} must be a finite number, got {value!r}")
+            raise FieldError(name, owner, "must be a finite number", repr(value))
         low, high = m.get("low"), m.get("high")
         if tp is int and not -INT64_MAX - 1 <= value <= INT64_MAX:  # numpy and torch take 64-bit integers
             high = INT64_MAX if high is None else high
             low = -INT64_MAX - 1 if low is None else low
         if low is not None and (value < low or (m.get("low_open") and value == low)):
-            raise ConfigError(f"{where} must be {'>' if m.get('low_open') else '>='} {_number(low)}, "
-                              f"got {_number(value)}")
+            raise FieldError(name, owner, f"must be {'>' if m.get('low_open') else '>='} {_number(low)}", _number(value))
         if high is not None and value > high:
-            raise ConfigError(f"{where} must be <= {_number(high)}, got {_number(value)}")
+            raise FieldError(name, owner, f"must be <= {_number(high)}", _number(value))
 
 
 def _number(v) -> str:
@@ -159,10 +153,3 @@ def overrides(args: argparse.Namespace, cls, dest_prefix: str = "") -> dict:
         if v is not None:
             out[f.name] = v
     return out
-
-
-def check_device(device: str):
-    """The normalised torch.device named ``device`` (see :func:`s2vt.runtime.devices.resolve`)."""
-    from s2vt.runtime.devices import resolve
-
-    return resolve(device)

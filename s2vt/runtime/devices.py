@@ -17,7 +17,7 @@ from typing import Optional, Union
 
 import torch
 
-from s2vt.runtime.config import ConfigError
+from s2vt.runtime.errors import ConfigError
 
 DeviceLike = Union[str, torch.device]
 

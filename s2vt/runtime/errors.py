@@ -20,3 +20,21 @@ class SignatureMismatch(S2VTError):
 
 class WeightsNotFound(S2VTError):
     """Pretrained CNN weights are not on disk (nothing is downloaded at run time)."""
+
+
+class ConfigError(S2VTError):
+    """A configuration value that makes no sense; the message names the flag."""
+
+
+class FieldError(ConfigError):
+    """A value that breaks its field's declaration, as data: the field ``name`` of config class
+    ``owner``, the ``requirement`` it breaks ("must be >= 1") and the value as shown (``got``).
+    A caller that knows the value under another name words the message with :meth:`about`."""
+
+    def __init__(self, name: str, owner: str, requirement: str, got: str):
+        self.name, self.owner, self.requirement, self.got = name, owner, requirement, got
+        super().__init__(self.about(f"--{name.replace('_', '-')} ({owner}.{name})"))
+
+    def about(self, subject: str) -> str:
+        """The message with ``subject`` naming the value: "its signature's sampling.stride must be >= 1, got 0"."""
+        return f"{subject} {self.requirement}, got {self.got}"

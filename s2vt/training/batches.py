@@ -34,13 +34,7 @@ from s2vt.runtime.devices import local_world_size, normalize, same
 from s2vt.runtime.errors import S2VTError
 from s2vt.features.store import FeatureStore
 from s2vt.data.vocab import Vocab
-
-
-def cap_frames(n: int, max_frames: int) -> np.ndarray:
-    """Indices of at most ``max_frames`` of ``n`` frames, spread uniformly, in order."""
-    if not max_frames or n <= max_frames:
-        return np.arange(n)
-    return np.linspace(0, n - 1, max_frames).round().astype(np.int64)
+from s2vt.features.frames import cap_frames
 
 
 def frame_permutation(seed: int, epoch: int, sample: int, n: int) -> np.ndarray:
@@ -372,28 +366,3 @@ class EpochSampler:
         perm = torch.randperm(self.n, generator=g).tolist()
         return [perm[k * self.B:(k + 1) * self.B][self.rank::self.world]
                 for k in range(start_batch, self.batches_per_epoch())]
-
-
-# ------------------------------------------------------------------------------- captioning
-
-class StoreFeatures:
-    """Per-video (T, D) features read from a store on demand, capped to ``max_frames``."""
-
-    def __init__(self, store: FeatureStore, max_frames: int = 0):
-        self.store, self.max_frames = store, max_frames
-
-    def __contains__(self, vid: str) -> bool:
-        return vid in self.store
-
-    def __call__(self, vid: str) -> torch.Tensor:
-        f = self.store.features(vid)
-        return torch.from_numpy(np.ascontiguousarray(f[cap_frames(len(f), self.max_frames)]))
-
-
-def pad_features(feats: Sequence[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
-    """[(T_i, D)] -> zero-padded (B, T, D) and lengths (B,)."""
-    lens = torch.tensor([len(f) for f in feats])
-    x = feats[0].new_zeros(len(feats), int(lens.max()), feats[0].shape[1])
-    for i, f in enumerate(feats):
-        x[i, : len(f)] = f
-    return x, lens

@@ -26,11 +26,13 @@ from typing import Dict, List, Optional
 import numpy as np
 import torch
 
-from s2vt.training.batches import BatchStream, CaptionTable, EpochSampler, FeatureBank, StoreFeatures, num_frames, place_bank
+from s2vt.training.batches import BatchStream, CaptionTable, EpochSampler, FeatureBank, num_frames, place_bank
+from s2vt.features.frames import StoreFeatures
 from s2vt.captioning.captioner import Captioner
-from s2vt.models.checkpoint import Checkpoint
-from s2vt.runtime.config import INT64_MAX, ConfigError, check_device, check_fields, from_dict, option
-from s2vt.runtime.devices import configure
+from s2vt.models.checkpoint import Checkpoint, LoopState
+from s2vt.runtime.config import INT64_MAX, check_fields, from_dict, option
+from s2vt.runtime.errors import ConfigError
+from s2vt.runtime.devices import configure, resolve as resolve_device
 from s2vt.data.corpora import load_corpus
 from s2vt.runtime.errors import S2VTError
 from s2vt.runtime.fileio import folder_lock, write_json
@@ -121,16 +123,6 @@ class TrainConfig:
         lr = self.lr if self.lr is not None else LR_PRESETS[self.optimizer]
         return dataclasses.replace(self, lr=lr, model=dataclasses.replace(self.model),
                                    decoding=dataclasses.replace(self.decoding))
-
-
-@dataclass
-class LoopState:
-    step: int = 0           # optimiser steps taken
-    epoch: int = 0          # epochs finished
-    batch: int = 0          # batches of the current epoch finished
-    best: float = -math.inf  # best validation score (higher is better)
-    best_epoch: int = -1
-    stale: int = 0          # validations since the last improvement
 
 
 @dataclass
@@ -404,7 +396,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, meteor=
     """
     cfg = cfg.resolved()
     rank, world = dist_info()
-    device = check_device(cfg.device)  # cuda:LOCAL_RANK under torchrun
+    device = resolve_device(cfg.device)  # cuda:LOCAL_RANK under torchrun
     if cfg.amp and device.type != "cuda":
         raise ConfigError("--amp (bf16) is for CUDA devices; on the CPU it is slower than fp32: drop --amp")
     configure(device, fp32=not cfg.amp)

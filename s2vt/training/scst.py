@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from s2vt.runtime.config import ConfigError
+from s2vt.runtime.errors import ConfigError
 from s2vt.runtime.errors import S2VTError
 from s2vt.data.vocab import Vocab, tokenize
 

@@ -29,6 +29,9 @@ import numpy as np
 
 from s2vt.runtime.errors import S2VTError
 
+# the files a folder of videos is searched for (extract, import-features, the corpora)
+VIDEO_EXTENSIONS = (".avi", ".mp4", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp")
+
 
 class VideoError(S2VTError):
     """A video file that cannot be decoded (the message is the reason)."""
@@ -161,8 +164,6 @@ def iter_frames(path, sampling: Sampling = Sampling(), pairs: bool = False,
 
 def iter_video_paths(folder, extensions=None) -> Iterator[Path]:
     """Video files under ``folder`` (recursive, sorted), by extension."""
-    from s2vt.data.corpora import VIDEO_EXTENSIONS
-
     exts = tuple(e.lower() for e in (extensions or VIDEO_EXTENSIONS))
     def unreadable(e: OSError) -> None:
         warnings.warn(f"cannot read folder {e.filename} ({e.strerror}): its videos are skipped", stacklevel=2)

@@ -21,11 +21,44 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import torch
+from torch import nn
 
-from s2vt.features.backbones.registry import BackboneSpec, Preprocess, TimmHead, _timm, timm_filter
+from s2vt.features.backbones.spec import BackboneSpec, Preprocess
 from s2vt.runtime.errors import S2VTError
 
 TIMM = "timm:"
+
+
+class TimmHead(nn.Module):
+    """A timm model up to ``pool`` (the pooled pre-logits, timm's ``num_classes=0`` features) or its
+    head's output: ``logits`` for classifiers, ``embed`` for CLIP towers (the projection to the CLIP
+    image embedding)."""
+
+    def __init__(self, net: nn.Module, layer: str):
+        super().__init__()
+        self.net, self.pre_logits = net, layer == "pool"
+
+    def forward(self, x):
+        return self.net.forward_head(self.net.forward_features(x), pre_logits=self.pre_logits)
+
+
+def timm_builder(model: str) -> Callable[[], nn.Module]:
+    def build():
+        import timm
+
+        return timm.create_model(model, pretrained=False)
+    return build
+
+
+def timm_filter(state: dict, net: nn.Module) -> dict:
+    """timm's own conversion of published weights to its key names (e.g. OpenAI's CLIP files), when the
+    model's module has one and the file's names are not timm's."""
+    import sys
+
+    if set(state) == set(net.state_dict()):
+        return state
+    fn = getattr(sys.modules[type(net).__module__], "checkpoint_filter_fn", None)
+    return fn(state, net) if fn is not None else state
 
 
 def _known(model: str) -> None:
@@ -99,5 +132,5 @@ def timm_spec(name: str) -> BackboneSpec:
         cfg.get("url") or "its published weights"
     missing = (f"no weights for {name}: pass --weights FILE (.safetensors or .pth; timm's file is {where}), "
                "or --download to let timm fetch it into its cache (needs internet)")
-    return BackboneSpec(layers, "embed" if clip else "pool", pre, _hub_file(cfg), missing, _timm(model), TimmHead,
+    return BackboneSpec(layers, "embed" if clip else "pool", pre, _hub_file(cfg), missing, timm_builder(model), TimmHead,
                         min_input=32, fixed_input=_fixed_input(net), fetch=_fetch(model), remap=timm_filter)

@@ -1,0 +1,79 @@
+"""Weight files: read (``.safetensors`` or plain-tensor torch files, never code), loaded into a network
+exactly (every tensor named when one does not fit), named by the user, fetched on request
+(``--download``) and identified by digest in a feature signature."""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+from torch import nn
+
+from s2vt.runtime.errors import WeightsNotFound
+from s2vt.runtime.inputs import check_input_file
+from s2vt.runtime.state_dicts import load_exactly
+
+def read_state(path: Path, name: str) -> dict:
+    """The tensors of a ``.safetensors`` or torch (``.pth``/``.bin``) weights file, unwrapped from a
+    training checkpoint's ``state_dict`` / ``model`` key; WeightsNotFound naming the file otherwise."""
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickles that would run code, damaged files, text files
+        raise WeightsNotFound(f"{path} is not a plain-tensor {name} weights file (damaged, not a torch or safetensors "
+                              f"file, or holding objects that would run code when loaded; {type(e).__name__})")
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict):
+        raise WeightsNotFound(f"{path} holds a {type(state).__name__}, not a {name} state dict")
+    return state
+
+
+def load_state(net: nn.Module, path, name: str, remap: Optional[Callable[[dict, nn.Module], dict]] = None) -> None:
+    """Load a weights file into ``net``; WeightsNotFound naming the file when it is not one that fits."""
+    state = read_state(Path(path), name)
+    what = f"{path} does not fit {name} ({type(net).__name__})"
+    if remap is not None:
+        try:
+            state = remap(state, net)
+        except (RuntimeError, KeyError, ValueError, TypeError, WeightsNotFound) as e:
+            raise WeightsNotFound(f"{what}: {' '.join(str(e).split())[:300]}")
+    load_exactly(net, state, WeightsNotFound, what)
+
+
+def given_weights(weights: str, flag: str) -> Path:
+    """The weights file a user named with ``flag``; WeightsNotFound when it is missing, and the
+    kind of file when it is not a regular one (a FIFO, socket, device or folder is never opened)."""
+    p = Path(weights).expanduser()
+    if not p.is_file():
+        if p.exists():
+            check_input_file(p, flag, max_bytes=None)
+        raise WeightsNotFound(f"{flag}: weights file not found: {p}")
+    return p
+
+
+def fetch_weights(fetch: Callable[[], None], name: str) -> None:
+    """``--download``: run the library's own loader (it writes to a temporary name and renames, so a
+    failed download leaves nothing that a later run would take for the file); one line when it fails."""
+    try:
+        fetch()
+    except KeyboardInterrupt:
+        raise
+    except Exception as e:  # no network, a proxy, a missing file on the hub: the library's own error types
+        why = " ".join(str(e).split())[:200] or type(e).__name__
+        raise WeightsNotFound(f"--download could not fetch the weights of {name} ({type(e).__name__}: {why}); check "
+                              "this machine's internet access, or pass the weights file with --weights") from None
+
+
+def file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
