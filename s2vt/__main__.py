@@ -1,5 +1,5 @@
 import sys
 
-from s2vt.cli.commands import main
+from s2vt.cli.app import main
 
 sys.exit(main())

@@ -54,7 +54,7 @@ def _random_weights(model: str, folder: Path) -> str:
 
 
 def network(model: str, folder: Path, device):
-    from s2vt.features.extract import ExtractConfig
+    from s2vt.features.config import ExtractConfig
 
     if model in ("raft_small", "raft_large"):
         cfg = ExtractConfig(stream="flow", flow_method=model, flow_weights=_random_weights(model, folder),
@@ -69,7 +69,7 @@ def rate(model: str, args, folder: Path) -> dict:
     import torch
 
     from s2vt.runtime.devices import synchronize
-    from s2vt.features.extract import Pipeline
+    from s2vt.features.pipeline import Pipeline
 
     device = torch.device(args.device)
     cfg, net = network(model, folder, device)

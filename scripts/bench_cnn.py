@@ -39,7 +39,8 @@ def rates(args) -> dict:
     import torch
 
     from s2vt.features.backbones.registry import Backbone
-    from s2vt.features.extract import ExtractConfig, Pipeline
+    from s2vt.features.pipeline import Pipeline
+    from s2vt.features.config import ExtractConfig
 
     if args.threads:
         torch.set_num_threads(args.threads)

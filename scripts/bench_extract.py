@@ -14,8 +14,8 @@ import json
 import tempfile
 from pathlib import Path
 
-from s2vt.features import extract
-from s2vt.features.extract import CPU_BATCH, GPU_BATCH, ExtractConfig, time_stages
+from s2vt.features.config import CPU_BATCH, GPU_BATCH, ExtractConfig
+from s2vt.features.timing import time_stages
 from s2vt.data.synth import SynthConfig, generate
 
 
@@ -34,16 +34,15 @@ def parse_args(argv=None):
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ...")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast (GPU)")
     p.add_argument("--no-turns", action="store_true",
-                   help="CPU: let decoding workers run while the CNN computes (see s2vt.features.extract.cpu_gate)")
+                   help="CPU: let decoding workers run while the CNN computes (see s2vt.features.pipeline.cpu_gate)")
     p.add_argument("--json", action="store_true", help="last stdout line: one JSON object of the figures")
     return p.parse_args(argv)
 
 
 def main(args):
-    extract.TAKE_TURNS = not args.no_turns
     cfg = ExtractConfig(stream=args.stream, stride=args.stride, input_size=args.input_size,
                         batch_size=args.batch_size, workers=args.workers, device=args.device,
-                        precision="bf16" if args.bf16 else "fp32")
+                        precision="bf16" if args.bf16 else "fp32", take_turns=not args.no_turns)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         generate(tmp / "data", SynthConfig(train=args.clips, val=0, test=0, frames=args.frames, width=args.width,
@@ -60,7 +59,7 @@ def main(args):
           f"no overlap can beat {r['bound_s']:.2f} s; extraction / that bound: {r['ratio_to_bound']:.2f}x")
     if args.json:
         print(json.dumps({**r, "batch_size": cfg.cnn_batch(), "workers": cfg.decode_workers(),
-                          "take_turns": extract.TAKE_TURNS}))
+                          "take_turns": cfg.take_turns}))
     return r
 
 

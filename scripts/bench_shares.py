@@ -2,11 +2,11 @@
 """Decoding workers sharing one list of videos, against a fixed share per worker.
 
 Extraction's workers each take the next video no worker has taken yet, and their chunks
-are passed on as they finish (``s2vt.features.extract.SHARE_VIDEOS``). The baseline gives worker k
+are passed on as they finish (``ExtractConfig.share_videos``). The baseline gives worker k
 the videos k, k+W, k+2W, ... and passes chunks on in turn, worker by worker (the
 DataLoader's default for an iterable dataset). With videos of different lengths the
 baseline leaves workers idle while one finishes its share. Measured: the decode-only
-stage (``extract._loader``: decode, sample, crop; no CNN) on generated short and long
+stage (``extract.worker_chunks``: decode, sample, crop; no CNN) on generated short and long
 clips, in two orders: ``skewed`` (every long clip falls in worker 0's fixed share) and
 ``shuffled``. Both ways alternate ``--repeats`` times; the best time of each is kept.
 
@@ -18,10 +18,11 @@ import json
 import random
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
-from s2vt.features import extract
-from s2vt.features.extract import ExtractConfig
+from s2vt.features.config import ExtractConfig
+from s2vt.features.pipeline import worker_chunks
 from s2vt.data.synth import SynthConfig, generate
 
 
@@ -53,9 +54,9 @@ def orders(short: list, long: list, workers: int) -> dict:
 
 
 def decode_only(items, cfg: ExtractConfig, share: bool) -> tuple:
-    extract.SHARE_VIDEOS = share
+    cfg = replace(cfg, share_videos=share)
     t = time.perf_counter()
-    images = sum(len(m["images"]) for m in extract._loader(items, cfg, cfg.preprocess()) if "images" in m)
+    images = sum(len(m["images"]) for m in worker_chunks(items, cfg, cfg.preprocess()) if "images" in m)
     return time.perf_counter() - t, images
 
 
@@ -81,7 +82,6 @@ def main(args):
                 raise SystemExit(f"the two ways decoded different numbers of images: {sorted(counts)}")
             out[name] = {"shared_s": round(best[True], 3), "fixed_s": round(best[False], 3), "images": counts.pop(),
                          "speedup": round(best[False] / best[True], 3)}
-    extract.SHARE_VIDEOS = True
     print(f"{args.workers} workers, {args.short} clips of {args.short_frames} frames and {args.long} of "
           f"{args.long_frames} (320x240), {args.stream}, decode-only, best of {args.repeats}")
     for name, r in out.items():

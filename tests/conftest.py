@@ -33,7 +33,8 @@ def tiny_synth(tmp_path_factory):
 def tiny_features(tiny_synth, tmp_path_factory):
     """RGB and flow feature stores of the tiny dataset (EfficientNet-Lite0 at 64 px)."""
     from s2vt.data.corpora import load_corpus
-    from s2vt.features.extract import ExtractConfig, extract
+    from s2vt.features.extract import extract
+    from s2vt.features.config import ExtractConfig
 
     root, _ = tiny_synth
     corpus = load_corpus("synthetic", root)

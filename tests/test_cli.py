@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from s2vt.cli.commands import main
+from s2vt.cli.app import main
 
 
 @pytest.fixture(scope="module")
@@ -132,7 +132,7 @@ def test_runtime_oserror_is_one_line_naming_the_file(tmp_path, capsys):
 
 
 def test_an_oserror_naming_no_file_reads_cleanly(capsys, monkeypatch):
-    import s2vt.cli.commands as cli
+    import s2vt.cli.evaluation as cli
 
     def locked(args):  # how h5py reports a file another process holds: no filename
         raise OSError("Unable to synchronously open file (unable to lock file, errno = 11)")
@@ -276,8 +276,8 @@ def test_an_interrupted_train_says_how_to_go_on(run, tmp_path, capsys, monkeypat
 
 
 def test_list_file_skips_comments_and_a_byte_order_mark(tmp_path):
-    from s2vt.cli.commands import _list_items
+    from s2vt.cli.features import list_items
 
     lst = tmp_path / "videos.txt"
     lst.write_bytes("\ufeffa/clip1.avi\n# my note\n\n  # indented note\nv2\tb/clip2.mp4\n".encode("utf-8"))
-    assert _list_items(str(lst)) == [("clip1", Path("a/clip1.avi")), ("v2", Path("b/clip2.mp4"))]
+    assert list_items(str(lst)) == [("clip1", Path("a/clip1.avi")), ("v2", Path("b/clip2.mp4"))]

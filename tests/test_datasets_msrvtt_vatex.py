@@ -6,7 +6,7 @@ import os
 import pytest
 
 import s2vt.data.corpora as ds
-from s2vt.cli.commands import main
+from s2vt.cli.app import main
 from s2vt.data.corpora import load_corpus
 from s2vt.runtime.errors import DataError, S2VTError
 

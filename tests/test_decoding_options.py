@@ -11,7 +11,7 @@ import pytest
 
 import s2vt
 from s2vt.models.checkpoint import Checkpoint
-from s2vt.cli.commands import main
+from s2vt.cli.app import main
 
 
 def cli(*args) -> int:
@@ -39,7 +39,8 @@ def runs(tiny_features, tmp_path_factory):
 
 def test_the_checkpoints_decoding_is_the_default_and_flags_override_it(tiny_features, runs, capsys):
     from s2vt.captioning.captioner import Captioner, Member
-    from s2vt.cli.commands import build_parser, decode_flags
+    from s2vt.cli.app import build_parser
+    from s2vt.cli.common import decode_flags
 
     root, stores = tiny_features
     ck = runs["rgb", 0]

@@ -76,11 +76,11 @@ def test_cuda_devices_are_normalised_with_their_index(gpus, monkeypatch):
 
 
 def test_extraction_under_torchrun_takes_its_own_gpu_and_share_of_cores(gpus, monkeypatch):
-    from s2vt.features import extract as extract_mod
-    from s2vt.features.extract import ExtractConfig
+    from s2vt.features import config as config_mod
+    from s2vt.features.config import ExtractConfig
 
     gpus(n=2)
-    monkeypatch.setattr(extract_mod, "usable_cores", lambda: 16)
+    monkeypatch.setattr(config_mod, "usable_cores", lambda: 16)
     monkeypatch.setenv("LOCAL_RANK", "1")
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
     cfg = ExtractConfig(device="cuda")

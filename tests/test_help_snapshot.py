@@ -10,7 +10,7 @@ SNAPSHOT = Path(__file__).parent / "snapshots" / "help.txt"
 
 
 def all_help() -> str:
-    from s2vt.cli.commands import build_parser
+    from s2vt.cli.app import build_parser
 
     os.environ["COLUMNS"] = "100"  # argparse wraps help to the terminal's width
     parser = build_parser()

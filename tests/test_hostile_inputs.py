@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from s2vt.cli.commands import main
+from s2vt.cli.app import main
 from s2vt.runtime.errors import S2VTError
 
 
@@ -296,7 +296,7 @@ def test_recorded_extraction_settings_are_checked_at_load_in_the_signatures_word
                                                                                   needle):
     from s2vt.models.checkpoint import Checkpoint, CheckpointError, load
     from s2vt.models.registry import build_model
-    from s2vt.features.extract import ExtractConfig, make_signature
+    from s2vt.features.config import ExtractConfig, make_signature
     from s2vt.models.s2vt import ModelConfig
     from s2vt.data.vocab import Vocab
 
@@ -332,7 +332,7 @@ def test_recorded_extraction_settings_are_checked_at_load_in_the_signatures_word
     (["nosuch"], "s2vt: error: argument COMMAND: invalid choice"),
 ])
 def test_usage_errors_are_one_line_naming_the_help(argv, needle, capsys):
-    from s2vt.cli.commands import main
+    from s2vt.cli.app import main
 
     with pytest.raises(SystemExit) as e:
         main(argv)
@@ -361,7 +361,7 @@ def test_demo_seeds_must_be_distinct(capsys, tmp_path):
 
 
 def test_a_bad_java_timeout_is_a_setup_error_exit_2(tmp_path, monkeypatch, capsys):
-    from s2vt.cli.commands import main
+    from s2vt.cli.app import main
 
     (tmp_path / "r.tsv").write_text("v1\ta cat\n")
     monkeypatch.setenv("S2VT_JAVA_TIMEOUT", "abc")

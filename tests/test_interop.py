@@ -5,7 +5,7 @@ import h5py
 import numpy as np
 import pytest
 
-from s2vt.cli.commands import main
+from s2vt.cli.app import main
 from s2vt.features.interop import file_id
 from s2vt.features.store import FeatureStore
 

@@ -17,10 +17,10 @@ def test_no_function_is_longer_than_60_lines():
 
 def test_extraction_and_decoding_flags_come_from_their_configs():
     """Each flag is its field's: the help text is the field's own (made by config.add_arguments)."""
-    from s2vt.cli.commands import build_parser
+    from s2vt.cli.app import build_parser
     from s2vt.runtime.config import flag
     from s2vt.decoding.search import DecodeConfig
-    from s2vt.features.extract import ExtractConfig
+    from s2vt.features.config import ExtractConfig
 
     sub = build_parser()._subparsers._group_actions[0].choices
     uses = {ExtractConfig: ["extract"], DecodeConfig: ["caption", "evaluate", "benchmark", "train"]}

@@ -115,7 +115,7 @@ def _clips(folder: Path) -> Path:
 
 
 def test_a_users_folder_named_like_the_staging_folder_is_refused_and_kept(tmp_path, capsys):
-    from s2vt.cli.commands import main
+    from s2vt.cli.app import main
 
     videos = _clips(tmp_path / "v")
     out = tmp_path / "f.h5"
@@ -183,7 +183,7 @@ def test_synth_refuses_to_publish_a_clip_that_was_not_written_whole(tmp_path, mo
 @pytest.mark.parametrize("sig,code,name", [(signal.SIGTERM, 143, "SIGTERM"), (signal.SIGHUP, 129, "SIGHUP")])
 def test_sigterm_and_sighup_end_a_command_with_one_line(tmp_path, sig, code, name):
     p = subprocess.Popen([sys.executable, "-c",
-                          "import sys, time, s2vt.cli.commands as c\n"
+                          "import sys, time, s2vt.cli.app as c\n"
                           "orig = c.build_parser\n"
                           "def bp():\n"
                           "    p = orig()\n"
@@ -210,7 +210,7 @@ with file_lock(sys.argv[1]):
 
 
 def test_an_output_file_has_one_writer_and_its_lock_file_goes_with_the_run(tmp_path, capsys):
-    from s2vt.cli.commands import main
+    from s2vt.cli.app import main
 
     out = tmp_path / "ev.json"
     holder = subprocess.Popen([sys.executable, "-c", HOLD_FILE, str(out)], stdout=subprocess.PIPE, text=True)
@@ -233,7 +233,7 @@ def test_an_output_file_has_one_writer_and_its_lock_file_goes_with_the_run(tmp_p
 
 
 def test_output_folders_of_benchmark_synth_and_demo_are_locked(tmp_path, capsys):
-    from s2vt.cli.commands import main
+    from s2vt.cli.app import main
     from s2vt.runtime.fileio import folder_lock
 
     with folder_lock(tmp_path / "ds"):
@@ -245,7 +245,7 @@ def test_output_folders_of_benchmark_synth_and_demo_are_locked(tmp_path, capsys)
 
 
 def test_synth_never_writes_over_a_users_file_under_a_name_the_dataset_needs(tmp_path, capsys):
-    from s2vt.cli.commands import main
+    from s2vt.cli.app import main
     from s2vt.data.synth import SynthConfig, generate
 
     d = tmp_path / "ds"
@@ -260,7 +260,7 @@ def test_synth_never_writes_over_a_users_file_under_a_name_the_dataset_needs(tmp
 
 
 def test_evaluate_locks_its_default_output_next_to_the_checkpoint(tiny_features, tmp_path, capsys):
-    from s2vt.cli.commands import main
+    from s2vt.cli.app import main
     from s2vt.runtime.fileio import file_lock
 
     root, stores = tiny_features

@@ -38,7 +38,8 @@ def test_flow_images_encode_as_opencvs_flow_images():
 
 def test_raft_small_extracts_flow_features_on_the_cpu_and_caption_recomputes_them(tmp_path, raft_weights):
     from s2vt.captioning.videos import VideoFeatures
-    from s2vt.features.extract import ExtractConfig, extract, video_items
+    from s2vt.features.extract import extract, video_items
+    from s2vt.features.config import ExtractConfig
     from s2vt.features.store import FeatureStore
 
     (tmp_path / "v").mkdir()
@@ -82,7 +83,7 @@ def test_raft_weights_missing_or_of_another_model_are_named(tmp_path, monkeypatc
 
 
 def test_raft_needs_an_input_size_divisible_by_8_and_at_least_128():
-    from s2vt.features.extract import ExtractConfig
+    from s2vt.features.config import ExtractConfig
 
     for size in (132, 120):
         with pytest.raises(S2VTError, match=f"--input-size {size}: RAFT .* divisible by 8 and at least 128"):

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from s2vt.runtime.errors import S2VTError
-from s2vt.features.extract import ExtractConfig, extract, video_items
+from s2vt.features.extract import extract, video_items
+from s2vt.features.config import ExtractConfig
 from s2vt.features.store import FeatureStore, merge_stores
 
 from videos import moving_square, write

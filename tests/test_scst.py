@@ -67,7 +67,7 @@ def test_scst_trains_logs_rewards_and_resumes_bitwise(tiny_features, tmp_path, d
 
 
 def test_scst_bad_input_is_one_line_and_writes_nothing(tiny_features, tmp_path, capsys):
-    from s2vt.cli.commands import main
+    from s2vt.cli.app import main
 
     root, stores = tiny_features
     train(_xe(tiny_features, tmp_path / "xe"), progress=False)

@@ -13,7 +13,9 @@ import pytest
 import torch
 
 from s2vt.runtime.errors import S2VTError, SignatureMismatch
-from s2vt.features.extract import ExtractConfig, extract, shard_items
+from s2vt.features.extract import extract
+from s2vt.features.shards import shard_items
+from s2vt.features.config import ExtractConfig
 from s2vt.features.store import BackgroundWriter, FeatureStore, FeatureWriter, check_signature, merge_stores, stage_dir, staged_ids
 
 from processes import wait_until_gone
@@ -164,11 +166,11 @@ def test_turns_gate_never_blocks_after_its_setter_is_killed():
     import multiprocessing
     import threading
 
-    from s2vt.features.extract import Turns
+    from s2vt.features.pipeline import CpuGate
 
     ctx = multiprocessing.get_context("fork")
     for _ in range(10):
-        gate = Turns()
+        gate = CpuGate()
         p = ctx.Process(target=_toggle, args=(gate,))
         p.start()
         time.sleep(0.03)
@@ -188,9 +190,9 @@ def test_turns_gate_sleeps_while_closed_and_wakes_at_once():
     spinning waiter slowed CNN batches by a sixth on 2 cores) and resume as soon as it opens."""
     import threading
 
-    from s2vt.features.extract import Turns
+    from s2vt.features.pipeline import CpuGate
 
-    gate = Turns(2)
+    gate = CpuGate(2)
     gate.set()
     gate.set()  # tokens do not pile up: at most one stale wake-up per worker
     gate.clear()
@@ -485,7 +487,7 @@ def test_bf16_on_cpu_warns_and_computes_fp32():
 
 def test_signature_is_made_from_the_feature_fields_and_read_back():
     from dataclasses import fields
-    from s2vt.features.extract import make_signature
+    from s2vt.features.config import make_signature
 
     class FakeBackbone:  # what a Backbone resolves, without loading weights
         def signature(self):
@@ -506,7 +508,7 @@ def test_signature_is_made_from_the_feature_fields_and_read_back():
 def test_crop_ratio_is_applied(tmp_path):
     import cv2
     from s2vt.features.backbones.spec import prepare
-    from s2vt.features.extract import VideoChunks
+    from s2vt.features.pipeline import VideoChunks
 
     p = write(tmp_path / "a.avi", moving_square(1, 96, 64))
     frame = cv2.cvtColor(cv2.VideoCapture(str(p)).read()[1], cv2.COLOR_BGR2RGB)
@@ -534,7 +536,7 @@ class _NaNForBright(torch.nn.Module):
 
 
 def test_non_finite_and_zero_frame_videos_are_failures(tmp_path, monkeypatch):
-    from s2vt.features import extract as ex
+    from s2vt.features import pipeline as ex
     from s2vt.features.backbones.registry import Backbone
 
     dark = _videos(tmp_path / "v", 2)
@@ -552,7 +554,7 @@ def test_non_finite_and_zero_frame_videos_are_failures(tmp_path, monkeypatch):
 
 
 def test_shard_specs_are_validated(monkeypatch):
-    from s2vt.features.extract import env_shard
+    from s2vt.features.shards import env_shard
 
     for rank, world in [(2, 2), (-1, 2), (0, 0)]:
         with pytest.raises(S2VTError, match=f"--shard {rank}/{world}"):
@@ -570,7 +572,7 @@ def test_shard_specs_are_validated(monkeypatch):
 
 def test_pipeline_returns_rows_to_their_owners_in_order():
     from s2vt.features.backbones.registry import Backbone
-    from s2vt.features.extract import Pipeline
+    from s2vt.features.pipeline import Pipeline
 
     b = Backbone(preprocess=ExtractConfig(input_size=32).preprocess())
     x = torch.randint(0, 256, (7, 3, 32, 32), dtype=torch.uint8)
@@ -616,7 +618,7 @@ def _die_in_a_worker(*a, **k):
 
 
 def test_a_killed_decoding_worker_is_an_error_that_says_what_to_do(tmp_path, monkeypatch):
-    import s2vt.features.extract as ex
+    import s2vt.features.pipeline as ex
 
     items = _videos(tmp_path / "v", 2)
     monkeypatch.setattr(ex, "video_images", _die_in_a_worker)  # forked workers inherit the patch
@@ -628,7 +630,7 @@ def test_a_killed_decoding_worker_is_an_error_that_says_what_to_do(tmp_path, mon
 def test_a_worker_killed_while_the_cnn_computes_is_the_same_clear_error(tmp_path, monkeypatch):
     """The DataLoader's SIGCHLD handler raises wherever the main thread is (here: in a CNN batch),
     not only where it waits for the next chunk."""
-    import s2vt.features.extract as ex
+    import s2vt.features.pipeline as ex
     from torch.utils.data import get_worker_info
 
     items = _videos(tmp_path / "v", 3)
@@ -655,7 +657,8 @@ def test_a_worker_killed_while_the_cnn_computes_is_the_same_clear_error(tmp_path
 
 
 def test_flags_give_back_the_same_feature_settings():
-    from s2vt.cli.commands import build_parser, extract_config
+    from s2vt.cli.app import build_parser
+    from s2vt.cli.features import extract_config
 
     fields = ("stream", "cnn", "layer", "stride", "num_frames", "max_frames", "input_size", "crop_ratio",
               "flow_method", "precision")
@@ -669,7 +672,8 @@ _UNDER_FORKSERVER = """
 import multiprocessing, sys
 from pathlib import Path
 multiprocessing.set_start_method("forkserver")  # the default from Python 3.14 on
-from s2vt.features.extract import ExtractConfig, extract
+from s2vt.features.extract import extract
+from s2vt.features.config import ExtractConfig
 from s2vt.data.synth import SynthConfig, generate
 out = Path(sys.argv[1])
 generate(out / "data", SynthConfig(train=4, val=0, test=0, frames=12, width=64, height=48), progress=False, workers=2)
@@ -697,7 +701,7 @@ def test_workers_share_videos_so_a_slow_one_holds_up_nothing(tmp_path, monkeypat
     """Each worker takes the next untaken video and its chunks are passed on when ready: while
     one worker is stuck on a slow video, the other decodes all the rest (with a fixed share
     each, half of them waited behind the slow one)."""
-    import s2vt.features.extract as ex
+    import s2vt.features.pipeline as ex
 
     vids = tmp_path / "v"
     _videos(vids, 9, frames=8)
@@ -711,7 +715,7 @@ def test_workers_share_videos_so_a_slow_one_holds_up_nothing(tmp_path, monkeypat
 
     monkeypatch.setattr(ex, "video_images", video_images)  # forked workers inherit the patch
     cfg = ExtractConfig(**{**CFG, "workers": 2})
-    order = [m["vid"] for m in ex._loader(items, cfg, cfg.preprocess()) if m.get("last")]
+    order = [m["vid"] for m in ex.worker_chunks(items, cfg, cfg.preprocess()) if m.get("last")]
     assert sorted(order) == [v for v, _ in items]
     assert order[-1] == slow, order
 
@@ -758,7 +762,7 @@ def test_a_refused_writer_leaves_no_staging_folder_behind(tmp_path):
 
 
 def test_more_workers_than_cores_is_one_warning(tmp_path, monkeypatch, recwarn):
-    import s2vt.features.extract as ex
+    import s2vt.features.pipeline as ex
 
     monkeypatch.setattr(ex, "usable_cores", lambda: 1)
     items = _videos(tmp_path / "v", 2)

@@ -84,7 +84,8 @@ def test_resnet18_from_a_pth_file_extracts_512_d_features_with_timms_preprocessi
 def test_clip_tower_gives_the_image_embedding_by_default_and_caption_recomputes_it(layer, dim, tmp_path, clip_weights,
                                                                                      clip_videos):
     from s2vt.captioning.videos import VideoFeatures
-    from s2vt.features.extract import ExtractConfig, extract, video_items
+    from s2vt.features.extract import extract, video_items
+    from s2vt.features.config import ExtractConfig
     from s2vt.features.store import FeatureStore
 
     cfg = ExtractConfig(cnn=f"timm:{CLIP}", layer=layer, weights=str(clip_weights), stride=4, workers=0)
@@ -107,7 +108,7 @@ def test_clip_tower_gives_the_image_embedding_by_default_and_caption_recomputes_
 
 def test_clip_refuses_another_input_size():
     with pytest.raises(S2VTError, match="--input-size 112: .* takes 224-pixel images only"):
-        from s2vt.features.extract import ExtractConfig
+        from s2vt.features.config import ExtractConfig
 
         ExtractConfig(cnn=f"timm:{CLIP}", input_size=112)
 
@@ -145,7 +146,7 @@ def test_missing_timm_weights_name_the_file_and_the_flags(tmp_path, monkeypatch)
 
 
 def test_a_timm_preprocess_reaches_the_signature_and_back():
-    from s2vt.features.extract import ExtractConfig
+    from s2vt.features.config import ExtractConfig
 
     cfg = ExtractConfig(cnn=f"timm:{CLIP}")
     pre = cfg.preprocess()

@@ -71,9 +71,10 @@ def test_resume_refuses_other_features(tiny_features, tmp_path):
 def test_evaluating_on_other_features_names_the_extract_command_that_matches(tiny_features, tmp_path):
     from s2vt.features.backbones.registry import Backbone
     from s2vt.captioning.captioner import Captioner, Member
-    from s2vt.cli.commands import build_parser, extract_config
+    from s2vt.cli.app import build_parser
+    from s2vt.cli.features import extract_config
     from s2vt.runtime.errors import SignatureMismatch
-    from s2vt.features.extract import make_signature
+    from s2vt.features.config import make_signature
 
     root, stores = tiny_features
     train(cfg_for(tiny_features, tmp_path / "r", max_steps=2), progress=False)
@@ -214,7 +215,7 @@ def slow(*a, **k):  # rank 0 validates alone for longer than --dist-timeout
     time.sleep(8)
     return validate(*a, **k)
 t.validate = slow
-from s2vt.cli.commands import main
+from s2vt.cli.app import main
 sys.exit(main(sys.argv[1:]))
 """
 
@@ -300,7 +301,8 @@ def test_model_config_checks_its_own_values(field, value):
 
 
 def test_config_file_merges_under_flags(tmp_path):
-    from s2vt.cli.commands import build_parser, train_config
+    from s2vt.cli.app import build_parser
+    from s2vt.cli.train import train_config
 
     (tmp_path / "c.json").write_text(json.dumps({"epochs": 7, "lr": 0.1, "dataset": "synthetic", "annotations": "A", "features": "F",
                                                  "model": {"hidden": 24, "embed": 9}, "workers": 2}))
@@ -413,7 +415,7 @@ def test_tune_alpha_picks_the_best_weight_and_breaks_ties_towards_half():
 
 
 def test_compile_flag_is_gone_but_old_configs_still_load(capsys):
-    from s2vt.cli.commands import main
+    from s2vt.cli.app import main
     from s2vt.training.loop import TrainConfig
 
     with pytest.raises(SystemExit) as e:

@@ -126,7 +126,7 @@ def test_sampling_validates_naming_the_flag(kw, flag):
 def test_flow_method_checked_and_signature_constants_come_from_flow():
     from s2vt.video import flow
     from s2vt.features.backbones.registry import Backbone
-    from s2vt.features.extract import ExtractConfig, make_signature
+    from s2vt.features.config import ExtractConfig, make_signature
 
     with pytest.raises(S2VTError, match="--flow-method 'brox'"):
         FlowComputer("brox")

@@ -48,7 +48,8 @@ def extract_features(videos: Union[PathLike, Sequence[PathLike]], out: PathLike,
     """Extract features of video files (or every video under a folder) into the HDF5 store ``out``;
     resumes when it exists. ``options``: ExtractConfig fields (stream, cnn, stride, ...). Returns the
     summary (``.done``, ``.failed``: {id: reason})."""
-    from s2vt.features.extract import ExtractConfig, extract, unique_items, video_items
+    from s2vt.features.extract import extract, unique_items, video_items
+    from s2vt.features.config import ExtractConfig
 
     items = unique_items(video_items([videos] if isinstance(videos, (str, Path)) else list(videos)))
     return extract(items, Path(out), ExtractConfig(**options, device=device), progress=progress)

@@ -27,7 +27,8 @@ from s2vt.runtime.config import from_dict
 from s2vt.data.corpora import load_corpus
 from s2vt.decoding.search import DecodeConfig
 from s2vt.runtime.errors import S2VTError
-from s2vt.features.extract import ExtractConfig, extract
+from s2vt.features.extract import extract
+from s2vt.features.config import ExtractConfig
 from s2vt.runtime.fileio import atomic_write, write_json
 from s2vt.evaluation.metrics import Meteor, score
 from s2vt.models.s2vt import ModelConfig

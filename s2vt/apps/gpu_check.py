@@ -41,7 +41,7 @@ MODEL = ["--embed", "16", "--hidden", "24", "--dropout", "0.0"]  # dropout off: 
 
 def s2vt(*args: str) -> str:
     """Run an ``s2vt`` command in this process; its standard output, or RuntimeError with its errors."""
-    from s2vt.cli.commands import main
+    from s2vt.cli.app import main
 
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):

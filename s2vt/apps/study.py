@@ -17,7 +17,8 @@ from typing import Dict, List, Optional
 
 from s2vt.data.attributes import accuracy, load_truth
 from s2vt.apps.demo import PRESETS, _stage, check_seeds, make_dataset, on_gpu, prepare_workdir
-from s2vt.features.extract import ExtractConfig, extract
+from s2vt.features.extract import extract
+from s2vt.features.config import ExtractConfig
 from s2vt.runtime.fileio import atomic_write, write_json
 from s2vt.evaluation.metrics import Meteor
 from s2vt.evaluation.stats import PerVideo, compare, findings_markdown, mean_spread, mean_std, paired, paired_words, print_findings

@@ -19,7 +19,7 @@ from s2vt.models.checkpoint import Checkpoint
 from s2vt.decoding.search import DecodeConfig, Fusion, decode
 from s2vt.runtime.devices import normalize
 from s2vt.runtime.errors import S2VTError, SignatureMismatch
-from s2vt.features.extract import extract_flags
+from s2vt.features.config import extract_flags
 from s2vt.features.signature import check_complete, is_imported
 from s2vt.features.store import FeatureStore, check_signature
 from s2vt.data.vocab import Vocab

@@ -15,7 +15,8 @@ from s2vt.captioning.captioner import Captioner, load_checkpoints
 from s2vt.models.checkpoint import Checkpoint
 from s2vt.runtime.devices import configure
 from s2vt.runtime.errors import S2VTError, SignatureMismatch
-from s2vt.features.extract import ExtractConfig, cnn_features, video_images
+from s2vt.features.pipeline import cnn_features, video_images
+from s2vt.features.config import ExtractConfig
 from s2vt.features.signature import IMPORTED, check_complete, is_imported
 
 

@@ -520,6 +520,7 @@ LOADERS = {
     "generic": load_generic,
     "synthetic": lambda root: load_generic(root, "synthetic"),
 }
+DATASETS = tuple(LOADERS)  # the formats --dataset names
 
 
 def load_corpus(name: str, root) -> Corpus:

@@ -29,7 +29,7 @@ from s2vt.runtime.errors import S2VTError
 from s2vt.video.reader import VIDEO_EXTENSIONS
 from s2vt.runtime.fileio import atomic_write, fsync_dir
 from s2vt.data.ids import check_video_id, id_problem
-from s2vt.features.signature import IMPORTED
+from s2vt.features.signature import IMPORTED, STREAMS
 from s2vt.features.store import VERSION, FeatureStore, FeatureWriter, discard_stage, stage_dir
 
 ARRAY_SUFFIXES = (".npy", ".npz")
@@ -225,7 +225,7 @@ def import_features(src, out, name: str, stream: str = "rgb", id_map: Optional[s
                     overwrite: bool = False) -> ImportSummary:
     """Import the arrays of ``src`` into the store ``out`` (resumable; see the module notes)."""
     check_video_id(name, "--name")
-    if stream not in ("rgb", "flow"):
+    if stream not in STREAMS:
         raise S2VTError(f"--stream must be rgb or flow, not {stream!r}")
     out = Path(out)
     existing = _open_target(out, src, overwrite)

@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Optional
 
 IMPORTED = "imported:"
+STREAMS = ("rgb", "flow")  # what a store holds: features of RGB frames or of optical-flow images
 # key -> (type(s), meaning) for every store
 COMMON = {"format_version": (int, "1"), "stream": (str, "rgb or flow"), "backbone": (str, "e.g. efficientnet_lite0"),
           "dim": (int, "the feature dimension D")}
@@ -50,8 +51,8 @@ def signature_problem(sig: dict) -> Optional[str]:
         for sub in SUBKEYS.get(key, ()):
             if sub not in v:
                 return f"its signature's {key!r} has no {sub!r} key ({meaning})"
-    if sig["stream"] not in ("rgb", "flow"):
-        return f"its signature's 'stream' must be rgb or flow, not {sig['stream']!r}"
+    if sig["stream"] not in STREAMS:
+        return f"its signature's 'stream' must be {' or '.join(STREAMS)}, not {sig['stream']!r}"
     if sig["dim"] < 1:
         return f"its signature's 'dim' must be >= 1, not {sig['dim']}"
     return None

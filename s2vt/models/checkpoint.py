@@ -151,7 +151,7 @@ def _check_signature(path: Path, sig, mc: ModelConfig) -> None:
         raise _malformed(path, "feature_signature", f"says features of dim {sig['dim']}, but the model reads "
                                                     f"{mc.feat_dim} (model_config.feat_dim)")
     if not is_imported(sig):  # the settings that recompute the features (s2vt caption) must be ones extraction takes
-        from s2vt.features.extract import ExtractConfig
+        from s2vt.features.config import ExtractConfig
 
         try:
             ExtractConfig.from_signature(sig)

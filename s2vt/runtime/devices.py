@@ -13,7 +13,7 @@ algorithms for the fixed shapes of extraction (``benchmark``).
 from __future__ import annotations
 
 import os
-from typing import Optional, Union
+from typing import Optional, Tuple, Union
 
 import torch
 
@@ -34,6 +34,21 @@ def local_rank() -> Optional[int]:
     if rank < 0:
         raise ConfigError(f"LOCAL_RANK={value} (set by torchrun) must be >= 0")
     return rank
+
+
+def torchrun_world() -> Optional[Tuple[int, int]]:
+    """(RANK, WORLD_SIZE) as torchrun sets them (both); None otherwise. ConfigError when they are not
+    integers with 0 <= RANK < WORLD_SIZE."""
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        return None
+    r, w = os.environ["RANK"], os.environ["WORLD_SIZE"]
+    try:
+        rank, world = int(r), int(w)
+    except ValueError:
+        raise ConfigError(f"RANK={r!r} and WORLD_SIZE={w!r} (set by torchrun) must be integers")
+    if world < 1 or not 0 <= rank < world:
+        raise ConfigError(f"RANK={r} WORLD_SIZE={w} (set by torchrun): need WORLD_SIZE >= 1 and 0 <= RANK < WORLD_SIZE")
+    return rank, world
 
 
 def local_world_size() -> int:

@@ -32,8 +32,8 @@ from s2vt.captioning.captioner import Captioner
 from s2vt.models.checkpoint import Checkpoint, LoopState
 from s2vt.runtime.config import INT64_MAX, check_fields, from_dict, option
 from s2vt.runtime.errors import ConfigError
-from s2vt.runtime.devices import configure, resolve as resolve_device
-from s2vt.data.corpora import load_corpus
+from s2vt.runtime.devices import configure, resolve as resolve_device, torchrun_world
+from s2vt.data.corpora import DATASETS, load_corpus
 from s2vt.runtime.errors import S2VTError
 from s2vt.runtime.fileio import folder_lock, write_json
 from s2vt.runtime.hostmem import keep_freed_memory
@@ -59,8 +59,7 @@ class TrainingDiverged(S2VTError):
 
 @dataclass
 class TrainConfig:
-    dataset: str = option("", "dataset format of --annotations (msvd, mvad, msrvtt, vatex, generic, synthetic); "
-                              "required")
+    dataset: str = option("", f"dataset format of --annotations ({', '.join(DATASETS)}); required")
     annotations: str = option("", "dataset root: caption and split files")
     features: str = option("", "HDF5 feature store written by `s2vt extract`")
     out: str = option("runs/s2vt", "run folder: checkpoints, config.json, metrics.jsonl, curves.png")
@@ -139,13 +138,7 @@ class TrainData:
 
 def dist_info():
     """(rank, world size) from torchrun's environment; (0, 1) otherwise."""
-    try:
-        rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    except ValueError:
-        raise ConfigError("RANK and WORLD_SIZE must be integers (as torchrun sets them)")
-    if world < 1 or not 0 <= rank < world:
-        raise ConfigError(f"RANK={rank} WORLD_SIZE={world}: need WORLD_SIZE >= 1 and 0 <= RANK < WORLD_SIZE")
-    return rank, world
+    return torchrun_world() or (0, 1)
 
 
 def optimizer_flags(device: torch.device) -> dict:
@@ -244,8 +237,7 @@ def model_device(model) -> torch.device:
 def load_data(cfg: TrainConfig, device: torch.device, rank: int, world: int, log=print) -> TrainData:
     """Captions, vocabulary (training split only) and a batch stream over the feature bank."""
     if not cfg.dataset:
-        raise ConfigError("--dataset is required: the format of --annotations (msvd, mvad, msrvtt, vatex, generic, "
-                          "synthetic)")
+        raise ConfigError(f"--dataset is required: the format of --annotations ({', '.join(DATASETS)})")
     corpus = load_corpus(cfg.dataset, cfg.annotations)
     store = FeatureStore(cfg.features)
     check_complete(store.signature, store.path)

@@ -25,7 +25,6 @@ from s2vt.features.backbones.timm import TIMM, TimmHead, timm_builder, timm_spec
 from s2vt.features.backbones.weights import fetch_weights, file_digest, given_weights, load_state
 from s2vt.runtime.errors import S2VTError, WeightsNotFound
 
-
 # ----------------------------------------------------------------------------- heads: image -> feature at a layer
 
 

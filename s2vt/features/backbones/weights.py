@@ -14,6 +14,7 @@ from s2vt.runtime.errors import WeightsNotFound
 from s2vt.runtime.inputs import check_input_file
 from s2vt.runtime.state_dicts import load_exactly
 
+
 def read_state(path: Path, name: str) -> dict:
     """The tensors of a ``.safetensors`` or torch (``.pth``/``.bin``) weights file, unwrapped from a
     training checkpoint's ``state_dict`` / ``model`` key; WeightsNotFound naming the file otherwise."""

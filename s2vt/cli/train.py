@@ -1,0 +1,56 @@
+"""The train command: its flags are TrainConfig's, ModelConfig's and DecodeConfig's fields."""
+from __future__ import annotations
+
+import json
+
+from s2vt.cli.common import DATASETS, RAW, examples
+from s2vt.decoding.search import DecodeConfig
+from s2vt.models.s2vt import ModelConfig
+from s2vt.runtime.config import add_arguments, overrides
+from s2vt.runtime.errors import S2VTError
+from s2vt.runtime.inputs import read_json
+from s2vt.training.loop import TrainConfig, train
+
+
+def train_config(args):
+    """TrainConfig from --config (if any) with the flags given on top; validated by the dataclasses."""
+    base = read_json(args.config, "--config") if args.config else {}
+    if not isinstance(base, dict):
+        raise S2VTError(f"--config {args.config} must hold a JSON object (as a run's config.json)")
+    merged = {**base, **overrides(args, TrainConfig)}
+    for key, cls in (("model", ModelConfig), ("decoding", DecodeConfig)):  # nested: flags over --config's values
+        if not isinstance(base.get(key, {}), dict):
+            raise S2VTError(f"--config {args.config}: '{key}' must be a JSON object of {key} options")
+        merged[key] = {**base.get(key, {}), **overrides(args, cls, key + "_")}
+    cfg = TrainConfig.from_dict(merged)
+    for req in ("dataset", "annotations", "features"):
+        if not getattr(cfg, req):
+            raise S2VTError(f"--{req} is required (or set it in --config)"
+                            + (f": the format of --annotations, one of {DATASETS}" if req == "dataset" else ""))
+    return cfg
+
+
+def cmd_train(args) -> int:
+    res = train(train_config(args), resume=args.resume, progress=not args.quiet, overwrite=args.overwrite)
+    print(json.dumps(res, indent=1))
+    return 0
+
+
+def add_train(sub, shared):
+    s = sub.add_parser("train", help="train the S2VT stacked LSTM", formatter_class=RAW, parents=[shared["overwrite"]],
+                       description="Options default to the paper (E=500, H=1000, 80 frames, 20 words). "
+                                   "The resolved config is written to OUT/config.json.",
+                       epilog=examples(
+                           "s2vt train --dataset synthetic --annotations data/synthetic --features features/rgb.h5 --out runs/rgb",
+                           "s2vt train --dataset msvd --annotations data/msvd --features features/msvd_vgg.h5 --out runs/msvd_vgg --device cuda --amp",
+                           "s2vt train ... --out runs/rgb --resume            # continue from runs/rgb/last.pt",
+                           "s2vt train --config runs/rgb/config.json --out runs/rgb2 --seed 1",
+                           "torchrun --nproc_per_node 8 -m s2vt train ... --device cuda"))
+    s.add_argument("--config", help="JSON config (as written to a run's config.json); flags override it")
+    s.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_arguments(s, TrainConfig, skip=("model",))
+    add_arguments(s.add_argument_group("model"), ModelConfig, dest_prefix="model_")
+    add_arguments(s.add_argument_group("decoding: recorded in the checkpoint as the default of caption, evaluate and "
+                                       "benchmark"), DecodeConfig, dest_prefix="decoding_", skip=("alpha",))
+    s.set_defaults(fn=cmd_train)
