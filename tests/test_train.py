@@ -31,7 +31,7 @@ def test_training_writes_run_directory(tiny_features, tmp_path):
     recs = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
     vals = [r["val_loss"] for r in recs if "val_loss" in r]
     assert len(vals) == 2 and res["steps"] == 12
-    ck = checkpoint.load(run / "best.pt")
+    ck = checkpoint.Checkpoint.load(run / "best.pt")
     assert ck.feature_signature["stream"] == "rgb" and ck.vocab.to_list()[:4] == ["<pad>", "<bos>", "<eos>", "<unk>"]
     model = ck.build_model()
     assert model.cfg.feat_dim == 1280 and model.cfg.vocab_size == len(ck.vocab)
@@ -42,10 +42,10 @@ def test_resume_is_bitwise_equal_to_uninterrupted(tiny_features, tmp_path):
     # 6 batches per epoch: 8 steps cross an epoch boundary (with validation) and stop mid-epoch
     train(cfg_for(tiny_features, tmp_path / "full", max_steps=16), progress=False)
     train(cfg_for(tiny_features, tmp_path / "split", max_steps=8), progress=False)
-    assert checkpoint.load(tmp_path / "split" / "last.pt").state["step"] == 8
+    assert checkpoint.Checkpoint.load(tmp_path / "split" / "last.pt").state["step"] == 8
     train(cfg_for(tiny_features, tmp_path / "split", max_steps=16), resume=True, progress=False)
-    a = checkpoint.load(tmp_path / "full" / "last.pt")
-    b = checkpoint.load(tmp_path / "split" / "last.pt")
+    a = checkpoint.Checkpoint.load(tmp_path / "full" / "last.pt")
+    b = checkpoint.Checkpoint.load(tmp_path / "split" / "last.pt")
     assert a.state["step"] == b.state["step"] == 16
     for k in a.weights:
         assert torch.equal(a.weights[k], b.weights[k]), k
@@ -86,7 +86,7 @@ def test_evaluating_on_other_features_names_the_extract_command_that_matches(tin
     flags = str(e.value).split("`s2vt extract ")[1].split("`")[0].split()
     cfg = extract_config(build_parser().parse_args(["extract", "x.avi", "--out", "o.h5", *flags]))
     cfg_sig = make_signature(cfg, Backbone(cfg.cnn, cfg.layer, cfg.weights, cfg.preprocess()))
-    assert cfg_sig == checkpoint.load(ck).feature_signature  # the named command gives matching features
+    assert cfg_sig == checkpoint.Checkpoint.load(ck).feature_signature  # the named command gives matching features
 
 
 class Boom:
@@ -99,7 +99,7 @@ def test_crafted_checkpoint_is_refused(tmp_path, monkeypatch):
     monkeypatch.setenv("BOOM_MARK", str(mark))
     torch.save({"model": Boom(), "model_config": {}}, tmp_path / "evil.pt")
     with pytest.raises(S2VTError, match="refusing to load"):
-        checkpoint.load(tmp_path / "evil.pt")
+        checkpoint.Checkpoint.load(tmp_path / "evil.pt")
     assert not mark.exists()
 
 
@@ -124,7 +124,7 @@ def test_crash_during_checkpoint_write_keeps_previous(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         _ck(2.0).save(path)
     monkeypatch.undo()
-    assert float(checkpoint.load(path).weights["proj.weight"][0, 0]) == 1.0
+    assert float(checkpoint.Checkpoint.load(path).weights["proj.weight"][0, 0]) == 1.0
     assert not (tmp_path / "last.pt.tmp").exists()
 
 
@@ -134,24 +134,24 @@ def test_crash_during_checkpoint_write_keeps_previous(tmp_path, monkeypatch):
 def test_malformed_checkpoint_files_are_refused(tmp_path, content, message):
     (tmp_path / "x.pt").write_bytes(content)
     with pytest.raises(checkpoint.CheckpointError, match=message):
-        checkpoint.load(tmp_path / "x.pt")
+        checkpoint.Checkpoint.load(tmp_path / "x.pt")
 
 
 def test_partial_checkpoint_dicts_are_refused(tmp_path):
     torch.save({"model": {}}, tmp_path / "a.pt")
     with pytest.raises(checkpoint.CheckpointError, match="not an s2vt checkpoint"):
-        checkpoint.load(tmp_path / "a.pt")
+        checkpoint.Checkpoint.load(tmp_path / "a.pt")
     ck = _ck(0.5)
     ck.save(tmp_path / "b.pt")
     d = torch.load(tmp_path / "b.pt", weights_only=True)
     d["model_config"]["hidden"] = 8  # weights no longer fit the config
     torch.save(d, tmp_path / "b.pt")
     with pytest.raises(checkpoint.CheckpointError, match="weights do not fit"):
-        checkpoint.load(tmp_path / "b.pt").build_model()
+        checkpoint.Checkpoint.load(tmp_path / "b.pt").build_model()
     d["model_config"]["hidden"] = "big"
     torch.save(d, tmp_path / "b.pt")
     with pytest.raises(checkpoint.CheckpointError, match=r"hidden\) must be int"):
-        checkpoint.load(tmp_path / "b.pt")
+        checkpoint.Checkpoint.load(tmp_path / "b.pt")
 
 
 def test_checkpoint_with_non_finite_weights_is_refused(tmp_path):
@@ -160,11 +160,11 @@ def test_checkpoint_with_non_finite_weights_is_refused(tmp_path):
     d["model"]["proj.weight"][3, :5] = float("nan")
     torch.save(d, tmp_path / "a.pt")
     with pytest.raises(checkpoint.CheckpointError, match=r"a.pt is damaged: non-finite .* in proj.weight$"):
-        checkpoint.load(tmp_path / "a.pt")
+        checkpoint.Checkpoint.load(tmp_path / "a.pt")
     d["model"]["proj.weight"] = "w"
     torch.save(d, tmp_path / "a.pt")
     with pytest.raises(checkpoint.CheckpointError, match="model is not a dict of tensors"):
-        checkpoint.load(tmp_path / "a.pt")
+        checkpoint.Checkpoint.load(tmp_path / "a.pt")
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_features, tmp_path, monkeypatch):
@@ -182,7 +182,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_features, tmp_path, 
     monkeypatch.setattr(S2VT, "forward", poisoned)
     with pytest.raises(TrainingDiverged, match="NaN/inf before step 8"):
         train(cfg_for(tiny_features, tmp_path / "r"), progress=False)
-    ck = checkpoint.load(tmp_path / "r" / "last.pt")
+    ck = checkpoint.Checkpoint.load(tmp_path / "r" / "last.pt")
     assert ck.state["step"] == 6  # end of epoch 1
     assert all(torch.isfinite(v).all() for v in ck.weights.values() if v.is_floating_point())
 
@@ -236,13 +236,13 @@ def test_two_process_ddp_matches_single_process_and_waits_out_a_long_validation(
     for p in procs:
         out, err = p.communicate(timeout=240)
         assert p.returncode == 0, err.decode()[-2000:]
-    ck = checkpoint.load(tmp_path / "ddp" / "last.pt")
+    ck = checkpoint.Checkpoint.load(tmp_path / "ddp" / "last.pt")
     steps = ck.state["step"]  # the whole epoch's global batches (the last partial one dropped)
     assert ck.state["epoch"] == 1 and steps >= 3
     assert any("val_loss" in line for line in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines())
     subprocess.run([sys.executable, "-m", "s2vt", *args, "--max-steps", str(steps), "--out", str(tmp_path / "single")],
                    check=True, capture_output=True)
-    a = checkpoint.load(tmp_path / "single" / "last.pt").weights
+    a = checkpoint.Checkpoint.load(tmp_path / "single" / "last.pt").weights
     for k in a:
         torch.testing.assert_close(a[k], ck.weights[k], atol=2e-5, rtol=1e-4)
 
@@ -324,7 +324,7 @@ def test_patience_stops_after_stale_validations(tiny_features, tmp_path, monkeyp
     monkeypatch.setattr(train_mod, "validate", lambda *a, **k: {"val_loss": next(scores)})
     res = train(cfg_for(tiny_features, tmp_path / "r", epochs=6, patience=2), progress=False)
     assert res["best_epoch"] == 2 and res["steps"] == 4 * 6  # stopped after epoch 4 (2 stale validations)
-    assert checkpoint.load(tmp_path / "r" / "best.pt").state["epoch"] == 2
+    assert checkpoint.Checkpoint.load(tmp_path / "r" / "best.pt").state["epoch"] == 2
 
 
 def test_selection_on_val_meteor_keeps_the_best_epoch(tiny_features, tmp_path):
@@ -334,7 +334,7 @@ def test_selection_on_val_meteor_keeps_the_best_epoch(tiny_features, tmp_path):
     assert sorted(meteor) == [1, 2, 3]
     best_epoch = max(meteor, key=lambda e: (meteor[e], -e))  # first epoch reaching the maximum
     assert res["best_epoch"] == best_epoch and res["best"] == pytest.approx(meteor[best_epoch])
-    assert checkpoint.load(tmp_path / "r" / "best.pt").state["epoch"] == best_epoch
+    assert checkpoint.Checkpoint.load(tmp_path / "r" / "best.pt").state["epoch"] == best_epoch
 
 
 def test_val_every_validates_every_n_epochs_and_after_the_last(tiny_features, tmp_path):
@@ -350,7 +350,7 @@ def test_existing_run_is_not_replaced_without_resume_or_overwrite(tiny_features,
         train(cfg_for(tiny_features, tmp_path / "r", max_steps=1), progress=False)
     assert (tmp_path / "r" / "best.pt").read_bytes() == before
     train(cfg_for(tiny_features, tmp_path / "r", max_steps=1), progress=False, overwrite=True)
-    assert checkpoint.load(tmp_path / "r" / "last.pt").state["step"] == 1
+    assert checkpoint.Checkpoint.load(tmp_path / "r" / "last.pt").state["step"] == 1
 
 
 def test_vocabulary_comes_from_the_training_split_only(tiny_features, tmp_path):
@@ -360,12 +360,12 @@ def test_vocabulary_comes_from_the_training_split_only(tiny_features, tmp_path):
     root, _ = tiny_features
     corpus = load_corpus("synthetic", root)
     train(cfg_for(tiny_features, tmp_path / "r", max_steps=1), progress=False)
-    vocab = set(checkpoint.load(tmp_path / "r" / "last.pt").vocab.to_list()[4:])
+    vocab = set(checkpoint.Checkpoint.load(tmp_path / "r" / "last.pt").vocab.to_list()[4:])
     words = lambda split: {w for _, caps in corpus.split_items(split) for c in caps for w in tokenize(c)}
     assert vocab == words("train")
     # the trainer's choice of split decides: training on val gives val's words
     train(cfg_for(tiny_features, tmp_path / "v", max_steps=1, train_split="val", val_split="train"), progress=False)
-    assert set(checkpoint.load(tmp_path / "v" / "last.pt").vocab.to_list()[4:]) == words("val")
+    assert set(checkpoint.Checkpoint.load(tmp_path / "v" / "last.pt").vocab.to_list()[4:]) == words("val")
 
 
 def test_bank_and_store_paths_train_the_same_checkpoint(tiny_features, tmp_path, monkeypatch):
@@ -375,8 +375,8 @@ def test_bank_and_store_paths_train_the_same_checkpoint(tiny_features, tmp_path,
     train(cfg_for(tiny_features, tmp_path / "bank", max_steps=8, shuffle_frames=True), progress=False)
     monkeypatch.setattr(train_mod, "place_bank", lambda need, device: "store")
     train(cfg_for(tiny_features, tmp_path / "store", max_steps=8, shuffle_frames=True), progress=False)
-    a = checkpoint.load(tmp_path / "bank" / "last.pt").weights
-    b = checkpoint.load(tmp_path / "store" / "last.pt").weights
+    a = checkpoint.Checkpoint.load(tmp_path / "bank" / "last.pt").weights
+    b = checkpoint.Checkpoint.load(tmp_path / "store" / "last.pt").weights
     for k in a:
         assert torch.equal(a[k], b[k]), k
 

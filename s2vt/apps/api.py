@@ -37,10 +37,8 @@ def caption_videos(videos: Sequence[PathLike], checkpoint: PathLike, checkpoint_
     cnn = [weights] + ([weights_flow] if checkpoint_flow else [])
     cap = video_captioner(cks, [str(w) if w else None for w in cnn], device=device,
                           streams=["rgb", "flow"] if checkpoint_flow else None)
-    dec = cap.decoding.given(**decoding)
-    alpha = 0.5 if dec.alpha is None else dec.alpha
     keys = [str(v) for v in videos]
-    return cap.caption(keys, [alpha, 1 - alpha] if checkpoint_flow else None, dec)
+    return cap.caption(keys, decoding=cap.decoding.given(**decoding))  # a flow model fused by the decoding's alpha
 
 
 def extract_features(videos: Union[PathLike, Sequence[PathLike]], out: PathLike, device: str = "cpu",

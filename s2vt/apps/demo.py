@@ -222,12 +222,12 @@ def evaluate_all(bench: Path, p: DemoPreset, data: Path, corpus, stores, runs, s
     return per_seed, alphas, per_video
 
 
-def results_table(per_seed: Dict[str, List[dict]]) -> str:
-    """Markdown: one row per model, mean ± std over seeds (x100) of every column of ``COLUMNS``."""
-    lines = ["| model | " + " | ".join(c for c, _ in COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
-    for row in ROW_ORDER:
-        ms = per_seed[row]
-        lines.append(f"| {row} | " + " | ".join(mean_spread([m[k] for m in ms]) for _, k in COLUMNS) + " |")
+def results_table(per_seed: Dict[str, List[dict]], rows=ROW_ORDER, columns=COLUMNS) -> str:
+    """Markdown: one row per model, mean ± std over seeds (x100) of every column of ``columns``
+    ((heading, metric key) pairs)."""
+    lines = ["| model | " + " | ".join(c for c, _ in columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    for row in rows:
+        lines.append(f"| {row} | " + " | ".join(mean_spread([m[k] for m in per_seed[row]]) for _, k in columns) + " |")
     return "\n".join(lines)
 
 
@@ -252,7 +252,7 @@ def example_and_report(wd: Path, corpus, runs, seeds: List[int], alpha: float, b
     path = str(corpus.video_path(vid))
     vc = video_captioner([str(runs["RGB"][seed] / "best.pt"), str(runs["Flow"][seed] / "best.pt")], device=device,
                          streams=["rgb", "flow"])
-    generated = vc.caption([path], weights=[alpha, 1 - alpha], beam=beam)[path]
+    generated = vc.caption([path], alpha=alpha, beam=beam)[path]
     print(f"{corpus.video_path(vid)}\n  generated:  {generated}")
     for ref in corpus.captions[vid]:
         print(f"  reference:  {ref}")

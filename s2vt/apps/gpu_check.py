@@ -93,9 +93,9 @@ def rel_diff(a: List[float], b: List[float]) -> float:
 
 def weights_diff(a: Path, b: Path) -> float:
     """Largest difference between two checkpoints' weights, relative to the weights' scale."""
-    from s2vt.models.checkpoint import load
+    from s2vt.models.checkpoint import Checkpoint
 
-    wa, wb = load(a).weights, load(b).weights
+    wa, wb = Checkpoint.load(a).weights, Checkpoint.load(b).weights
     return max(float((wa[k].float() - wb[k].float()).abs().max() / wb[k].float().abs().max().clamp_min(1e-12))
                for k in wa)
 

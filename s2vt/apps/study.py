@@ -16,17 +16,17 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from s2vt.data.attributes import accuracy, load_truth
-from s2vt.apps.demo import PRESETS, _stage, check_seeds, make_dataset, on_gpu, prepare_workdir
+from s2vt.apps.demo import COLUMNS as DEMO_COLUMNS
+from s2vt.apps.demo import PRESETS, _stage, check_seeds, make_dataset, on_gpu, prepare_workdir, results_table
 from s2vt.features.extract import extract
 from s2vt.features.config import ExtractConfig
 from s2vt.runtime.fileio import atomic_write, write_json
 from s2vt.evaluation.metrics import Meteor
-from s2vt.evaluation.stats import PerVideo, compare, findings_markdown, mean_spread, mean_std, paired, paired_words, print_findings
+from s2vt.evaluation.stats import PerVideo, compare, findings_markdown, mean_std, paired, paired_words, print_findings
 from s2vt.training.loop import TrainConfig, train
 
 ROWS = ("RGB S2VT", "RGB attention", "RGB S2VT + SCST", "RGB attention + SCST")
-COLUMNS = (("METEOR", "METEOR"), ("BLEU-4", "Bleu_4"), ("CIDEr", "CIDEr"), ("colour", "acc_colour"),
-           ("shape", "acc_shape"), ("motion", "acc_motion"))
+COLUMNS = tuple(c for c in DEMO_COLUMNS if c[0] != "all three")  # the demo's, but "all three"
 STUDIES = ("decoders",)
 # SCST fine-tuning on the cpu preset: a few epochs over the 300 training videos, a small lr
 SCST = {"cpu": dict(epochs=6, lr=2e-4, scst_samples=5, val_every=2),
@@ -49,10 +49,7 @@ def _train_once(cfg: TrainConfig, meteor) -> dict:
 
 
 def study_table(per_seed: Dict[str, List[dict]]) -> str:
-    lines = ["| model | " + " | ".join(c for c, _ in COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
-    for row in ROWS:
-        lines.append(f"| {row} | " + " | ".join(mean_spread([m[k] for m in per_seed[row]]) for _, k in COLUMNS) + " |")
-    return "\n".join(lines)
+    return results_table(per_seed, ROWS, COLUMNS)
 
 
 def rgb_store(wd: Path, p, corpus, device: str) -> Path:

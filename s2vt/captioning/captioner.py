@@ -15,8 +15,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 
 from s2vt.features.frames import StoreFeatures, pad_features
-from s2vt.models.checkpoint import Checkpoint
-from s2vt.decoding.search import DecodeConfig, Fusion, decode
+from s2vt.models.checkpoint import Checkpoint, vocab_difference
+from s2vt.decoding.search import DecodeConfig, Fusion, decode, fusion_weights
 from s2vt.runtime.devices import normalize
 from s2vt.runtime.errors import S2VTError, SignatureMismatch
 from s2vt.features.config import extract_flags
@@ -48,9 +48,8 @@ def load_checkpoints(paths: Sequence[str], streams: Optional[Sequence[str]] = No
                             "check the order of the checkpoints (RGB first, flow second)")
     for p, ck in zip(paths[1:], cks[1:]):
         if ck.vocab != cks[0].vocab:
-            raise S2VTError(f"{p}: its vocabulary differs from {paths[0]}'s ({len(ck.vocab)} vs "
-                            f"{len(cks[0].vocab)} words); fused models must be trained on the same captions "
-                            "with the same --min-count")
+            raise S2VTError(f"{p} and {paths[0]}: {vocab_difference(cks[0].vocab, ck.vocab)}; fused models must be "
+                            "trained on the same captions with the same --min-count")
     return cks
 
 
@@ -97,13 +96,14 @@ class Captioner:
     def caption(self, keys: Sequence[str], weights: Optional[Sequence[float]] = None,
                 decoding: Optional[DecodeConfig] = None, batch_size: int = 128, progress: bool = False,
                 **flags) -> Dict[str, str]:
-        """Captions of ``keys``; ``weights`` per member (default equal). The search is ``decoding``
-        (default: the first checkpoint's) with ``flags`` (beam, max_len, len_penalty) given on top;
-        ``progress``: a bar over the videos."""
+        """Captions of ``keys``; ``weights`` per member (default: the decoding's alpha for an RGB and a
+        flow model, :func:`fusion_weights`). The search is ``decoding`` (default: the first checkpoint's)
+        with ``flags`` (beam, max_len, len_penalty, alpha) given on top; ``progress``: a bar over the videos."""
         from tqdm import tqdm
 
-        weights = list(weights) if weights is not None else [1.0] * len(self.models)
-        search = (decoding or self.decoding).given(**flags).search()
+        dec = (decoding or self.decoding).given(**flags)
+        weights = list(weights) if weights is not None else fusion_weights(dec.alpha, len(self.models)) or [1.0]
+        search = dec.search()
         fusion = Fusion(list(zip(self.models, weights)))
         for m in self.models:
             m.eval()

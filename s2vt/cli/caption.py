@@ -7,6 +7,7 @@ import sys
 
 from s2vt.captioning.videos import video_captioner
 from s2vt.cli.common import RAW, decode_flags, examples, needs_flow
+from s2vt.features.signature import STREAMS
 from s2vt.runtime.devices import resolve as resolve_device
 from s2vt.runtime.errors import S2VTError
 from s2vt.video.reader import VideoError
@@ -20,21 +21,20 @@ def cmd_caption(args) -> int:
         raise S2VTError("--attention adds per-word attention weights to the JSON output: add --json")
     cks = [args.checkpoint] + ([args.checkpoint_flow] if args.checkpoint_flow else [])
     cnn_weights = [args.weights] + ([args.weights_flow] if args.checkpoint_flow else [])
-    cap = video_captioner(cks, cnn_weights, device=args.device, streams=["rgb", "flow"] if args.checkpoint_flow else None,
+    cap = video_captioner(cks, cnn_weights, device=args.device, streams=list(STREAMS) if args.checkpoint_flow else None,
                           download=args.download, flow_weights=args.flow_weights, cnn=args.cnn, layer=args.layer)
-    dec = cap.decoding.given(**flags)
-    alpha = 0.5 if dec.alpha is None else dec.alpha
-    weights = [alpha, 1 - alpha] if args.checkpoint_flow else None
+    if args.attention and not any(hasattr(m, "attention") for m in cap.models):  # before any video is decoded
+        raise S2VTError(f"--attention: {', '.join(cks)} {'has' if len(cks) == 1 else 'have'} no attention "
+                        "(trained with --decoder s2vt); leave --attention out")
+    dec = cap.decoding.given(**flags)  # its alpha weighs a flow model (fusion_weights)
     rc = 0
     for v in args.videos:
         try:
-            text = cap.caption([v], weights, dec)[v]
+            text = cap.caption([v], decoding=dec)[v]
             rec = {"video": v, "caption": text}
             if args.attention:
                 att = cap.attention(v, text)
-                if all(x is None for x in att):
-                    raise S2VTError(f"--attention: {args.checkpoint} has no attention (trained with --decoder s2vt)")
-                rec["attention"] = att[0] if len(att) == 1 else dict(zip(("rgb", "flow"), att))
+                rec["attention"] = att[0] if len(att) == 1 else dict(zip(STREAMS, att))
             print(json.dumps(rec) if args.json else f"{v}\t{text}", flush=True)
         except (VideoError, S2VTError) as e:
             rc = 1

@@ -47,10 +47,11 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from s2vt.runtime.errors import DataError, S2VTError
 from s2vt.data.ids import check_video_id
-from s2vt.runtime.inputs import check_input_file
+from s2vt.runtime.inputs import MAX_DEPTH, check_input_file, json_depth, read_bytes
 from s2vt.video.reader import VIDEO_EXTENSIONS
 
 SPLITS = ("train", "val", "test")
+ANNOTATION_MAX_BYTES = 2 ** 30  # caption and split files (the largest public ones are tens of MiB)
 
 
 @dataclass
@@ -88,7 +89,7 @@ def read_lines(path: Path) -> Iterator[Tuple[int, str]]:
     path = Path(path)
     if not path.exists():
         raise DataError(path, "file not found")
-    check_input_file(path, max_bytes=None)  # a FIFO, socket, device or folder is named, never opened
+    check_input_file(path, max_bytes=ANNOTATION_MAX_BYTES)  # a FIFO, socket, device or folder is named, never opened
     with open(path, "rb") as f:
         for n, raw in enumerate(f, 1):
             try:
@@ -277,12 +278,14 @@ def _kind(value) -> str:
 def read_json(path: Path):
     """The parsed JSON of ``path``; a bad byte or syntax error is a DataError with its place."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise DataError(path, "file not found")
-    try:
-        text = path.read_bytes().decode("utf-8-sig")
+    try:  # a regular file of bounded size (s2vt.runtime.inputs), read without blocking
+        text = read_bytes(path, max_bytes=ANNOTATION_MAX_BYTES).decode("utf-8-sig")
     except UnicodeDecodeError as e:
         raise DataError(path, f"not valid UTF-8 ({e.reason} at byte {e.start}); re-encode the file as UTF-8")
+    if json_depth(text) > MAX_DEPTH:
+        raise DataError(path, f"malformed JSON: nested deeper than {MAX_DEPTH} levels")
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:

@@ -6,9 +6,7 @@ The vocabulary is built from training captions only.
 """
 from __future__ import annotations
 
-import json
 from collections import Counter
-from pathlib import Path
 from typing import Iterable, List, Sequence
 
 from nltk.tokenize import RegexpTokenizer  # rule-based: needs no downloaded NLTK data
@@ -82,9 +80,3 @@ class Vocab:
             seen.add(w)
         return cls(itos[len(SPECIALS):])
 
-    def save(self, path: Path) -> None:
-        Path(path).write_text(json.dumps(self.itos, ensure_ascii=False, indent=0))
-
-    @classmethod
-    def load(cls, path: Path) -> "Vocab":
-        return cls.from_list(json.loads(Path(path).read_text()))

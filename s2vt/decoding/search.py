@@ -46,6 +46,19 @@ class DecodeConfig:
         return {"beam": self.beam, "max_len": self.max_len, "len_penalty": self.len_penalty}
 
 
+DEFAULT_ALPHA = 0.5  # the RGB model's fusion weight when none is given or tuned: equal weights
+
+
+def fusion_weights(alpha: Optional[float], members: int) -> Optional[List[float]]:
+    """Per-member weights of a captioner of ``members`` models: None for one model; for an RGB and a
+    flow model ``[alpha, 1 - alpha]`` (score = alpha*log p_rgb + (1-alpha)*log p_flow), alpha
+    ``DEFAULT_ALPHA`` when None."""
+    if members != 2:
+        return None
+    a = DEFAULT_ALPHA if alpha is None else alpha
+    return [a, 1 - a]
+
+
 class Fusion:
     """Weighted sum of the members' log-probabilities at every step.
 

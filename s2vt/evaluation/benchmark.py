@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from s2vt.captioning.captioner import Captioner, Member
-from s2vt.decoding.search import DecodeConfig
+from s2vt.decoding.search import DecodeConfig, fusion_weights
 from s2vt.runtime.errors import S2VTError
 from s2vt.evaluation.evaluate import evaluate, split_refs, tune_alpha
 from s2vt.runtime.fileio import write_json
@@ -200,7 +200,7 @@ def benchmark_entry(entry: Entry, out_dir: Path, flags: dict, device: str, meteo
             refs = split_refs(entry.dataset, entry.annotations, split)
             for row, cap in caps.items():
                 fusion = row == "RGB+Flow"
-                r = evaluate(cap, refs, [alpha, 1 - alpha] if fusion else None, cap.decoding.given(**flags), meteor)
+                r = evaluate(cap, refs, fusion_weights(alpha, 2) if fusion else None, cap.decoding.given(**flags), meteor)
                 members = entry.members(ROW_MEMBERS[row], seed)
                 r.update(dataset=entry.dataset, split=split, row=row, seed=seed, alpha=alpha if fusion else None,
                          checkpoints=[m.checkpoint for m in members], features=[m.features for m in members],

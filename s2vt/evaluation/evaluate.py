@@ -12,7 +12,7 @@ import numpy as np
 
 from s2vt.captioning.captioner import Captioner
 from s2vt.data.corpora import load_corpus
-from s2vt.decoding.search import DecodeConfig
+from s2vt.decoding.search import DecodeConfig, fusion_weights
 from s2vt.runtime.errors import S2VTError
 from s2vt.evaluation.metrics import Meteor, score
 
@@ -30,6 +30,7 @@ def evaluate(captioner: Captioner, refs: Dict[str, List[str]], weights=None, dec
     vids, missing = captioner.available(list(refs))
     if not vids:
         raise S2VTError("no video of this split has features in every store")
+    weights = weights if weights is not None else fusion_weights(dec.alpha, len(captioner.models))
     caps = captioner.caption(vids, weights, dec, progress=progress)
     stats: Dict[str, dict] = {}
     corpus, per = score({v: refs[v] for v in vids}, caps, meteor=meteor, stats=stats)
@@ -54,7 +55,7 @@ def tune_alpha(captioner: Captioner, refs, decoding: Optional[DecodeConfig] = No
     from tqdm import tqdm
 
     dec = decoding or captioner.decoding
-    curve = {a: evaluate(captioner, refs, [a, 1 - a], dec, meteor)["metrics"]["METEOR"]
+    curve = {a: evaluate(captioner, refs, fusion_weights(a, 2), dec, meteor)["metrics"]["METEOR"]
              for a in tqdm(grid, desc="tune alpha on val", unit="alpha", disable=not progress, leave=False)}
     best = max(curve, key=lambda a: (curve[a], -abs(a - 0.5), a))
     return best, {"alpha": best, "curve": curve, "decoding": asdict(dec), "rule": TIE_RULE}
@@ -78,7 +79,7 @@ def evaluate_captioner(captioner: Captioner, dataset: str, annotations, split: s
                                        progress=progress)
             if log:
                 log(f"alpha tuned on val: {alpha} (val METEOR {100 * tuning['curve'][alpha]:.1f})")
-        weights = [alpha, 1 - alpha]
+        weights = fusion_weights(alpha, 2)
     r = evaluate(captioner, split_refs(dataset, annotations, split), weights, dec, meteor, progress)
     r.update(dataset=dataset, split=split, alpha=alpha, alpha_tuning=tuning, date=time.strftime("%Y-%m-%d %H:%M"),
              metrics_scale="fractions in [0, 1]; x100 where printed")

@@ -36,7 +36,7 @@ import numpy as np
 
 from s2vt.runtime.inputs import check_input_file
 from s2vt.runtime.errors import S2VTError, SignatureMismatch
-from s2vt.runtime.fileio import SCRATCH_SUFFIX, atomic_write, fsync_dir, scratch_file
+from s2vt.runtime.fileio import SCRATCH_SUFFIX, atomic_write, fsync_dir, hold_lock_file, scratch_file
 from s2vt.data.ids import check_video_id, id_problem
 from s2vt.features.signature import video_problem
 FORMAT = "s2vt-features"
@@ -363,33 +363,12 @@ def _check_stage_is_ours(stage: Path, store: Path) -> None:
                         "away, or write to another --out")
 
 
-def _lock_stage(stage: Path, store: Path) -> Optional[int]:
+def _lock_stage(stage: Path, store: Path) -> int:
     """Create ``stage`` if needed and lock it for this process (``flock``: the kernel releases
-    it when the process ends, however it ends); S2VTError if another process holds it. None
-    where the platform has no ``flock``."""
-    try:
-        import fcntl
-    except ImportError:
-        return None
-    for _ in range(5):
-        stage.mkdir(parents=True, exist_ok=True)
-        try:
-            fd = os.open(stage / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
-        except FileNotFoundError:  # the folder was just published and removed by another run
-            continue
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise S2VTError(f"another run is writing {store} (its staging folder {stage} is locked): wait for "
-                            "it to finish, or write to another --out") from None
-        try:
-            if os.stat(stage / LOCK_FILE).st_ino == os.fstat(fd).st_ino:
-                return fd
-        except FileNotFoundError:
-            pass
-        os.close(fd)  # locked a file another run removed as it published: lock the new one
-    raise S2VTError(f"cannot lock the staging folder {stage}: other runs keep publishing and removing it")
+    it when the process ends, however it ends); S2VTError if another process holds it."""
+    return hold_lock_file(stage / LOCK_FILE, f"another run is writing {store} (its staging folder {stage} is "
+                          "locked): wait for it to finish, or write to another --out",
+                          prepare=lambda: stage.mkdir(parents=True, exist_ok=True))
 
 
 def _apply(f: h5py.File, records: List[dict]) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 import torch
 
@@ -267,5 +267,16 @@ def _read(path: Path, map_location) -> Dict[str, Any]:
     return d
 
 
-def load(path, map_location="cpu") -> Checkpoint:
-    return Checkpoint.load(path, map_location)
+def differences(was: dict, now: dict, skip=(), as_flags: bool = False) -> List[str]:
+    """"name: was -> now" for each key of ``now`` whose value differs from ``was``'s (``as_flags``: the
+    key named as its command-line flag): how a run refuses a checkpoint that does not fit it."""
+    name = (lambda k: "--" + k.replace("_", "-")) if as_flags else str
+    return [f"{name(k)}: {was.get(k)!r} -> {now[k]!r}" for k in now if k not in skip and was.get(k) != now[k]]
+
+
+def vocab_difference(was: Vocab, now: Vocab) -> Optional[str]:
+    """Why two vocabularies differ, or None when they are one."""
+    if was == now:
+        return None
+    return (f"the vocabulary differs ({len(was)} -> {len(now)} words): the models were trained on other captions "
+            "or another --min-count")

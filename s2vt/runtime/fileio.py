@@ -147,6 +147,32 @@ def fsync_dir(folder) -> None:
 LOCK_SUFFIX = ".s2vt-lock"
 
 
+def hold_lock_file(lock: Path, busy: str, prepare: Callable[[], None] = lambda: None) -> int:
+    """A descriptor holding an exclusive ``flock`` on the file ``lock`` (created if missing; ``prepare``
+    runs before each try, e.g. to make its folder); S2VTError(``busy``) at once when another process
+    holds it. A lock file its previous holder removed as it finished is not ours: the new one is taken."""
+    for _ in range(5):
+        prepare()
+        try:
+            fd = os.open(str(lock), os.O_RDWR | os.O_CREAT, 0o644)
+        except FileNotFoundError:  # its folder was removed by the run that held it
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            os.close(fd)
+            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise
+            raise S2VTError(busy) from None
+        try:
+            if os.stat(lock).st_ino == os.fstat(fd).st_ino:
+                return fd  # the lock file still in place: ours
+        except FileNotFoundError:
+            pass
+        os.close(fd)  # locked a file the previous holder removed as it finished: lock the new one
+    raise S2VTError(f"cannot lock {lock}: other runs keep taking and releasing it")
+
+
 @contextlib.contextmanager
 def file_lock(path, flag: str = "--out") -> Iterator[Path]:
     """Hold an exclusive lock on the output file ``path`` while the block runs; S2VTError at once when
@@ -155,24 +181,8 @@ def file_lock(path, flag: str = "--out") -> Iterator[Path]:
     path = Path(path)
     lock = path.with_name(f".{path.name}{LOCK_SUFFIX}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    for _ in range(5):
-        fd = os.open(str(lock), os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as e:
-            os.close(fd)
-            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise
-            raise S2VTError(f"another run is writing {path} (it holds {lock.name}): wait for it to finish, or "
-                            f"choose another {flag}") from None
-        try:
-            if os.stat(lock).st_ino == os.fstat(fd).st_ino:
-                break  # the lock file still in place: ours
-        except FileNotFoundError:
-            pass
-        os.close(fd)  # locked a file the previous holder removed as it finished: lock the new one
-    else:
-        raise S2VTError(f"cannot lock {lock}: other runs keep taking and releasing it")
+    fd = hold_lock_file(lock, f"another run is writing {path} (it holds {lock.name}): wait for it to finish, or "
+                              f"choose another {flag}")
     try:
         yield path
     finally:

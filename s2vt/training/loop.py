@@ -29,7 +29,7 @@ import torch
 from s2vt.training.batches import BatchStream, CaptionTable, EpochSampler, FeatureBank, num_frames, place_bank
 from s2vt.features.frames import StoreFeatures
 from s2vt.captioning.captioner import Captioner
-from s2vt.models.checkpoint import Checkpoint, LoopState
+from s2vt.models.checkpoint import Checkpoint, LoopState, differences, vocab_difference
 from s2vt.runtime.config import INT64_MAX, check_fields, from_dict, option
 from s2vt.runtime.errors import ConfigError
 from s2vt.runtime.devices import configure, resolve as resolve_device, torchrun_world
@@ -55,6 +55,9 @@ class TrainingDiverged(S2VTError):
     """Loss or gradients became non-finite: a failure while running (exit status 1)."""
 
     exit_code = 1
+
+
+REMOVED_OPTIONS = {"workers", "preload", "compile"}  # TrainConfig fields of earlier versions
 
 
 @dataclass
@@ -113,9 +116,12 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
-        # fields of earlier versions that no longer mean anything are accepted and dropped
-        return from_dict(cls, d, "training config", nested={"model": ModelConfig, "decoding": DecodeConfig},
-                         ignore=("workers", "preload", "compile"))
+        removed = sorted(set(d) & REMOVED_OPTIONS) if isinstance(d, dict) else []
+        if removed:  # a config.json of an earlier version: said, not silently dropped
+            raise ConfigError(f"training config: {', '.join(removed)} {'is an option' if len(removed) == 1 else 'are options'} "
+                              "of an earlier s2vt that no longer exist (features now live in the feature bank); "
+                              "remove them from the file")
+        return from_dict(cls, d, "training config", nested={"model": ModelConfig, "decoding": DecodeConfig})
 
     def resolved(self) -> "TrainConfig":
         """A copy with presets filled in (the lr of the chosen optimiser)."""
@@ -344,18 +350,16 @@ def check_run_folder(out: Path, resume: bool, overwrite: bool) -> None:
 def check_resume(ck: Checkpoint, cfg: TrainConfig, vocab: Vocab, signature: dict, path: Path) -> None:
     """Refuse to resume into a different architecture, vocabulary, feature extraction or recipe."""
     if ck.vocab != vocab:
-        raise S2VTError(f"cannot resume {path}: the vocabulary differs ({len(ck.vocab)} -> {len(vocab)} words: "
-                        "different training captions or --min-count)")
-    old, new = asdict(ck.model_config), asdict(cfg.model)
-    diff = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in new if old.get(k) != new.get(k)]
+        raise S2VTError(f"cannot resume {path}: {vocab_difference(ck.vocab, vocab)}")
+    diff = differences(asdict(ck.model_config), asdict(cfg.model))
     if diff:
         raise S2VTError(f"cannot resume {path}: the model differs ({'; '.join(diff)})")
     sd = signature_diff(signature, ck.feature_signature)
     if sd:
         raise S2VTError(f"cannot resume {path}: features were extracted differently ({'; '.join(sd)})")
     was, now = ck.train_config, asdict(cfg)
-    recipe = [f"--{k.replace('_', '-')}: {was.get(k)!r} -> {now[k]!r}" for k in now
-              if k not in RESUMABLE_CHANGES | {"model"} and k in was and was[k] != now[k]]
+    recipe = differences(was, {k: v for k, v in now.items() if k in was}, skip=RESUMABLE_CHANGES | {"model"},
+                         as_flags=True)
     if recipe:
         raise S2VTError(f"cannot resume {path} with a different recipe ({'; '.join(recipe)}); "
                         f"only {', '.join(sorted(RESUMABLE_CHANGES))} may change on --resume")

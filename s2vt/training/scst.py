@@ -242,7 +242,7 @@ def setup(cfg, data, model, device, rank: int, world: int):
     import dataclasses
 
     from s2vt.training.batches import BatchStream, CaptionTable, EpochSampler
-    from s2vt.models.checkpoint import Checkpoint
+    from s2vt.models.checkpoint import Checkpoint, differences, vocab_difference
     from s2vt.data.corpora import load_corpus
     from s2vt.features.store import signature_diff
 
@@ -253,13 +253,12 @@ def setup(cfg, data, model, device, rank: int, world: int):
         raise ConfigError(f"--init {cfg.init} was trained with --decoder {init.model_config.decoder}, this run has "
                           f"--decoder {cfg.model.decoder}: pass --decoder {init.model_config.decoder}")
     if init.vocab != data.vocab:
-        raise ConfigError(f"--init {cfg.init}: its vocabulary differs ({len(init.vocab)} vs {len(data.vocab)} words): "
-                          "train on the same captions with the same --min-count")
+        raise ConfigError(f"--init {cfg.init}: {vocab_difference(init.vocab, data.vocab)}; train on the same "
+                          "captions with the same --min-count")
     sd = signature_diff(data.store.signature, init.feature_signature)
     if sd:
         raise ConfigError(f"--init {cfg.init} was trained on features extracted differently ({'; '.join(sd)})")
-    old, new = dataclasses.asdict(init.model_config), dataclasses.asdict(cfg.model)
-    diff = [f"{k}: {old[k]!r} vs {new[k]!r}" for k in new if old.get(k) != new[k] and k != "dropout"]
+    diff = differences(dataclasses.asdict(init.model_config), dataclasses.asdict(cfg.model), skip=("dropout",))
     if diff:
         raise ConfigError(f"--init {cfg.init} has another model ({'; '.join(diff)}): pass its model flags")
     model.load_state_dict(init.weights)
