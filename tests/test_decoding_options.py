@@ -10,6 +10,7 @@ import sys
 import pytest
 
 import s2vt
+from s2vt.runtime.errors import S2VTError
 from s2vt.models.checkpoint import Checkpoint
 from s2vt.cli.app import main
 
@@ -137,6 +138,24 @@ def test_python_api_captions_a_raw_file_like_the_command(tiny_features, runs, ca
     with pytest.raises(SystemExit) as e:
         main(["--version"])
     assert e.value.code == 0 and capsys.readouterr().out.strip() == f"s2vt {s2vt.__version__}"
+
+
+def test_python_api_keeps_every_good_caption_and_says_why_the_others_failed(tiny_features, runs, tmp_path):
+    root, _ = tiny_features
+    good = sorted((root / "videos").iterdir())[:2]
+    text = tmp_path / "notes.mp4"
+    text.write_text("not a video")
+    caps = s2vt.caption_videos([good[0], tmp_path / "missing.mp4", text, good[1]], checkpoint=runs["rgb", 0], beam=2)
+    assert sorted(caps) == sorted(str(v) for v in good) and all(caps[str(v)] for v in good)
+    assert sorted(caps.failed) == sorted([str(tmp_path / "missing.mp4"), str(text)])
+    assert "missing.mp4" in caps.failed[str(tmp_path / "missing.mp4")] and caps.captions == dict(caps)
+    one = s2vt.caption_videos(str(good[0]), checkpoint=runs["rgb", 0], beam=2)  # one path, not its characters
+    assert one == {str(good[0]): caps[str(good[0])]} and one.failed == {}
+    for bad, message in [(dict(videos=3), "videos must be a path"), (dict(checkpoint=7), "checkpoint must be a path"),
+                         (dict(alpha=0.3), "give checkpoint_flow"), (dict(device="banana"), "banana")]:
+        kwargs = {"videos": good[0], "checkpoint": runs["rgb", 0], **bad}
+        with pytest.raises(S2VTError, match=message):
+            s2vt.caption_videos(**kwargs)
 
 
 def test_report_header_and_keyframes_from_the_stores_sources(tiny_features, runs, tmp_path):

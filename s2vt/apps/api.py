@@ -1,7 +1,8 @@
 """The Python API: the jobs of the command line as functions, for notebooks and scripts.
 
     import s2vt
-    caps = s2vt.caption_videos(["a.mp4"], checkpoint="runs/rgb/best.pt")   # {path: caption}
+    caps = s2vt.caption_videos(["a.mp4", "b.mp4"], checkpoint="runs/rgb/best.pt")   # {path: caption}
+    caps.failed                                                                     # {path: reason}
 
 Each function takes the options of its command as keyword arguments (the fields of
 :class:`s2vt.features.extract.ExtractConfig` and :class:`s2vt.decoding.search.DecodeConfig`), checked the same
@@ -10,7 +11,13 @@ way; errors are :class:`s2vt.runtime.errors.S2VTError` with the message the comm
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, Optional, Sequence, Union
+from typing import Dict, List, Optional, Sequence, Union
+
+from s2vt.captioning.videos import video_captioner
+from s2vt.features.signature import STREAMS
+from s2vt.runtime.devices import resolve as resolve_device
+from s2vt.runtime.errors import S2VTError
+from s2vt.video.reader import VideoError
 
 PathLike = Union[str, Path]
 
@@ -23,22 +30,64 @@ def load_checkpoint(path: PathLike):
     return Checkpoint.load(path)
 
 
-def caption_videos(videos: Sequence[PathLike], checkpoint: PathLike, checkpoint_flow: Optional[PathLike] = None,
-                   device: str = "cpu", weights: Optional[PathLike] = None, weights_flow: Optional[PathLike] = None,
-                   **decoding) -> Dict[str, str]:
-    """{path: caption} of raw video files, features computed as the checkpoint's training features were.
+class Captions(dict):
+    """{path: caption} of the videos that were captioned, and ``failed``: {path: reason} of those that
+    could not be (unreadable, missing, no frame decoded). ``captions`` is the dict itself."""
+
+    def __init__(self, captions: Dict[str, str], failed: Dict[str, str]):
+        super().__init__(captions)
+        self.failed = failed
+
+    @property
+    def captions(self) -> Dict[str, str]:
+        return dict(self)
+
+
+def _paths(videos, what: str) -> List[str]:
+    """One path or a sequence of paths, as strings; S2VTError naming ``what`` for anything else."""
+    if isinstance(videos, (str, Path)):
+        return [str(videos)]
+    if not isinstance(videos, (list, tuple)) or not all(isinstance(v, (str, Path)) for v in videos):
+        raise S2VTError(f"{what} must be a path (str or pathlib.Path) or a list of paths, "
+                        f"not {type(videos).__name__}")
+    return [str(v) for v in videos]
+
+
+def _path_or_none(value, what: str) -> Optional[str]:
+    if value is not None and not isinstance(value, (str, Path)):
+        raise S2VTError(f"{what} must be a path (str or pathlib.Path), not {type(value).__name__}")
+    return None if value is None else str(value)
+
+
+def caption_videos(videos: Union[PathLike, Sequence[PathLike]], checkpoint: PathLike,
+                   checkpoint_flow: Optional[PathLike] = None, device: str = "cpu",
+                   weights: Optional[PathLike] = None, weights_flow: Optional[PathLike] = None,
+                   **decoding) -> Captions:
+    """Captions of raw video files (one path or a list), features computed as the checkpoint's
+    training features were. Returns :class:`Captions`: {path: caption} for the videos captioned, and
+    ``.failed`` {path: reason} for the rest; one bad file never loses the others.
 
     ``checkpoint_flow``: a flow model fused with weight 1 - alpha; ``weights``/``weights_flow``: CNN
     weight files when not the offline default; ``decoding``: beam, max_len, len_penalty, alpha
     (default: the checkpoint's; alpha 0.5)."""
-    from s2vt.captioning.videos import video_captioner
-
-    cks = [str(checkpoint)] + ([str(checkpoint_flow)] if checkpoint_flow else [])
-    cnn = [weights] + ([weights_flow] if checkpoint_flow else [])
-    cap = video_captioner(cks, [str(w) if w else None for w in cnn], device=device,
-                          streams=["rgb", "flow"] if checkpoint_flow else None)
-    keys = [str(v) for v in videos]
-    return cap.caption(keys, decoding=cap.decoding.given(**decoding))  # a flow model fused by the decoding's alpha
+    keys = _paths(videos, "videos")
+    cks = [_path_or_none(checkpoint, "checkpoint")] + ([_path_or_none(checkpoint_flow, "checkpoint_flow")]
+                                                       if checkpoint_flow is not None else [])
+    if cks[0] is None:
+        raise S2VTError("checkpoint must be a path (str or pathlib.Path), not None")
+    cnn = [_path_or_none(weights, "weights")] + ([_path_or_none(weights_flow, "weights_flow")] if checkpoint_flow else [])
+    if not checkpoint_flow and (decoding.get("alpha") is not None or weights_flow is not None):
+        raise S2VTError("alpha and weights_flow weigh and feed a flow model: give checkpoint_flow, or leave them out")
+    resolve_device(device)  # a device name this machine has, checked before any model loads
+    cap = video_captioner(cks, cnn, device=device, streams=list(STREAMS) if checkpoint_flow else None)
+    dec = cap.decoding.given(**decoding)  # a flow model is fused by the decoding's alpha
+    done, failed = {}, {}
+    for key in keys:
+        try:
+            done.update(cap.caption([key], decoding=dec))
+        except (VideoError, S2VTError) as e:
+            failed[key] = str(e)
+    return Captions(done, failed)
 
 
 def extract_features(videos: Union[PathLike, Sequence[PathLike]], out: PathLike, device: str = "cpu",

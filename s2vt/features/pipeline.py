@@ -22,7 +22,7 @@ from s2vt.runtime.errors import S2VTError
 from s2vt.runtime.hostmem import keep_freed_memory, return_free_memory
 from s2vt.runtime.workers import DieWithParent, usable_cores, worker_context
 from s2vt.video.flow import FlowComputer, flow_to_image
-from s2vt.video.reader import iter_frames
+from s2vt.video.reader import iter_frames, opencv_threads_stopped
 
 
 def video_images(path, cfg: ExtractConfig, pre: Preprocess, info: dict) -> Iterator[Tuple[int, np.ndarray]]:
@@ -279,7 +279,8 @@ def worker_chunks(todo, cfg: ExtractConfig, pre: Preprocess, gate=None) -> Itera
                             prefetch_factor=4 if workers else None, persistent_workers=False,
                             multiprocessing_context=worker_context() if workers else None,
                             worker_init_fn=DieWithParent() if workers else None)
-        it = iter(loader)
+        with opencv_threads_stopped():  # the workers fork here
+            it = iter(loader)
     yield from it
 
 

@@ -18,6 +18,7 @@ Sampling rules (documented in ``s2vt extract --help``):
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
 from dataclasses import dataclass
@@ -28,6 +29,20 @@ import cv2
 import numpy as np
 
 from s2vt.runtime.errors import S2VTError
+
+@contextlib.contextmanager
+def opencv_threads_stopped() -> Iterator[None]:
+    """Fork worker processes inside this block. OpenCV's thread pool, once an OpenCV call in this
+    process has started it, does not survive ``fork``: a child's first call into it (even
+    ``cv2.setNumThreads``) waits for ever on threads that exist only in the parent. One thread
+    stops the pool for the fork; the parent's setting comes back after."""
+    threads = cv2.getNumThreads()
+    cv2.setNumThreads(1)
+    try:
+        yield
+    finally:
+        cv2.setNumThreads(threads)
+
 
 # the files a folder of videos is searched for (extract, import-features, the corpora)
 VIDEO_EXTENSIONS = (".avi", ".mp4", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp")
