@@ -89,3 +89,19 @@ def test_scst_bad_input_is_one_line_and_writes_nothing(tiny_features, tmp_path, 
         lines = err.strip().splitlines()
         assert rc == 2 and len(lines) == 1 and msg in lines[0], (extra, err)
         assert not out.exists(), extra
+
+
+def test_scst_takes_data_and_model_from_its_init_checkpoint(tiny_features, tmp_path):
+    from s2vt.cli.app import main
+
+    root, stores = tiny_features
+    train(_xe(tiny_features, tmp_path / "xe", seed=4), progress=False)
+    init = tmp_path / "xe" / "best.pt"
+    # no --dataset, --annotations, --features or model flags: all from init's recorded config
+    assert main(["train", "--objective", "scst", "--init", str(init), "--out", str(tmp_path / "sc"),
+                 "--max-steps", "2", "--quiet", "--no-val-meteor"]) == 0
+    was, now = checkpoint.Checkpoint.load(init), checkpoint.Checkpoint.load(tmp_path / "sc" / "last.pt")
+    assert now.model_config == was.model_config and now.state["step"] == 2
+    for k in ("dataset", "annotations", "features", "seed"):
+        assert now.train_config[k] == was.train_config[k], k
+    assert now.train_config["features"] == str(stores["rgb"]) and now.train_config["objective"] == "scst"

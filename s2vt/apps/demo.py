@@ -35,6 +35,7 @@ from s2vt.models.s2vt import ModelConfig
 from s2vt.data.synth import SynthConfig, generate
 from s2vt.evaluation.stats import PerVideo, compare, findings_markdown, mean_spread, print_findings
 from s2vt.training.loop import TrainConfig, train
+from s2vt.training.recipes import recipe
 
 MARKER = ".s2vt-demo"
 OWN = ("data", "features", "runs", "bench", "report.html", "results.md", "results.json")
@@ -80,8 +81,8 @@ def _recipe(model: ModelConfig, epochs: int, batch_size: int, lr: float, beam: i
 PRESETS = {
     # ~10 minutes on a 2-core CPU
     "cpu": DemoPreset(SynthConfig(train=300, val=40, test=80, frames=48, width=128, height=96), stride=4,
-                      input_size=112, train=_recipe(ModelConfig(embed=128, hidden=256, dropout=0.3, max_frames=80),
-                                                    epochs=20, batch_size=32, lr=2e-3, beam=5, val_every=5),
+                      input_size=112, train=TrainConfig.from_dict({**recipe("small"), "recipe": "small",
+                                                                   "log_every": 1000}),
                       seeds=[0, 1, 2]),
     # seconds: for tests
     "tiny": DemoPreset(SynthConfig(train=12, val=4, test=4, frames=16, width=64, height=48), stride=4,

@@ -5,11 +5,13 @@ import json
 
 from s2vt.cli.common import DATASETS, RAW, examples
 from s2vt.decoding.search import DecodeConfig
+from s2vt.models.checkpoint import Checkpoint
 from s2vt.models.s2vt import ModelConfig
 from s2vt.runtime.config import add_arguments, overrides
 from s2vt.runtime.errors import S2VTError
 from s2vt.runtime.inputs import read_json
 from s2vt.training.loop import TrainConfig, train
+from s2vt.training.recipes import recipe
 
 
 def train_config(args):
@@ -17,17 +19,33 @@ def train_config(args):
     base = read_json(args.config, "--config") if args.config else {}
     if not isinstance(base, dict):
         raise S2VTError(f"--config {args.config} must hold a JSON object (as a run's config.json)")
-    merged = {**base, **overrides(args, TrainConfig)}
+    name = args.recipe if args.recipe is not None else base.get("recipe")
+    start = recipe(name) if isinstance(name, str) and name else {}  # under --config, whose values are under the flags
+    given = {**base, **overrides(args, TrainConfig)}
+    if given.get("objective") == "scst" and isinstance(given.get("init"), str) and given["init"]:
+        start = {**init_settings(given["init"]), **start}  # the model and data the init checkpoint was trained on
+    merged = {**start, **base, **overrides(args, TrainConfig)}
     for key, cls in (("model", ModelConfig), ("decoding", DecodeConfig)):  # nested: flags over --config's values
         if not isinstance(base.get(key, {}), dict):
             raise S2VTError(f"--config {args.config}: '{key}' must be a JSON object of {key} options")
-        merged[key] = {**base.get(key, {}), **overrides(args, cls, key + "_")}
+        merged[key] = {**start.get(key, {}), **base.get(key, {}), **overrides(args, cls, key + "_")}
     cfg = TrainConfig.from_dict(merged)
     for req in ("dataset", "annotations", "features"):
         if not getattr(cfg, req):
             raise S2VTError(f"--{req} is required (or set it in --config)"
                             + (f": the format of --annotations, one of {DATASETS}" if req == "dataset" else ""))
     return cfg
+
+
+# what --objective scst takes from its --init checkpoint's recorded config unless given: its data and its model
+INHERITED = ("dataset", "annotations", "features", "train_split", "val_split", "min_count", "shuffle_frames", "seed",
+             "model", "decoding")
+
+
+def init_settings(init: str) -> dict:
+    """The options of ``init``'s recorded training config that a fine-tuning run starts from."""
+    recorded = Checkpoint.load(init).train_config
+    return {k: recorded[k] for k in INHERITED if k in recorded}
 
 
 def cmd_train(args) -> int:
@@ -45,6 +63,7 @@ def add_train(sub, shared):
                            "s2vt train --dataset msvd --annotations data/msvd --features features/msvd_vgg.h5 --out runs/msvd_vgg --device cuda --amp",
                            "s2vt train ... --out runs/rgb --resume            # continue from runs/rgb/last.pt",
                            "s2vt train --config runs/rgb/config.json --out runs/rgb2 --seed 1",
+                           "s2vt train --recipe small --dataset generic --annotations my_clips --features features/mine.h5 --out runs/mine",
                            "torchrun --nproc_per_node 8 -m s2vt train ... --device cuda"))
     s.add_argument("--config", help="JSON config (as written to a run's config.json); flags override it")
     s.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")

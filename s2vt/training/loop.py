@@ -34,6 +34,7 @@ from s2vt.runtime.config import INT64_MAX, check_fields, from_dict, option
 from s2vt.runtime.errors import ConfigError
 from s2vt.runtime.devices import configure, resolve as resolve_device, torchrun_world
 from s2vt.data.corpora import DATASETS, load_corpus
+from s2vt.training.recipes import RECIPES, few_steps_hint
 from s2vt.runtime.errors import S2VTError
 from s2vt.runtime.fileio import folder_lock, write_json
 from s2vt.runtime.hostmem import keep_freed_memory
@@ -62,6 +63,8 @@ REMOVED_OPTIONS = {"workers", "preload", "compile"}  # TrainConfig fields of ear
 
 @dataclass
 class TrainConfig:
+    recipe: str = option("paper", "start from a named recipe: paper (these defaults) or small (a few hundred clips "
+                                  "or fewer, a CPU: the demo's); --config and flags override it", choices=tuple(RECIPES))
     dataset: str = option("", f"dataset format of --annotations ({', '.join(DATASETS)}); required")
     annotations: str = option("", "dataset root: caption and split files")
     features: str = option("", "HDF5 feature store written by `s2vt extract`")
@@ -431,6 +434,9 @@ def _train_locked(cfg: TrainConfig, device: torch.device, rank: int, world: int,
     check_run_folder(out, resume, overwrite)
     ck = Checkpoint.load(out / "last.pt") if resume else None
     data = load_data(cfg, device, rank, world, log=print if rank == 0 else (lambda *a: None))
+    hint = few_steps_hint(len(data.table), cfg.batch_size, cfg.epochs, cfg.recipe)
+    if hint and rank == 0 and cfg.objective == "xe":
+        print(f"[s2vt] note: {hint}")
     cfg.model.feat_dim, cfg.model.vocab_size = int(data.store.signature["dim"]), len(data.vocab)  # our own copy
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model).to(device)
