@@ -19,7 +19,6 @@ import json
 import os
 import re
 import stat
-import sys
 from pathlib import Path
 from typing import Any, List, Optional, Tuple
 
@@ -27,6 +26,7 @@ from s2vt.runtime.errors import S2VTError
 
 MAX_BYTES = 64 * 2 ** 20   # JSON and text inputs
 MAX_DEPTH = 64             # JSON nesting
+MAX_INT_DIGITS = 4300      # digits of a JSON integer (Python's own default bound on str -> int)
 _STRINGS = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.S)
 _BRACKETS = re.compile(r"[\[\]{}]")
 _CONTROLS = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")  # Unicode's Cc, Zl, Zp but the tab
@@ -131,14 +131,23 @@ def parse_json(text: str, where: str, max_depth: int = MAX_DEPTH) -> Any:
     if json_depth(text) > max_depth:
         raise InputError(f"{where}: JSON nested deeper than {max_depth} levels; no s2vt input needs that")
     try:
-        return json.loads(text)
+        return json.loads(text, parse_int=_bounded_int)
+    except _LongInteger:
+        raise InputError(f"{where} holds an integer of more than {MAX_INT_DIGITS} digits; no s2vt input needs that")
     except json.JSONDecodeError as e:
         raise NotText(f"{where} is not valid JSON: {e}")
     except (ValueError, RecursionError) as e:
-        if "integer string conversion" in str(e):
-            raise InputError(f"{where} holds an integer of more than {sys.get_int_max_str_digits()} digits; "
-                             "no s2vt input needs that")
         raise InputError(f"{where} is not JSON s2vt can read: {str(e).splitlines()[0][:200]}")
+
+
+class _LongInteger(Exception):
+    """An integer literal longer than :data:`MAX_INT_DIGITS` (never converted: that takes quadratic time)."""
+
+
+def _bounded_int(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_INT_DIGITS:
+        raise _LongInteger
+    return int(text)
 
 
 def read_json(path, what: str = "", max_bytes: int = MAX_BYTES, max_depth: int = MAX_DEPTH) -> Any:
