@@ -204,15 +204,15 @@ def _edit(d):
     (lambda d: d.update(optimizer={"state": {}, "param_groups": [{"params": [0]}]}), "optimizer"),
 ])
 def test_hand_edited_checkpoint_fields_are_refused_at_load(good_checkpoint, tmp_path, capsys, edit, field):
-    from s2vt.models.checkpoint import CheckpointError, load
+    from s2vt.models.checkpoint import Checkpoint, CheckpointError
 
-    assert load(good_checkpoint).build_model() is not None
+    assert Checkpoint.load(good_checkpoint).build_model() is not None
     d = torch.load(good_checkpoint, weights_only=True)
     edit(d)
     bad = tmp_path / "bad.pt"
     torch.save(d, bad)
     with pytest.raises(CheckpointError, match=f"{field}") as e:
-        load(bad)
+        Checkpoint.load(bad)
     assert str(bad) in str(e.value) and "\n" not in str(e.value)
     one_line(capsys, ["caption", tmp_path / "v.mp4", "--checkpoint", bad], str(bad), field)
 
@@ -294,7 +294,7 @@ def test_a_bad_java_timeout_is_named(tmp_path, monkeypatch):
 ])
 def test_recorded_extraction_settings_are_checked_at_load_in_the_signatures_words(tmp_path, capsys, key, value,
                                                                                   needle):
-    from s2vt.models.checkpoint import Checkpoint, CheckpointError, load
+    from s2vt.models.checkpoint import Checkpoint, CheckpointError
     from s2vt.models.registry import build_model
     from s2vt.features.config import ExtractConfig, make_signature
     from s2vt.models.s2vt import ModelConfig
@@ -309,7 +309,7 @@ def test_recorded_extraction_settings_are_checked_at_load_in_the_signatures_word
     vocab = Vocab(["a", "b"])
     model = build_model(ModelConfig(feat_dim=1280, vocab_size=len(vocab), embed=4, hidden=4))
     good = Checkpoint(model.cfg, model.state_dict(), vocab, sig).save(tmp_path / "good.pt")
-    assert load(good).feature_signature == sig
+    assert Checkpoint.load(good).feature_signature == sig
     d = torch.load(good, weights_only=True)
     target = d["feature_signature"]
     for k in key[:-1]:
@@ -318,7 +318,7 @@ def test_recorded_extraction_settings_are_checked_at_load_in_the_signatures_word
     bad = tmp_path / "bad.pt"
     torch.save(d, bad)
     with pytest.raises(CheckpointError) as e:
-        load(bad)
+        Checkpoint.load(bad)
     msg = str(e.value)
     assert str(bad) in msg and "feature_signature" in msg and needle in msg and "\n" not in msg
     assert "ExtractConfig" not in msg and "--stride" not in msg

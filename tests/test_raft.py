@@ -88,4 +88,9 @@ def test_raft_needs_an_input_size_divisible_by_8_and_at_least_128():
     for size in (132, 120):
         with pytest.raises(S2VTError, match=f"--input-size {size}: RAFT .* divisible by 8 and at least 128"):
             ExtractConfig(stream="flow", flow_method="raft_small", input_size=size)
-    ExtractConfig(stream="rgb", flow_method="raft_small", input_size=60)  # flow settings apply to flow only
+    ExtractConfig(stream="flow", flow_method="dis", input_size=60)  # the RAFT rule holds for RAFT only
+    for kw, flag in [(dict(stream="rgb", flow_method="raft_small"), "--flow-method"),  # given where they do not apply
+                     (dict(stream="rgb", flow_weights="r.pth"), "--flow-weights"),
+                     (dict(stream="flow", flow_method="dis", flow_weights="r.pth"), "--flow-weights")]:
+        with pytest.raises(S2VTError, match=f"{flag} .* applies only with --stream flow"):
+            ExtractConfig(**kw)

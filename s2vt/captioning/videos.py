@@ -9,15 +9,16 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from s2vt.features.backbones.spec import Preprocess
-from s2vt.features.frames import cap_frames
 from s2vt.captioning.captioner import Captioner, load_checkpoints
+from s2vt.features.backbones.spec import Preprocess
+from s2vt.features.config import ExtractConfig
+from s2vt.features.frames import cap_frames
+from s2vt.features.pipeline import cnn_features, video_images
+from s2vt.features.raft import LEARNED
+from s2vt.features.signature import IMPORTED, check_complete, is_imported
 from s2vt.models.checkpoint import Checkpoint
 from s2vt.runtime.devices import configure
 from s2vt.runtime.errors import S2VTError, SignatureMismatch
-from s2vt.features.pipeline import cnn_features, video_images
-from s2vt.features.config import ExtractConfig
-from s2vt.features.signature import IMPORTED, check_complete, is_imported
 
 
 class VideoFeatures:
@@ -95,7 +96,15 @@ def video_captioner(checkpoints: Sequence[str], cnn_weights: Optional[Sequence[O
     ``flow_weights``: the RAFT weights of a checkpoint trained on learned flow; ``cnn`` / ``layer``: for a
     first checkpoint trained on imported features, a backbone that computes the same features."""
     cnn_weights = list(cnn_weights) if cnn_weights else [None] * len(checkpoints)
+    if layer is not None and cnn is None:
+        raise S2VTError("--layer picks a layer of the --cnn given for imported features: give --cnn too, or leave "
+                        "--layer out (a checkpoint's own features record their layer)")
     cks = load_checkpoints(checkpoints, streams)
-    sources = [VideoFeatures(ck, w, device, p, download, flow_weights, *((cnn, layer) if i == 0 else (None, None)))
-               for i, (ck, w, p) in enumerate(zip(cks, cnn_weights, checkpoints))]
+    learned = [(ck.feature_signature.get("flow") or {}).get("method") in LEARNED for ck in cks]
+    if flow_weights is not None and not any(learned):
+        raise S2VTError("--flow-weights: no checkpoint given was trained on learned (RAFT) flow features; "
+                        "leave it out")
+    sources = [VideoFeatures(ck, w, device, p, download, flow_weights if raft else None,
+                             *((cnn, layer) if i == 0 else (None, None)))
+               for i, (ck, w, p, raft) in enumerate(zip(cks, cnn_weights, checkpoints, learned))]
     return Captioner([ck.build_model(device) for ck in cks], sources, cks[0].vocab, device, cks[0].decoding)

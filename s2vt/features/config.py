@@ -54,7 +54,7 @@ class ExtractConfig:
                                      "torchvision's RAFT raft_small / raft_large (batched on --device)",
                               choices=METHODS + LEARNED, feature="flow.method", when={"stream": "flow"})
     flow_weights: Optional[str] = option(None, "RAFT weights file (a torchvision state dict; default: torchvision's "
-                                               "file in torch's cache)")
+                                               "file in torch's cache)", when={"stream": "flow", "flow_method": LEARNED})
     batch_size: Optional[int] = option(None, f"images per CNN call (default: {CPU_BATCH} on the CPU, where small "
                                              f"batches stay in cache; {GPU_BATCH} on a GPU)", low=1, high=65536)
     workers: Optional[int] = option(None, "decoding processes (default: cores - 1 on a GPU, 2 on the CPU; "

@@ -86,11 +86,28 @@ def _number(v) -> str:
     return f"{text[:20]}... ({len(text)} digits)" if isinstance(v, int) else f"{text[:50]}... ({len(text)} characters)"
 
 
+def applies(obj, f: dataclasses.Field) -> bool:
+    """Whether field ``f`` of ``obj`` applies: every condition of its ``when`` holds ({field: value},
+    or {field: (values...)} for one of several)."""
+    return all(getattr(obj, k) in v if isinstance(v, tuple) else getattr(obj, k) == v
+               for k, v in f.metadata.get("when", {}).items())
+
+
+def _conditions(when: dict) -> str:
+    return " and ".join(f"{flag(k)} {' or '.join(map(str, v)) if isinstance(v, tuple) else v}" for k, v in when.items())
+
+
 def check_fields(obj) -> None:
-    """Validate every field of a config dataclass declared with :func:`option`."""
+    """Validate every field of a config dataclass declared with :func:`option`; a field given a value
+    where it does not apply (its ``when`` does not hold) is refused rather than silently ignored."""
     for f in dataclasses.fields(obj):
-        if "help" in f.metadata:
-            check_value(f.name, getattr(obj, f.name), f, type(obj).__name__)
+        if "help" not in f.metadata:
+            continue
+        value = getattr(obj, f.name)
+        check_value(f.name, value, f, type(obj).__name__)
+        if not applies(obj, f) and value != f.default:
+            raise FieldError(f.name, type(obj).__name__, f"applies only with {_conditions(f.metadata['when'])}",
+                             _number(value))
 
 
 def from_dict(cls, d: Any, what: str = "config", nested: Optional[dict] = None, ignore: Iterable[str] = ()):
@@ -127,8 +144,7 @@ def add_arguments(parser: argparse.ArgumentParser, cls, dest_prefix: str = "", s
 
 def feature_fields(obj) -> list:
     """The fields of ``obj`` that define its features (declared with ``feature=``) and apply to its values."""
-    return [f for f in dataclasses.fields(obj) if f.metadata.get("feature")
-            and all(getattr(obj, k) == v for k, v in f.metadata.get("when", {}).items())]
+    return [f for f in dataclasses.fields(obj) if f.metadata.get("feature") and applies(obj, f)]
 
 
 def as_flags(obj, fields) -> str:

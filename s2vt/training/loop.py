@@ -103,8 +103,10 @@ class TrainConfig:
                               low=1, high=604800)
     objective: str = option("xe", "xe: cross-entropy on the captions; scst: self-critical fine-tuning of --init on "
                             "CIDEr-D (s2vt.training.scst)", choices=("xe", "scst"))
-    init: str = option("", "--objective scst: the cross-entropy checkpoint to start from (RUN/best.pt)")
-    scst_samples: int = option(5, "--objective scst: captions sampled per video", low=1, high=100)
+    init: str = option("", "--objective scst: the cross-entropy checkpoint to start from (RUN/best.pt)",
+                       when={"objective": "scst"})
+    scst_samples: int = option(5, "--objective scst: captions sampled per video", low=1, high=100,
+                               when={"objective": "scst"})
     model: ModelConfig = field(default_factory=ModelConfig)
     decoding: DecodeConfig = field(default_factory=DecodeConfig)  # the checkpoint's decoding defaults
 
