@@ -5,7 +5,6 @@ import pytest
 
 from s2vt.cli.app import build_parser
 from s2vt.cli.train import train_config
-from s2vt.runtime.errors import S2VTError
 from s2vt.training.recipes import FEW_STEPS, RECIPES, few_steps_hint
 
 REQUIRED = ["--dataset", "synthetic", "--annotations", "a", "--features", "f.h5"]

@@ -17,6 +17,7 @@ import json
 import shutil
 import statistics
 import time
+import warnings
 from collections import Counter
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -26,6 +27,7 @@ from s2vt.data.attributes import accuracy, load_truth
 from s2vt.runtime.config import from_dict
 from s2vt.data.corpora import load_corpus
 from s2vt.decoding.search import DecodeConfig
+from s2vt.runtime.devices import resolve as resolve_device
 from s2vt.runtime.errors import S2VTError
 from s2vt.features.extract import extract
 from s2vt.features.config import ExtractConfig
@@ -263,6 +265,14 @@ def example_and_report(wd: Path, corpus, runs, seeds: List[int], alpha: float, b
     return {"video": vid, "generated": generated, "references": corpus.captions[vid]}
 
 
+def check_device(p: DemoPreset, device: str) -> str:
+    """``device`` if this machine has it (checked before any work: the gpu preset's dataset alone is
+    gigabytes); a warning when a preset sized for a GPU is to run on a CPU."""
+    if resolve_device(device).type == "cpu" and p.device != "cpu":
+        warnings.warn(f"this preset is sized for one GPU ({p.device}); on a CPU it runs for many hours", stacklevel=3)
+    return device
+
+
 def check_seeds(seeds) -> List[int]:
     """``--seeds``: each one a training seed, in the range of ``TrainConfig.seed`` (checked before any work)."""
     from dataclasses import fields
@@ -290,7 +300,7 @@ def run_demo(workdir="demo_out", preset: str = "cpu", fresh: bool = False, devic
     """
     t_start = time.time()
     p = PRESETS[preset]
-    device = device or p.device
+    device = check_device(p, device or p.device)
     seeds = check_seeds(seeds) if seeds else p.seeds
     wd = Path(workdir)
     prepare_workdir(wd, fresh)

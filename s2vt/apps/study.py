@@ -17,7 +17,7 @@ from typing import Dict, List, Optional
 
 from s2vt.data.attributes import accuracy, load_truth
 from s2vt.apps.demo import COLUMNS as DEMO_COLUMNS
-from s2vt.apps.demo import PRESETS, _stage, check_seeds, make_dataset, on_gpu, prepare_workdir, results_table
+from s2vt.apps.demo import PRESETS, _stage, check_device, check_seeds, make_dataset, on_gpu, prepare_workdir, results_table
 from s2vt.features.extract import extract
 from s2vt.features.config import ExtractConfig
 from s2vt.runtime.fileio import atomic_write, write_json
@@ -172,7 +172,7 @@ def run_study(workdir="demo_out", study: str = "decoders", preset: str = "cpu", 
 
     t_start = time.time()
     p = PRESETS[preset]
-    device = device or p.device
+    device = check_device(p, device or p.device)
     seeds = check_seeds(seeds) if seeds else p.seeds
     wd = Path(workdir)
     prepare_workdir(wd, fresh)
