@@ -181,6 +181,7 @@ def test_download_without_a_network_is_one_line_naming_the_flag(tmp_path, monkey
     import torchvision.models.optical_flow as of
 
     monkeypatch.setattr(of.Raft_Small_Weights.C_T_V2, "get_state_dict", lambda *a, **k: offline(), raising=False)
-    with pytest.raises(WeightsNotFound, match="--download could not fetch the weights of raft_small"):
+    with pytest.raises(WeightsNotFound, match="--download could not fetch the weights of raft_small") as e:
         resolve_flow_weights("raft_small", download=True)
+    assert str(e.value).endswith("pass the weights file with --flow-weights")  # RAFT's own flag
     assert backbone_spec("efficientnet_lite0").fetch is None  # the default needs no download

@@ -112,10 +112,15 @@ def evaluate_split(checkpoint: PathLike, features: PathLike, dataset: str, annot
     from s2vt.evaluation.evaluate import evaluate_captioner
     from s2vt.evaluation.metrics import Meteor
 
-    members = [Member(str(checkpoint), str(features))]
-    if checkpoint_flow:
-        members.append(Member(str(checkpoint_flow), str(features_flow)))
-    cap = Captioner.from_members(members, device, streams=["rgb", "flow"] if checkpoint_flow else None)
+    if (checkpoint_flow is None) != (features_flow is None):
+        raise S2VTError("checkpoint_flow and features_flow come together: the flow model and the flow store its "
+                        "captions are made from; give both or neither")
+    members = [Member(_path_or_none(checkpoint, "checkpoint"), _path_or_none(features, "features"))]
+    if checkpoint_flow is not None:
+        members.append(Member(_path_or_none(checkpoint_flow, "checkpoint_flow"),
+                              _path_or_none(features_flow, "features_flow")))
+    resolve_device(device)
+    cap = Captioner.from_members(members, device, streams=list(STREAMS) if checkpoint_flow else None)
     with Meteor() as meteor:
         r = evaluate_captioner(cap, dataset, annotations, split, cap.decoding.given(**decoding), meteor)
     r.update(checkpoints=[m.checkpoint for m in members], features=[m.features for m in members])

@@ -47,7 +47,7 @@ def resolve_flow_weights(method: str, weights: Optional[str] = None, download: b
     enum = _weights_enum(method)
     cached = Path(torch.hub.get_dir()) / "checkpoints" / enum.url.rsplit("/", 1)[-1]
     if not cached.is_file() and download:
-        fetch_weights(lambda: enum.get_state_dict(progress=True), method)  # torchvision's loader fills torch's cache
+        fetch_weights(lambda: enum.get_state_dict(progress=True), method, "--flow-weights")  # torchvision's loader fills torch's cache
     if not cached.is_file():
         raise WeightsNotFound(f"no weights for {method}: pass --flow-weights FILE (a torchvision RAFT state dict), "
                               f"or put {cached.name} in {cached.parent}, or pass --download to let torchvision "

@@ -59,9 +59,10 @@ def given_weights(weights: str, flag: str) -> Path:
     return p
 
 
-def fetch_weights(fetch: Callable[[], None], name: str) -> None:
+def fetch_weights(fetch: Callable[[], None], name: str, flag: str = "--weights") -> None:
     """``--download``: run the library's own loader (it writes to a temporary name and renames, so a
-    failed download leaves nothing that a later run would take for the file); one line when it fails."""
+    failed download leaves nothing that a later run would take for the file); one line when it fails,
+    naming ``flag``, the option that supplies the file instead."""
     try:
         fetch()
     except KeyboardInterrupt:
@@ -69,7 +70,7 @@ def fetch_weights(fetch: Callable[[], None], name: str) -> None:
     except Exception as e:  # no network, a proxy, a missing file on the hub: the library's own error types
         why = " ".join(str(e).split())[:200] or type(e).__name__
         raise WeightsNotFound(f"--download could not fetch the weights of {name} ({type(e).__name__}: {why}); check "
-                              "this machine's internet access, or pass the weights file with --weights") from None
+                              f"this machine's internet access, or pass the weights file with {flag}") from None
 
 
 def file_digest(path: Path) -> str:
