@@ -4,7 +4,8 @@ Per training video, K captions are sampled (multinomial, temperature 1) and the 
 is decoded; the reward of a caption is its CIDEr-D against the video's references, with document
 frequencies from the training split, and the loss is ``-(reward - reward(greedy)) * log p(sample)``
 averaged over the B*K samples. Sampling and the log-probabilities run with dropout off, so the
-gradient is that of the distribution sampled from. An SCST epoch is one pass over the training
+gradient is that of the distribution sampled from; the LSTMs stay in training mode (cuDNN runs an
+RNN's backward only in training mode), the dropout layers alone are switched off. An SCST epoch is one pass over the training
 videos (not over captions); checkpoints are selected on val CIDEr.
 
 :class:`CiderD` is coco-caption's CIDEr-D (``pycocoevalcap.cider.Cider``: n = 1..4, tf-idf with
@@ -184,6 +185,15 @@ def rollout(model, feats: torch.Tensor, lens: torch.Tensor, K: int, max_len: int
     return out
 
 
+def dropout_off(model: nn.Module) -> None:
+    """``model`` in training mode with every dropout layer in eval mode: no dropout, and modules that
+    are backpropagated through (cuDNN's LSTMs) in the mode their backward needs."""
+    model.train()
+    for m in model.modules():
+        if isinstance(m, nn.modules.dropout._DropoutNd):
+            m.eval()
+
+
 class SCSTLoss(nn.Module):
     """The self-critical loss with the call signature of the models' ``forward`` (so that the
     training step is shared): ``(feats, feat_lens, ...) -> (None, loss)``. ``rows`` (B,) must hold
@@ -196,7 +206,7 @@ class SCSTLoss(nn.Module):
         self.sums = {"reward_sample": 0.0, "reward_greedy": 0.0, "n": 0}
 
     def forward(self, feats, feat_lens, words_in=None, targets=None, word_lens=None, device_lens=None):
-        self.model.eval()                                   # dropout off: the gradient of what was sampled
+        dropout_off(self.model)                             # the gradient of what was sampled
         K, B = self.K, feats.shape[0]
         samples = rollout(self.model, feats, feat_lens, K, self.max_len, sample=True)      # (B*K, Lm)
         greedy = rollout(self.model, feats, feat_lens, 1, self.max_len, sample=False)      # (B, Lm)

@@ -309,3 +309,85 @@ def test_every_op_of_the_amp_step_is_in_a_dtype_the_help_names(monkeypatch):
     matmuls = [d for name, d, inside in rec.ops if name.startswith(("addmm", "mm", "bmm", "linear")) and not inside]
     assert {torch.bfloat16} in matmuls  # the projection and output layers under autocast
     assert loss.dtype == torch.float32 and bool(ok)
+
+
+# ----------------------------------------------------------------------------- rules fake tensors skip
+
+class CudnnRnnRule:
+    """cuDNN's RNN backward refuses a module in eval mode ("cudnn RNN backward can only be called in
+    training mode"); fake tensors and the CPU never run it. While active, every output of an LSTM call
+    made in eval mode gets a gradient hook, so a backward pass that reaches one is recorded by the LSTM's
+    name; ``dropouts`` records the mode of every dropout layer a gradient-carrying forward runs through."""
+
+    def __init__(self, model):
+        self.names = {m: n for n, m in model.named_modules()}
+        self.violations, self.lstm_calls, self.dropouts = [], [], []
+
+    def hook(self, module, args, out):
+        if isinstance(module, torch.nn.Dropout) and torch.is_grad_enabled():
+            self.dropouts.append(module.training)
+        if not isinstance(module, torch.nn.LSTM):
+            return
+        name = self.names.get(module, "?")
+        self.lstm_calls.append((name, module.training, torch.is_grad_enabled()))
+        if module.training:
+            return
+        for t in torch.utils._pytree.tree_leaves(out):
+            if isinstance(t, torch.Tensor) and t.requires_grad:
+                t.register_hook(lambda g, name=name: self.violations.append(name))
+
+    def __enter__(self):
+        self.handle = torch.nn.modules.module.register_module_forward_hook(self.hook)
+        return self
+
+    def __exit__(self, *exc):
+        self.handle.remove()
+
+
+def tiny_model(decoder: str, dropout: float = 0.3, device="cpu"):
+    from s2vt.decoders import build_model
+    from s2vt.model import ModelConfig
+
+    torch.manual_seed(0)
+    with torch.device(device):
+        return build_model(ModelConfig(feat_dim=6, vocab_size=12, embed=4, hidden=5, dropout=dropout, decoder=decoder,
+                                       max_words=4))
+
+
+def tiny_batch(device="cpu") -> Batch:
+    """Three videos of 5, 4 and 2 frames with captions of 3, 3 and 1 words, ordered by decreasing
+    frames + words (as batches.py orders them); the lengths on the CPU and on ``device``."""
+    feats = torch.randn(3, 5, 6, generator=torch.Generator().manual_seed(1))
+    words = torch.tensor([[1, 5, 6, 7], [1, 7, 8, 9], [1, 10, 0, 0]])
+    targets = torch.tensor([[5, 6, 7, 2], [7, 8, 9, 2], [10, 2, 0, 0]])
+    fl, wl = torch.tensor([5, 4, 2]), torch.tensor([4, 4, 2])
+    dev = lambda t: t.to(device)
+    return Batch(dev(feats), fl, dev(words), dev(targets), wl, (dev(fl), dev(wl)))
+
+
+def tiny_scst(model, samples: int = 2):
+    """The self-critical loss of ``model`` over the three videos of :func:`tiny_batch` (one reference each)."""
+    from s2vt.scst import CiderD, SCSTLoss
+
+    loss = SCSTLoss(model, CiderD([[[5, 6, 7, 8]], [[7, 8, 9, 10]], [[10, 11, 5, 6]]]), samples, model.cfg.max_words + 1)
+    loss.rows = torch.tensor([0, 1, 2])
+    return loss
+
+
+@pytest.mark.parametrize("objective", ["xe", "scst"])
+@pytest.mark.parametrize("decoder", ["s2vt", "attention"])
+def test_every_lstm_a_backward_pass_runs_through_is_in_training_mode(decoder, objective):
+    """cuDNN's rule, emulated: the backward of an LSTM called in eval mode is recorded. SCST samples with
+    dropout off and backpropagates through the same LSTMs: they stay in training mode, the dropout
+    layers alone are switched off."""
+    from s2vt.train import TrainConfig, make_optimizer, train_one_epoch, LoopState
+
+    model = tiny_model(decoder)
+    fwd = tiny_scst(model) if objective == "scst" else model
+    cfg = TrainConfig(batch_size=3, lr=1e-3, log_every=1000).resolved()
+    with CudnnRnnRule(model) as rule:
+        train_one_epoch(model, fwd, make_optimizer(model, cfg), [tiny_batch()], cfg, LoopState())
+    assert rule.violations == [], f"backward through LSTMs in eval mode: {sorted(set(rule.violations))}"
+    with_grad = {(name, training) for name, training, grad in rule.lstm_calls if grad}
+    assert {name for name, _ in with_grad} == {"lstm1", "lstm2"}  # the backward ran through both
+    assert rule.dropouts and all(rule.dropouts) == (objective == "xe")  # SCST: every dropout off, xe: on
