@@ -387,9 +387,10 @@ def snapshot(model, optimizer, scheduler, state: LoopState, cfg: TrainConfig, da
 
 def restore(ck: Checkpoint, model, optimizer, scheduler, device) -> LoopState:
     model.load_state_dict(ck.weights)
-    optimizer.load_state_dict(ck.optimizer)
-    for group in optimizer.param_groups:  # the saved groups carry the implementation of the device they ran on
-        group.update(optimizer_flags(device))
+    # the saved groups carry the implementation of the device they ran on, and load_state_dict places
+    # each state tensor by them (a fused optimiser's ``step`` on the parameter's device): this device's
+    saved = dict(ck.optimizer, param_groups=[{**g, **optimizer_flags(device)} for g in ck.optimizer["param_groups"]])
+    optimizer.load_state_dict(saved)
     scheduler.load_state_dict(ck.scheduler)
     torch.set_rng_state(ck.rng["torch"])
     if device.type == "cuda" and ck.rng.get("cuda") is not None:

@@ -221,26 +221,54 @@ def test_lengths_moved_to_the_gpu_by_ddp_still_pack_on_the_cpu(fake_cuda):
     assert seq.device.type == "cpu"
 
 
-def test_a_resumed_optimiser_uses_the_implementation_of_its_device(corpus, fake_cuda):
-    from s2vt.train import make_optimizer, restore, TrainConfig
+def fused_device_check(opt: torch.optim.Optimizer) -> None:
+    """What the fused CUDA optimisers check before their kernel runs (fake tensors skip it): every state
+    tensor of a parameter, ``step`` included, on that parameter's device; raised as the kernel words it."""
+    from s2vt.devices import normalize
 
-    class Ck:
-        pass
+    for group in opt.param_groups:
+        for p in group["params"]:
+            for key, value in opt.state[p].items():
+                if isinstance(value, torch.Tensor) and normalize(value.device) != normalize(p.device):
+                    raise RuntimeError(f"Expected all tensors to be on the same device, but found {key} on "
+                                       f"{value.device} for a parameter on {p.device}")
 
-    cfg = TrainConfig(lr=1e-3).resolved()
-    cpu_state = {"state": {}, "param_groups": [{**torch.optim.Adam([torch.nn.Parameter(torch.zeros(2))]).param_groups[0],
-                                                "params": [0]}]}
-    cpu_state["param_groups"][0].pop("initial_lr", None)
-    assert cpu_state["param_groups"][0]["fused"] is None  # saved by a CPU run
-    model = torch.nn.Linear(1, 2, bias=False, device="cuda")
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_a_cpu_checkpoint_resumed_on_the_gpu_has_every_optimiser_state_tensor_on_its_parameters_device(optimizer):
+    """A CPU run's optimiser (one real step: a non-empty state, fused=None) resumed on cuda:0 with the fused
+    kernels: ``load_state_dict`` places ``step`` by the saved groups' flags, so they must be the device's."""
+    import io
+    from types import SimpleNamespace
+
+    from s2vt.train import TrainConfig, make_optimizer, restore
+
+    cfg = TrainConfig(lr=1e-3, optimizer=optimizer).resolved()
+    model = torch.nn.Linear(3, 2)
     opt = make_optimizer(model, cfg)
-    assert opt.param_groups[0]["fused"] is True
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda e: 1.0)
-    ck = Ck()
-    ck.weights, ck.optimizer, ck.scheduler = model.state_dict(), cpu_state, sched.state_dict()
-    ck.rng, ck.state = {"torch": torch.get_rng_state(), "cuda": None}, {}
-    restore(ck, model, opt, sched, torch.device("cuda:0"))
-    assert opt.param_groups[0]["fused"] is True  # the fused kernels on the GPU, not the CPU run's default
+    model(torch.ones(4, 3)).square().sum().backward()
+    opt.step()
+    buf = io.BytesIO()
+    torch.save({"weights": model.state_dict(), "optimizer": opt.state_dict()}, buf)
+    buf.seek(0)
+    saved = torch.load(buf, map_location="cpu", weights_only=True)  # as Checkpoint.load reads it
+    assert saved["optimizer"]["param_groups"][0]["fused"] is None
+    keys = {"adam": {"step", "exp_avg", "exp_avg_sq"}, "sgd": {"momentum_buffer"}}[optimizer]
+    assert all(set(v) == keys for v in saved["optimizer"]["state"].values()) and saved["optimizer"]["state"]
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        with torch.device("cuda"):
+            gpu_model = torch.nn.Linear(3, 2)
+        gpu_opt = make_optimizer(gpu_model, cfg)
+        sched = torch.optim.lr_scheduler.LambdaLR(gpu_opt, lambda e: 1.0)
+        ck = SimpleNamespace(weights=saved["weights"], optimizer=saved["optimizer"], scheduler=sched.state_dict(),
+                             rng={"torch": torch.get_rng_state(), "cuda": None}, state={})
+        restore(ck, gpu_model, gpu_opt, sched, torch.device("cuda:0"))
+        assert gpu_opt.param_groups[0]["fused"] is True  # the fused kernels on the GPU, not the CPU run's default
+        assert [set(gpu_opt.state[p]) for p in gpu_model.parameters()] == [keys, keys]  # the saved state, whole
+        fused_device_check(gpu_opt)
+        if optimizer == "adam":
+            steps = [gpu_opt.state[p]["step"] for p in gpu_model.parameters()]
+            assert all(s.dtype == torch.float32 and s.device == torch.device("cuda:0") for s in steps)
 
 
 def test_fp32_on_the_gpu_means_ieee_fp32_and_extraction_lets_cudnn_pick_algorithms():
