@@ -586,9 +586,10 @@ class RunWriter:
                                    "Try a lower --lr or --grad-clip, and check the features for NaN.")
 
     def log_train(self, state: LoopState, stats: dict, optimizer, world: int, bar) -> None:
-        self.check_finite(stats, state)
+        loss_sum, ok = torch.stack([stats["loss_sum"].float(), stats["ok"].float()]).cpu().tolist()  # one read
+        self.check_finite({"ok": ok}, state)
         el = time.time() - stats["t0"]
-        loss = float(stats["loss_sum"]) / max(stats["tokens"], 1)  # summed NLL / tokens
+        loss = loss_sum / max(stats["tokens"], 1)  # summed NLL / tokens
         self.append({"step": state.step, "epoch": state.epoch,
                      "epochs": round(state.epoch + state.batch / self.epoch_batches, 4), "train_loss": loss,
                      "lr": optimizer.param_groups[0]["lr"],

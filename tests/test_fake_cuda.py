@@ -372,14 +372,17 @@ class CudnnRnnRule:
         self.handle.remove()
 
 
-def tiny_model(decoder: str, dropout: float = 0.3, device="cpu"):
+def tiny_model(decoder: str, dropout: float = 0.3, device="cpu", vocab_size: int = 12):
+    import warnings
+
     from s2vt.decoders import build_model
     from s2vt.model import ModelConfig
 
     torch.manual_seed(0)
-    with torch.device(device):
-        return build_model(ModelConfig(feat_dim=6, vocab_size=12, embed=4, hidden=5, dropout=dropout, decoder=decoder,
-                                       max_words=4))
+    with torch.device(device), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # fake tensors warn when nn.Module's init reads their data pointer
+        return build_model(ModelConfig(feat_dim=6, vocab_size=vocab_size, embed=4, hidden=5, dropout=dropout,
+                                       decoder=decoder, max_words=4))
 
 
 def tiny_batch(device="cpu") -> Batch:
@@ -419,3 +422,197 @@ def test_every_lstm_a_backward_pass_runs_through_is_in_training_mode(decoder, ob
     with_grad = {(name, training) for name, training, grad in rule.lstm_calls if grad}
     assert {name for name, _ in with_grad} == {"lstm1", "lstm2"}  # the backward ran through both
     assert rule.dropouts and all(rule.dropouts) == (objective == "xe")  # SCST: every dropout off, xe: on
+
+
+aten = torch.ops.aten
+DATA_DEPENDENT = {aten.nonzero.default: "nonzero", aten.masked_select.default: "masked_select",
+                  aten.multinomial.default: "multinomial"}  # multinomial's checks read two values back
+
+
+def sync_of(func, args, kwargs, host, pinned) -> str:
+    """The host-device sync ``func`` makes ('' for none); ``host(t)``: whether tensor ``t`` is in host memory;
+    ``pinned``: the ids of the pinned host tensors."""
+    if func is aten._local_scalar_dense.default:
+        return "" if host(args[0]) else "item"                    # .item(), .tolist(), bool(t), int(t)
+    if func in DATA_DEPENDENT:
+        return "" if host(args[0]) else DATA_DEPENDENT[func]
+    if func is aten.index.Tensor and not host(args[0]):
+        masks = [i for i in args[1] if isinstance(i, torch.Tensor) and i.dtype in (torch.bool, torch.uint8)]
+        return "boolean index" if masks else ""                   # a mask index is a nonzero
+    if func is aten.repeat_interleave.Tensor and kwargs.get("output_size") is None and not host(args[0]):
+        return "repeat_interleave"
+    if func in (aten._to_copy.default, aten.copy_.default):
+        src, dst_host = (args[0], host(args[0]) if kwargs.get("device") is None
+                         else torch.device(kwargs["device"]).type == "cpu") if func is aten._to_copy.default \
+            else (args[1], host(args[0]))
+        non_blocking = kwargs.get("non_blocking", False) or (len(args) > 2 and args[2])
+        if not host(src) and dst_host:
+            return "copy to host"                                  # .cpu(), .to("cpu"), .numpy() of a copy
+        if host(src) and not dst_host and not (non_blocking and id(src) in pinned):
+            return "pageable copy to the device"
+    return ""
+
+
+class HostSyncs(TorchDispatchMode):
+    """The host-device syncs of what runs while active, on fake CUDA tensors (enter it inside a
+    ``FakeTensorMode``): a device value read (``.item()``, ``.tolist()``, ``bool(t)``), a copy to the host
+    (``.cpu()``), an op whose output size is data (``nonzero``, a boolean index, ``multinomial``), and a
+    host-to-device copy that is not a ``non_blocking`` copy of pinned memory (``pin`` stands in for
+    ``Tensor.pin_memory`` and remembers what it pinned). Ops on host tensors alone run for real, so the
+    lengths that packing reads have values, and packing's output size is computed from them; a value
+    read from the device reads as one (True), and a copy to the host holds ones."""
+
+    def __init__(self):
+        super().__init__()
+        self.syncs, self.pinned, self.kept = [], set(), []
+
+    def pin(self, t):
+        out = t.clone()
+        self.kept.append(out)  # alive while counted, so that its id stays its own
+        self.pinned.add(id(out))
+        return out
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        from torch._subclasses.fake_tensor import FakeTensor
+        from torch.utils._python_dispatch import _disable_current_modes
+
+        kwargs = kwargs or {}
+        leaves = torch.utils._pytree.tree_leaves((args, kwargs))
+        on_gpu = any(isinstance(x, FakeTensor) or (isinstance(x, torch.device) and x.type == "cuda") for x in leaves)
+        if not on_gpu and str(kwargs.get("device", "cpu")).startswith("cpu"):
+            with _disable_current_modes():
+                return func(*args, **kwargs)                       # host work: real values
+        kind = sync_of(func, args, kwargs, lambda t: t.device.type == "cpu", self.pinned)
+        if kind:
+            self.syncs.append(kind)
+        if func is aten._local_scalar_dense.default:
+            dt = args[0].dtype                                      # a placeholder value: fakes hold none
+            return True if dt == torch.bool else 1.0 if dt.is_floating_point else 1
+        if kind == "copy to host":                                 # ones stand in for the values read
+            if func is aten.copy_.default:
+                return args[0]
+            with _disable_current_modes():
+                return torch.ones(args[0].shape, dtype=kwargs.get("dtype") or args[0].dtype)
+        if func is aten.nonzero.default:                           # data-dependent sizes: empty stand-ins
+            return args[0].new_empty((0, args[0].dim()), dtype=torch.long)
+        if kind in ("boolean index", "masked_select"):
+            return args[0].new_empty((0,))
+        if func is aten._pack_padded_sequence.default:
+            x, lens, batch_first = args
+            with _disable_current_modes():
+                _, batch_sizes = func(torch.zeros(x.shape[:2] + (1,)), lens, batch_first)
+                n = int(batch_sizes.sum())
+            return x.new_empty((n, *x.shape[2:])), batch_sizes
+        return func(*args, **kwargs)
+
+
+class BackwardReads(TorchDispatchMode):
+    """The syncs a backward pass would make on a GPU, seen on real CPU tensors: every tensor of a
+    backward lives on the training device, so any value read or data-dependent size is one."""
+
+    def __init__(self):
+        super().__init__()
+        self.syncs, self.ops = [], 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops += 1
+        kind = sync_of(func, args, kwargs or {}, lambda t: False, ())
+        if kind:
+            self.syncs.append(kind)
+        return func(*args, **(kwargs or {}))
+
+
+def test_the_sync_counter_sees_every_kind_of_sync(monkeypatch):
+    counter = HostSyncs()
+    monkeypatch.setattr(torch.Tensor, "pin_memory", lambda t, *a, **k: counter.pin(t))
+    host = torch.arange(4)
+    with FakeTensorMode(allow_non_fake_inputs=True), counter:
+        x = torch.ones(4, device="cuda")
+        x.cpu(), x.sum().item(), x.tolist(), bool(x.sum() > 0), x.nonzero(), x[x > 0]
+        torch.multinomial(x, 1)
+        host.to("cuda"), host.to("cuda", non_blocking=True), host.pin_memory().to("cuda", non_blocking=True)
+        assert int(host.sum()) == 6  # host work runs for real: no sync
+        x + 1, torch.zeros(3, device="cuda"), x.repeat_interleave(2)
+    assert counter.syncs == ["copy to host", "item", *["item"] * 4, "item", "nonzero", "boolean index",  # tolist: 4 reads
+                             "multinomial", "pageable copy to the device", "pageable copy to the device"]
+
+
+class BarStub:
+    def set_postfix(self, **kw):
+        pass
+
+
+def step_syncs(corpus, tmp_path, monkeypatch, decoder: str, objective: str, log_every: int) -> list:
+    """The syncs of one training step on cuda:0 (fake): building its batch from the device bank, the
+    forward, the optimiser step and, with ``log_every`` 1, the step's log line. The backward cannot run on
+    fake CUDA tensors (the autograd engine asks the driver for the device): here it sets zero gradients,
+    and :func:`backward_syncs` counts the real one on the CPU."""
+    from types import SimpleNamespace
+
+    from s2vt.train import LoopState, RunWriter, TrainConfig, make_optimizer, train_one_epoch
+
+    store, vids, table = corpus
+    counter = HostSyncs()
+    monkeypatch.setattr(torch.Tensor, "pin_memory", lambda t, *a, **k: counter.pin(t))
+    cfg = TrainConfig(batch_size=3, lr=1e-3, log_every=log_every).resolved()
+    data = SimpleNamespace(sampler=SimpleNamespace(batches_per_epoch=lambda: 2), vocab=Vocab(WORDS))
+    writer = RunWriter(tmp_path, cfg, data, rank=0, fresh=True)
+    # cuDNN's LSTM asks the driver for the device; the native LSTM reads the same host lengths
+    with FakeTensorMode(allow_non_fake_inputs=True), torch.backends.cudnn.flags(enabled=False):
+        stream = BatchStream(table, FeatureBank.build(store, vids, 8, device="cuda"), "cuda", 8, store=store)
+        model = tiny_model(decoder, device="cuda", vocab_size=len(Vocab(WORDS)))
+        fwd = tiny_scst(model) if objective == "scst" else model
+        opt = make_optimizer(model, cfg)
+        zero = lambda loss, *a, **k: [setattr(p, "grad", torch.zeros_like(p)) for p in model.parameters()] and None
+        monkeypatch.setattr(torch.Tensor, "backward", zero)
+        batches = stream.epoch([[0, 1, 2], [3, 4, 5]], 0)
+        next(batches)  # the epoch's set-up (its order copied once) and first batch, outside the count
+        with counter:
+            train_one_epoch(model, fwd, opt, batches, cfg, LoopState(step=1),
+                            on_step=lambda st, stats: writer.log_train(st, stats, opt, 1, BarStub()) if st.step % log_every == 0 else None)
+    monkeypatch.undo()
+    return counter.syncs
+
+
+def backward_syncs(decoder: str, objective: str) -> tuple:
+    """The syncs of one training step's backward pass (on real CPU tensors, every tensor counted as the
+    device's) and the number of ops it ran."""
+    from s2vt.train import TrainConfig, make_optimizer, train_step
+
+    model = tiny_model(decoder)
+    fwd = tiny_scst(model) if objective == "scst" else model
+    cfg = TrainConfig(batch_size=3, lr=1e-3).resolved()
+    reads, backward = BackwardReads(), torch.Tensor.backward
+
+    def counted(loss, *a, **k):
+        with reads:
+            backward(loss, *a, **k)
+
+    torch.Tensor.backward = counted
+    try:
+        train_step(model, fwd, make_optimizer(model, cfg), tiny_batch(), cfg)
+    finally:
+        torch.Tensor.backward = backward
+    return reads.syncs, reads.ops
+
+
+SYNC_BUDGET = {"xe": 0, "scst": 1}  # host-device syncs per training step, by objective
+LOG_READS = 1  # and one on a logged step (every --log-every): the loss sum and the finite flag, read together
+
+
+@pytest.mark.parametrize("objective", ["xe", "scst"])
+@pytest.mark.parametrize("decoder", ["s2vt", "attention"])
+def test_host_syncs_per_training_step_are_held_to_their_budget(corpus, tmp_path, monkeypatch, decoder, objective):
+    """The GPU never waits on the host: a cross-entropy step reads nothing back (lengths travel with the
+    batch, packing orders rows on the host and copies the order from pinned memory), and a logged step
+    reads the loss once. SCST needs one read per step, the sampled and greedy captions: their CIDEr-D
+    rewards are scored on the host (the reference n-gram tables are host data, and the candidates' n-gram
+    counts have data-dependent sizes); the advantages go back from pinned memory, and words are drawn
+    without ``multinomial``'s checks, which read two values back at every word."""
+    step = step_syncs(corpus, tmp_path / "step", monkeypatch, decoder, objective, log_every=1000)
+    logged = step_syncs(corpus, tmp_path / "logged", monkeypatch, decoder, objective, log_every=1)
+    back, ops = backward_syncs(decoder, objective)
+    assert len(step) <= SYNC_BUDGET[objective], step
+    assert step == ["copy to host"] * SYNC_BUDGET[objective]  # SCST's one: the captions to score
+    assert len(logged) <= SYNC_BUDGET[objective] + LOG_READS, logged
+    assert ops > 100 and back == []  # the backward ran under the counter and read nothing back
