@@ -3,7 +3,9 @@
 ``torch.device("cuda") == torch.device("cuda:0")`` is False, while every tensor on the first
 GPU reports ``cuda:0``; so a device name is turned into a device with its index filled in
 (:func:`resolve`) where a command starts, and code compares the results of that function
-only. Under ``torchrun`` a bare ``cuda`` means this process's GPU, ``cuda:$LOCAL_RANK``.
+only. Under ``torchrun`` a bare ``cuda`` means this process's GPU, ``cuda:$LOCAL_RANK``; a GPU
+named by its index is refused when torchrun starts several processes on the machine (they would
+all take it).
 
 The CUDA settings a run depends on are set here too (:func:`configure`): fp32 means IEEE
 fp32 (no TF32 in cuDNN convolutions and RNNs nor in matmuls, so GPU "fp32" features and
@@ -63,6 +65,9 @@ def resolve(device: DeviceLike, flag: str = "--device") -> torch.device:
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise ConfigError(f"{flag} {device}: no CUDA GPU is available here; use {flag} cpu")
+        if dev.index is not None and local_world_size() > 1:  # every process would take that one GPU
+            raise ConfigError(f"{flag} {device}: torchrun runs {local_world_size()} processes on this machine and "
+                              f"each takes its own GPU, cuda:LOCAL_RANK; pass {flag} cuda")
         dev = normalize(dev)
         count = torch.cuda.device_count()
         if dev.index >= count:

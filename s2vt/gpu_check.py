@@ -146,14 +146,21 @@ def check_bank_paths(w: Work) -> dict:
     return {"pass": same, "detail": {"paths": detail, "batches": len(order)}}
 
 
-def check_torchrun(w: Work) -> dict:
-    """``torchrun --standalone --nproc_per_node N`` (one process per GPU, at most 2) against one process."""
+def torchrun_command(w: Work, out: Path) -> List[str]:
+    """``torchrun --standalone --nproc_per_node N``: one process per GPU, 2 when two exist, each on its own
+    GPU (a bare ``cuda`` is ``cuda:LOCAL_RANK``); one process on the CPU."""
     nproc = min(2, torch.cuda.device_count()) if w.cuda else 1
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
+            "-m", "s2vt", "train", "--dataset", "synthetic", "--annotations", str(w.data), "--features",
+            str(w.cpu_features), "--out", str(out), "--device", "cuda" if w.cuda else w.device, "--seed", "0",
+            "--batch-size", "8", "--lr", "3e-3", "--no-val-meteor", "--quiet", "--max-steps", str(w.steps), *MODEL]
+
+
+def check_torchrun(w: Work) -> dict:
+    """DDP through torchrun (:func:`torchrun_command`) against one process."""
     out = w.root / "torchrun"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
-           "-m", "s2vt", "train", "--dataset", "synthetic", "--annotations", str(w.data), "--features",
-           str(w.cpu_features), "--out", str(out), "--device", w.device, "--seed", "0", "--batch-size", "8",
-           "--lr", "3e-3", "--no-val-meteor", "--quiet", "--max-steps", str(w.steps), *MODEL]
+    cmd = torchrun_command(w, out)
+    nproc = int(cmd[cmd.index("--nproc_per_node") + 1])
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
                        env=dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads())))  # the same sums as here
     if r.returncode != 0:

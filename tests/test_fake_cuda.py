@@ -74,6 +74,27 @@ def test_cuda_devices_are_normalised_with_their_index(gpus, monkeypatch):
         check_device("cuda")
 
 
+def test_under_torchrun_each_process_takes_its_own_gpu_and_a_named_gpu_is_refused(gpus, monkeypatch, tmp_path):
+    from types import SimpleNamespace
+
+    from s2vt.gpu_check import torchrun_command
+
+    gpus(n=2)
+    cmd = torchrun_command(SimpleNamespace(cuda=True, device="cuda:0", root=tmp_path, data=tmp_path,
+                                           cpu_features=tmp_path / "f.h5", steps=2), tmp_path / "run")
+    assert cmd[cmd.index("--nproc_per_node") + 1] == "2"  # one process per GPU
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    got = []
+    for rank in (0, 1):  # what each of torchrun's processes makes of the command's --device
+        monkeypatch.setenv("LOCAL_RANK", str(rank))
+        got.append(check_device(cmd[cmd.index("--device") + 1]))
+    assert got == [torch.device("cuda:0"), torch.device("cuda:1")]
+    with pytest.raises(ConfigError, match="--device cuda:1: torchrun runs 2 processes .* pass --device cuda"):
+        check_device("cuda:1")  # both processes would take GPU 1
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")  # one process per machine (several machines): its choice
+    assert check_device("cuda:1") == torch.device("cuda:1")
+
+
 def test_extraction_under_torchrun_takes_its_own_gpu_and_share_of_cores(gpus, monkeypatch):
     from s2vt import extract as extract_mod
     from s2vt.extract import ExtractConfig
