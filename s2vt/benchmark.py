@@ -18,6 +18,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from .captioner import Captioner, Member
 from .decoding import DecodeConfig
+from .devices import configure
 from .errors import S2VTError
 from .evaluate import evaluate, split_refs, tune_alpha
 from .fileio import write_json
@@ -232,6 +233,7 @@ def benchmark(spec: list, out_dir, flags: Optional[dict] = None, device: str = "
     flags = {k: v for k, v in (flags or {}).items() if v is not None}
     DecodeConfig().given(**flags)  # checked before any work
     entries, out_dir = check_spec(spec), Path(out_dir)
+    configure(device)  # IEEE fp32 on a GPU, whatever ran before in this process (the demo's training)
     results: Dict[str, Dict[str, List[dict]]] = {r: {} for r in ROWS}
     columns, paper_of, alphas = [], {}, {}
     total = sum(e.seeds * len(e.splits) * sum(all(m in e.models() for m in ms) for ms in ROW_MEMBERS.values())

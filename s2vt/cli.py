@@ -275,8 +275,10 @@ def _evaluate(a, lock) -> int:
     from .fileio import probe_writable
     from .metrics import Meteor
 
+    from .devices import configure
+
     flags = decode_flags(a)
-    check_device(a.device)
+    configure(check_device(a.device))  # IEEE fp32 on a GPU, whatever ran before in this process
     _needs_flow(a, "--alpha", "--features-flow")
     members = [Member(a.checkpoint, a.features)]
     if a.checkpoint_flow:

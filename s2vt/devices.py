@@ -14,6 +14,7 @@ algorithms for the fixed shapes of extraction (``benchmark``).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Optional, Union
 
@@ -111,6 +112,18 @@ def configure(device: DeviceLike, fp32: bool = True, benchmark: bool = False) ->
     torch.backends.cuda.matmul.allow_tf32 = not fp32
     torch.backends.cudnn.allow_tf32 = not fp32
     torch.backends.cudnn.benchmark = benchmark
+
+
+@contextlib.contextmanager
+def ieee_fp32():
+    """float32 work inside is IEEE float32 (TF32 off for matmuls and cuDNN) whatever :func:`configure`
+    set for the rest of the run (``--precision bf16`` allows TF32); the switches are restored after."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
 def cuda_settings() -> dict:

@@ -22,6 +22,7 @@ from typing import Optional
 import torch
 from torch import nn
 
+from .devices import ieee_fp32
 from .errors import S2VTError, WeightsNotFound
 from .flow import OFFSET, SCALE
 
@@ -86,7 +87,7 @@ class LearnedFlow(nn.Module):
             raise S2VTError(f"RAFT needs image sides divisible by 8 and at least {RAFT_MIN}, not {(h, w)}: "
                             "choose another --input-size")
         x = pairs.float().div_(127.5).sub_(1.0)  # [0, 255] -> [-1, 1], RAFT's input range
-        with torch.autocast(x.device.type, enabled=False):
+        with torch.autocast(x.device.type, enabled=False), ieee_fp32():  # no TF32 either
             flow = self.net(x[:, :3].contiguous(), x[:, 3:].contiguous(), num_flow_updates=UPDATES)[-1]
         return flow_images(flow)
 

@@ -91,6 +91,9 @@ def evaluate_rows(wd: Path, p, data: Path, corpus, store: Path, seeds, device: s
     from .captioner import Captioner, Member
     from .evaluate import evaluate
 
+    from .devices import configure
+
+    configure(device)  # IEEE fp32 on a GPU, whatever the training runs before set
     truth, test_refs = load_truth(data), dict(corpus.split_items("test"))
     per_seed: Dict[str, List[dict]] = {r: [] for r in ROWS}
     (wd / "bench").mkdir(exist_ok=True)

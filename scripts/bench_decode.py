@@ -11,7 +11,7 @@ import time
 
 import torch
 
-from s2vt.devices import resolve, synchronize
+from s2vt.devices import configure, resolve, synchronize
 from s2vt.devices import name as device_name
 from s2vt.decoding import beam_search
 from s2vt.model import ModelConfig, S2VT
@@ -35,6 +35,7 @@ def parse_args(argv=None):
 
 def main(args):
     device = resolve(args.device)
+    configure(device, fp32=not args.amp)  # as s2vt train and evaluate: IEEE fp32 unless bf16
     torch.manual_seed(0)
     model = S2VT(ModelConfig(feat_dim=args.feat_dim, vocab_size=args.vocab)).to(device).eval()
     feats = torch.randn(args.clips, args.frames, args.feat_dim, device=device)

@@ -637,3 +637,96 @@ def test_host_syncs_per_training_step_are_held_to_their_budget(corpus, tmp_path,
     assert step == ["copy to host"] * SYNC_BUDGET[objective]  # SCST's one: the captions to score
     assert len(logged) <= SYNC_BUDGET[objective] + LOG_READS, logged
     assert ops > 100 and back == []  # the backward ran under the counter and read nothing back
+
+
+# ----------------------------------------------------------------------------- TF32 off where results call themselves fp32
+
+class Reached(BaseException):
+    """Raised where an entry point starts its networks (past any ``except Exception``)."""
+
+
+@pytest.fixture
+def tf32_left_on():
+    """The CUDA switches as an --amp training or a bf16 extraction earlier in the process leaves them."""
+    from s2vt.devices import cuda_settings
+
+    saved = cuda_settings()
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    torch.backends.cudnn.benchmark = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32 = saved["matmul_tf32"]
+    torch.backends.cudnn.allow_tf32 = saved["cudnn_tf32"]
+    torch.backends.cudnn.benchmark = saved["cudnn_benchmark"]
+
+
+def script(name: str):
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def reach(monkeypatch, target: str, name: str) -> None:
+    def stop(*a, **k):
+        raise Reached(name)
+
+    monkeypatch.setattr(target + "." + name, stop)
+
+
+IEEE = {"matmul_tf32": False, "cudnn_tf32": False}
+
+
+def test_every_entry_point_that_runs_a_network_on_the_gpu_sets_ieee_fp32_first(gpus, tf32_left_on, monkeypatch,
+                                                                               tmp_path):
+    from s2vt.benchmark import benchmark
+    from s2vt.cli import main
+    from s2vt.devices import cuda_settings
+    from s2vt.study import evaluate_rows
+
+    gpus(n=1)
+    runs = {
+        "evaluate": ("s2vt.captioner.Captioner", "from_members", lambda: main(
+            ["evaluate", "--checkpoint", str(tmp_path / "a.pt"), "--features", str(tmp_path / "a.h5"), "--dataset",
+             "synthetic", "--annotations", str(tmp_path), "--device", "cuda", "--out", str(tmp_path / "e.json")])),
+        "benchmark and the demo's evaluation": ("s2vt.benchmark", "Meteor", lambda: benchmark([], tmp_path, {}, "cuda")),
+        "the study's evaluation": ("s2vt.study", "load_truth", lambda: evaluate_rows(
+            tmp_path, None, tmp_path, None, tmp_path, [0], "cuda", None)),
+        "bench_decode": (None, "S2VT", lambda mod: mod.main(mod.parse_args(["--device", "cuda"]))),
+        "bench_backbones": (None, "rate", lambda mod: mod.main(mod.parse_args(["--device", "cuda"]))),
+    }
+    monkeypatch.setattr("s2vt.benchmark.check_spec", lambda spec: [])
+    for what, (target, name, run) in runs.items():
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        mod = script(what) if target is None else None
+        if mod is not None:
+            monkeypatch.setattr(mod, name, lambda *a, **k: (_ for _ in ()).throw(Reached(name)))
+        else:
+            reach(monkeypatch, target, name)
+        with pytest.raises(Reached):
+            run(mod) if mod is not None else run()
+        got = cuda_settings()
+        assert {k: got[k] for k in IEEE} == IEEE, what  # the networks start in IEEE fp32
+        assert got["cudnn_benchmark"] == (what == "bench_backbones"), what  # timed as s2vt extract runs
+
+
+def test_raft_runs_in_ieee_fp32_under_precision_bf16(tf32_left_on):
+    from s2vt.devices import cuda_settings
+    from s2vt.raft import LearnedFlow
+
+    seen = []
+
+    class Net(torch.nn.Module):
+        def forward(self, a, b, num_flow_updates):
+            seen.append(cuda_settings())
+            return [torch.zeros(a.shape[0], 2, *a.shape[2:])]
+
+    flow = LearnedFlow.__new__(LearnedFlow)
+    torch.nn.Module.__init__(flow)
+    flow.net = Net()
+    out = flow(torch.zeros(1, 6, 128, 128, dtype=torch.uint8))
+    assert out.shape == (1, 3, 128, 128) and out.dtype == torch.uint8
+    assert {k: seen[0][k] for k in IEEE} == IEEE  # RAFT is documented to run in fp32
+    assert cuda_settings()["cudnn_tf32"] and cuda_settings()["matmul_tf32"]  # the CNN's bf16 settings, restored
