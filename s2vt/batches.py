@@ -30,6 +30,7 @@ from typing import Iterator, List, NamedTuple, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from .config import ConfigError
 from .devices import local_world_size, normalize, same
 from .errors import S2VTError
 from .store import FeatureStore
@@ -353,6 +354,13 @@ class CudaCopies:
         return batch
 
 
+def check_batch_size(batch_size: int, world: int) -> None:
+    """Refuse a global batch that leaves a process of ``world`` without a sample."""
+    if batch_size < world:
+        raise ConfigError(f"--batch-size {batch_size} is split across {world} processes (WORLD_SIZE): each needs a "
+                          f"sample of every batch; pass --batch-size {world} or more")
+
+
 class EpochSampler:
     """A seeded permutation per epoch, split across ranks, resumable mid-epoch.
 
@@ -361,6 +369,7 @@ class EpochSampler:
     """
 
     def __init__(self, n: int, batch_size: int, seed: int = 0, rank: int = 0, world: int = 1, drop_last: bool = False):
+        check_batch_size(batch_size, world)
         self.n, self.B, self.seed, self.rank, self.world, self.drop_last = n, batch_size, seed, rank, world, drop_last
 
     def batches_per_epoch(self) -> int:

@@ -26,7 +26,8 @@ from typing import Dict, List, Optional
 import numpy as np
 import torch
 
-from .batches import BatchStream, CaptionTable, EpochSampler, FeatureBank, StoreFeatures, num_frames, place_bank
+from .batches import (BatchStream, CaptionTable, EpochSampler, FeatureBank, StoreFeatures, check_batch_size,
+                      num_frames, place_bank)
 from .captioner import Captioner
 from .checkpoint import Checkpoint
 from .config import INT64_MAX, ConfigError, check_device, check_fields, from_dict, option
@@ -405,6 +406,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, meteor=
     """
     cfg = cfg.resolved()
     rank, world = dist_info()
+    check_batch_size(cfg.batch_size, world)
     device = check_device(cfg.device)  # cuda:LOCAL_RANK under torchrun
     if cfg.amp and device.type != "cuda":
         raise ConfigError("--amp (bf16) is for CUDA devices; on the CPU it is slower than fp32: drop --amp")
