@@ -140,7 +140,8 @@ class CiderD:
             rk = self.ref_keys[g - 1]
             kp = torch.searchsorted(rk, key).clamp(max=max(len(rk) - 1, 0))
             hit = (rk[kp] == key) & (gr >= 0) & found[:, None] if len(rk) else torch.zeros_like(key, dtype=torch.bool)
-            vr = torch.where(hit, self.ref_vals[g - 1][kp], torch.zeros((), dtype=torch.float64, device=self.device))
+            ref_val = self.ref_vals[g - 1][kp] if len(rk) else torch.zeros_like(key, dtype=torch.float64)
+            vr = torch.where(hit, ref_val, torch.zeros((), dtype=torch.float64, device=self.device))
             val = torch.zeros_like(total).index_add_(0, g_row, torch.minimum(vh[:, None], vr) * vr)  # (M, Rmax)
             norm_r = torch.where(has, self.ref_norm[g - 1][refs.clamp(min=0)], torch.zeros_like(total))
             denom = norm_h[:, None] * norm_r

@@ -37,6 +37,19 @@ def test_cider_d_equals_pycocoevalcap_cider():
     assert abs(float(got.mean()) - want_mean) < 1e-6
 
 
+def test_cider_d_of_references_without_4_grams_equals_pycocoevalcap_cider():
+    from pycocoevalcap.cider.cider import Cider
+
+    gts = {"v0": ["red ball moves"], "v1": ["a blue square"]}  # no reference has 4 words
+    res = {"v0": ["red ball moves red"], "v1": ["a blue square a blue"]}  # 4-grams no reference has
+    want_mean, want = Cider().compute_score(gts, res)
+    ids = {w: i + 1 for i, w in enumerate(WORDS)}
+    enc = lambda s: [ids[w] for w in s.split()]
+    got = CiderD([[enc(r) for r in gts[k]] for k in gts])(
+        torch.tensor([enc(res["v0"][0]) + [0], enc(res["v1"][0])]), torch.arange(2))
+    assert torch.allclose(got, torch.as_tensor(want, dtype=torch.float64), atol=1e-6, rtol=0)
+
+
 def _xe(tiny_features, out, decoder="s2vt", **kw):
     root, stores = tiny_features
     base = dict(dataset="synthetic", annotations=str(root), features=str(stores["rgb"]), out=str(out), epochs=1,
