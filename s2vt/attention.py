@@ -21,6 +21,7 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 from torch import nn
+
 from .config import ConfigError
 from .model import ModelConfig, pack, run_lstm, to_device, unpack
 

@@ -5,8 +5,8 @@ is decoded; the reward of a caption is its CIDEr-D against the video's reference
 frequencies from the training split, and the loss is ``-(reward - reward(greedy)) * log p(sample)``
 averaged over the B*K samples. Sampling and the log-probabilities run with dropout off, so the
 gradient is that of the distribution sampled from; the LSTMs stay in training mode (cuDNN runs an
-RNN's backward only in training mode), the dropout layers alone are switched off. An SCST epoch is one pass over the training
-videos (not over captions); checkpoints are selected on val CIDEr.
+RNN's backward only in training mode), the dropout layers alone are switched off. An SCST epoch
+is one pass over the training videos (not over captions); checkpoints are selected on val CIDEr.
 
 :class:`CiderD` is coco-caption's CIDEr-D (``pycocoevalcap.cider.Cider``: n = 1..4, tf-idf with
 clipped matches, Gaussian length penalty sigma = 6, x10) vectorised over a batch: the references'

@@ -50,6 +50,16 @@ def test_cider_d_of_references_without_4_grams_equals_pycocoevalcap_cider():
     assert torch.allclose(got, torch.as_tensor(want, dtype=torch.float64), atol=1e-6, rtol=0)
 
 
+def test_words_are_drawn_as_multinomial_draws_them():
+    from s2vt.scst import draw
+
+    lp = torch.log_softmax(torch.randn(50, 30, generator=torch.Generator().manual_seed(0)), -1)
+    torch.manual_seed(3)
+    want = torch.multinomial(lp.exp(), 1)[:, 0]
+    torch.manual_seed(3)
+    assert torch.equal(draw(lp), want)  # the same words from the same seed, on the CPU
+
+
 def _xe(tiny_features, out, decoder="s2vt", **kw):
     root, stores = tiny_features
     base = dict(dataset="synthetic", annotations=str(root), features=str(stores["rgb"]), out=str(out), epochs=1,
