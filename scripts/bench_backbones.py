@@ -65,13 +65,12 @@ def network(model: str, folder: Path, device):
     return cfg, cfg.network().to(device)
 
 
-def rate(model: str, args, folder: Path) -> dict:
+def rate(model: str, args, folder: Path, device) -> dict:
     import torch
 
     from s2vt.runtime.devices import synchronize
     from s2vt.features.pipeline import Pipeline
 
-    device = torch.device(args.device)
     cfg, net = network(model, folder, device)
     S = cfg.preprocess().size
     chunk = torch.randint(0, 256, (args.batch_size, cfg.channels(), S, S), dtype=torch.uint8,
@@ -94,11 +93,15 @@ def rate(model: str, args, folder: Path) -> dict:
 def main(args):
     import torch
 
+    from s2vt.runtime.devices import configure, resolve
+
+    device = resolve(args.device)
+    configure(device, fp32=True, benchmark=True)  # as s2vt extract: IEEE fp32, cuDNN's fastest algorithms
     models = args.models if args.models[0] == "efficientnet_lite0" else ["efficientnet_lite0", *args.models]
     out = {}
     with tempfile.TemporaryDirectory() as tmp:
         for m in models:
-            out[m] = rate(m, args, Path(tmp))
+            out[m] = rate(m, args, Path(tmp), device)
     base = out["efficientnet_lite0"]["images_per_s"]
     where = f"{args.device} ({torch.get_num_threads()} threads)" if args.device == "cpu" else args.device
     print(f"{where}, batch {args.batch_size}, {args.images} images per timing, best of {args.repeats}")

@@ -15,6 +15,7 @@ from s2vt.runtime.devices import resolve, synchronize
 from s2vt.runtime.devices import name as device_name
 from s2vt.decoding.search import beam_search
 from s2vt.models.s2vt import ModelConfig, S2VT
+from s2vt.runtime.devices import configure
 
 
 def parse_args(argv=None):
@@ -35,6 +36,7 @@ def parse_args(argv=None):
 
 def main(args):
     device = resolve(args.device)
+    configure(device, fp32=not args.amp)  # as s2vt train and evaluate: IEEE fp32 unless bf16
     torch.manual_seed(0)
     model = S2VT(ModelConfig(feat_dim=args.feat_dim, vocab_size=args.vocab)).to(device).eval()
     feats = torch.randn(args.clips, args.frames, args.feat_dim, device=device)

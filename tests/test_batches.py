@@ -152,3 +152,20 @@ def test_epoch_order_takes_every_seed_up_to_2_63_and_is_unchanged_for_small_ones
     small = EpochSampler(10, 4, seed=7).batches(2)
     want = torch.randperm(10, generator=torch.Generator().manual_seed(7 * 100003 + 2)).tolist()
     assert [i for b in small for i in b] == want  # the order runs trained with
+
+
+def test_a_batch_smaller_than_the_world_is_refused_in_one_line(tmp_path, monkeypatch):
+    """Rank r takes every world-th sample of a global batch: with fewer samples than processes, a rank
+    would get an empty batch."""
+    from s2vt.runtime.config import ConfigError
+    from s2vt.training.loop import TrainConfig, train
+
+    with pytest.raises(ConfigError, match=r"^--batch-size 1 is split across 2 processes .* pass --batch-size 2 or more$"):
+        EpochSampler(10, 1, rank=1, world=2)
+    assert [len(b) for b in EpochSampler(10, 2, rank=1, world=2, drop_last=True).batches(0)] == [1] * 5
+    for var, value in {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2"}.items():
+        monkeypatch.setenv(var, value)  # torchrun's second process: refused before it waits for its peer
+    with pytest.raises(ConfigError, match="--batch-size 1 is split across 2 processes"):
+        train(TrainConfig(dataset="synthetic", annotations=str(tmp_path), features=str(tmp_path / "f.h5"),
+                          out=str(tmp_path / "run"), batch_size=1), progress=False)
+    assert not (tmp_path / "run").exists()

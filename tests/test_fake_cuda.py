@@ -15,10 +15,10 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from s2vt.training import batches as batches_mod
 from s2vt.training.batches import Batch, BatchStream, CaptionTable, FeatureBank, place_bank
-from s2vt.features.store import FeatureStore, FeatureWriter
-from s2vt.data.vocab import Vocab
 from s2vt.runtime.devices import resolve as resolve_device
 from s2vt.runtime.errors import ConfigError
+from s2vt.features.store import FeatureStore, FeatureWriter
+from s2vt.data.vocab import Vocab
 
 pytestmark = pytest.mark.fake_cuda
 WORDS = [f"w{i}" for i in range(20)]
@@ -75,9 +75,30 @@ def test_cuda_devices_are_normalised_with_their_index(gpus, monkeypatch):
         resolve_device("cuda")
 
 
+def test_under_torchrun_each_process_takes_its_own_gpu_and_a_named_gpu_is_refused(gpus, monkeypatch, tmp_path):
+    from types import SimpleNamespace
+
+    from s2vt.apps.gpu_check import torchrun_command
+
+    gpus(n=2)
+    cmd = torchrun_command(SimpleNamespace(cuda=True, device="cuda:0", root=tmp_path, data=tmp_path,
+                                           cpu_features=tmp_path / "f.h5", steps=2), tmp_path / "run")
+    assert cmd[cmd.index("--nproc_per_node") + 1] == "2"  # one process per GPU
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    got = []
+    for rank in (0, 1):  # what each of torchrun's processes makes of the command's --device
+        monkeypatch.setenv("LOCAL_RANK", str(rank))
+        got.append(resolve_device(cmd[cmd.index("--device") + 1]))
+    assert got == [torch.device("cuda:0"), torch.device("cuda:1")]
+    with pytest.raises(ConfigError, match="--device cuda:1: torchrun runs 2 processes .* pass --device cuda"):
+        resolve_device("cuda:1")  # both processes would take GPU 1
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")  # one process per machine (several machines): its choice
+    assert resolve_device("cuda:1") == torch.device("cuda:1")
+
+
 def test_extraction_under_torchrun_takes_its_own_gpu_and_share_of_cores(gpus, monkeypatch):
     from s2vt.features import config as config_mod
-    from s2vt.features.config import ExtractConfig
+    from s2vt.features.extract import ExtractConfig
 
     gpus(n=2)
     monkeypatch.setattr(config_mod, "usable_cores", lambda: 16)
@@ -222,26 +243,54 @@ def test_lengths_moved_to_the_gpu_by_ddp_still_pack_on_the_cpu(fake_cuda):
     assert seq.device.type == "cpu"
 
 
-def test_a_resumed_optimiser_uses_the_implementation_of_its_device(corpus, fake_cuda):
-    from s2vt.training.loop import make_optimizer, restore, TrainConfig
+def fused_device_check(opt: torch.optim.Optimizer) -> None:
+    """What the fused CUDA optimisers check before their kernel runs (fake tensors skip it): every state
+    tensor of a parameter, ``step`` included, on that parameter's device; raised as the kernel words it."""
+    from s2vt.runtime.devices import normalize
 
-    class Ck:
-        pass
+    for group in opt.param_groups:
+        for p in group["params"]:
+            for key, value in opt.state[p].items():
+                if isinstance(value, torch.Tensor) and normalize(value.device) != normalize(p.device):
+                    raise RuntimeError(f"Expected all tensors to be on the same device, but found {key} on "
+                                       f"{value.device} for a parameter on {p.device}")
 
-    cfg = TrainConfig(lr=1e-3).resolved()
-    cpu_state = {"state": {}, "param_groups": [{**torch.optim.Adam([torch.nn.Parameter(torch.zeros(2))]).param_groups[0],
-                                                "params": [0]}]}
-    cpu_state["param_groups"][0].pop("initial_lr", None)
-    assert cpu_state["param_groups"][0]["fused"] is None  # saved by a CPU run
-    model = torch.nn.Linear(1, 2, bias=False, device="cuda")
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_a_cpu_checkpoint_resumed_on_the_gpu_has_every_optimiser_state_tensor_on_its_parameters_device(optimizer):
+    """A CPU run's optimiser (one real step: a non-empty state, fused=None) resumed on cuda:0 with the fused
+    kernels: ``load_state_dict`` places ``step`` by the saved groups' flags, so they must be the device's."""
+    import io
+    from types import SimpleNamespace
+
+    from s2vt.training.loop import TrainConfig, make_optimizer, restore
+
+    cfg = TrainConfig(lr=1e-3, optimizer=optimizer).resolved()
+    model = torch.nn.Linear(3, 2)
     opt = make_optimizer(model, cfg)
-    assert opt.param_groups[0]["fused"] is True
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda e: 1.0)
-    ck = Ck()
-    ck.weights, ck.optimizer, ck.scheduler = model.state_dict(), cpu_state, sched.state_dict()
-    ck.rng, ck.state = {"torch": torch.get_rng_state(), "cuda": None}, {}
-    restore(ck, model, opt, sched, torch.device("cuda:0"))
-    assert opt.param_groups[0]["fused"] is True  # the fused kernels on the GPU, not the CPU run's default
+    model(torch.ones(4, 3)).square().sum().backward()
+    opt.step()
+    buf = io.BytesIO()
+    torch.save({"weights": model.state_dict(), "optimizer": opt.state_dict()}, buf)
+    buf.seek(0)
+    saved = torch.load(buf, map_location="cpu", weights_only=True)  # as Checkpoint.load reads it
+    assert saved["optimizer"]["param_groups"][0]["fused"] is None
+    keys = {"adam": {"step", "exp_avg", "exp_avg_sq"}, "sgd": {"momentum_buffer"}}[optimizer]
+    assert all(set(v) == keys for v in saved["optimizer"]["state"].values()) and saved["optimizer"]["state"]
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        with torch.device("cuda"):
+            gpu_model = torch.nn.Linear(3, 2)
+        gpu_opt = make_optimizer(gpu_model, cfg)
+        sched = torch.optim.lr_scheduler.LambdaLR(gpu_opt, lambda e: 1.0)
+        ck = SimpleNamespace(weights=saved["weights"], optimizer=saved["optimizer"], scheduler=sched.state_dict(),
+                             rng={"torch": torch.get_rng_state(), "cuda": None}, state={})
+        restore(ck, gpu_model, gpu_opt, sched, torch.device("cuda:0"))
+        assert gpu_opt.param_groups[0]["fused"] is True  # the fused kernels on the GPU, not the CPU run's default
+        assert [set(gpu_opt.state[p]) for p in gpu_model.parameters()] == [keys, keys]  # the saved state, whole
+        fused_device_check(gpu_opt)
+        if optimizer == "adam":
+            steps = [gpu_opt.state[p]["step"] for p in gpu_model.parameters()]
+            assert all(s.dtype == torch.float32 and s.device == torch.device("cuda:0") for s in steps)
 
 
 def test_fp32_on_the_gpu_means_ieee_fp32_and_extraction_lets_cudnn_pick_algorithms():
@@ -310,3 +359,375 @@ def test_every_op_of_the_amp_step_is_in_a_dtype_the_help_names(monkeypatch):
     matmuls = [d for name, d, inside in rec.ops if name.startswith(("addmm", "mm", "bmm", "linear")) and not inside]
     assert {torch.bfloat16} in matmuls  # the projection and output layers under autocast
     assert loss.dtype == torch.float32 and bool(ok)
+
+
+# ----------------------------------------------------------------------------- rules fake tensors skip
+
+class CudnnRnnRule:
+    """cuDNN's RNN backward refuses a module in eval mode ("cudnn RNN backward can only be called in
+    training mode"); fake tensors and the CPU never run it. While active, every output of an LSTM call
+    made in eval mode gets a gradient hook, so a backward pass that reaches one is recorded by the LSTM's
+    name; ``dropouts`` records the mode of every dropout layer a gradient-carrying forward runs through."""
+
+    def __init__(self, model):
+        self.names = {m: n for n, m in model.named_modules()}
+        self.violations, self.lstm_calls, self.dropouts = [], [], []
+
+    def hook(self, module, args, out):
+        if isinstance(module, torch.nn.Dropout) and torch.is_grad_enabled():
+            self.dropouts.append(module.training)
+        if not isinstance(module, torch.nn.LSTM):
+            return
+        name = self.names.get(module, "?")
+        self.lstm_calls.append((name, module.training, torch.is_grad_enabled()))
+        if module.training:
+            return
+        for t in torch.utils._pytree.tree_leaves(out):
+            if isinstance(t, torch.Tensor) and t.requires_grad:
+                t.register_hook(lambda g, name=name: self.violations.append(name))
+
+    def __enter__(self):
+        self.handle = torch.nn.modules.module.register_module_forward_hook(self.hook)
+        return self
+
+    def __exit__(self, *exc):
+        self.handle.remove()
+
+
+def tiny_model(decoder: str, dropout: float = 0.3, device="cpu", vocab_size: int = 12):
+    import warnings
+
+    from s2vt.models.registry import build_model
+    from s2vt.models.s2vt import ModelConfig
+
+    torch.manual_seed(0)
+    with torch.device(device), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # fake tensors warn when nn.Module's init reads their data pointer
+        return build_model(ModelConfig(feat_dim=6, vocab_size=vocab_size, embed=4, hidden=5, dropout=dropout,
+                                       decoder=decoder, max_words=4))
+
+
+def tiny_batch(device="cpu") -> Batch:
+    """Three videos of 5, 4 and 2 frames with captions of 3, 3 and 1 words, ordered by decreasing
+    frames + words (as batches.py orders them); the lengths on the CPU and on ``device``."""
+    feats = torch.randn(3, 5, 6, generator=torch.Generator().manual_seed(1))
+    words = torch.tensor([[1, 5, 6, 7], [1, 7, 8, 9], [1, 10, 0, 0]])
+    targets = torch.tensor([[5, 6, 7, 2], [7, 8, 9, 2], [10, 2, 0, 0]])
+    fl, wl = torch.tensor([5, 4, 2]), torch.tensor([4, 4, 2])
+    dev = lambda t: t.to(device)
+    return Batch(dev(feats), fl, dev(words), dev(targets), wl, (dev(fl), dev(wl)))
+
+
+def tiny_scst(model, samples: int = 2):
+    """The self-critical loss of ``model`` over the three videos of :func:`tiny_batch` (one reference each)."""
+    from s2vt.training.scst import CiderD, SCSTLoss
+
+    loss = SCSTLoss(model, CiderD([[[5, 6, 7, 8]], [[7, 8, 9, 10]], [[10, 11, 5, 6]]]), samples, model.cfg.max_words + 1)
+    loss.rows = torch.tensor([0, 1, 2])
+    return loss
+
+
+@pytest.mark.parametrize("objective", ["xe", "scst"])
+@pytest.mark.parametrize("decoder", ["s2vt", "attention"])
+def test_every_lstm_a_backward_pass_runs_through_is_in_training_mode(decoder, objective):
+    """cuDNN's rule, emulated: the backward of an LSTM called in eval mode is recorded. SCST samples with
+    dropout off and backpropagates through the same LSTMs: they stay in training mode, the dropout
+    layers alone are switched off."""
+    from s2vt.training.loop import TrainConfig, make_optimizer, train_one_epoch, LoopState
+
+    model = tiny_model(decoder)
+    fwd = tiny_scst(model) if objective == "scst" else model
+    cfg = TrainConfig(batch_size=3, lr=1e-3, log_every=1000).resolved()
+    with CudnnRnnRule(model) as rule:
+        train_one_epoch(model, fwd, make_optimizer(model, cfg), [tiny_batch()], cfg, LoopState())
+    assert rule.violations == [], f"backward through LSTMs in eval mode: {sorted(set(rule.violations))}"
+    with_grad = {(name, training) for name, training, grad in rule.lstm_calls if grad}
+    assert {name for name, _ in with_grad} == {"lstm1", "lstm2"}  # the backward ran through both
+    assert rule.dropouts and all(rule.dropouts) == (objective == "xe")  # SCST: every dropout off, xe: on
+
+
+aten = torch.ops.aten
+DATA_DEPENDENT = {aten.nonzero.default: "nonzero", aten.masked_select.default: "masked_select",
+                  aten.multinomial.default: "multinomial"}  # multinomial's checks read two values back
+
+
+def sync_of(func, args, kwargs, host, pinned) -> str:
+    """The host-device sync ``func`` makes ('' for none); ``host(t)``: whether tensor ``t`` is in host memory;
+    ``pinned``: the ids of the pinned host tensors."""
+    if func is aten._local_scalar_dense.default:
+        return "" if host(args[0]) else "item"                    # .item(), .tolist(), bool(t), int(t)
+    if func in DATA_DEPENDENT:
+        return "" if host(args[0]) else DATA_DEPENDENT[func]
+    if func is aten.index.Tensor and not host(args[0]):
+        masks = [i for i in args[1] if isinstance(i, torch.Tensor) and i.dtype in (torch.bool, torch.uint8)]
+        return "boolean index" if masks else ""                   # a mask index is a nonzero
+    if func is aten.repeat_interleave.Tensor and kwargs.get("output_size") is None and not host(args[0]):
+        return "repeat_interleave"
+    if func in (aten._to_copy.default, aten.copy_.default):
+        src, dst_host = (args[0], host(args[0]) if kwargs.get("device") is None
+                         else torch.device(kwargs["device"]).type == "cpu") if func is aten._to_copy.default \
+            else (args[1], host(args[0]))
+        non_blocking = kwargs.get("non_blocking", False) or (len(args) > 2 and args[2])
+        if not host(src) and dst_host:
+            return "copy to host"                                  # .cpu(), .to("cpu"), .numpy() of a copy
+        if host(src) and not dst_host and not (non_blocking and id(src) in pinned):
+            return "pageable copy to the device"
+    return ""
+
+
+class HostSyncs(TorchDispatchMode):
+    """The host-device syncs of what runs while active, on fake CUDA tensors (enter it inside a
+    ``FakeTensorMode``): a device value read (``.item()``, ``.tolist()``, ``bool(t)``), a copy to the host
+    (``.cpu()``), an op whose output size is data (``nonzero``, a boolean index, ``multinomial``), and a
+    host-to-device copy that is not a ``non_blocking`` copy of pinned memory (``pin`` stands in for
+    ``Tensor.pin_memory`` and remembers what it pinned). Ops on host tensors alone run for real, so the
+    lengths that packing reads have values, and packing's output size is computed from them; a value
+    read from the device reads as one (True), and a copy to the host holds ones."""
+
+    def __init__(self):
+        super().__init__()
+        self.syncs, self.pinned, self.kept = [], set(), []
+
+    def pin(self, t):
+        out = t.clone()
+        self.kept.append(out)  # alive while counted, so that its id stays its own
+        self.pinned.add(id(out))
+        return out
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        from torch._subclasses.fake_tensor import FakeTensor
+        from torch.utils._python_dispatch import _disable_current_modes
+
+        kwargs = kwargs or {}
+        leaves = torch.utils._pytree.tree_leaves((args, kwargs))
+        on_gpu = any(isinstance(x, FakeTensor) or (isinstance(x, torch.device) and x.type == "cuda") for x in leaves)
+        if not on_gpu and str(kwargs.get("device", "cpu")).startswith("cpu"):
+            with _disable_current_modes():
+                return func(*args, **kwargs)                       # host work: real values
+        kind = sync_of(func, args, kwargs, lambda t: t.device.type == "cpu", self.pinned)
+        if kind:
+            self.syncs.append(kind)
+        if func is aten._local_scalar_dense.default:
+            dt = args[0].dtype                                      # a placeholder value: fakes hold none
+            return True if dt == torch.bool else 1.0 if dt.is_floating_point else 1
+        if kind == "copy to host":                                 # ones stand in for the values read
+            if func is aten.copy_.default:
+                return args[0]
+            with _disable_current_modes():
+                return torch.ones(args[0].shape, dtype=kwargs.get("dtype") or args[0].dtype)
+        if func is aten.nonzero.default:                           # data-dependent sizes: empty stand-ins
+            return args[0].new_empty((0, args[0].dim()), dtype=torch.long)
+        if kind in ("boolean index", "masked_select"):
+            return args[0].new_empty((0,))
+        if func is aten._pack_padded_sequence.default:
+            x, lens, batch_first = args
+            with _disable_current_modes():
+                _, batch_sizes = func(torch.zeros(x.shape[:2] + (1,)), lens, batch_first)
+                n = int(batch_sizes.sum())
+            return x.new_empty((n, *x.shape[2:])), batch_sizes
+        return func(*args, **kwargs)
+
+
+class BackwardReads(TorchDispatchMode):
+    """The syncs a backward pass would make on a GPU, seen on real CPU tensors: every tensor of a
+    backward lives on the training device, so any value read or data-dependent size is one."""
+
+    def __init__(self):
+        super().__init__()
+        self.syncs, self.ops = [], 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops += 1
+        kind = sync_of(func, args, kwargs or {}, lambda t: False, ())
+        if kind:
+            self.syncs.append(kind)
+        return func(*args, **(kwargs or {}))
+
+
+def test_the_sync_counter_sees_every_kind_of_sync(monkeypatch):
+    counter = HostSyncs()
+    monkeypatch.setattr(torch.Tensor, "pin_memory", lambda t, *a, **k: counter.pin(t))
+    host = torch.arange(4)
+    with FakeTensorMode(allow_non_fake_inputs=True), counter:
+        x = torch.ones(4, device="cuda")
+        x.cpu(), x.sum().item(), x.tolist(), bool(x.sum() > 0), x.nonzero(), x[x > 0]
+        torch.multinomial(x, 1)
+        host.to("cuda"), host.to("cuda", non_blocking=True), host.pin_memory().to("cuda", non_blocking=True)
+        assert int(host.sum()) == 6  # host work runs for real: no sync
+        x + 1, torch.zeros(3, device="cuda"), x.repeat_interleave(2)
+    assert counter.syncs == ["copy to host", "item", *["item"] * 4, "item", "nonzero", "boolean index",  # tolist: 4 reads
+                             "multinomial", "pageable copy to the device", "pageable copy to the device"]
+
+
+class BarStub:
+    def set_postfix(self, **kw):
+        pass
+
+
+def step_syncs(corpus, tmp_path, monkeypatch, decoder: str, objective: str, log_every: int) -> list:
+    """The syncs of one training step on cuda:0 (fake): building its batch from the device bank, the
+    forward, the optimiser step and, with ``log_every`` 1, the step's log line. The backward cannot run on
+    fake CUDA tensors (the autograd engine asks the driver for the device): here it sets zero gradients,
+    and :func:`backward_syncs` counts the real one on the CPU."""
+    from types import SimpleNamespace
+
+    from s2vt.training.loop import LoopState, RunWriter, TrainConfig, make_optimizer, train_one_epoch
+
+    store, vids, table = corpus
+    counter = HostSyncs()
+    monkeypatch.setattr(torch.Tensor, "pin_memory", lambda t, *a, **k: counter.pin(t))
+    cfg = TrainConfig(batch_size=3, lr=1e-3, log_every=log_every).resolved()
+    data = SimpleNamespace(sampler=SimpleNamespace(batches_per_epoch=lambda: 2), vocab=Vocab(WORDS))
+    writer = RunWriter(tmp_path, cfg, data, rank=0, fresh=True)
+    # cuDNN's LSTM asks the driver for the device; the native LSTM reads the same host lengths
+    with FakeTensorMode(allow_non_fake_inputs=True), torch.backends.cudnn.flags(enabled=False):
+        stream = BatchStream(table, FeatureBank.build(store, vids, 8, device="cuda"), "cuda", 8, store=store)
+        model = tiny_model(decoder, device="cuda", vocab_size=len(Vocab(WORDS)))
+        fwd = tiny_scst(model) if objective == "scst" else model
+        opt = make_optimizer(model, cfg)
+        zero = lambda loss, *a, **k: [setattr(p, "grad", torch.zeros_like(p)) for p in model.parameters()] and None
+        monkeypatch.setattr(torch.Tensor, "backward", zero)
+        batches = stream.epoch([[0, 1, 2], [3, 4, 5]], 0)
+        next(batches)  # the epoch's set-up (its order copied once) and first batch, outside the count
+        with counter:
+            train_one_epoch(model, fwd, opt, batches, cfg, LoopState(step=1),
+                            on_step=lambda st, stats: writer.log_train(st, stats, opt, 1, BarStub()) if st.step % log_every == 0 else None)
+    monkeypatch.undo()
+    return counter.syncs
+
+
+def backward_syncs(decoder: str, objective: str) -> tuple:
+    """The syncs of one training step's backward pass (on real CPU tensors, every tensor counted as the
+    device's) and the number of ops it ran."""
+    from s2vt.training.loop import TrainConfig, make_optimizer, train_step
+
+    model = tiny_model(decoder)
+    fwd = tiny_scst(model) if objective == "scst" else model
+    cfg = TrainConfig(batch_size=3, lr=1e-3).resolved()
+    reads, backward = BackwardReads(), torch.Tensor.backward
+
+    def counted(loss, *a, **k):
+        with reads:
+            backward(loss, *a, **k)
+
+    torch.Tensor.backward = counted
+    try:
+        train_step(model, fwd, make_optimizer(model, cfg), tiny_batch(), cfg)
+    finally:
+        torch.Tensor.backward = backward
+    return reads.syncs, reads.ops
+
+
+SYNC_BUDGET = {"xe": 0, "scst": 1}  # host-device syncs per training step, by objective
+LOG_READS = 1  # and one on a logged step (every --log-every): the loss sum and the finite flag, read together
+
+
+@pytest.mark.parametrize("objective", ["xe", "scst"])
+@pytest.mark.parametrize("decoder", ["s2vt", "attention"])
+def test_host_syncs_per_training_step_are_held_to_their_budget(corpus, tmp_path, monkeypatch, decoder, objective):
+    """The GPU never waits on the host: a cross-entropy step reads nothing back (lengths travel with the
+    batch, packing orders rows on the host and copies the order from pinned memory), and a logged step
+    reads the loss once. SCST needs one read per step, the sampled and greedy captions: their CIDEr-D
+    rewards are scored on the host (the reference n-gram tables are host data, and the candidates' n-gram
+    counts have data-dependent sizes); the advantages go back from pinned memory, and words are drawn
+    without ``multinomial``'s checks, which read two values back at every word."""
+    step = step_syncs(corpus, tmp_path / "step", monkeypatch, decoder, objective, log_every=1000)
+    logged = step_syncs(corpus, tmp_path / "logged", monkeypatch, decoder, objective, log_every=1)
+    back, ops = backward_syncs(decoder, objective)
+    assert len(step) <= SYNC_BUDGET[objective], step
+    assert step == ["copy to host"] * SYNC_BUDGET[objective]  # SCST's one: the captions to score
+    assert len(logged) <= SYNC_BUDGET[objective] + LOG_READS, logged
+    assert ops > 100 and back == []  # the backward ran under the counter and read nothing back
+
+
+# ----------------------------------------------------------------------------- TF32 off where results call themselves fp32
+
+class Reached(BaseException):
+    """Raised where an entry point starts its networks (past any ``except Exception``)."""
+
+
+@pytest.fixture
+def tf32_left_on():
+    """The CUDA switches as an --amp training or a bf16 extraction earlier in the process leaves them."""
+    from s2vt.runtime.devices import cuda_settings
+
+    saved = cuda_settings()
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    torch.backends.cudnn.benchmark = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32 = saved["matmul_tf32"]
+    torch.backends.cudnn.allow_tf32 = saved["cudnn_tf32"]
+    torch.backends.cudnn.benchmark = saved["cudnn_benchmark"]
+
+
+def script(name: str):
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def reach(monkeypatch, target: str, name: str) -> None:
+    def stop(*a, **k):
+        raise Reached(name)
+
+    monkeypatch.setattr(target + "." + name, stop)
+
+
+IEEE = {"matmul_tf32": False, "cudnn_tf32": False}
+
+
+def test_every_entry_point_that_runs_a_network_on_the_gpu_sets_ieee_fp32_first(gpus, tf32_left_on, monkeypatch,
+                                                                               tmp_path):
+    from s2vt.evaluation.benchmark import benchmark
+    from s2vt.cli import main
+    from s2vt.runtime.devices import cuda_settings
+    from s2vt.apps.study import evaluate_rows
+
+    gpus(n=1)
+    runs = {
+        "evaluate": ("s2vt.captioning.captioner.Captioner", "from_members", lambda: main(
+            ["evaluate", "--checkpoint", str(tmp_path / "a.pt"), "--features", str(tmp_path / "a.h5"), "--dataset",
+             "synthetic", "--annotations", str(tmp_path), "--device", "cuda", "--out", str(tmp_path / "e.json")])),
+        "benchmark and the demo's evaluation": ("s2vt.evaluation.benchmark", "Meteor", lambda: benchmark([], tmp_path, {}, "cuda")),
+        "the study's evaluation": ("s2vt.apps.study", "load_truth", lambda: evaluate_rows(
+            tmp_path, None, tmp_path, None, tmp_path, [0], "cuda", None)),
+        "bench_decode": (None, "S2VT", lambda mod: mod.main(mod.parse_args(["--device", "cuda"]))),
+        "bench_backbones": (None, "rate", lambda mod: mod.main(mod.parse_args(["--device", "cuda"]))),
+    }
+    monkeypatch.setattr("s2vt.evaluation.benchmark.check_spec", lambda spec: [])
+    for what, (target, name, run) in runs.items():
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        mod = script(what) if target is None else None
+        if mod is not None:
+            monkeypatch.setattr(mod, name, lambda *a, **k: (_ for _ in ()).throw(Reached(name)))
+        else:
+            reach(monkeypatch, target, name)
+        with pytest.raises(Reached):
+            run(mod) if mod is not None else run()
+        got = cuda_settings()
+        assert {k: got[k] for k in IEEE} == IEEE, what  # the networks start in IEEE fp32
+        assert got["cudnn_benchmark"] == (what == "bench_backbones"), what  # timed as s2vt extract runs
+
+
+def test_raft_runs_in_ieee_fp32_under_precision_bf16(tf32_left_on):
+    from s2vt.runtime.devices import cuda_settings
+    from s2vt.features.raft import LearnedFlow
+
+    seen = []
+
+    class Net(torch.nn.Module):
+        def forward(self, a, b, num_flow_updates):
+            seen.append(cuda_settings())
+            return [torch.zeros(a.shape[0], 2, *a.shape[2:])]
+
+    flow = LearnedFlow.__new__(LearnedFlow)
+    torch.nn.Module.__init__(flow)
+    flow.net = Net()
+    out = flow(torch.zeros(1, 6, 128, 128, dtype=torch.uint8))
+    assert out.shape == (1, 3, 128, 128) and out.dtype == torch.uint8
+    assert {k: seen[0][k] for k in IEEE} == IEEE  # RAFT is documented to run in fp32
+    assert cuda_settings()["cudnn_tf32"] and cuda_settings()["matmul_tf32"]  # the CNN's bf16 settings, restored

@@ -37,6 +37,29 @@ def test_cider_d_equals_pycocoevalcap_cider():
     assert abs(float(got.mean()) - want_mean) < 1e-6
 
 
+def test_cider_d_of_references_without_4_grams_equals_pycocoevalcap_cider():
+    from pycocoevalcap.cider.cider import Cider
+
+    gts = {"v0": ["red ball moves"], "v1": ["a blue square"]}  # no reference has 4 words
+    res = {"v0": ["red ball moves red"], "v1": ["a blue square a blue"]}  # 4-grams no reference has
+    want_mean, want = Cider().compute_score(gts, res)
+    ids = {w: i + 1 for i, w in enumerate(WORDS)}
+    enc = lambda s: [ids[w] for w in s.split()]
+    got = CiderD([[enc(r) for r in gts[k]] for k in gts])(
+        torch.tensor([enc(res["v0"][0]) + [0], enc(res["v1"][0])]), torch.arange(2))
+    assert torch.allclose(got, torch.as_tensor(want, dtype=torch.float64), atol=1e-6, rtol=0)
+
+
+def test_words_are_drawn_as_multinomial_draws_them():
+    from s2vt.training.scst import draw
+
+    lp = torch.log_softmax(torch.randn(50, 30, generator=torch.Generator().manual_seed(0)), -1)
+    torch.manual_seed(3)
+    want = torch.multinomial(lp.exp(), 1)[:, 0]
+    torch.manual_seed(3)
+    assert torch.equal(draw(lp), want)  # the same words from the same seed, on the CPU
+
+
 def _xe(tiny_features, out, decoder="s2vt", **kw):
     root, stores = tiny_features
     base = dict(dataset="synthetic", annotations=str(root), features=str(stores["rgb"]), out=str(out), epochs=1,
@@ -55,8 +78,8 @@ def test_scst_trains_logs_rewards_and_resumes_bitwise(tiny_features, tmp_path, d
     train(scst(tmp_path / "full", 4), progress=False)
     train(scst(tmp_path / "split", 2), progress=False)
     train(scst(tmp_path / "split", 4), resume=True, progress=False)
-    a, b = checkpoint.load(tmp_path / "full" / "last.pt"), checkpoint.load(tmp_path / "split" / "last.pt")
-    x = checkpoint.load(init)
+    a, b = checkpoint.Checkpoint.load(tmp_path / "full" / "last.pt"), checkpoint.Checkpoint.load(tmp_path / "split" / "last.pt")
+    x = checkpoint.Checkpoint.load(init)
     assert a.model_config.decoder == decoder and a.state["step"] == b.state["step"] == 4
     assert any(not torch.equal(a.weights[k], x.weights[k]) for k in a.weights)       # it trained
     for k in a.weights:

@@ -7,15 +7,20 @@ any check fails. A check that needs a GPU passes as ``skipped`` on the CPU. With
 the run compares the CPU with itself: it checks that this script and every path it drives still
 work (the test suite runs it that way), not the GPU.
 
-Checks: ``train_fp32`` (per-step losses within 1e-3 relative), ``train_amp`` (--amp within 2%),
+Checks: ``train_fp32`` (per-step losses within 1e-3 relative), ``train_amp`` (--amp within 2%, with
+a bf16 bank, bf16 linear layers and fp32 LSTMs), ``train_attention`` / ``train_shuffle_frames`` (the
+attention decoder / the random-frame-order ablation, losses within 1e-3), ``train_scst`` (a few SCST
+steps from the CPU's cross-entropy checkpoint: the same first greedy reward, finite losses),
 ``bank_paths`` (the bank on the device, in host memory and read from the store give identical
-batches), ``torchrun`` (DDP through torchrun, one process per GPU, equals one process),
-``extract_fp32`` / ``extract_bf16`` (cosine >= 0.999 / 0.99 per frame; on a CPU ``--precision bf16``
-warns and computes fp32, so the CPU run checks the command line only), ``extract_batch_size``
-(fp32 features do not depend on the batch size), ``extract_timm`` / ``extract_raft`` (a timm backbone and
-RAFT flow, cosine >= 0.999 / 0.99), ``caption`` (a raw file: the same caption),
-``evaluate`` (a split: the same captions and scores), ``resume_cpu_checkpoint`` (a CPU run resumed
-on the device ends where the CPU run ends).
+batches), ``torchrun`` (DDP through torchrun, one process per GPU and 2 when two exist, equals one
+process), ``extract_fp32`` / ``extract_bf16`` (cosine >= 0.999 / 0.99 per frame, the store's recorded
+precision and the convolutions' output dtype those asked for; on a CPU ``--precision bf16`` warns and
+computes fp32), ``extract_batch_size`` (fp32 features do not depend on the batch size),
+``extract_timm`` / ``extract_raft`` (a timm backbone and RAFT flow, cosine >= 0.999 / 0.99),
+``caption`` (a raw file: the same caption), ``caption_attention`` (``--attention``: the same caption
+and weights within 1e-3), ``evaluate`` (a split: the same captions and scores),
+``resume_cpu_checkpoint`` (a CPU run resumed on the device ends where the CPU run ends). Each check
+makes the CPU runs it compares with when no check before it has, so it also runs alone (``--only``).
 """
 from __future__ import annotations
 
@@ -71,6 +76,12 @@ class Work:
                  "--input-size", 64, "--crop-ratio", 1.0, "--workers", 0, "--device", device, "--quiet", *extra)
         return out
 
+    def cpu_run(self, name: str = "train_cpu", *extra) -> Path:
+        """The CPU training run ``name`` that device runs are compared with: trained by whichever check
+        needs it first, so that every check also runs alone (``--only``)."""
+        out = self.root / name
+        return out if (out / "last.pt").exists() else self.train("cpu", name, *extra)
+
     def train(self, device: str, name: str, *extra) -> Path:
         out = self.root / name
         s2vt("train", "--dataset", "synthetic", "--annotations", self.data, "--features", self.cpu_features,
@@ -80,9 +91,36 @@ class Work:
         return out
 
 
+def records(run: Path) -> List[dict]:
+    """The train lines of a run's metrics.jsonl."""
+    return [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "train_loss" in r]
+
+
 def losses(run: Path) -> List[float]:
-    return [r["train_loss"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
-            if "train_loss" in r]
+    return [r["train_loss"] for r in records(run)]
+
+
+@contextlib.contextmanager
+def module_dtypes():
+    """{(kind, input dtype, output dtype)} of every linear, LSTM and convolution call in this process while
+    active (kind: linear, lstm, conv): what precision the networks ran in, seen from outside."""
+    kinds = ((torch.nn.Linear, "linear"), (torch.nn.LSTM, "lstm"), (torch.nn.Conv2d, "conv"))
+    seen = set()
+
+    def first(x):
+        floats = [t for t in torch.utils._pytree.tree_leaves(x) if isinstance(t, torch.Tensor) and t.is_floating_point()]
+        return str(floats[0].dtype).replace("torch.", "") if floats else None
+
+    def hook(mod, args, out):
+        kind = next((k for cls, k in kinds if isinstance(mod, cls)), None)
+        if kind:
+            seen.add((kind, first(args), first(out)))
+
+    handle = torch.nn.modules.module.register_module_forward_hook(hook)
+    try:
+        yield seen
+    finally:
+        handle.remove()
 
 
 def rel_diff(a: List[float], b: List[float]) -> float:
@@ -106,18 +144,57 @@ def skipped(why: str) -> dict:
 
 # ----------------------------------------------------------------------------- the checks
 
-def check_train_fp32(w: Work) -> dict:
-    ref, got = losses(w.train("cpu", "train_cpu")), losses(w.train(w.device, "train_dev"))
+def compare_training(w: Work, name: str, *extra) -> dict:
+    """A training run with ``extra`` flags on the device against the same run on the CPU: per-step losses
+    within 1e-3 relative."""
+    ref, got = losses(w.cpu_run(f"{name}_cpu", *extra)), losses(w.train(w.device, f"{name}_dev", *extra))
     d = rel_diff(got, ref)
     return {"pass": d <= 1e-3, "detail": {"max_rel_loss_diff": d, "steps": len(ref), "last_loss": got[-1:]}}
 
 
+def check_train_fp32(w: Work) -> dict:
+    return compare_training(w, "train")
+
+
 def check_train_amp(w: Work) -> dict:
+    """--amp within 2% of fp32, and in the dtypes its help names: the bank in bf16 (the projection's input),
+    the linear layers' outputs in bf16, the LSTMs in fp32."""
     if not w.cuda:
         return skipped("--amp is for CUDA devices")
-    ref, got = losses(w.root / "train_cpu"), losses(w.train(w.device, "train_amp", "--amp"))
+    ref = losses(w.cpu_run())
+    with module_dtypes() as seen:
+        got = losses(w.train(w.device, "train_amp", "--amp"))
     d = rel_diff(got, ref)
-    return {"pass": d <= 0.02, "detail": {"max_rel_loss_diff": d, "steps": len(ref)}}
+    linear_out = {o for k, _, o in seen if k == "linear"}
+    lstm = {(i, o) for k, i, o in seen if k == "lstm"}
+    bank = "bfloat16" in {i for k, i, _ in seen if k == "linear"}
+    ok = linear_out == {"bfloat16"} and lstm == {("float32", "float32")} and bank
+    return {"pass": d <= 0.02 and ok, "detail": {"max_rel_loss_diff": d, "steps": len(ref), "bf16_bank": bank,
+                                                  "linear_out": sorted(linear_out), "lstm": sorted(lstm)}}
+
+
+def check_train_attention(w: Work) -> dict:
+    return compare_training(w, "attention", "--decoder", "attention")
+
+
+def check_train_shuffle_frames(w: Work) -> dict:
+    return compare_training(w, "shuffle", "--shuffle-frames")
+
+
+def check_train_scst(w: Work) -> dict:
+    """--objective scst for a few steps from the CPU's cross-entropy checkpoint, on the device and on the CPU.
+    Each device draws its own random numbers, so the sampled captions differ; the greedy ones do not: the
+    first step's greedy reward (from the same weights) is the same, and every loss is finite."""
+    extra = ("--objective", "scst", "--init", _checkpoint(w), "--scst-samples", 2)
+    ref, got = records(w.cpu_run("scst_cpu", *extra)), records(w.train(w.device, "scst_dev", *extra))
+    if not ref or len(got) != len(ref):
+        return {"pass": False, "detail": {"steps": [len(ref), len(got)]}}
+    g, r = got[0]["reward_greedy"], ref[0]["reward_greedy"]
+    d = abs(g - r) / max(abs(r), 1e-12)
+    finite = all(math.isfinite(r["train_loss"]) for r in got)
+    return {"pass": d <= 1e-4 and finite, "detail": {"steps": len(got), "first_greedy_reward_rel_diff": d,
+                                                     "finite_losses": finite,
+                                                     "reward_sample": [r["reward_sample"] for r in got]}}
 
 
 def check_bank_paths(w: Work) -> dict:
@@ -146,14 +223,21 @@ def check_bank_paths(w: Work) -> dict:
     return {"pass": same, "detail": {"paths": detail, "batches": len(order)}}
 
 
-def check_torchrun(w: Work) -> dict:
-    """``torchrun --standalone --nproc_per_node N`` (one process per GPU, at most 2) against one process."""
+def torchrun_command(w: Work, out: Path) -> List[str]:
+    """``torchrun --standalone --nproc_per_node N``: one process per GPU, 2 when two exist, each on its own
+    GPU (a bare ``cuda`` is ``cuda:LOCAL_RANK``); one process on the CPU."""
     nproc = min(2, torch.cuda.device_count()) if w.cuda else 1
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
+            "-m", "s2vt", "train", "--dataset", "synthetic", "--annotations", str(w.data), "--features",
+            str(w.cpu_features), "--out", str(out), "--device", "cuda" if w.cuda else w.device, "--seed", "0",
+            "--batch-size", "8", "--lr", "3e-3", "--no-val-meteor", "--quiet", "--max-steps", str(w.steps), *MODEL]
+
+
+def check_torchrun(w: Work) -> dict:
+    """DDP through torchrun (:func:`torchrun_command`) against one process."""
     out = w.root / "torchrun"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
-           "-m", "s2vt", "train", "--dataset", "synthetic", "--annotations", str(w.data), "--features",
-           str(w.cpu_features), "--out", str(out), "--device", w.device, "--seed", "0", "--batch-size", "8",
-           "--lr", "3e-3", "--no-val-meteor", "--quiet", "--max-steps", str(w.steps), *MODEL]
+    cmd = torchrun_command(w, out)
+    nproc = int(cmd[cmd.index("--nproc_per_node") + 1])
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
                        env=dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads())))  # the same sums as here
     if r.returncode != 0:
@@ -175,10 +259,20 @@ def _cosines(a: Path, b: Path) -> np.ndarray:
 
 
 def check_extract(w: Work, precision: str) -> dict:
-    dev = w.extract(w.device, f"dev_{precision}.h5", "--splits", "test", "--precision", precision)
+    """Features within a cosine of the CPU's, computed and recorded in the precision asked for (on a CPU
+    ``--precision bf16`` computes and records fp32): the store's precision, and the convolutions' outputs."""
+    from s2vt.features.store import FeatureStore
+
+    with module_dtypes() as seen:
+        dev = w.extract(w.device, f"dev_{precision}.h5", "--splits", "test", "--precision", precision)
     cos = _cosines(dev, w.cpu_features)
     low = 0.999 if precision == "fp32" else 0.99
-    return {"pass": bool(len(cos) and cos.min() >= low), "detail": {"min_cosine": float(cos.min()), "frames": len(cos)}}
+    want = precision if w.cuda else "fp32"
+    recorded = FeatureStore(dev).signature["precision"]
+    convs = sorted({o for k, _, o in seen if k == "conv"})
+    ok = recorded == want and convs == ["bfloat16" if want == "bf16" else "float32"]
+    return {"pass": bool(len(cos) and cos.min() >= low) and ok,
+            "detail": {"min_cosine": float(cos.min()), "frames": len(cos), "recorded": recorded, "conv_out": convs}}
 
 
 def check_extract_batch_size(w: Work) -> dict:
@@ -228,7 +322,7 @@ def check_extract_raft(w: Work) -> dict:
 
 
 def _checkpoint(w: Work) -> Path:
-    return (w.root / "train_cpu" / "best.pt") if (w.root / "train_cpu").exists() else w.train("cpu", "train_cpu") / "best.pt"
+    return w.cpu_run() / "best.pt"
 
 
 def check_caption(w: Work) -> dict:
@@ -236,6 +330,21 @@ def check_caption(w: Work) -> dict:
     ck = _checkpoint(w)
     got = [s2vt("caption", video, "--checkpoint", ck, "--device", d, "--beam", 2).strip() for d in ("cpu", w.device)]
     return {"pass": got[0] == got[1] and bool(got[0]), "detail": {"cpu": got[0], "device": got[1]}}
+
+
+def check_caption_attention(w: Work) -> dict:
+    """``caption --attention --json`` of a raw file with an attention checkpoint: the same caption, and
+    attention weights within 1e-3."""
+    video = sorted((w.data / "videos").iterdir())[0]
+    ck = w.cpu_run("attention_cpu", "--decoder", "attention") / "best.pt"
+    got = [json.loads(s2vt("caption", video, "--checkpoint", ck, "--device", d, "--beam", 2, "--attention",
+                           "--json").strip().splitlines()[-1]) for d in ("cpu", w.device)]
+    same = got[0]["caption"] == got[1]["caption"] and bool(got[0]["caption"])
+    a, b = got[0]["attention"], got[1]["attention"]
+    diff = max((abs(x - y) for u, v in zip(a, b) for x, y in zip(u["weights"], v["weights"])), default=math.inf) \
+        if same and len(a) == len(b) else math.inf
+    return {"pass": same and diff <= 1e-3, "detail": {"cpu": got[0]["caption"], "device": got[1]["caption"],
+                                                      "words": len(a), "max_weight_diff": diff}}
 
 
 def check_evaluate(w: Work) -> dict:
@@ -258,17 +367,18 @@ def check_resume_cpu_checkpoint(w: Work) -> dict:
     s2vt("train", "--dataset", "synthetic", "--annotations", w.data, "--features", w.cpu_features, "--out", run,
          "--device", w.device, "--seed", 0, "--batch-size", 8, "--lr", "3e-3", "--log-every", 1, "--no-val-meteor",
          "--quiet", *MODEL, "--max-steps", w.steps, "--resume")
-    ref = w.root / "train_cpu" if (w.root / "train_cpu").exists() else w.train("cpu", "train_cpu")
-    d = weights_diff(run / "last.pt", ref / "last.pt")
+    d = weights_diff(run / "last.pt", w.cpu_run() / "last.pt")
     return {"pass": d <= 1e-3, "detail": {"steps": [half, w.steps], "max_rel_weight_diff": d}}
 
 
 CHECKS: Dict[str, Callable[[Work], dict]] = {
-    "train_fp32": check_train_fp32, "train_amp": check_train_amp, "bank_paths": check_bank_paths,
-    "torchrun": check_torchrun, "extract_fp32": lambda w: check_extract(w, "fp32"),
+    "train_fp32": check_train_fp32, "train_amp": check_train_amp, "train_attention": check_train_attention,
+    "train_shuffle_frames": check_train_shuffle_frames, "train_scst": check_train_scst,
+    "bank_paths": check_bank_paths, "torchrun": check_torchrun, "extract_fp32": lambda w: check_extract(w, "fp32"),
     "extract_bf16": lambda w: check_extract(w, "bf16"), "extract_batch_size": check_extract_batch_size,
-    "extract_timm": check_extract_timm, "extract_raft": check_extract_raft,
-    "caption": check_caption, "evaluate": check_evaluate, "resume_cpu_checkpoint": check_resume_cpu_checkpoint,
+    "extract_timm": check_extract_timm, "extract_raft": check_extract_raft, "caption": check_caption,
+    "caption_attention": check_caption_attention, "evaluate": check_evaluate,
+    "resume_cpu_checkpoint": check_resume_cpu_checkpoint,
 }
 
 
@@ -279,12 +389,10 @@ def run_checks(device: str, out: Path, quick: bool, only=None) -> dict:
     report = {"device": name(dev), "torch": torch.__version__, "cuda": torch.version.cuda, "checks": {}}
     with tempfile.TemporaryDirectory(prefix="s2vt_gpu_check_") as tmp:
         work = Work(Path(tmp), str(dev), quick)
-        for check, fn in CHECKS.items():
-            if only and check not in only:
-                continue
+        for check in only or CHECKS:  # in the order given: each check makes what it reads
             t = time.perf_counter()
             try:
-                res = fn(work)
+                res = CHECKS[check](work)
             except Exception as e:  # a crash is a failed check, recorded with its cause
                 res = {"pass": False, "detail": {"error": f"{type(e).__name__}: {e}",
                                                  "where": traceback.format_exc().strip().splitlines()[-3:]}}
@@ -303,7 +411,7 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="cuda", help="the device checked against the CPU (default: cuda)")
     p.add_argument("--out", default="gpu_check.json", help="the JSON report")
     p.add_argument("--quick", action="store_true", help="smaller data (the CPU dry run)")
-    p.add_argument("--only", nargs="+", choices=sorted(CHECKS), help="run these checks only")
+    p.add_argument("--only", nargs="+", choices=sorted(CHECKS), help="run these checks only, in this order")
     a = p.parse_args(argv)
     report = run_checks(a.device, Path(a.out), a.quick, a.only)
     failed = [k for k, v in report["checks"].items() if not v["pass"]]

@@ -90,6 +90,9 @@ def evaluate_rows(wd: Path, p, data: Path, corpus, store: Path, seeds, device: s
     from s2vt.captioning.captioner import Captioner, Member
     from s2vt.evaluation.evaluate import evaluate
 
+    from s2vt.runtime.devices import configure
+
+    configure(device)  # IEEE fp32 on a GPU, whatever the training runs before set
     truth, test_refs = load_truth(data), dict(corpus.split_items("test"))
     per_seed: Dict[str, List[dict]] = {r: [] for r in ROWS}
     per_video: PerVideo = {r: [] for r in ROWS}

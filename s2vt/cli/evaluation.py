@@ -16,6 +16,7 @@ from s2vt.evaluation.compare import compare, groups_of, load_systems, table
 from s2vt.evaluation.evaluate import evaluate_captioner
 from s2vt.evaluation.metrics import Meteor, read_tsv, score
 from s2vt.evaluation.report import write_report
+from s2vt.runtime.devices import configure
 from s2vt.runtime.devices import resolve as resolve_device
 from s2vt.runtime.errors import S2VTError
 from s2vt.runtime.fileio import file_lock, probe_writable, write_json
@@ -31,7 +32,7 @@ def cmd_evaluate(args) -> int:
 
 def _evaluate(args, lock) -> int:
     flags = decode_flags(args)
-    resolve_device(args.device)
+    configure(resolve_device(args.device))  # IEEE fp32 on a GPU, whatever ran before in this process
     needs_flow(args, "--alpha", "--features-flow")
     members = [Member(args.checkpoint, args.features)]
     if args.checkpoint_flow:

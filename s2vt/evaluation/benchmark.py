@@ -23,6 +23,7 @@ from s2vt.evaluation.evaluate import evaluate, split_refs, tune_alpha
 from s2vt.runtime.fileio import write_json
 from s2vt.evaluation.metrics import Meteor
 from s2vt.evaluation.stats import PerSeed, PerVideo, compare, findings_markdown, mean_spread, verdict
+from s2vt.runtime.devices import configure
 
 # MSVD METEOR (%) reported by the paper, and M-VAD
 PAPER = {
@@ -241,6 +242,7 @@ def benchmark(spec: list, out_dir, flags: Optional[dict] = None, device: str = "
     flags = {k: v for k, v in (flags or {}).items() if v is not None}
     DecodeConfig().given(**flags)  # checked before any work
     entries, out_dir = check_spec(spec), Path(out_dir)
+    configure(device)  # IEEE fp32 on a GPU, whatever ran before in this process (the demo's training)
     results: Dict[str, Dict[str, List[dict]]] = {r: {} for r in ROWS}
     videos: Dict[str, Dict[str, List[dict]]] = {r: {} for r in ROWS}
     columns, paper_of, alphas = [], {}, {}

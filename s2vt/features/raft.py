@@ -25,6 +25,7 @@ from torch import nn
 from s2vt.features.backbones.weights import fetch_weights, file_digest, given_weights, load_state
 from s2vt.runtime.errors import S2VTError, WeightsNotFound
 from s2vt.video.flow import OFFSET, SCALE
+from s2vt.runtime.devices import ieee_fp32
 
 LEARNED = ("raft_small", "raft_large")
 UPDATES = 12  # refinement iterations, torchvision's default
@@ -81,7 +82,7 @@ class LearnedFlow(nn.Module):
             raise S2VTError(f"RAFT needs image sides divisible by 8 and at least {RAFT_MIN}, not {(h, w)}: "
                             "choose another --input-size")
         x = pairs.float().div_(127.5).sub_(1.0)  # [0, 255] -> [-1, 1], RAFT's input range
-        with torch.autocast(x.device.type, enabled=False):
+        with torch.autocast(x.device.type, enabled=False), ieee_fp32():  # no TF32 either
             flow = self.net(x[:, :3].contiguous(), x[:, 3:].contiguous(), num_flow_updates=UPDATES)[-1]
         return flow_images(flow)
 

@@ -21,10 +21,10 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from s2vt.runtime.errors import ConfigError
 from s2vt.models.s2vt import ModelConfig, run_lstm
+from s2vt.models.s2vt import pack, to_device, unpack
 
 LSTMState = Tuple[torch.Tensor, torch.Tensor]
 
@@ -56,30 +56,32 @@ class AttentionS2VT(nn.Module):
         a = torch.softmax(e.float().masked_fill(~mask, float("-inf")), -1).to(enc.dtype)
         return torch.bmm(a[:, None], enc)[:, 0], a                                  # (N, H), (N, T)
 
-    def _encode(self, frames: torch.Tensor, lens: torch.Tensor, extra: int):
-        """frames (B, T, E) projected; lens (B,) on the CPU; ``extra`` zero steps after the frames.
+    def _encode(self, frames: torch.Tensor, lens: torch.Tensor, extra: int, fl: Optional[torch.Tensor] = None):
+        """frames (B, T, E) projected; lens (B,) on the CPU; ``extra`` zero steps after the frames;
+        fl: the lengths already on frames' device (else copied there asynchronously).
 
         Returns LSTM1 outputs (B, T + extra, H), LSTM2 state after each video's last frame, frame mask (B, T)."""
         B, T, _ = frames.shape
-        fl = lens.to(frames.device)
+        lens = lens.cpu()
+        fl = to_device(lens, frames.device) if fl is None else fl
         mask = torch.arange(T, device=frames.device)[None, :] < fl[:, None]         # (B, T)
         x1 = F.pad(frames * mask[..., None], (0, 0, 0, extra))                       # (B, T+extra, E)
-        packed1 = pack_padded_sequence(x1, lens.cpu() + extra, batch_first=True, enforce_sorted=False)
-        h1, s1 = run_lstm(self.lstm1, packed1)
-        h1, _ = pad_packed_sequence(h1, batch_first=True, total_length=T + extra)   # (B, T+extra, H)
+        h1, s1 = run_lstm(self.lstm1, pack(x1, lens + extra))
+        h1 = unpack(h1, T + extra)                                                   # (B, T+extra, H)
         enc = h1[:, :T] * mask[..., None]                                            # (B, T, H)
         x2 = torch.cat([enc, enc.new_zeros(B, T, self.cfg.embed + self.cfg.hidden)], -1)  # (B, T, H+E+H)
-        _, s2 = run_lstm(self.lstm2, pack_padded_sequence(x2, lens.cpu(), batch_first=True, enforce_sorted=False))
+        _, s2 = run_lstm(self.lstm2, pack(x2, lens))
         return h1, s1, s2, mask
 
-    def _decode(self, feats, feat_lens, words_in):
-        """Teacher-forced LSTM2 outputs (B, L+1, H) and attention weights (B, L+1, T)."""
+    def _decode(self, feats, feat_lens, words_in, fl: Optional[torch.Tensor] = None):
+        """Teacher-forced LSTM2 outputs (B, L+1, H) and attention weights (B, L+1, T); fl: feat_lens on
+        feats' device when the caller has them there."""
         B, T, _ = feats.shape
         L1 = words_in.shape[1]
-        h1, _, s2, mask = self._encode(self.drop(self.proj(feats)), feat_lens, L1)
+        fl = to_device(feat_lens.cpu(), feats.device) if fl is None else fl
+        h1, _, s2, mask = self._encode(self.drop(self.proj(feats)), feat_lens, L1, fl)
         enc = h1[:, :T]
         keys = self.att_k(enc)                                                      # (B, T, H)
-        fl = feat_lens.to(feats.device)
         k = torch.arange(L1, device=feats.device)[None, :] + fl[:, None]            # (B, L+1) decode steps
         h1_dec = self.drop(torch.gather(h1, 1, k[..., None].expand(B, L1, h1.shape[-1])))  # (B, L+1, H)
         emb = self.embed(words_in)                                                  # (B, L+1, E)
@@ -98,9 +100,10 @@ class AttentionS2VT(nn.Module):
                 device_lens: Optional[Tuple[torch.Tensor, torch.Tensor]] = None):
         """As :meth:`s2vt.models.s2vt.S2VT.forward`: logits (B, L+1, V) and the summed token NLL / B (or None).
 
-        feats (B, T, D), feat_lens (B,), words_in / targets (B, L+1); word_lens and device_lens are
-        accepted for the same call signature (padded word steps are masked by the <pad> targets)."""
-        h_dec, _ = self._decode(feats, feat_lens, words_in)
+        feats (B, T, D), feat_lens (B,), words_in / targets (B, L+1); device_lens: (feat_lens, word_lens)
+        already on feats' device (word_lens is accepted for the same call signature: padded word steps are
+        masked by the <pad> targets)."""
+        h_dec, _ = self._decode(feats, feat_lens, words_in, None if device_lens is None else device_lens[0])
         logits = self.out(self.drop(h_dec))                                         # (B, L+1, V)
         if targets is None:
             return logits, None

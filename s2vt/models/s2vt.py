@@ -59,6 +59,36 @@ def step_lengths(feat_lens: torch.Tensor, word_lens: torch.Tensor,
     return seq_lens, fl, wl
 
 
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Host tensor ``t`` on ``device`` without making the host wait: on a GPU it is pinned first, so the
+    copy is asynchronous (a copy from pageable memory blocks the host until it is done)."""
+    if device.type == "cuda" and t.device.type == "cpu":
+        t = t.pin_memory()
+    return t.to(device, non_blocking=True)
+
+
+def pack(x: torch.Tensor, lens: torch.Tensor) -> PackedSequence:
+    """``x`` (B, S, ...) packed to ``lens`` (B,) on the CPU, with no host-device sync.
+
+    Rows already in decreasing length pack as they are; otherwise they are ordered on the host and the
+    order and its inverse are copied to ``x``'s device asynchronously (``enforce_sorted=False`` would copy
+    them from pageable memory, and unpacking would read them back). The LSTM puts its states back in the
+    batch's order; :func:`unpack` does so for the outputs."""
+    if bool((lens[:-1] >= lens[1:]).all()):
+        return pack_padded_sequence(x, lens, batch_first=True)
+    order = torch.sort(lens, descending=True, stable=True).indices                      # (B,) on the CPU
+    order_d, back_d = to_device(order, x.device), to_device(torch.argsort(order), x.device)
+    p = pack_padded_sequence(x.index_select(0, order_d), lens[order], batch_first=True)
+    return PackedSequence(p.data, p.batch_sizes, order_d, back_d)
+
+
+def unpack(packed: PackedSequence, total_length: int) -> torch.Tensor:
+    """The padded (B, total_length, ...) outputs of :func:`pack`'s sequence, in the batch's order."""
+    out, _ = pad_packed_sequence(PackedSequence(packed.data, packed.batch_sizes), batch_first=True,
+                                 total_length=total_length)
+    return out if packed.unsorted_indices is None else out.index_select(0, packed.unsorted_indices)
+
+
 def run_lstm(lstm: nn.LSTM, x, state=None):
     """``lstm`` in float32 whatever autocast says.
 
@@ -105,7 +135,6 @@ class S2VT(nn.Module):
             word_lens = (words_in != 0).sum(1)  # (B,) includes <bos>
         seq_lens, fl, wl = step_lengths(feat_lens, word_lens, device_lens, feats.device)
         S = T + L1
-        is_sorted = bool((seq_lens[:-1] >= seq_lens[1:]).all())
         frames = self.drop(self.proj(feats))      # (B, T, E)
         fmask = torch.arange(T, device=feats.device)[None, :] < fl[:, None]
         x1 = F.pad(frames * fmask[..., None], (0, 0, 0, L1))  # (B, S, E): zeros where a video has no frame
@@ -115,13 +144,11 @@ class S2VT(nn.Module):
         wmask = (j >= 0) & (j < wl[:, None])
         j = j.clamp(0, L1 - 1)
         words = torch.gather(words_in, 1, j) * wmask                            # (B, S) ids, 0 = <pad>
-        packed1 = pack_padded_sequence(x1, seq_lens, batch_first=True, enforce_sorted=is_sorted)
-        h1, _ = run_lstm(self.lstm1, packed1)
-        h1, _ = pad_packed_sequence(h1, batch_first=True, total_length=S)      # (B, S, H)
+        h1, _ = run_lstm(self.lstm1, pack(x1, seq_lens))
+        h1 = unpack(h1, S)                                                      # (B, S, H)
         x2 = torch.cat([self.drop(h1), self.embed(words)], -1)                  # (B, S, H+E)
-        packed2 = pack_padded_sequence(x2, seq_lens, batch_first=True, enforce_sorted=is_sorted)
-        h2, _ = run_lstm(self.lstm2, packed2)
-        h2, _ = pad_packed_sequence(h2, batch_first=True, total_length=S)      # (B, S, H)
+        h2, _ = run_lstm(self.lstm2, pack(x2, seq_lens))
+        h2 = unpack(h2, S)                                                      # (B, S, H)
         # decode-step outputs only: step T_i + k for k in 0..L
         k = torch.arange(L1, device=feats.device)[None, :] + fl[:, None]  # (B, L+1)
         h_dec = torch.gather(h2, 1, k[..., None].expand(B, L1, h2.shape[-1]))  # (B, L+1, H)
@@ -141,11 +168,10 @@ class S2VT(nn.Module):
         """
         x1 = self.proj(feats)                                                   # (B, T, E)
         lens = feat_lens.cpu()
-        packed1 = pack_padded_sequence(x1, lens, batch_first=True, enforce_sorted=False)
-        h1, s1 = run_lstm(self.lstm1, packed1)
-        h1, _ = pad_packed_sequence(h1, batch_first=True, total_length=feats.shape[1])
+        h1, s1 = run_lstm(self.lstm1, pack(x1, lens))
+        h1 = unpack(h1, feats.shape[1])                                         # (B, T, H)
         x2 = torch.cat([h1, h1.new_zeros(*h1.shape[:2], self.cfg.embed)], -1)   # (B, T, H+E)
-        _, s2 = run_lstm(self.lstm2, pack_padded_sequence(x2, lens, batch_first=True, enforce_sorted=False))
+        _, s2 = run_lstm(self.lstm2, pack(x2, lens))
         return s1, s2
 
     def step(self, prev_tokens: torch.Tensor, state: State) -> Tuple[torch.Tensor, State]:

@@ -3,7 +3,9 @@
 ``torch.device("cuda") == torch.device("cuda:0")`` is False, while every tensor on the first
 GPU reports ``cuda:0``; so a device name is turned into a device with its index filled in
 (:func:`resolve`) where a command starts, and code compares the results of that function
-only. Under ``torchrun`` a bare ``cuda`` means this process's GPU, ``cuda:$LOCAL_RANK``.
+only. Under ``torchrun`` a bare ``cuda`` means this process's GPU, ``cuda:$LOCAL_RANK``; a GPU
+named by its index is refused when torchrun starts several processes on the machine (they would
+all take it).
 
 The CUDA settings a run depends on are set here too (:func:`configure`): fp32 means IEEE
 fp32 (no TF32 in cuDNN convolutions and RNNs nor in matmuls, so GPU "fp32" features and
@@ -12,6 +14,7 @@ algorithms for the fixed shapes of extraction (``benchmark``).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Optional, Tuple, Union
 
@@ -78,6 +81,9 @@ def resolve(device: DeviceLike, flag: str = "--device") -> torch.device:
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise ConfigError(f"{flag} {device}: no CUDA GPU is available here; use {flag} cpu")
+        if dev.index is not None and local_world_size() > 1:  # every process would take that one GPU
+            raise ConfigError(f"{flag} {device}: torchrun runs {local_world_size()} processes on this machine and "
+                              f"each takes its own GPU, cuda:LOCAL_RANK; pass {flag} cuda")
         dev = normalize(dev)
         count = torch.cuda.device_count()
         if dev.index >= count:
@@ -121,6 +127,18 @@ def configure(device: DeviceLike, fp32: bool = True, benchmark: bool = False) ->
     torch.backends.cuda.matmul.allow_tf32 = not fp32
     torch.backends.cudnn.allow_tf32 = not fp32
     torch.backends.cudnn.benchmark = benchmark
+
+
+@contextlib.contextmanager
+def ieee_fp32():
+    """float32 work inside is IEEE float32 (TF32 off for matmuls and cuDNN) whatever :func:`configure`
+    set for the rest of the run (``--precision bf16`` allows TF32); the switches are restored after."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
 def cuda_settings() -> dict:

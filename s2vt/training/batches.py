@@ -30,11 +30,11 @@ from typing import Iterator, List, NamedTuple, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from s2vt.runtime.devices import local_world_size, normalize, same
-from s2vt.runtime.errors import S2VTError
-from s2vt.features.store import FeatureStore
 from s2vt.data.vocab import Vocab
 from s2vt.features.frames import cap_frames
+from s2vt.features.store import FeatureStore
+from s2vt.runtime.devices import local_world_size, normalize, same
+from s2vt.runtime.errors import ConfigError, S2VTError
 
 
 def frame_permutation(seed: int, epoch: int, sample: int, n: int) -> np.ndarray:
@@ -347,6 +347,13 @@ class CudaCopies:
         return batch
 
 
+def check_batch_size(batch_size: int, world: int) -> None:
+    """Refuse a global batch that leaves a process of ``world`` without a sample."""
+    if batch_size < world:
+        raise ConfigError(f"--batch-size {batch_size} is split across {world} processes (WORLD_SIZE): each needs a "
+                          f"sample of every batch; pass --batch-size {world} or more")
+
+
 class EpochSampler:
     """A seeded permutation per epoch, split across ranks, resumable mid-epoch.
 
@@ -355,6 +362,7 @@ class EpochSampler:
     """
 
     def __init__(self, n: int, batch_size: int, seed: int = 0, rank: int = 0, world: int = 1, drop_last: bool = False):
+        check_batch_size(batch_size, world)
         self.n, self.B, self.seed, self.rank, self.world, self.drop_last = n, batch_size, seed, rank, world, drop_last
 
     def batches_per_epoch(self) -> int:

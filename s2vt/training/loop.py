@@ -26,7 +26,8 @@ from typing import Dict, List, Optional
 import numpy as np
 import torch
 
-from s2vt.training.batches import BatchStream, CaptionTable, EpochSampler, FeatureBank, num_frames, place_bank
+from s2vt.training.batches import (BatchStream, CaptionTable, EpochSampler, FeatureBank, check_batch_size,
+                                  num_frames, place_bank)
 from s2vt.features.frames import StoreFeatures
 from s2vt.captioning.captioner import Captioner
 from s2vt.models.checkpoint import Checkpoint, LoopState, differences, vocab_difference
@@ -380,9 +381,10 @@ def snapshot(model, optimizer, scheduler, state: LoopState, cfg: TrainConfig, da
 
 def restore(ck: Checkpoint, model, optimizer, scheduler, device) -> LoopState:
     model.load_state_dict(ck.weights)
-    optimizer.load_state_dict(ck.optimizer)
-    for group in optimizer.param_groups:  # the saved groups carry the implementation of the device they ran on
-        group.update(optimizer_flags(device))
+    # the saved groups carry the implementation of the device they ran on, and load_state_dict places
+    # each state tensor by them (a fused optimiser's ``step`` on the parameter's device): this device's
+    saved = dict(ck.optimizer, param_groups=[{**g, **optimizer_flags(device)} for g in ck.optimizer["param_groups"]])
+    optimizer.load_state_dict(saved)
     scheduler.load_state_dict(ck.scheduler)
     torch.set_rng_state(ck.rng["torch"])
     if device.type == "cuda" and ck.rng.get("cuda") is not None:
@@ -397,6 +399,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, meteor=
     """
     cfg = cfg.resolved()
     rank, world = dist_info()
+    check_batch_size(cfg.batch_size, world)
     device = resolve_device(cfg.device)  # cuda:LOCAL_RANK under torchrun
     if cfg.amp and device.type != "cuda":
         raise ConfigError("--amp (bf16) is for CUDA devices; on the CPU it is slower than fp32: drop --amp")
@@ -581,9 +584,10 @@ class RunWriter:
                                    "Try a lower --lr or --grad-clip, and check the features for NaN.")
 
     def log_train(self, state: LoopState, stats: dict, optimizer, world: int, bar) -> None:
-        self.check_finite(stats, state)
+        loss_sum, ok = torch.stack([stats["loss_sum"].float(), stats["ok"].float()]).cpu().tolist()  # one read
+        self.check_finite({"ok": ok}, state)
         el = time.time() - stats["t0"]
-        loss = float(stats["loss_sum"]) / max(stats["tokens"], 1)  # summed NLL / tokens
+        loss = loss_sum / max(stats["tokens"], 1)  # summed NLL / tokens
         self.append({"step": state.step, "epoch": state.epoch,
                      "epochs": round(state.epoch + state.batch / self.epoch_batches, 4), "train_loss": loss,
                      "lr": optimizer.param_groups[0]["lr"],

@@ -4,8 +4,9 @@ Per training video, K captions are sampled (multinomial, temperature 1) and the 
 is decoded; the reward of a caption is its CIDEr-D against the video's references, with document
 frequencies from the training split, and the loss is ``-(reward - reward(greedy)) * log p(sample)``
 averaged over the B*K samples. Sampling and the log-probabilities run with dropout off, so the
-gradient is that of the distribution sampled from. An SCST epoch is one pass over the training
-videos (not over captions); checkpoints are selected on val CIDEr.
+gradient is that of the distribution sampled from; the LSTMs stay in training mode (cuDNN runs an
+RNN's backward only in training mode), the dropout layers alone are switched off. An SCST epoch
+is one pass over the training videos (not over captions); checkpoints are selected on val CIDEr.
 
 :class:`CiderD` is coco-caption's CIDEr-D (``pycocoevalcap.cider.Cider``: n = 1..4, tf-idf with
 clipped matches, Gaussian length penalty sigma = 6, x10) vectorised over a batch: the references'
@@ -24,6 +25,7 @@ from torch import nn
 from s2vt.runtime.errors import ConfigError
 from s2vt.runtime.errors import S2VTError
 from s2vt.data.vocab import Vocab, tokenize
+from s2vt.models.s2vt import to_device
 
 BOS, EOS, PAD = Vocab.bos, Vocab.eos, Vocab.pad
 
@@ -138,7 +140,8 @@ class CiderD:
             rk = self.ref_keys[g - 1]
             kp = torch.searchsorted(rk, key).clamp(max=max(len(rk) - 1, 0))
             hit = (rk[kp] == key) & (gr >= 0) & found[:, None] if len(rk) else torch.zeros_like(key, dtype=torch.bool)
-            vr = torch.where(hit, self.ref_vals[g - 1][kp], torch.zeros((), dtype=torch.float64, device=self.device))
+            ref_val = self.ref_vals[g - 1][kp] if len(rk) else torch.zeros_like(key, dtype=torch.float64)
+            vr = torch.where(hit, ref_val, torch.zeros((), dtype=torch.float64, device=self.device))
             val = torch.zeros_like(total).index_add_(0, g_row, torch.minimum(vh[:, None], vr) * vr)  # (M, Rmax)
             norm_r = torch.where(has, self.ref_norm[g - 1][refs.clamp(min=0)], torch.zeros_like(total))
             denom = norm_h[:, None] * norm_r
@@ -164,6 +167,14 @@ def reference_ids(captions_per_row: Sequence[Sequence[str]], vocab: Vocab) -> Li
     return out
 
 
+def draw(lp: torch.Tensor) -> torch.Tensor:
+    """One word per row of log-probabilities ``lp`` (N, V), drawn from them: argmax of p / q with
+    q ~ Exp(1), the draw ``torch.multinomial(p, 1)`` makes (the same words on the CPU), without the
+    validity checks by which multinomial reads two values back from a GPU at every word."""
+    p = lp.exp()
+    return (p / torch.empty_like(p).exponential_()).argmax(-1)
+
+
 @torch.no_grad()
 def rollout(model, feats: torch.Tensor, lens: torch.Tensor, K: int, max_len: int, sample: bool) -> torch.Tensor:
     """Captions of each video, K per video (rows b*K .. b*K+K-1): sampled (temperature 1) or greedy.
@@ -171,17 +182,25 @@ def rollout(model, feats: torch.Tensor, lens: torch.Tensor, K: int, max_len: int
     feats (B, T, D), lens (B,) -> tokens (B*K, max_len) ending in <eos> where one was drawn, 0-padded after it."""
     B = feats.shape[0]
     state = model.encode(feats, lens)
-    order = torch.arange(B, device=feats.device).repeat_interleave(K)
-    state = model.reorder_state(state, order)
+    state = model.reorder_state(state, torch.arange(B * K, device=feats.device) // K)
     tok = torch.full((B * K,), BOS, dtype=torch.long, device=feats.device)
     out = torch.zeros(B * K, max_len, dtype=torch.long, device=feats.device)
     alive = torch.ones(B * K, dtype=torch.bool, device=feats.device)
     for t in range(max_len):
         lp, state = model.step(tok, state)
-        tok = torch.multinomial(lp.exp(), 1)[:, 0] if sample else lp.argmax(-1)
+        tok = draw(lp) if sample else lp.argmax(-1)
         out[:, t] = torch.where(alive, tok, torch.zeros_like(tok))
         alive &= tok != EOS
     return out
+
+
+def dropout_off(model: nn.Module) -> None:
+    """``model`` in training mode with every dropout layer in eval mode: no dropout, and modules that
+    are backpropagated through (cuDNN's LSTMs) in the mode their backward needs."""
+    model.train()
+    for m in model.modules():
+        if isinstance(m, nn.modules.dropout._DropoutNd):
+            m.eval()
 
 
 class SCSTLoss(nn.Module):
@@ -196,17 +215,21 @@ class SCSTLoss(nn.Module):
         self.sums = {"reward_sample": 0.0, "reward_greedy": 0.0, "n": 0}
 
     def forward(self, feats, feat_lens, words_in=None, targets=None, word_lens=None, device_lens=None):
-        self.model.eval()                                   # dropout off: the gradient of what was sampled
+        dropout_off(self.model)                             # the gradient of what was sampled
         K, B = self.K, feats.shape[0]
         samples = rollout(self.model, feats, feat_lens, K, self.max_len, sample=True)      # (B*K, Lm)
         greedy = rollout(self.model, feats, feat_lens, 1, self.max_len, sample=False)      # (B, Lm)
         words = lambda s: s.masked_fill(s == EOS, 0)
-        r_s = self.cider(words(samples), self.rows.repeat_interleave(K)).view(B, K)
-        r_g = self.cider(words(greedy), self.rows)                                          # (B,)
-        adv = (r_s - r_g[:, None]).float().view(-1).to(feats.device)                       # (B*K,)
+        host = words(torch.cat([samples, greedy]).cpu())    # the step's one sync: CIDEr-D is scored on the host
+        r_s = self.cider(host[:B * K], self.rows.repeat_interleave(K)).view(B, K)
+        r_g = self.cider(host[B * K:], self.rows)                                           # (B,)
+        adv = to_device((r_s - r_g[:, None]).float().view(-1), feats.device)               # (B*K,)
         words_in = torch.cat([samples.new_full((B * K, 1), BOS), words(samples)[:, :-1]], 1)  # (B*K, Lm)
-        rep = torch.arange(B, device=feats.device).repeat_interleave(K)
-        logits, _ = self.model(feats[rep], feat_lens[rep.cpu()], words_in)                 # (B*K, Lm, V)
+        word_lens = (host[:B * K, :-1] != 0).sum(1) + 1                                     # (B*K,) with <bos>
+        rep = torch.arange(B * K, device=feats.device) // K                                 # (B*K,) video of each
+        fl = to_device(feat_lens.cpu(), feats.device) if device_lens is None else device_lens[0]
+        lens = (fl[rep], (words_in != 0).sum(1))                                             # on the device
+        logits, _ = self.model(feats[rep], feat_lens.cpu().repeat_interleave(K), words_in, None, word_lens, lens)
         logp = torch.log_softmax(logits.float(), -1).gather(2, samples[..., None])[..., 0]  # (B*K, Lm)
         logp = (logp * (samples != 0)).sum(1)                                                # (B*K,)
         self.sums["reward_sample"] += float(r_s.mean()) * B
