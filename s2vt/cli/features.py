@@ -119,14 +119,16 @@ def add_interop(sub, shared):
         return 1 if summary.failed else 0
 
     def cmd_export(args) -> int:
-        print(f"exported {interop.export_features(args.store, args.out)} videos -> {args.out}")
+        print(f"exported {interop.export_features(args.store, args.out, args.overwrite)} videos -> {args.out}")
         return 0
 
     s = sub.add_parser("import-features", help="make a feature store of per-video .npy/.npz arrays or an HDF5 file",
                        formatter_class=RAW, parents=[shared["overwrite"]], description=(
                            "Ids from file names: vid1.npy -> vid1, -4wsuPCjDBc_5_15.avi.npy -> -4wsuPCjDBc_5_15 "
-                           "(see features/README.md). Each array must be 2-D (frames, D), non-empty, finite, float, "
-                           "with one D for all; a bad one is named and skipped (exit 1). Re-running resumes."),
+                           "(see features/README.md). Headers are checked before data is read; each array must be "
+                           "2-D (frames, D), non-empty, finite, float, with one D for all; a bad one is named and "
+                           "skipped (exit 1); when none can be imported nothing is written (exit 2). Re-running "
+                           "resumes; --overwrite replaces --out only once the new store is complete."),
                        epilog=examples("s2vt import-features msvd_resnet_npy/ --out features/msvd_imported.h5 --name resnet152-npy "
                                         "--id-map data/msvd/youtube_mapping.txt"))
     s.add_argument("src", help="folder of ID.npy / ID.npz files, or an HDF5 file of one (T, D) dataset per video")
@@ -136,7 +138,11 @@ def add_interop(sub, shared):
     s.add_argument("--id-map", help="text file of 'FILE_ID VIDEO_ID' lines renaming file ids (e.g. MSVD's youtube_mapping.txt)")
     s.set_defaults(fn=cmd_import)
     s = sub.add_parser("export-features", help="write a feature store as one .npy per video", formatter_class=RAW,
+                       parents=[shared["overwrite"]], description=(
+                           f"Writes ID.npy per video and a manifest ({interop.MANIFEST}) listing them. A folder "
+                           "holding files it did not write, or another store's export, is refused; --overwrite "
+                           "replaces files of the names it writes and removes only those the earlier manifest lists."),
                        epilog=examples("s2vt export-features features/rgb.h5 --out rgb_npy/"))
     s.add_argument("store", help="an s2vt feature store")
-    s.add_argument("--out", required=True, help="folder to write ID.npy files into (new, empty, or an earlier export)")
+    s.add_argument("--out", required=True, help="folder to write ID.npy files into (new, empty, or an export of this store)")
     s.set_defaults(fn=cmd_export)
