@@ -340,3 +340,13 @@ def test_export_writes_over_only_what_an_export_wrote(tmp_path, capsys):
     assert rc == 2 and "(e.g. notes.txt)" in err
     (e / "notes.txt").unlink()
     assert run(capsys, "export-features", b, "--out", e)[0] == 0  # a re-export of the same store needs nothing
+
+
+def test_merge_never_replaces_a_fifo_or_an_input(tmp_path, capsys):
+    _store(tmp_path / "in.h5", ["v"])
+    os.mkfifo(tmp_path / "fifo")
+    before = snapshot(tmp_path)
+    for out, needle in [(tmp_path / "fifo", "is a FIFO (named pipe)"), (tmp_path / "in.h5", "is also an input")]:
+        rc, _, err = run(capsys, "merge-features", out, tmp_path / "in.h5", "--overwrite")
+        assert rc == 2 and needle in err and len(err.splitlines()) == 1, err
+    assert snapshot(tmp_path) == before and os.path.exists(tmp_path / "fifo")

@@ -2,6 +2,7 @@
 and export-features (per-video arrays in and out)."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from s2vt.cli.common import DATASETS, RAW, examples
@@ -14,7 +15,7 @@ from s2vt.features.shards import env_shard, parse_shard, shard_items, shard_path
 from s2vt.features.store import merge_stores
 from s2vt.runtime.config import add_arguments, overrides
 from s2vt.runtime.errors import S2VTError
-from s2vt.runtime.inputs import read_lines
+from s2vt.runtime.inputs import kind_problem, read_lines
 
 
 def list_items(path: str):
@@ -69,6 +70,8 @@ def cmd_extract(args) -> int:
 def cmd_merge(args) -> int:
     if any(Path(i).exists() and Path(args.out).exists() and Path(i).resolve() == Path(args.out).resolve() for i in args.inputs):
         raise S2VTError(f"{args.out} is also an input; merge into a new file")
+    if Path(args.out).exists() and not Path(args.out).is_file() and not Path(args.out).is_dir():
+        raise S2VTError(f"{args.out} is {kind_problem(os.stat(args.out).st_mode)}; give the merged HDF5 file's path")
     if Path(args.out).exists() and not args.overwrite:
         raise S2VTError(f"{args.out} exists; pass --overwrite to replace it, or choose another output")
     out = merge_stores(args.out, args.inputs)

@@ -10,7 +10,7 @@
   nothing, an external link, a named datatype), then the dataset's dtype (floats only; compound,
   string and integer types refused), rank and size, before it is read.
 
-Every array must be (frames, D) float16/32/64 of at most :data:`MAX_BYTES`. A file that fails is
+Every array must be (frames, D) float16/32/64 of at most :data:`MAX_ARRAY_BYTES`. A file that fails is
 described by :class:`Unusable` (its ``reason`` is one line); nothing is allocated for it.
 """
 from __future__ import annotations
@@ -29,7 +29,7 @@ from numpy.lib import format as npy_format
 from s2vt.runtime.inputs import kind_problem
 
 FLOATS = ("float16", "float32", "float64")
-MAX_BYTES = 4 * 2 ** 30  # one video's features: far more than any real (frames, D) array holds
+MAX_ARRAY_BYTES = 4 * 2 ** 30  # one video's features: far more than any real (frames, D) array holds
 NPY_MAGIC = b"\x93NUMPY"
 _LOOKS_LIKE = ((b"PK\x03\x04", "a zip archive (an .npz)"), (b"PK\x05\x06", "an empty zip archive"),
                (b"\x89HDF\r\n\x1a\n", "an HDF5 file"), (NPY_MAGIC, "an .npy array"))
@@ -82,8 +82,8 @@ def header_problem(shape, dtype: np.dtype, data_bytes: Optional[int]) -> Optiona
     if 0 in shape:
         return f"shape {shape} is empty"
     need = prod(shape) * dtype.itemsize  # Python ints: no overflow
-    if need > MAX_BYTES:
-        return f"shape {shape} of {dtype} takes {_gib(need)}: more than the {_gib(MAX_BYTES)} allowed for one video"
+    if need > MAX_ARRAY_BYTES:
+        return f"shape {shape} of {dtype} takes {_gib(need)}: more than the {_gib(MAX_ARRAY_BYTES)} allowed for one video"
     if data_bytes is not None and data_bytes < need:
         return f"truncated: its header promises {need} bytes of data, the file holds {max(data_bytes, 0)}"
     return None
@@ -215,7 +215,7 @@ def load_npz(path: Path) -> np.ndarray:
 
 
 def _read_data(m: IO[bytes], info: ArrayInfo) -> np.ndarray:
-    """The data after a checked header (its byte count bounded by :data:`MAX_BYTES`)."""
+    """The data after a checked header (its byte count bounded by :data:`MAX_ARRAY_BYTES`)."""
     need = prod(info.shape) * info.dtype.itemsize
     data = m.read(need)
     if len(data) != need:
