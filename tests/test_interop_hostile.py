@@ -151,8 +151,8 @@ def test_hdf5_entries_are_checked_for_kind_dtype_rank_and_size(tmp_path, capsys)
     rc, out, _ = run(capsys, "import-features", src, "--out", tmp_path / "o.h5", "--name", "n")
     why = refused(out)
     assert rc == 1 and FeatureStore(tmp_path / "o.h5").ids == ["grouped", "ok"]
-    expect = {"compound": "structured dtype", "named_type": "a named datatype", "soft": "a link to '/nowhere' to nothing",
-              "external": "an external link (to missing.h5:/x)", "string": "a string", "empty": "empty dataspace",
+    expect = {"compound": "structured dtype", "named_type": "a named datatype",
+              "soft": "a soft link to '/nowhere', which names nothing", "external": "an external link (to missing.h5:/x)", "string": "a string", "empty": "empty dataspace",
               "scalar": "not 2-D", "ints": "dtype int32 is not float16/32/64", "tall": "more than the 4 GiB",
               "wide": "more than the 4 GiB", "nofeatures": "a group with no 'features' dataset"}
     assert set(why) == set(expect)
@@ -198,7 +198,8 @@ def test_entries_that_are_not_files_are_named(tmp_path, capsys):
     finally:
         sock.close()
     assert rc == 1 and refused(out) == {
-        "fifo": "fifo.npy: a FIFO (named pipe), not a regular file", "folder": "folder.npy: a folder, not a regular file",
+        "fifo": "fifo.npy: a FIFO (named pipe), not a regular file",
+        "folder": "folder.npy: a folder, not a regular file",
         "dangling": "dangling.npy: a symbolic link to nothing", "looping": "looping.npy: a symbolic link loop",
         "zero": "zero.npy: a character device, not a regular file", "sock": "sock.npz: a socket, not a regular file"}
     assert FeatureStore(tmp_path / "o.h5").ids == ["ok"]

@@ -83,7 +83,8 @@ def header_problem(shape, dtype: np.dtype, data_bytes: Optional[int]) -> Optiona
         return f"shape {shape} is empty"
     need = prod(shape) * dtype.itemsize  # Python ints: no overflow
     if need > MAX_ARRAY_BYTES:
-        return f"shape {shape} of {dtype} takes {_gib(need)}: more than the {_gib(MAX_ARRAY_BYTES)} allowed for one video"
+        return (f"shape {shape} of {dtype} takes {_gib(need)}: more than the {_gib(MAX_ARRAY_BYTES)} allowed for "
+                "one video")
     if data_bytes is not None and data_bytes < need:
         return f"truncated: its header promises {need} bytes of data, the file holds {max(data_bytes, 0)}"
     return None
@@ -239,8 +240,8 @@ def _h5_target(f, name: str):
     except (KeyError, OSError, TypeError, ValueError):
         obj = None
     if obj is None:
-        target = f" to {link.path!r}" if isinstance(link, h5py.SoftLink) else ""
-        raise Unusable(f"a link{target} to nothing in this file")
+        raise Unusable(f"a soft link to {link.path!r}, which names nothing in this file"
+                       if isinstance(link, h5py.SoftLink) else "a link to nothing in this file")
     return obj
 
 
