@@ -128,6 +128,9 @@ def read_npy_header(f: IO[bytes], data_bytes) -> Tuple[ArrayInfo, int]:
 
 
 def _last_byte(f: IO[bytes]) -> bytes:
+    """The last byte of a file on disk; nothing for a zip member (seeking to its end would inflate it all)."""
+    if isinstance(f, zipfile.ZipExtFile):
+        return b""
     try:
         f.seek(-1, os.SEEK_END)
         return f.read(1)
