@@ -76,7 +76,7 @@ NPY = {  # file name -> (its bytes, what the refusal says)
     "short.npy": (npy_bytes("<f4", (100, D), b"\0" * 32), "truncated: its header promises 1600 bytes"),
     "structured.npy": (npy_bytes([("a", "<f4"), ("b", "<f4")], (2, D), b"\0" * 64), "structured dtype"),
     "objects.npy": (npy_bytes("|O", (2, D), b"\0" * 64), "allow_pickle"),
-    "text.npy": (b"hello, these are not numbers\n", "not an .npy array: text"),
+    "text.npy": (b"hello, these are\nnot numbers\n", "not an .npy array: text"),
     "random.npy": (np.random.default_rng(3).bytes(256), "not an .npy array: not an array file"),
     "hdf5.npy": (b"\x89HDF\r\n\x1a\n" + b"\0" * 100, "not an .npy array: an HDF5 file"),
     "zipped.npy": (b"PK\x03\x04" + b"\0" * 100, "not an .npy array: a zip archive"),

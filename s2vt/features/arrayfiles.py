@@ -101,9 +101,10 @@ def looks_like(head: bytes, last: bytes = b"") -> str:
         return "a Python pickle (pickles are never loaded)"
     try:
         text = head.decode("utf-8")
-    except UnicodeDecodeError:
-        return "not an array file (unknown bytes)"
-    return "text" if text.isprintable() or text.strip(" \t\r\n").isprintable() else "not an array file (unknown bytes)"
+    except UnicodeDecodeError as e:  # a character cut at the end of ``head`` is still text
+        cut = e.start >= len(head) - 3 and e.reason.startswith("unexpected end")
+        text = head[:e.start].decode("utf-8") if cut else ""
+    return "text" if text and "".join(text.split()).isprintable() else "not an array file (unknown bytes)"
 
 
 def read_npy_header(f: IO[bytes], data_bytes) -> Tuple[ArrayInfo, int]:
