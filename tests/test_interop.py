@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from s2vt.cli.app import main
-from s2vt.features.interop import file_id
+from s2vt.features.interop import MANIFEST, file_id
 from s2vt.features.store import FeatureStore
 
 D = 16
@@ -86,7 +86,7 @@ def test_import_train_evaluate_caption_export_roundtrip(npy_dir, msvd_dir, tiny_
 
     out = tmp_path / "exported"
     assert main(["export-features", str(store), "--out", str(out)]) == 0
-    assert sorted(p.name for p in out.iterdir()) == sorted(f"{v}.npy" for v in arrays)
+    assert sorted(p.name for p in out.iterdir()) == sorted([MANIFEST] + [f"{v}.npy" for v in arrays])
     again = tmp_path / "again.h5"
     assert main(["import-features", str(out), "--out", str(again), "--name", "msvd-npy"]) == 0
     a, b = FeatureStore(store), FeatureStore(again)

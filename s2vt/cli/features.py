@@ -2,6 +2,7 @@
 and export-features (per-video arrays in and out)."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from s2vt.cli.common import DATASETS, RAW, examples
@@ -14,7 +15,7 @@ from s2vt.features.shards import env_shard, parse_shard, shard_items, shard_path
 from s2vt.features.store import merge_stores
 from s2vt.runtime.config import add_arguments, overrides
 from s2vt.runtime.errors import S2VTError
-from s2vt.runtime.inputs import read_lines
+from s2vt.runtime.inputs import kind_problem, read_lines
 
 
 def list_items(path: str):
@@ -69,6 +70,8 @@ def cmd_extract(args) -> int:
 def cmd_merge(args) -> int:
     if any(Path(i).exists() and Path(args.out).exists() and Path(i).resolve() == Path(args.out).resolve() for i in args.inputs):
         raise S2VTError(f"{args.out} is also an input; merge into a new file")
+    if Path(args.out).exists() and not Path(args.out).is_file() and not Path(args.out).is_dir():
+        raise S2VTError(f"{args.out} is {kind_problem(os.stat(args.out).st_mode)}; give the merged HDF5 file's path")
     if Path(args.out).exists() and not args.overwrite:
         raise S2VTError(f"{args.out} exists; pass --overwrite to replace it, or choose another output")
     out = merge_stores(args.out, args.inputs)
@@ -119,14 +122,16 @@ def add_interop(sub, shared):
         return 1 if summary.failed else 0
 
     def cmd_export(args) -> int:
-        print(f"exported {interop.export_features(args.store, args.out)} videos -> {args.out}")
+        print(f"exported {interop.export_features(args.store, args.out, args.overwrite)} videos -> {args.out}")
         return 0
 
     s = sub.add_parser("import-features", help="make a feature store of per-video .npy/.npz arrays or an HDF5 file",
                        formatter_class=RAW, parents=[shared["overwrite"]], description=(
                            "Ids from file names: vid1.npy -> vid1, -4wsuPCjDBc_5_15.avi.npy -> -4wsuPCjDBc_5_15 "
-                           "(see features/README.md). Each array must be 2-D (frames, D), non-empty, finite, float, "
-                           "with one D for all; a bad one is named and skipped (exit 1). Re-running resumes."),
+                           "(see features/README.md). Headers are checked before data is read; each array must be "
+                           "2-D (frames, D), non-empty, finite, float, with one D for all; a bad one is named and "
+                           "skipped (exit 1); when none can be imported nothing is written (exit 2). Re-running "
+                           "resumes; --overwrite replaces --out only once the new store is complete."),
                        epilog=examples("s2vt import-features msvd_resnet_npy/ --out features/msvd_imported.h5 --name resnet152-npy "
                                         "--id-map data/msvd/youtube_mapping.txt"))
     s.add_argument("src", help="folder of ID.npy / ID.npz files, or an HDF5 file of one (T, D) dataset per video")
@@ -136,7 +141,11 @@ def add_interop(sub, shared):
     s.add_argument("--id-map", help="text file of 'FILE_ID VIDEO_ID' lines renaming file ids (e.g. MSVD's youtube_mapping.txt)")
     s.set_defaults(fn=cmd_import)
     s = sub.add_parser("export-features", help="write a feature store as one .npy per video", formatter_class=RAW,
+                       parents=[shared["overwrite"]], description=(
+                           f"Writes ID.npy per video and a manifest ({interop.MANIFEST}) listing them. A folder "
+                           "holding files it did not write, or another store's export, is refused; --overwrite "
+                           "replaces files of the names it writes and removes only those the earlier manifest lists."),
                        epilog=examples("s2vt export-features features/rgb.h5 --out rgb_npy/"))
     s.add_argument("store", help="an s2vt feature store")
-    s.add_argument("--out", required=True, help="folder to write ID.npy files into (new, empty, or an earlier export)")
+    s.add_argument("--out", required=True, help="folder to write ID.npy files into (new, empty, or an export of this store)")
     s.set_defaults(fn=cmd_export)

@@ -26,6 +26,8 @@ def id_problem(vid: object) -> Optional[str]:
         return f"video id {vid!r} starts with a dot"
     if any(ord(ch) < 32 or ord(ch) == 127 for ch in vid):
         return f"video id {vid!r} contains a control character"
+    if any(0xD800 <= ord(ch) <= 0xDFFF for ch in vid):  # bytes of a file name or argument that are not UTF-8
+        return f"video id {vid!r} is not UTF-8 text"
     return None
 
 

@@ -15,7 +15,11 @@ Writing (``FeatureWriter``) goes through a staging folder ``FILE.h5.parts/``:
 * the working file is never trusted after a crash: the next writer rebuilds it from the
   previous ``FILE.h5`` and the committed group files (appending is idempotent).
 * one writer at a time: a writer holds an ``flock`` on ``FILE.h5.parts/lock`` from start to
-  publish, and another (a second run on the same ``--out``) is refused at once.
+  publish, and another (a second run on the same ``--out``) is refused at once, before it looks
+  at, uses or removes anything in the folder.
+* a writer made with ``replace=True`` builds a new store the same way and renames it over
+  ``FILE.h5`` only in ``finalize``: until then the old file is untouched, and ``abandon`` leaves it
+  as it was.
 
 ``BackgroundWriter`` runs a ``FeatureWriter`` on its own thread behind a bounded queue.
 """
@@ -136,25 +140,37 @@ class FeatureWriter:
     publishes the HDF5 file. Not thread-safe: one thread (see ``BackgroundWriter``) calls it."""
 
     def __init__(self, path, signature: dict, commit_seconds: Optional[float] = None,
-                 commit_videos: Optional[int] = None, commit_bytes: int = 256 << 20):
-        self.path, self.signature = Path(path), signature
+                 commit_videos: Optional[int] = None, commit_bytes: int = 256 << 20, replace: bool = False):
+        """``replace``: start a new store whatever ``path`` holds now (a store of another signature, or a
+        file that is not a store) and put it in its place only when ``finalize`` publishes; what an
+        interrupted run staged is dropped once this writer holds the lock."""
+        self.path, self.signature, self.replace = Path(path), signature, replace
         self.stage = stage_dir(self.path)
         # a group is committed after commit_seconds or commit_videos, whichever comes first;
         # S2VT_COMMIT_SECONDS / S2VT_COMMIT_VIDEOS override the defaults (0.5 s, 256 videos)
         self.commit_seconds = commit_seconds if commit_seconds is not None else _env_number("S2VT_COMMIT_SECONDS", 0.5)
         self.commit_videos = commit_videos if commit_videos is not None else _env_number("S2VT_COMMIT_VIDEOS", 256, integer=True)
         self.commit_bytes = commit_bytes
+        _check_stage_kind(self.stage, self.path)
         created = not self.stage.exists()
-        _check_stage_is_ours(self.stage, self.path)
+        lock_made = not (self.stage / LOCK_FILE).exists()
         self._lock: Optional[int] = _lock_stage(self.stage, self.path)
-        try:
+        try:  # what the folder holds is looked at only while this writer holds its lock
+            _check_stage_is_ours(self.stage, self.path)
             self._open(signature)
         except BaseException:
+            if lock_made and not created:
+                (self.stage / LOCK_FILE).unlink(missing_ok=True)
             self._unlock(drop_stage=created)
             raise
 
     def _open(self, signature: dict) -> None:
-        self.existing = published_store(self.path, signature)
+        if self.replace:  # nothing of the previous store or of an interrupted run is kept
+            self.existing = None
+            for p in _own_files(self.stage)[:-1]:
+                p.unlink(missing_ok=True)
+        else:
+            self.existing = published_store(self.path, signature)
         sig_file = self.stage / "signature.json"
         if sig_file.exists():
             try:
@@ -294,6 +310,14 @@ class FeatureWriter:
         self.existing = FeatureStore(self.path)
         return self.path
 
+    def abandon(self) -> None:
+        """Publish nothing and drop what this writer staged (the store at ``path`` stays as it was)."""
+        self._pending, self._pending_bytes = [], 0
+        if self._work is not None:
+            self._work.close()
+            self._work = None
+        self._unlock(drop_stage=True)
+
     def close(self) -> None:
         """Commit what is pending and release the working file (no publish: a re-run resumes)."""
         self.commit()
@@ -332,31 +356,28 @@ def _own_files(stage: Path) -> List[Path]:
     """The files a writer puts in its staging folder (the lock last: it is released after)."""
     if not stage.is_dir():
         return []
-    groups = [p for p in stage.iterdir() if GROUP_FILE.fullmatch(p.name)]
+    groups = [stage / n for n in os.listdir(stage) if GROUP_FILE.fullmatch(n)]
     return groups + _scratch(stage) + [stage / "work.h5", stage / "signature.json", stage / LOCK_FILE]
 
 
-def discard_stage(store) -> None:
-    """Remove the staging folder of ``store`` (``--overwrite``): only the files a writer makes;
-    S2VTError when the folder holds anything else."""
-    stage = stage_dir(store)
-    _check_stage_is_ours(stage, Path(store))
-    for p in _own_files(stage):
-        p.unlink(missing_ok=True)
-    if stage.is_dir():
-        stage.rmdir()
+def _is_own(name: str) -> bool:
+    """A name a writer gives the files of its staging folder."""
+    return (bool(GROUP_FILE.fullmatch(name)) or name in ("work.h5", "signature.json", LOCK_FILE)
+            or (name.startswith(".") and name.endswith(SCRATCH_SUFFIX)))
+
+
+def _check_stage_kind(stage: Path, store: Path) -> None:
+    """S2VTError when ``stage`` exists but is not a folder (a file, a link): it is neither used nor removed."""
+    if (stage.exists() or stage.is_symlink()) and (not stage.is_dir() or stage.is_symlink()):
+        raise S2VTError(f"{stage} exists and is not the staging folder of {store}: move it away, or write to "
+                        "another --out")
 
 
 def _check_stage_is_ours(stage: Path, store: Path) -> None:
-    """S2VTError when ``stage`` exists but is not a staging folder s2vt made (a file, or a folder of
-    someone else's files): it is neither used nor removed."""
-    if not stage.exists() and not stage.is_symlink():
-        return
-    if not stage.is_dir() or stage.is_symlink():
-        raise S2VTError(f"{stage} exists and is not the staging folder of {store}: move it away, or write to "
-                        "another --out")
-    ours = {p.name for p in _own_files(stage)}
-    foreign = sorted(p.name for p in stage.iterdir() if p.name not in ours)
+    """S2VTError when the folder ``stage`` holds a file no writer makes (the caller holds its lock, so
+    no other run adds files while it is read): it is not a staging folder s2vt made, and nothing in it
+    is used or removed."""
+    foreign = sorted(n for n in os.listdir(stage) if not _is_own(n)) if stage.is_dir() else []
     if foreign:
         raise S2VTError(f"{stage} holds files s2vt did not write ({', '.join(foreign[:3])}"
                         f"{' ...' if len(foreign) > 3 else ''}): it is not the staging folder of {store}; move it "
@@ -368,7 +389,7 @@ def _lock_stage(stage: Path, store: Path) -> int:
     it when the process ends, however it ends); S2VTError if another process holds it."""
     return hold_lock_file(stage / LOCK_FILE, f"another run is writing {store} (its staging folder {stage} is "
                           "locked): wait for it to finish, or write to another --out",
-                          prepare=lambda: stage.mkdir(parents=True, exist_ok=True))
+                          prepare=lambda: stage.mkdir(parents=True, exist_ok=True), output=store)
 
 
 def _apply(f: h5py.File, records: List[dict]) -> None:

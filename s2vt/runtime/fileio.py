@@ -147,16 +147,19 @@ def fsync_dir(folder) -> None:
 LOCK_SUFFIX = ".s2vt-lock"
 
 
-def hold_lock_file(lock: Path, busy: str, prepare: Callable[[], None] = lambda: None) -> int:
+def hold_lock_file(lock: Path, busy: str, prepare: Callable[[], None] = lambda: None, output=None) -> int:
     """A descriptor holding an exclusive ``flock`` on the file ``lock`` (created if missing; ``prepare``
     runs before each try, e.g. to make its folder); S2VTError(``busy``) at once when another process
-    holds it. A lock file its previous holder removed as it finished is not ours: the new one is taken."""
+    holds it. A lock file its previous holder removed as it finished is not ours: the new one is taken.
+    An OSError making it (a read-only folder, a full disk) names ``output``, the path the user gave."""
     for _ in range(5):
-        prepare()
         try:
+            prepare()
             fd = os.open(str(lock), os.O_RDWR | os.O_CREAT, 0o644)
         except FileNotFoundError:  # its folder was removed by the run that held it
             continue
+        except OSError as e:
+            raise _named(e, Path(output if output is not None else lock)) from e
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:
@@ -182,7 +185,7 @@ def file_lock(path, flag: str = "--out") -> Iterator[Path]:
     lock = path.with_name(f".{path.name}{LOCK_SUFFIX}")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = hold_lock_file(lock, f"another run is writing {path} (it holds {lock.name}): wait for it to finish, or "
-                              f"choose another {flag}")
+                              f"choose another {flag}", output=path)
     try:
         yield path
     finally:
