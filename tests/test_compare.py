@@ -20,6 +20,7 @@ class FixedCaptions:
         from s2vt.decoding.search import DecodeConfig
 
         self.captions, self.decoding = captions, DecodeConfig()
+        self.models = [None]  # one model: no fusion
 
     def available(self, vids):
         return list(vids), []

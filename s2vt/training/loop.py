@@ -18,6 +18,7 @@ import json
 import math
 import os
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -123,10 +124,11 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
         removed = sorted(set(d) & REMOVED_OPTIONS) if isinstance(d, dict) else []
-        if removed:  # a config.json of an earlier version: said, not silently dropped
-            raise ConfigError(f"training config: {', '.join(removed)} {'is an option' if len(removed) == 1 else 'are options'} "
-                              "of an earlier s2vt that no longer exist (features now live in the feature bank); "
-                              "remove them from the file")
+        if removed:  # a config.json of an earlier version still loads, and says what it no longer does
+            one = len(removed) == 1
+            warnings.warn(f"training config: {', '.join(removed)} {'is an option' if one else 'are options'} of an "
+                          f"earlier s2vt that no longer {'exists' if one else 'exist'}; ignored", stacklevel=2)
+            d = {k: v for k, v in d.items() if k not in REMOVED_OPTIONS}
         return from_dict(cls, d, "training config", nested={"model": ModelConfig, "decoding": DecodeConfig})
 
     def resolved(self) -> "TrainConfig":
