@@ -128,3 +128,14 @@ def test_scst_takes_data_and_model_from_its_init_checkpoint(tiny_features, tmp_p
     for k in ("dataset", "annotations", "features", "seed"):
         assert now.train_config[k] == was.train_config[k], k
     assert now.train_config["features"] == str(stores["rgb"]) and now.train_config["objective"] == "scst"
+
+
+def test_every_epoch_logs_a_train_point_and_validation_names_the_metric_that_selects(tiny_features, tmp_path, capsys):
+    out = tmp_path / "r"
+    train(_xe(tiny_features, out, epochs=2, log_every=1000, val_meteor=True), progress=False)
+    recs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epochs"] for r in recs if "train_loss" in r] == [1.0, 2.0]  # log_every is far: one point per epoch
+    said = capsys.readouterr()
+    lines = [l for l in (said.out + said.err).splitlines() if l.startswith("epoch ")]
+    assert len(lines) == 2 and all("val METEOR" in l and "val CIDEr-D" in l for l in lines)
+    assert any(l.endswith("(best by METEOR)") for l in lines)

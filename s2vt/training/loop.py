@@ -503,7 +503,7 @@ def run_epochs(model, fwd, optimizer, scheduler, data: TrainData, cfg: TrainConf
     """The epoch loop: train, validate when due, keep the best, stop early on patience."""
     def on_step(st: LoopState, stats: dict) -> None:
         bar.update()
-        if st.step % cfg.log_every == 0:
+        if st.step % cfg.log_every == 0 or st.batch == data.sampler.batches_per_epoch():  # a point per epoch at least
             writer.log_train(st, stats, optimizer, world, bar)
         if cfg.save_every and st.step % cfg.save_every == 0:
             save()
@@ -605,9 +605,9 @@ class RunWriter:
         self.val_seconds += seconds
         if not math.isfinite(rec["val_loss"]) and "val_meteor" not in rec:
             return  # no validation data: nothing to select on
-        score = rec["val_meteor"] if by_meteor else -rec["val_loss"]
+        score, by = (rec["val_meteor"], "METEOR") if by_meteor else (-rec["val_loss"], "loss")
         if by_meteor and self.cfg.objective == "scst":
-            score = rec["val_cider"]  # SCST optimises CIDEr-D: select on it
+            score, by = rec["val_cider"], "CIDEr-D"  # SCST optimises CIDEr-D: select on it
         if score > state.best:
             state.best, state.best_epoch, state.stale = score, state.epoch, 0
         else:
@@ -616,7 +616,8 @@ class RunWriter:
         self.append(rec)
         bar.write(f"epoch {state.epoch}: val loss {rec['val_loss']:.3f}"
                   + (f", val METEOR {100 * rec['val_meteor']:.1f}" if by_meteor else "")
-                  + (" (best)" if state.best_epoch == state.epoch else ""))
+                  + (f", val CIDEr-D {100 * rec['val_cider']:.1f}" if "val_cider" in rec else "")
+                  + (f" (best by {by})" if state.best_epoch == state.epoch else ""))
 
     def save_epoch(self, ck: Checkpoint, improved: bool) -> None:
         ck.save(self.last_path)
