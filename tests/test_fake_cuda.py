@@ -15,6 +15,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from s2vt.training import batches as batches_mod
 from s2vt.training.batches import Batch, BatchStream, CaptionTable, FeatureBank, place_bank
+from s2vt.training.objectives import CrossEntropy
 from s2vt.runtime.devices import resolve as resolve_device
 from s2vt.runtime.errors import ConfigError
 from s2vt.features.store import FeatureStore, FeatureWriter
@@ -352,7 +353,7 @@ def test_every_op_of_the_amp_step_is_in_a_dtype_the_help_names(monkeypatch):
     batch = Batch(feats, torch.tensor([4, 3]), words, targets, torch.tensor([3, 2]))
     opt = make_optimizer(model, cfg)
     with rec:
-        loss, ok = train_step(model, model, opt, batch, cfg)
+        loss, ok = train_step(model, CrossEntropy(model), opt, batch, cfg)
     assert autocast_in_lstm and not any(autocast_in_lstm)
     assert all(d <= {torch.float32, torch.bfloat16} for _, d, _ in rec.ops), "an op outside fp32/bf16"
     assert all(d <= {torch.float32} for name, d, inside in rec.ops if inside), "an LSTM op outside fp32"
@@ -415,7 +416,7 @@ def tiny_batch(device="cpu") -> Batch:
     targets = torch.tensor([[5, 6, 7, 2], [7, 8, 9, 2], [10, 2, 0, 0]])
     fl, wl = torch.tensor([5, 4, 2]), torch.tensor([4, 4, 2])
     dev = lambda t: t.to(device)
-    return Batch(dev(feats), fl, dev(words), dev(targets), wl, (dev(fl), dev(wl)))
+    return Batch(dev(feats), fl, dev(words), dev(targets), wl, (dev(fl), dev(wl)), rows=torch.tensor([0, 1, 2]))
 
 
 def tiny_scst(model, samples: int = 2):
@@ -423,7 +424,6 @@ def tiny_scst(model, samples: int = 2):
     from s2vt.training.scst import CiderD, SCSTLoss
 
     loss = SCSTLoss(model, CiderD([[[5, 6, 7, 8]], [[7, 8, 9, 10]], [[10, 11, 5, 6]]]), samples, model.cfg.max_words + 1)
-    loss.rows = torch.tensor([0, 1, 2])
     return loss
 
 
@@ -436,10 +436,10 @@ def test_every_lstm_a_backward_pass_runs_through_is_in_training_mode(decoder, ob
     from s2vt.training.loop import TrainConfig, make_optimizer, train_one_epoch, LoopState
 
     model = tiny_model(decoder)
-    fwd = tiny_scst(model) if objective == "scst" else model
+    objective_fn = tiny_scst(model) if objective == "scst" else CrossEntropy(model)
     cfg = TrainConfig(batch_size=3, lr=1e-3, log_every=1000).resolved()
     with CudnnRnnRule(model) as rule:
-        train_one_epoch(model, fwd, make_optimizer(model, cfg), [tiny_batch()], cfg, LoopState())
+        train_one_epoch(model, objective_fn, make_optimizer(model, cfg), [tiny_batch()], cfg, LoopState())
     assert rule.violations == [], f"backward through LSTMs in eval mode: {sorted(set(rule.violations))}"
     with_grad = {(name, training) for name, training, grad in rule.lstm_calls if grad}
     assert {name for name, _ in with_grad} == {"lstm1", "lstm2"}  # the backward ran through both
@@ -583,14 +583,14 @@ def step_syncs(corpus, tmp_path, monkeypatch, decoder: str, objective: str, log_
     with FakeTensorMode(allow_non_fake_inputs=True), torch.backends.cudnn.flags(enabled=False):
         stream = BatchStream(table, FeatureBank.build(store, vids, 8, device="cuda"), "cuda", 8, store=store)
         model = tiny_model(decoder, device="cuda", vocab_size=len(Vocab(WORDS)))
-        fwd = tiny_scst(model) if objective == "scst" else model
+        objective_fn = tiny_scst(model) if objective == "scst" else CrossEntropy(model)
         opt = make_optimizer(model, cfg)
         zero = lambda loss, *a, **k: [setattr(p, "grad", torch.zeros_like(p)) for p in model.parameters()] and None
         monkeypatch.setattr(torch.Tensor, "backward", zero)
-        batches = stream.epoch([[0, 1, 2], [3, 4, 5]], 0)
+        batches = (b.with_rows(torch.tensor([0, 1, 2])) for b in stream.epoch([[0, 1, 2], [3, 4, 5]], 0))
         next(batches)  # the epoch's set-up (its order copied once) and first batch, outside the count
         with counter:
-            train_one_epoch(model, fwd, opt, batches, cfg, LoopState(step=1),
+            train_one_epoch(model, objective_fn, opt, batches, cfg, LoopState(step=1),
                             on_step=lambda st, stats: writer.log_train(st, stats, opt, 1, BarStub()) if st.step % log_every == 0 else None)
     monkeypatch.undo()
     return counter.syncs
@@ -602,7 +602,7 @@ def backward_syncs(decoder: str, objective: str) -> tuple:
     from s2vt.training.loop import TrainConfig, make_optimizer, train_step
 
     model = tiny_model(decoder)
-    fwd = tiny_scst(model) if objective == "scst" else model
+    objective_fn = tiny_scst(model) if objective == "scst" else CrossEntropy(model)
     cfg = TrainConfig(batch_size=3, lr=1e-3).resolved()
     reads, backward = BackwardReads(), torch.Tensor.backward
 
@@ -612,7 +612,7 @@ def backward_syncs(decoder: str, objective: str) -> tuple:
 
     torch.Tensor.backward = counted
     try:
-        train_step(model, fwd, make_optimizer(model, cfg), tiny_batch(), cfg)
+        train_step(model, objective_fn, make_optimizer(model, cfg), tiny_batch(), cfg)
     finally:
         torch.Tensor.backward = backward
     return reads.syncs, reads.ops

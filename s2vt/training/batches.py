@@ -62,7 +62,8 @@ def capped_lengths(store: FeatureStore, vids: Sequence[str], max_frames: int) ->
 
 class Batch(NamedTuple):
     """feats (B, T, D) and words_in/targets (B, L+1) on the device; feat_lens/word_lens (B,)
-    on the CPU (packing needs them there) and their device copies in ``device_lens``."""
+    on the CPU (packing needs them there) and their device copies in ``device_lens``; ``rows`` (B,)
+    on the CPU: each video's reward row, for an objective that scores its own captions (SCST)."""
 
     feats: torch.Tensor
     feat_lens: torch.Tensor
@@ -70,6 +71,11 @@ class Batch(NamedTuple):
     targets: torch.Tensor
     word_lens: torch.Tensor
     device_lens: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
+    rows: Optional[torch.Tensor] = None
+
+    def with_rows(self, rows: torch.Tensor) -> "Batch":
+        """This batch with each video's reward row (``_replace`` cannot: ``len`` is the batch's size)."""
+        return Batch(self.feats, self.feat_lens, self.words_in, self.targets, self.word_lens, self.device_lens, rows)
 
     def __len__(self) -> int:
         return self.feats.shape[0]

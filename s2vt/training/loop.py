@@ -36,6 +36,7 @@ from s2vt.runtime.config import INT64_MAX, check_fields, from_dict, option
 from s2vt.runtime.errors import ConfigError
 from s2vt.runtime.devices import configure, resolve as resolve_device, torchrun_world
 from s2vt.data.corpora import DATASETS, load_corpus
+from s2vt.training.objectives import CrossEntropy
 from s2vt.training.recipes import RECIPES, few_steps_hint
 from s2vt.runtime.errors import S2VTError
 from s2vt.runtime.fileio import folder_lock, write_json
@@ -177,10 +178,11 @@ def make_scheduler(opt, cfg: TrainConfig):
     return torch.optim.lr_scheduler.LambdaLR(opt, f)
 
 
-def train_step(model, fwd, optimizer, batch, cfg: TrainConfig, world: int = 1):
-    """One optimiser step on ``batch``; returns (loss, finite flag) as device tensors (no host sync)."""
+def train_step(model, objective, optimizer, batch, cfg: TrainConfig, world: int = 1):
+    """One optimiser step of ``objective`` (s2vt.training.objectives) on ``batch``; returns (loss, finite
+    flag) as device tensors (no host sync)."""
     with torch.autocast(batch.feats.device.type, dtype=torch.bfloat16, enabled=cfg.amp):
-        _, loss = fwd(batch.feats, batch.feat_lens, batch.words_in, batch.targets, batch.word_lens, batch.device_lens)
+        loss = objective(batch)
     # per-caption NLL normalised by the global batch: N processes == one process
     scaled = loss * (len(batch) * world / cfg.batch_size) if world > 1 else loss
     optimizer.zero_grad(set_to_none=True)
@@ -190,7 +192,7 @@ def train_step(model, fwd, optimizer, batch, cfg: TrainConfig, world: int = 1):
     return loss.detach(), torch.isfinite(loss.detach()) & torch.isfinite(gnorm)
 
 
-def train_one_epoch(model, fwd, optimizer, batches, cfg: TrainConfig, state: LoopState, world: int = 1,
+def train_one_epoch(model, objective, optimizer, batches, cfg: TrainConfig, state: LoopState, world: int = 1,
                     on_step=None) -> dict:
     """Steps over ``batches`` (the rest of this epoch); returns loss sums and counts of the pass.
 
@@ -201,7 +203,7 @@ def train_one_epoch(model, fwd, optimizer, batches, cfg: TrainConfig, state: Loo
     stats = {"loss_sum": torch.zeros((), device=device), "ok": torch.ones((), dtype=torch.bool, device=device),
              "tokens": 0, "samples": 0, "t0": time.time()}
     for batch in batches:
-        loss, ok = train_step(model, fwd, optimizer, batch, cfg, world)
+        loss, ok = train_step(model, objective, optimizer, batch, cfg, world)
         stats["ok"] &= ok
         stats["loss_sum"] += loss * len(batch)
         stats["tokens"] += int(batch.word_lens.sum())
@@ -461,13 +463,13 @@ def _train_locked(cfg: TrainConfig, device: torch.device, rank: int, world: int,
         print(f"[s2vt] nothing to train: {out / 'last.pt'} has finished {state.epoch} epochs / {state.step} steps "
               f"(--epochs {cfg.epochs}, --max-steps {cfg.max_steps}); raise them to train on")
         return summary(out, state)
-    fwd = model
+    net = model
     if control is not None:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         # no device_ids: the batch is already on the device, and DDP would move the CPU lengths there too
-        fwd = DDP(model)
-    fwd = scst if scst is not None else fwd  # SCST runs in one process (scst.setup refuses torchrun)
+        net = DDP(model)
+    objective = scst if scst is not None else CrossEntropy(net)  # SCST runs in one process (scst.setup refuses torchrun)
     writer = RunWriter(out, cfg, data, rank, fresh=ck is None)
     writer.extra_log = scst.pop_stats if scst is not None else None
     own_meteor = meteor is None and cfg.val_meteor and rank == 0 and bool(data.val_refs)
@@ -480,7 +482,7 @@ def _train_locked(cfg: TrainConfig, device: torch.device, rank: int, world: int,
                desc="train", unit="step", disable=not progress or rank != 0)
     save = lambda: writer.save_last(snapshot(model, optimizer, scheduler, state, cfg, data), state)
     try:
-        run_epochs(model, fwd, optimizer, scheduler, data, cfg, state, world, writer, bar, save, meteor, control)
+        run_epochs(model, objective, optimizer, scheduler, data, cfg, state, world, writer, bar, save, meteor, control)
         if not writer.best_path.exists() and rank == 0:  # no validation ran: the last model is the one kept
             snapshot(model, optimizer, scheduler, state, cfg, data).save(writer.best_path)
     finally:
@@ -498,7 +500,7 @@ def summary(out: Path, state: LoopState, val_s: float = 0.0) -> dict:
             "last_path": str(out / "last.pt"), "val_s": val_s}
 
 
-def run_epochs(model, fwd, optimizer, scheduler, data: TrainData, cfg: TrainConfig, state: LoopState, world: int,
+def run_epochs(model, objective, optimizer, scheduler, data: TrainData, cfg: TrainConfig, state: LoopState, world: int,
                writer: "RunWriter", bar, save, meteor, control=None) -> None:
     """The epoch loop: train, validate when due, keep the best, stop early on patience."""
     def on_step(st: LoopState, stats: dict) -> None:
@@ -510,7 +512,7 @@ def run_epochs(model, fwd, optimizer, scheduler, data: TrainData, cfg: TrainConf
 
     while state.epoch < cfg.epochs and not (cfg.max_steps and state.step >= cfg.max_steps):
         batches = data.stream.epoch(data.sampler.batches(state.epoch, state.batch), state.epoch)
-        stats = train_one_epoch(model, fwd, optimizer, batches, cfg, state, world, on_step)
+        stats = train_one_epoch(model, objective, optimizer, batches, cfg, state, world, on_step)
         writer.check_finite(stats, state)
         if state.batch < data.sampler.batches_per_epoch():  # stopped mid-epoch (max_steps)
             break

@@ -203,26 +203,27 @@ def dropout_off(model: nn.Module) -> None:
             m.eval()
 
 
-class SCSTLoss(nn.Module):
-    """The self-critical loss with the call signature of the models' ``forward`` (so that the
-    training step is shared): ``(feats, feat_lens, ...) -> (None, loss)``. ``rows`` (B,) must hold
-    the reward row of each video of the next batch (set by :class:`VideoRows`)."""
+class SCSTLoss:
+    """The self-critical objective (s2vt.training.objectives): ``loss = objective(batch)``, the batch's
+    ``rows`` holding each video's row of reference captions (set by :class:`RewardRows`). Samples
+    ``samples`` captions per video, rewards each by its CIDEr-D minus the greedy caption's."""
 
     def __init__(self, model: nn.Module, cider: CiderD, samples: int, max_len: int):
-        super().__init__()
         self.model, self.cider, self.K, self.max_len = model, cider, samples, max_len
-        self.rows: torch.Tensor = torch.zeros(0, dtype=torch.long)
         self.sums = {"reward_sample": 0.0, "reward_greedy": 0.0, "n": 0}
 
-    def forward(self, feats, feat_lens, words_in=None, targets=None, word_lens=None, device_lens=None):
+    def __call__(self, batch) -> torch.Tensor:
+        feats, feat_lens, device_lens, rows = batch.feats, batch.feat_lens, batch.device_lens, batch.rows
+        if rows is None:
+            raise ValueError("an SCST batch carries the reward row of each video (Batch.rows)")
         dropout_off(self.model)                             # the gradient of what was sampled
         K, B = self.K, feats.shape[0]
         samples = rollout(self.model, feats, feat_lens, K, self.max_len, sample=True)      # (B*K, Lm)
         greedy = rollout(self.model, feats, feat_lens, 1, self.max_len, sample=False)      # (B, Lm)
         words = lambda s: s.masked_fill(s == EOS, 0)
         host = words(torch.cat([samples, greedy]).cpu())    # the step's one sync: CIDEr-D is scored on the host
-        r_s = self.cider(host[:B * K], self.rows.repeat_interleave(K)).view(B, K)
-        r_g = self.cider(host[B * K:], self.rows)                                           # (B,)
+        r_s = self.cider(host[:B * K], rows.repeat_interleave(K)).view(B, K)
+        r_g = self.cider(host[B * K:], rows)                                           # (B,)
         adv = to_device((r_s - r_g[:, None]).float().view(-1), feats.device)               # (B*K,)
         words_in = torch.cat([samples.new_full((B * K, 1), BOS), words(samples)[:, :-1]], 1)  # (B*K, Lm)
         word_lens = (host[:B * K, :-1] != 0).sum(1) + 1                                     # (B*K,) with <bos>
@@ -235,7 +236,7 @@ class SCSTLoss(nn.Module):
         self.sums["reward_sample"] += float(r_s.mean()) * B
         self.sums["reward_greedy"] += float(r_g.mean()) * B
         self.sums["n"] += B
-        return None, -(adv * logp).mean()
+        return -(adv * logp).mean()
 
     def pop_stats(self) -> dict:
         """Mean CIDEr-D of the samples and of the greedy captions since the last call (the reward curve)."""
@@ -245,18 +246,17 @@ class SCSTLoss(nn.Module):
         return rec
 
 
-class VideoRows:
-    """A batch stream over one row per training video that tells ``loss`` the reward rows of each batch."""
+class RewardRows:
+    """A batch stream over one row per training video whose batches carry each video's reward row."""
 
-    def __init__(self, stream, loss: SCSTLoss, cider_row: np.ndarray):
-        self.inner, self.loss, self.cider_row = stream, loss, cider_row
+    def __init__(self, stream, cider_row: np.ndarray):
+        self.inner, self.cider_row = stream, cider_row
         self.bank, self.table = stream.bank, stream.table
 
     def epoch(self, batches, epoch: int):
         order = [self.inner.sort_batch(b) for b in batches]
         for idx, b in zip(order, self.inner.epoch(batches, epoch)):
-            self.loss.rows = torch.from_numpy(self.cider_row[self.inner.table.video_row[idx]])
-            yield b
+            yield b.with_rows(torch.from_numpy(self.cider_row[self.inner.table.video_row[idx]]))
 
 
 def setup(cfg, data, model, device, rank: int, world: int):
@@ -286,17 +286,18 @@ def setup(cfg, data, model, device, rank: int, world: int):
         raise ConfigError(f"--init {cfg.init} has another model ({'; '.join(diff)}): pass its model flags")
     model.load_state_dict(init.weights)
     vids = data.table.vids
+    row = {v: i for i, v in enumerate(vids)}  # each video's row of the bank (one lookup per caption, not a search)
     train_items = [(v, c) for v, c in load_corpus(cfg.dataset, cfg.annotations).split_items(cfg.train_split)
-                   if v in set(vids)]
+                   if v in row]
     caps = dict(train_items)
     refs = reference_ids([caps.get(v, []) for v in vids], data.vocab)
     if not any(refs):
         raise ConfigError(f"--objective scst: no video of the {cfg.train_split} split has a reference caption")
     cider = CiderD(refs, device="cpu")
     loss = SCSTLoss(model, cider, cfg.scst_samples, cfg.model.max_words + 1)
-    table = CaptionTable([(v, c[:1]) for v, c in train_items if refs[vids.index(v)]], data.vocab,
+    table = CaptionTable([(v, c[:1]) for v, c in train_items if refs[row[v]]], data.vocab,
                          cfg.model.max_words, vids)
     s = data.stream
     stream = BatchStream(table, s.bank, device, cfg.model.max_frames, cfg.shuffle_frames, cfg.seed, data.store, s.dtype)
     sampler = EpochSampler(len(table), cfg.batch_size, cfg.seed, rank, world, drop_last=world > 1)
-    return loss, dataclasses.replace(data, stream=VideoRows(stream, loss, np.arange(len(vids))), sampler=sampler)
+    return loss, dataclasses.replace(data, stream=RewardRows(stream, np.arange(len(vids))), sampler=sampler)
