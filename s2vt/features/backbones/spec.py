@@ -105,3 +105,5 @@ class BackboneSpec:
     fixed_input: Optional[int] = None               # the only input size (ViTs with fixed position embeddings)
     fetch: Optional[Callable[[], None]] = None      # --download: the library's own loader fills its cache
     remap: Optional[Callable[[dict, nn.Module], dict]] = None  # a weights file's names -> the network's
+    unused: Optional[Callable[[nn.Module, str], Tuple[str, ...]]] = None  # (net, layer) -> key prefixes of
+    #                                               tensors that layer never reaches (a weights file may lack them)

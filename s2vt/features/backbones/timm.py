@@ -50,6 +50,15 @@ def timm_builder(model: str) -> Callable[[], nn.Module]:
     return build
 
 
+def timm_unused(net: nn.Module, layer: str) -> tuple:
+    """The classifier's key prefixes when ``layer`` is the pooled pre-logits (``pool``): timm's
+    ``num_classes=0`` weights lack them, and its own loader treats a reset head as optional."""
+    if layer != "pool":
+        return ()
+    names = (getattr(net, "pretrained_cfg", None) or {}).get("classifier") or ()
+    return tuple(n + "." for n in ((names,) if isinstance(names, str) else names))
+
+
 def timm_filter(state: dict, net: nn.Module) -> dict:
     """timm's own conversion of published weights to its key names (e.g. OpenAI's CLIP files), when the
     model's module has one and the file's names are not timm's."""
@@ -133,4 +142,5 @@ def timm_spec(name: str) -> BackboneSpec:
     missing = (f"no weights for {name}: pass --weights FILE (.safetensors or .pth; timm's file is {where}), "
                "or --download to let timm fetch it into its cache (needs internet)")
     return BackboneSpec(layers, "embed" if clip else "pool", pre, _hub_file(cfg), missing, timm_builder(model), TimmHead,
-                        min_input=32, fixed_input=_fixed_input(net), fetch=_fetch(model), remap=timm_filter)
+                        min_input=32, fixed_input=_fixed_input(net), fetch=_fetch(model), remap=timm_filter,
+                        unused=timm_unused)
