@@ -116,9 +116,22 @@ def _fixed_input(net) -> Optional[int]:
     return int(pe.img_size[0])
 
 
+def _widths(net: nn.Module, layers, size: int) -> dict:
+    """{layer: the width of what it outputs}, read off a forward pass of one image on the meta device
+    (no memory, no arithmetic): a head that works after pooling (MobileNetV3's and LCNet's 1x1
+    convolution to 1280 channels) makes ``pool`` wider than timm's ``num_features``."""
+    try:
+        with torch.device("meta"):
+            x = torch.empty(1, 3, size, size)
+            return {layer: int(TimmHead(net, layer)(x).shape[-1]) for layer in layers}
+    except (RuntimeError, NotImplementedError, TypeError, ValueError):  # an operation without a meta kernel
+        pool = int(getattr(net, "head_hidden_size", None) or net.num_features)
+        return {layer: pool if layer == "pool" else int(net.num_classes) for layer in layers}
+
+
 @functools.lru_cache(maxsize=None)
 def timm_spec(name: str) -> BackboneSpec:
-    """The spec of ``timm:MODEL``: layers and sizes read off the model built on the meta device
+    """The spec of ``timm:MODEL``: layers and their widths read off the model built on the meta device
     (no memory, no weights), preprocessing from its timm data config."""
     import timm
     from timm.data import resolve_data_config
@@ -129,10 +142,8 @@ def timm_spec(name: str) -> BackboneSpec:
         net = timm.create_model(model, pretrained=False)
     data = resolve_data_config({}, model=net)
     clip = "_clip_" in model.split(".", 1)[0] and net.num_classes > 0
-    if clip:
-        layers = {"embed": net.num_classes, "pool": net.num_features}
-    else:
-        layers = {"pool": net.num_features, **({"logits": net.num_classes} if net.num_classes else {})}
+    names = ("embed", "pool") if clip else ("pool", "logits") if net.num_classes else ("pool",)
+    layers = _widths(net, names, int(data["input_size"][-1]))
     pre = Preprocess(size=int(data["input_size"][-1]), crop_ratio=float(data.get("crop_pct") or 1.0),
                      mean=tuple(float(v) for v in data["mean"]), std=tuple(float(v) for v in data["std"]),
                      interpolation=data.get("interpolation", "bicubic"))
