@@ -10,7 +10,10 @@ into their own caches.
 
 Each backbone carries its own preprocessing: resize the short side, centre-crop,
 scale to [0, 1], normalise with the mean/std its weights were trained with. Workers do
-the resize/crop on uint8 images (``prepare``); the device does the normalisation.
+the resize/crop on uint8 images (``prepare``); the device does the normalisation. The paper's
+torchvision CNNs resize as their weights' ``transforms()`` do (``IMAGENET1K_V1``: a PIL image's short
+side to 256, antialiased bilinear, centre crop 224); EfficientNet-Lite0 keeps the OpenCV path its
+stores have always used (its package documents no transform of its own).
 """
 from __future__ import annotations
 
@@ -99,11 +102,16 @@ def _tv_fetch(name: str) -> Callable[[], None]:
     return fetch
 
 
+# torchvision's weights.transforms() of the IMAGENET1K_V1 files: resize 256 (224 / 0.875), crop 224; "auto" is
+# bilinear on the PIL path (and, with --resize-with opencv, the OpenCV path these CNNs used before it)
+TORCHVISION_V1 = Preprocess(size=224, crop_ratio=0.875, method="pil")
+
+
 def _paper_cnn(name: str, layers: dict, default: str, file: Tuple[str, ...], min_input: int, head,
                unused) -> BackboneSpec:
     cache = Path(torch.hub.get_dir()) / "checkpoints"
     return BackboneSpec(
-        layers, default, Preprocess(), _torch_cache(*file),
+        layers, default, TORCHVISION_V1, _torch_cache(*file),
         f"no weights for {name}: pass --weights PATH, or put {file[0]} in {cache}, or pass --download to let "
         f"torchvision fetch it (torchvision.models.{name}(weights='IMAGENET1K_V1') does the same)",
         _tv(name), head, min_input=min_input, fetch=_tv_fetch(name), unused=unused)
@@ -130,7 +138,7 @@ def backbone_spec(name: str) -> BackboneSpec:
         return timm_spec(name)
     if name not in SPECS:
         raise S2VTError(f"--cnn {name!r} is unknown; choose one of {', '.join(SPECS)}, or timm:MODEL for any "
-                        "timm model (e.g. timm:resnet50, timm:vit_base_patch16_clip_224.openai)")
+                        "timm model (e.g. timm:resnet50, timm:vit_base_patch32_clip_quickgelu_224.openai)")
     return SPECS[name]
 
 
