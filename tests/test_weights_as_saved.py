@@ -125,6 +125,11 @@ def test_an_open_clip_image_tower_saved_without_visual_loads_into_timms_quickgel
         ours, theirs = b(x), model.encode_image(b.norm(x).contiguous())
     assert ours.shape == (2, 512)
     torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        gelu = Backbone("timm:vit_base_patch32_clip_224.openai", weights=str(path))  # the same file, GELU
+    with torch.inference_mode():
+        assert (gelu(x) - theirs).abs().max() > 1e-3  # another network: OpenAI's weights go with the QuickGELU name
 
 
 def test_torchvision_weights_without_the_layers_after_the_feature_load(tmp_path):

@@ -31,8 +31,12 @@ class ExtractConfig:
 
     stream: str = option("rgb", "RGB frames or optical-flow images", choices=STREAMS, feature="stream")
     cnn: str = option("efficientnet_lite0", "backbone: efficientnet_lite0 (offline), vgg16, alexnet, resnet152, "
-                                            "or timm:MODEL for any timm model (timm:resnet50, "
-                                            "timm:vit_base_patch16_clip_224.openai, ...)", feature="backbone")
+                                            "or timm:MODEL for any timm model (timm:resnet50, ...); OpenAI's CLIP "
+                                            "weights go with the QuickGELU names, e.g. "
+                                            "timm:vit_base_patch32_clip_quickgelu_224.openai (the file of "
+                                            "huggingface.co/timm/vit_base_patch32_clip_224.openai, or open_clip's "
+                                            "ViT-B-32-quickgelu state dict): the *_clip_224.openai names build GELU",
+                      feature="backbone")
     layer: Optional[str] = option(None, "feature layer (default per CNN: pool, fc7, fc7, pool; timm: pool, or embed "
                                         "for CLIP towers)", feature="layer")
     weights: Optional[str] = option(None, "CNN weights file (torchvision .pth for vgg16/alexnet/resnet152; "

@@ -1,5 +1,5 @@
 """Any timm image model as the backbone: ``--cnn timm:MODEL`` (e.g. ``timm:resnet50``,
-``timm:convnext_tiny``, ``timm:vit_base_patch16_clip_224.openai``).
+``timm:convnext_tiny``, ``timm:vit_base_patch32_clip_quickgelu_224.openai``).
 
 Layers: ``pool`` is the pooled pre-logits (what timm returns with ``num_classes=0``);
 ``logits`` the classifier's output; for CLIP image towers (``*_clip_*`` models) ``embed``,
@@ -14,10 +14,16 @@ size with antialiased bicubic, the centre cropped, CLIP's mean/std: crop fractio
 timm's data config says 0.9). It is recorded in the store's signature, so ``s2vt caption``
 recomputes features as extraction did.
 
-Weights: ``--weights FILE``
-(``.safetensors`` or ``.pth``, timm's names or ones timm's own converter maps, e.g. OpenAI's
-CLIP); else the file timm's hub loader left in Hugging Face's cache; ``--download`` lets timm
-fetch it there. Nothing is fetched otherwise.
+OpenAI's CLIP weights (and open_clip's ``*-quickgelu`` models) use QuickGELU: their timm names are
+the ``*_clip_quickgelu_*`` ones (``vit_base_patch32_clip_quickgelu_224.openai`` for OpenAI's
+ViT-B/32, ``vit_base_patch16_clip_quickgelu_224.openai``, ``vit_large_patch14_clip_quickgelu_224.openai``).
+Both a ``*_clip_quickgelu_224.openai`` name and its ``*_clip_224.openai`` twin take the file of
+huggingface.co/timm/vit_base_patch32_clip_224.openai (and so on), but the twin builds GELU, which
+gives other features from the same weights.
+
+Weights: ``--weights FILE`` (``.safetensors`` or ``.pth``, timm's names or ones timm's own converter
+maps, e.g. OpenAI's and open_clip's CLIP state dicts); else the file timm's hub loader left in
+Hugging Face's cache; ``--download`` lets timm fetch it there. Nothing is fetched otherwise.
 """
 from __future__ import annotations
 
