@@ -151,3 +151,30 @@ def test_preprocess_of_each_family_is_its_reference_librarys():
     assert tuned.crop_ratio == 0.9  # fine-tuned on ImageNet with timm: timm's transform
     lite0 = ExtractConfig().preprocess()
     assert lite0.method == "opencv" and ExtractConfig().sampling().short_side == 256
+
+
+def test_a_store_made_before_the_method_was_recorded_is_recomputed_the_old_way(video, tmp_path):
+    """A timm store whose signature has no preprocess.method (the OpenCV path, frames shrunk to 256 px, timm's
+    crop_pct 0.9 for CLIP) reads back as it was made: caption recomputes the same features."""
+    from types import SimpleNamespace
+
+    from s2vt.captioning.videos import VideoFeatures
+    from s2vt.features.extract import extract
+    from s2vt.features.store import FeatureStore
+
+    torch.manual_seed(0)
+    w = tmp_path / "r18.pth"
+    torch.save(timm.create_model("resnet18", pretrained=False).state_dict(), w)
+    cfg = ExtractConfig(cnn="timm:resnet18", weights=str(w), stride=2, workers=0, input_size=64, resize_with="opencv")
+    extract([("pan", str(video))], tmp_path / "old.h5", cfg, progress=False)
+    sig = FeatureStore(tmp_path / "old.h5").signature
+    assert "method" not in sig["preprocess"] and sig["sampling"]["short_side"] == 256  # as every earlier store
+    back = ExtractConfig.from_signature(sig, str(w))
+    assert back.resize_with == "opencv" and back.sampling().short_side == 256
+    again = VideoFeatures(SimpleNamespace(feature_signature=sig, max_frames=0), str(w))
+    assert again.backbone.preprocess.method == "opencv"
+    np.testing.assert_allclose(again(video).numpy(), FeatureStore(tmp_path / "old.h5").features("pan"), rtol=1e-5,
+                               atol=1e-5)
+    new = ExtractConfig(cnn="timm:resnet18", weights=str(w), input_size=64).network()
+    with torch.inference_mode():
+        assert not torch.allclose(again(video), _ours(new, _decoded(video, [0, 2, 4]), new.preprocess), atol=1e-3)
