@@ -57,3 +57,11 @@ def test_bench_compare_times_the_study_sized_case():
     assert 0 < d["bootstrap_s"] <= 10 and d["ar_s"] > 0
     assert set(d["bootstrap_p"]) == {"METEOR", "Bleu_4", "CIDEr", "ROUGE_L"}
     assert all(1 / 10_001 <= p <= 1 for p in [*d["bootstrap_p"].values(), *d["ar_p"].values()])
+
+
+def test_bench_preprocess_times_both_resize_paths_on_the_same_clips():
+    d = _json_tail("scripts/bench_preprocess.py", "--clips", "2", "--frames", "20", "--width", "320", "--height", "288",
+                   "--input-size", "64", "--repeats", "1")
+    assert d["images"] == 4 and d["opencv"]["images"] == d["pil"]["images"] == 4  # frames 0 and 10 of each clip
+    assert d["ratio"] == pytest.approx(d["pil"]["extraction_s"] / d["opencv"]["extraction_s"], rel=0.01)
+    assert d["decode_ratio"] == pytest.approx(d["pil"]["decode_only_s"] / d["opencv"]["decode_only_s"], rel=0.01)

@@ -201,10 +201,19 @@ def test_caption_with_a_stand_in_backbone_for_imported_features(tiny_features, t
                  "--quiet"]) == 0, capsys.readouterr().err
     capsys.readouterr()
     video = sorted((root / "videos").iterdir())[0]
-    assert main(["caption", str(video), "--checkpoint", str(run / "best.pt"), "--cnn", "efficientnet_lite0",
-                 "--json"]) == 0, capsys.readouterr().err
+    said = ("caption computes efficientnet_lite0 pool features of one frame in every 10, the model's first 80 "
+            "(opencv resize to a 256-pixel short side, centre crop 224); the features imported as 'lite0-elsewhere' "
+            "record no backbone, sampling or preprocessing")
+    one_line(capsys, ["caption", video, "--checkpoint", run / "best.pt", "--cnn", "efficientnet_lite0"], 2, said,
+             "pass --accept-different-features to caption with them anyway")
+    with pytest.warns(UserWarning) as warned:
+        assert main(["caption", str(video), "--checkpoint", str(run / "best.pt"), "--cnn", "efficientnet_lite0",
+                     "--accept-different-features", "--json"]) == 0
+    assert [said in str(w.message) and "\n" not in str(w.message) for w in warned] == [True]
     rec = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert rec["video"] == str(video) and isinstance(rec["caption"], str)
+    one_line(capsys, ["caption", video, "--checkpoint", run / "best.pt", "--accept-different-features"], 2,
+             "--accept-different-features goes with --cnn")
     extracted_run = tmp_path / "run2"
     assert main(["train", "--dataset", "synthetic", "--annotations", str(root), "--features", str(stores["rgb"]),
                  "--out", str(extracted_run), "--max-steps", "1", "--batch-size", "4", "--no-val-meteor", "--embed",

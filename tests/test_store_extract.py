@@ -495,8 +495,9 @@ def test_signature_is_made_from_the_feature_fields_and_read_back():
                     "preprocess": {"size": 64, "crop_ratio": 1.0, "mean": [0.5] * 3, "std": [0.5] * 3}}
 
     cfg = ExtractConfig(stream="flow", num_frames=7, max_frames=9, input_size=64, crop_ratio=1.0,
-                        flow_method="farneback", precision="bf16")
+                        flow_method="farneback", precision="bf16", resize_with="opencv")
     sig = make_signature(cfg, FakeBackbone())
+    assert "method" not in sig["preprocess"]  # opencv: the signature reads as before the key existed
     assert sig["sampling"]["num_frames"] == 7 and sig["flow"]["method"] == "farneback" and sig["precision"] == "bf16"
     back = ExtractConfig.from_signature(sig)
     marked = [f.name for f in fields(ExtractConfig) if f.metadata.get("feature")]
@@ -661,9 +662,10 @@ def test_flags_give_back_the_same_feature_settings():
     from s2vt.cli.features import extract_config
 
     fields = ("stream", "cnn", "layer", "stride", "num_frames", "max_frames", "input_size", "crop_ratio",
-              "flow_method", "precision")
+              "flow_method", "precision", "resize_with")
     for cfg in (ExtractConfig(), ExtractConfig(stream="flow", num_frames=20, max_frames=80, input_size=64,
-                                               crop_ratio=1.0, flow_method="farneback", layer="logits")):
+                                               crop_ratio=1.0, flow_method="farneback", layer="logits"),
+                ExtractConfig(cnn="vgg16", resize_with="opencv"), ExtractConfig(resize_with="pil")):
         back = extract_config(build_parser().parse_args(["extract", "x.avi", "--out", "o.h5", *cfg.flags().split()]))
         assert [getattr(back, f) for f in fields] == [getattr(cfg, f) for f in fields]
 

@@ -185,3 +185,33 @@ def test_download_without_a_network_is_one_line_naming_the_flag(tmp_path, monkey
         resolve_flow_weights("raft_small", download=True)
     assert str(e.value).endswith("pass the weights file with --flow-weights")  # RAFT's own flag
     assert backbone_spec("efficientnet_lite0").fetch is None  # the default needs no download
+
+
+@pytest.mark.parametrize("model,size,pool", [("mobilenetv3_large_100", 64, 1280), ("lcnet_050", 64, 1280),
+                                             ("vit_tiny_patch16_224", 224, 192)])
+def test_the_feature_width_is_what_the_layer_outputs(model, size, pool, tmp_path, clip_videos):
+    """MobileNetV3 and LCNet pool, then a 1x1 convolution widens to 1280: the store's width is what the
+    layer gives (timm's num_features says 960 and 256), and the features equal timm's own headless model."""
+    from s2vt.features.config import ExtractConfig
+    from s2vt.features.extract import extract, video_items
+    from s2vt.features.store import FeatureStore
+
+    torch.manual_seed(0)
+    net = timm.create_model(model, pretrained=False, num_classes=0).eval()  # weights saved as timm's users do
+    w = tmp_path / f"{model}.safetensors"
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(w))
+    cfg = ExtractConfig(cnn=f"timm:{model}", weights=str(w), stride=4, workers=0,
+                        input_size=None if size == 224 else size)
+    b = cfg.network()
+    assert b.dim == pool
+    if model != "vit_tiny_patch16_224":
+        assert net.num_features < pool  # timm's num_features: the width before the head's convolution
+    s = extract(video_items([clip_videos]), tmp_path / "f.h5", cfg, progress=False)
+    assert s.done == 2 and not s.failed
+    store = FeatureStore(tmp_path / "f.h5")
+    assert store.signature["dim"] == pool and store.features("a").shape == (2, pool)
+    x = torch.randint(0, 256, (2, 3, size, size), dtype=torch.uint8, generator=torch.Generator().manual_seed(3))
+    with torch.inference_mode():
+        torch.testing.assert_close(b(x), net(b.norm(x)), rtol=1e-5, atol=1e-5)

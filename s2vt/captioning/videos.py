@@ -4,12 +4,14 @@ sampling, flow), used by the one :class:`s2vt.captioning.captioner.Captioner`.
 """
 from __future__ import annotations
 
+import warnings
 from typing import Optional, Sequence
 
 import numpy as np
 import torch
 
 from s2vt.captioning.captioner import Captioner, load_checkpoints
+from s2vt.features.backbones.registry import backbone_spec
 from s2vt.features.backbones.spec import Preprocess
 from s2vt.features.config import ExtractConfig
 from s2vt.features.frames import cap_frames
@@ -28,13 +30,14 @@ class VideoFeatures:
 
     def __init__(self, ck: Checkpoint, cnn_weights: Optional[str] = None, device="cpu", label: str = "checkpoint",
                  download: bool = False, flow_weights: Optional[str] = None, cnn: Optional[str] = None,
-                 layer: Optional[str] = None):
+                 layer: Optional[str] = None, accept_different: bool = False):
         sig = ck.feature_signature
         check_complete(sig, label)
         self.max_frames = ck.max_frames
         if is_imported(sig):
             self._imported(sig, label, ExtractConfig(stream=sig["stream"], cnn=cnn, layer=layer, weights=cnn_weights,
-                                                     device=str(device), download=download) if cnn else None)
+                                                     device=str(device), download=download) if cnn else None,
+                           accept_different)
             return
         if cnn is not None:
             raise S2VTError(f"--cnn is for models trained on imported features; {label} records how its features "
@@ -55,19 +58,26 @@ class VideoFeatures:
                                         f"{want}, but the weights found have digest {have}; pass the right file "
                                         "with --flow-weights")
 
-    def _imported(self, sig: dict, label: str, cfg: Optional[ExtractConfig]) -> None:
+    def _imported(self, sig: dict, label: str, cfg: Optional[ExtractConfig], accept_different: bool) -> None:
         """Features imported from elsewhere cannot be recomputed; ``--cnn`` (``cfg``) names a backbone
-        that stands in for them, accepted when its feature width is the recorded one."""
+        that stands in for them, accepted when its feature width is the recorded one and the user has
+        accepted that its features may differ (``accept_different``; said in one line either way)."""
         name = sig["backbone"][len(IMPORTED):]
         if cfg is None:
             raise S2VTError(f"{label} was trained on features imported as {name!r} (s2vt import-features): they "
                             "cannot be recomputed from a video file; caption them from their store with `s2vt "
                             f"evaluate`, or name a backbone that computes the same features with --cnn (and --layer)")
+        spec = backbone_spec(cfg.cnn)
+        layer = cfg.layer or spec.default_layer
+        if spec.layers[layer] != sig["dim"]:
+            raise SignatureMismatch(f"--cnn {cfg.cnn} gives {spec.layers[layer]}-d features ({layer}), "
+                                    f"but {label} was trained on {sig['dim']}-d features imported as {name!r}")
+        line = stand_in_line(cfg, layer, self.max_frames, name)
+        if not accept_different:
+            raise S2VTError(f"{line}; pass --accept-different-features to caption with them anyway")
+        warnings.warn(line, stacklevel=3)
         self.cfg, self.device = cfg.on_device()
         self.backbone = cfg.network().to(self.device)
-        if self.backbone.dim != sig["dim"]:
-            raise SignatureMismatch(f"--cnn {cfg.cnn} gives {self.backbone.dim}-d features ({self.backbone.layer}), "
-                                    f"but {label} was trained on {sig['dim']}-d features imported as {name!r}")
 
     @torch.inference_mode()
     def __call__(self, path, chunk: int = 64) -> torch.Tensor:
@@ -87,14 +97,27 @@ class VideoFeatures:
         return f[torch.from_numpy(cap_frames(len(f), self.max_frames)).to(f.device)].cpu()
 
 
+def stand_in_line(cfg: ExtractConfig, layer: str, max_frames: int, name: str) -> str:
+    """What ``caption --cnn`` computes for a model trained on imported features, and how that may differ
+    from them, in one line."""
+    pre = cfg.preprocess()
+    how = (f"{pre.method} resize to a {pre.resize_side()}-pixel short side"
+           f"{'' if pre.interpolation == 'auto' else ' (' + pre.interpolation + ')'}, centre crop {pre.size}")
+    cap = f", the model's first {max_frames}" if max_frames else ""
+    return (f"caption computes {cfg.cnn} {layer} features of one frame in every {cfg.stride}{cap} ({how}); the "
+            f"features imported as {name!r} record no backbone, sampling or preprocessing, so they may have been "
+            "made otherwise and the captions may differ from the model's on its own features")
+
+
 def video_captioner(checkpoints: Sequence[str], cnn_weights: Optional[Sequence[Optional[str]]] = None,
                     device="cpu", streams: Optional[Sequence[str]] = None, download: bool = False,
                     flow_weights: Optional[str] = None, cnn: Optional[str] = None,
-                    layer: Optional[str] = None) -> Captioner:
+                    layer: Optional[str] = None, accept_different: bool = False) -> Captioner:
     """A captioner over raw video files (keys are paths); ``cnn_weights``: one file or None per checkpoint;
     ``download``: let torchvision / timm fetch published weights that are not on this machine;
     ``flow_weights``: the RAFT weights of a checkpoint trained on learned flow; ``cnn`` / ``layer``: for a
-    first checkpoint trained on imported features, a backbone that computes the same features."""
+    first checkpoint trained on imported features, a backbone that computes the same features, used only
+    with ``accept_different`` (its features may differ from the imported ones: one line says how)."""
     cnn_weights = list(cnn_weights) if cnn_weights else [None] * len(checkpoints)
     if layer is not None and cnn is None:
         raise S2VTError("--layer picks a layer of the --cnn given for imported features: give --cnn too, or leave "
@@ -105,6 +128,6 @@ def video_captioner(checkpoints: Sequence[str], cnn_weights: Optional[Sequence[O
         raise S2VTError("--flow-weights: no checkpoint given was trained on learned (RAFT) flow features; "
                         "leave it out")
     sources = [VideoFeatures(ck, w, device, p, download, flow_weights if raft else None,
-                             *((cnn, layer) if i == 0 else (None, None)))
+                             *((cnn, layer) if i == 0 else (None, None)), accept_different=accept_different)
                for i, (ck, w, p, raft) in enumerate(zip(cks, cnn_weights, checkpoints, learned))]
     return Captioner([ck.build_model(device) for ck in cks], sources, cks[0].vocab, device, cks[0].decoding)

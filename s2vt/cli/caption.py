@@ -17,12 +17,15 @@ def cmd_caption(args) -> int:
     flags = decode_flags(args)
     resolve_device(args.device)
     needs_flow(args, "--alpha", "--weights-flow")
+    if args.accept_different_features and not args.cnn:
+        raise S2VTError("--accept-different-features goes with --cnn (a backbone standing in for imported features)")
     if args.attention and not args.json:
         raise S2VTError("--attention adds per-word attention weights to the JSON output: add --json")
     cks = [args.checkpoint] + ([args.checkpoint_flow] if args.checkpoint_flow else [])
     cnn_weights = [args.weights] + ([args.weights_flow] if args.checkpoint_flow else [])
     cap = video_captioner(cks, cnn_weights, device=args.device, streams=list(STREAMS) if args.checkpoint_flow else None,
-                          download=args.download, flow_weights=args.flow_weights, cnn=args.cnn, layer=args.layer)
+                          download=args.download, flow_weights=args.flow_weights, cnn=args.cnn, layer=args.layer,
+                          accept_different=args.accept_different_features)
     if args.attention and not any(hasattr(m, "attention") for m in cap.models):  # before any video is decoded
         raise S2VTError(f"--attention: {', '.join(cks)} {'has' if len(cks) == 1 else 'have'} no attention "
                         "(trained with --decoder s2vt); leave --attention out")
@@ -54,8 +57,13 @@ def add_caption(sub, shared):
     s.add_argument("--weights-flow", help="CNN weights for the flow model's backbone")
     s.add_argument("--cnn", help="for a model trained on imported features (s2vt import-features): a backbone "
                                  "that computes the same features (its width must be the recorded one), e.g. "
-                                 "resnet152 or timm:MODEL")
+                                 "resnet152 or timm:MODEL, with extract's defaults (one frame in 10, the backbone's "
+                                 "preprocessing); needs --accept-different-features")
     s.add_argument("--layer", help="with --cnn: the feature layer")
+    s.add_argument("--accept-different-features", action="store_true",
+                   help="with --cnn: caption although the backbone's features may differ from the imported ones "
+                        "(their signature records no backbone, sampling or preprocessing); without it, --cnn is "
+                        "refused with one line saying what it would compute")
     s.add_argument("--flow-weights", help="RAFT weights of a model trained on --flow-method raft_* features, if not "
                                           "torchvision's file in torch's cache")
     s.add_argument("--download", action="store_true",

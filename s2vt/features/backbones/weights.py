@@ -1,25 +1,27 @@
 """Weight files: read (``.safetensors`` or plain-tensor torch files, never code), loaded into a network
-exactly (every tensor named when one does not fit), named by the user, fetched on request
-(``--download``) and identified by digest in a feature signature."""
+exactly (every tensor named when one does not fit) as people save them (a classifier the features do
+not use may be left out; a known prefix may be added or removed), named by the user, fetched on
+request (``--download``) and identified by digest in a feature signature."""
 from __future__ import annotations
 
 import hashlib
+import warnings
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import torch
 from torch import nn
 
 from s2vt.runtime.errors import WeightsNotFound
 from s2vt.runtime.inputs import check_input_file
-from s2vt.runtime.state_dicts import load_exactly
+from s2vt.runtime.state_dicts import fitting_state, load_exactly, mismatch, prefix_hint, with_unused
 
 
 def read_state(path: Path, name: str) -> dict:
     """The tensors of a ``.safetensors`` or torch (``.pth``/``.bin``) weights file, unwrapped from a
     training checkpoint's ``state_dict`` / ``model`` key; WeightsNotFound naming the file otherwise."""
     try:
-        if path.suffix == ".safetensors":
+        if path.suffix.lower() == ".safetensors":
             from safetensors.torch import load_file
 
             state = load_file(str(path))
@@ -36,16 +38,28 @@ def read_state(path: Path, name: str) -> dict:
     return state
 
 
-def load_state(net: nn.Module, path, name: str, remap: Optional[Callable[[dict, nn.Module], dict]] = None) -> None:
-    """Load a weights file into ``net``; WeightsNotFound naming the file when it is not one that fits."""
+def load_state(net: nn.Module, path, name: str, remap: Optional[Callable[[dict, nn.Module], dict]] = None,
+               unused: Sequence[str] = ()) -> None:
+    """Load a weights file into ``net``; WeightsNotFound naming the file when it is not one that fits.
+
+    ``remap``: the library's conversion of published names to the network's; ``unused``: key prefixes
+    of tensors the features never reach (a classifier), which the file may lack. A file whose names
+    fit once a known prefix is added or removed loads, with a warning that says so; otherwise the
+    error names the prefix that would make the names fit, where one would."""
     state = read_state(Path(path), name)
     what = f"{path} does not fit {name} ({type(net).__name__})"
-    if remap is not None:
-        try:
-            state = remap(state, net)
-        except (RuntimeError, KeyError, ValueError, TypeError, WeightsNotFound) as e:
-            raise WeightsNotFound(f"{what}: {' '.join(str(e).split())[:300]}")
-    load_exactly(net, state, WeightsNotFound, what)
+    fits, how, error = fitting_state(net, state, remap, unused)
+    if fits is not None:
+        load_exactly(net, fits, WeightsNotFound, what)
+        if how:
+            warnings.warn(f"{path}: loaded into {name} {how} (its names otherwise differ from the network's)",
+                          stacklevel=2)
+        return
+    if error is not None:
+        raise WeightsNotFound(f"{what}: {' '.join(str(error).split())[:300]}")
+    state = with_unused(net, remap(state, net) if remap is not None else state, unused)
+    hint = prefix_hint(net.state_dict(), state)
+    raise WeightsNotFound(f"{what}: {mismatch(net, state)}" + (f"; the names would fit {hint}" if hint else ""))
 
 
 def given_weights(weights: str, flag: str) -> Path:
