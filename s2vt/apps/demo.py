@@ -292,6 +292,21 @@ def check_seeds(seeds) -> List[int]:
     return list(seeds)
 
 
+def begin(workdir, preset: str, fresh: bool, device: str, seeds, workers: Optional[int], stages: int):
+    """The start the demo and the studies share: preset, device and seeds checked before any work, the
+    work folder prepared, the embedded dataset made (stage 1 of ``stages``). Returns (preset, device,
+    seeds, work folder, corpus, timings)."""
+    p = PRESETS[preset]
+    device = check_device(p, device or p.device)
+    seeds = check_seeds(seeds) if seeds else p.seeds
+    wd = Path(workdir)
+    prepare_workdir(wd, fresh)
+    _stage(f"1/{stages} embedded dataset -> {wd / 'data'}")
+    t = time.time()
+    corpus = make_dataset(wd / "data", p.synth, workers)
+    return p, device, seeds, wd, corpus, {"dataset": time.time() - t}
+
+
 def run_demo(workdir="demo_out", preset: str = "cpu", fresh: bool = False, device: str = "", seeds=None,
              workers: Optional[int] = None) -> dict:
     """Run every stage in ``workdir``; returns what ``results.json`` holds.
@@ -299,18 +314,8 @@ def run_demo(workdir="demo_out", preset: str = "cpu", fresh: bool = False, devic
     workers: processes generating the dataset (None: all cores).
     """
     t_start = time.time()
-    p = PRESETS[preset]
-    device = check_device(p, device or p.device)
-    seeds = check_seeds(seeds) if seeds else p.seeds
-    wd = Path(workdir)
-    prepare_workdir(wd, fresh)
-    timings: Dict[str, Optional[float]] = {}
-
+    p, device, seeds, wd, corpus, timings = begin(workdir, preset, fresh, device, seeds, workers, stages=6)
     data = wd / "data"
-    _stage(f"1/6 embedded dataset -> {data}")
-    t = time.time()
-    corpus = make_dataset(data, p.synth, workers)
-    timings["dataset"] = time.time() - t
 
     _stage("2/6 features (RGB frames and optical-flow images, EfficientNet-Lite0)")
     t = time.time()

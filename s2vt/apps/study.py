@@ -17,7 +17,7 @@ from typing import Dict, List, Optional
 
 from s2vt.data.attributes import accuracy, load_truth
 from s2vt.apps.demo import COLUMNS as DEMO_COLUMNS
-from s2vt.apps.demo import PRESETS, _stage, check_device, check_seeds, make_dataset, on_gpu, prepare_workdir, results_table
+from s2vt.apps.demo import _stage, begin, on_gpu, results_table
 from s2vt.features.extract import extract
 from s2vt.features.config import ExtractConfig
 from s2vt.runtime.fileio import atomic_write, write_json
@@ -174,17 +174,8 @@ def run_study(workdir="demo_out", study: str = "decoders", preset: str = "cpu", 
     from s2vt.evaluation.report import write_report
 
     t_start = time.time()
-    p = PRESETS[preset]
-    device = check_device(p, device or p.device)
-    seeds = check_seeds(seeds) if seeds else p.seeds
-    wd = Path(workdir)
-    prepare_workdir(wd, fresh)
-    timings: Dict[str, float] = {}
+    p, device, seeds, wd, corpus, timings = begin(workdir, preset, fresh, device, seeds, workers, stages=5)
     data = wd / "data"
-    _stage(f"1/5 embedded dataset -> {data}")
-    t = time.time()
-    corpus = make_dataset(data, p.synth, workers)
-    timings["dataset"] = time.time() - t
     _stage("2/5 RGB features (EfficientNet-Lite0)")
     t = time.time()
     store = rgb_store(wd, p, corpus, device)
