@@ -287,3 +287,26 @@ def test_findings_carry_the_paired_difference_ci_and_p(evaluations):
     results = {"RGB+Flow": {"c": ss}, "RGB": {"c": sw}}
     b = bench_findings(results, ["c"], {"RGB+Flow": {"c": vs}, "RGB": {"c": vw}})["RGB+Flow above RGB (c)"]
     assert b["metric"] == "METEOR" and b["p"] < 0.05 and b["seeds"] == [3, 3]
+
+
+def test_report_against_a_baseline_puts_the_videos_that_differ_most_first(tmp_path, capsys):
+    from s2vt.cli.app import main
+
+    def ev(captions, meteors):
+        vids = {v: {"caption": c, "references": ["a red ball moves left"], "METEOR": m, "CIDEr": 2 * m}
+                for v, c, m in zip(("v1", "v2", "v3"), captions, meteors)}
+        return {"metrics": {"METEOR": sum(meteors) / 3}, "videos": vids}
+
+    new, base = tmp_path / "new.json", tmp_path / "base.json"
+    new.write_text(json.dumps(ev(["a red ball moves left", "a ball", "a red ball"], [0.9, 0.2, 0.5])))
+    base.write_text(json.dumps(ev(["a blue cube", "a ball", "a red cube"], [0.1, 0.25, 0.3])))
+    assert main(["report", str(new), "--against", str(base), "--out", str(tmp_path / "r.html")]) == 0
+    page = (tmp_path / "r.html").read_text()
+    order = [page.index(f'data-vid="{v}"') for v in ("v1", "v3", "v2")]  # |diff| 80, 20, 5 (x100)
+    assert order == sorted(order) and "+80.0" in page and "-5.0" in page and "baseline: a blue cube" in page
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"metrics": {}, "videos": {"v9": {"caption": "x", "references": [], "METEOR": 0.1}}}))
+    capsys.readouterr()
+    assert main(["report", str(new), "--against", str(other), "--out", str(tmp_path / "o.html")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "captions other videos" in err[0] and not (tmp_path / "o.html").exists()

@@ -148,13 +148,16 @@ def cmd_benchmark(args) -> int:
 
 def cmd_report(args) -> int:
     check_input_file(args.evaluation, "evaluation")  # a regular file of at most 64 MiB, before any work
+    if args.against:
+        check_input_file(args.against, "--against")
     if args.dataset and not args.root:
         raise S2VTError("--dataset needs --root (the dataset folder), for the keyframes")
     path_of = load_corpus(args.dataset, args.root).video_path if args.dataset else None
-    out = check_output(Path(args.out or Path(args.evaluation).with_suffix(".html")), [args.evaluation], args.overwrite, is_report)
+    out = check_output(Path(args.out or Path(args.evaluation).with_suffix(".html")), [args.evaluation, args.against],
+                       args.overwrite, is_report)
     if out.suffix.lower() not in (".html", ".htm"):
         raise S2VTError(f"--out {out}: the report is an HTML page; give a .html path")
-    print(f"wrote {write_report(args.evaluation, out, path_of)}")
+    print(f"wrote {write_report(args.evaluation, out, path_of, against_json=args.against)}")
     return 0
 
 
@@ -241,10 +244,14 @@ def add_benchmark(sub, shared):
 def add_report(sub, shared):
     s = sub.add_parser("report", help="HTML page of an evaluation (keyframes, captions, scores)", formatter_class=RAW,
                        parents=[shared["overwrite"]],
-                       epilog=examples("s2vt report runs/rgb/eval_test_beam5.json --dataset synthetic --root data/synthetic"))
+                       epilog=examples("s2vt report runs/rgb/eval_test_beam5.json --dataset synthetic --root data/synthetic",
+                                       "s2vt report runs/new/eval_test_beam5.json --against runs/base/eval_test_beam5.json"
+                                       "   # the videos that drive the difference first"))
     s.add_argument("evaluation", help="JSON written by s2vt evaluate")
     s.add_argument("--dataset", help=f"the evaluation's dataset ({DATASETS}), for keyframes (default: the video "
                                      "files the feature store recorded at extraction)")
     s.add_argument("--root", help="dataset root, for keyframes")
     s.add_argument("--out", help="HTML file (default: the evaluation's path with .html)")
+    s.add_argument("--against", help="a baseline's evaluation JSON of the same videos (as s2vt compare takes): "
+                                     "both captions per video and the differences, the largest first")
     s.set_defaults(fn=cmd_report)

@@ -43,7 +43,7 @@ table{border-collapse:collapse;width:100%}
 th,td{border-bottom:1px solid #ddd;padding:6px;vertical-align:top;text-align:left}
 th{cursor:pointer;background:#f4f4f4;position:sticky;top:0}
 td.strip img{height:72px;margin-right:2px}
-.gen{font-weight:600}.refs{color:#555;font-size:90%}.score{font-variant-numeric:tabular-nums}
+.gen{font-weight:600}.base{color:#a33}.refs{color:#555;font-size:90%}.score{font-variant-numeric:tabular-nums}
 """
 _SCRIPT = """
 document.querySelectorAll('th[data-k]').forEach(function(th){th.addEventListener('click',function(){
@@ -57,31 +57,48 @@ document.querySelectorAll('th[data-k]').forEach(function(th){th.addEventListener
 
 
 def render(evaluation: dict, video_path: Optional[Callable[[str], Path]] = None, title: str = "s2vt evaluation",
-           frames: int = 4) -> str:
-    """HTML for an evaluation dict (as written by ``s2vt evaluate``)."""
+           frames: int = 4, against: Optional[dict] = None) -> str:
+    """HTML for an evaluation dict (as written by ``s2vt evaluate``); with ``against`` (a baseline's
+    evaluation of the same videos), each video shows both captions and the differences, the videos
+    that differ most first: the ones that drive the difference of the corpus scores."""
     e = html.escape
     videos = evaluation["videos"]
-    order = sorted(videos, key=lambda v: videos[v].get("METEOR", 0.0))  # worst first
-    metrics = evaluation.get("metrics", {})
-    summary = ", ".join(f"{e(k)} {100 * v:.1f}" for k, v in metrics.items())
-    header = describe(evaluation)
+    score = lambda v, k: videos[v].get(k, 0.0) - (against["videos"][v].get(k, 0.0) if against else 0.0)
+    if against:
+        order = sorted(videos, key=lambda v: (-abs(score(v, "METEOR")), v))
+    else:
+        order = sorted(videos, key=lambda v: videos[v].get("METEOR", 0.0))  # worst first
     rows = []
     for vid in order:
         r = videos[vid]
-        imgs = _keyframes_of(vid, video_path, frames)
-        strip = "".join(f'<img alt="frame" src="data:image/jpeg;base64,{b}">' for b in imgs)
+        strip = "".join(f'<img alt="frame" src="data:image/jpeg;base64,{b}">' for b in _keyframes_of(vid, video_path, frames))
         refs = "<br>".join(e(x) for x in r.get("references", []))
-        m = r.get("METEOR", 0.0)
-        rows.append(f'<tr data-vid="{e(vid, quote=True)}" data-meteor="{m:.6f}" data-cider="{r.get("CIDEr", 0.0):.6f}">'
-                    f'<td>{e(vid)}</td><td class="strip">{strip}</td><td><div class="gen">{e(r.get("caption", ""))}</div>'
-                    f'<div class="refs">{refs}</div></td><td class="score">{100 * m:.1f}</td>'
-                    f'<td class="score">{100 * r.get("CIDEr", 0.0):.1f}</td></tr>')
+        gen = f'<div class="gen">{e(r.get("caption", ""))}</div>'
+        if against:
+            gen += f'<div class="base">baseline: {e(against["videos"][vid].get("caption", ""))}</div>'
+        m, c = score(vid, "METEOR"), score(vid, "CIDEr")
+        shown = "{:+.1f}" if against else "{:.1f}"  # a difference carries its sign
+        rows.append(f'<tr data-vid="{e(vid, quote=True)}" data-meteor="{m:.6f}" data-cider="{c:.6f}">'
+                    f'<td>{e(vid)}</td><td class="strip">{strip}</td><td>{gen}<div class="refs">{refs}</div></td>'
+                    f'<td class="score">{shown.format(100 * m)}</td><td class="score">{shown.format(100 * c)}</td></tr>')
+    return _page(evaluation, title, rows, against)
+
+
+def _page(evaluation: dict, title: str, rows: list, against: Optional[dict]) -> str:
+    e = html.escape
+    summary = ", ".join(f"{e(k)} {100 * v:.1f}" for k, v in evaluation.get("metrics", {}).items())
+    if against:
+        base = ", ".join(f"{e(k)} {100 * v:.1f}" for k, v in against.get("metrics", {}).items())
+        summary += f"; baseline ({e(describe(against))}): {base}"
+    sort = ("Sorted by the size of each video's METEOR difference from the baseline, largest first"
+            if against else "Sorted from worst to best METEOR")
+    heads = ("&Delta; METEOR", "&Delta; CIDEr") if against else ("METEOR", "CIDEr")
     return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><meta name='generator' content='s2vt-report'><title>{e(title)}</title><style>{_STYLE}</style></head>"
-            f"<body><h1>{e(title)}</h1><p class='setup'>{e(header)}</p>"
-            f"<p>{len(videos)} videos. Corpus (x100): {summary}</p>"
-            "<p>Sorted from worst to best METEOR; click a header to re-sort.</p>"
+            f"<body><h1>{e(title)}</h1><p class='setup'>{e(describe(evaluation))}</p>"
+            f"<p>{len(rows)} videos. Corpus (x100): {summary}</p>"
+            f"<p>{sort}; click a header to re-sort.</p>"
             "<table><thead><tr><th data-k='vid'>video</th><th>keyframes</th><th>generated / references</th>"
-            "<th data-k='meteor'>METEOR</th><th data-k='cider'>CIDEr</th></tr></thead>"
+            f"<th data-k='meteor'>{heads[0]}</th><th data-k='cider'>{heads[1]}</th></tr></thead>"
             f"<tbody>{''.join(rows)}</tbody></table><script>{_SCRIPT}</script></body></html>")
 
 
@@ -169,14 +186,27 @@ def check_evaluation(ev, where) -> None:
             raise S2VTError(f"{what} (videos[{_short(vid)}].references must be a list of strings)")
 
 
-def write_report(evaluation_json, out_html, video_path: Optional[Callable[[str], Path]] = None,
-                 title: str = "s2vt evaluation") -> Path:
+def read_evaluation(path) -> dict:
+    """An evaluation JSON, checked for what :func:`render` shows."""
     try:  # a regular UTF-8 file of at most 64 MiB, nested at most 64 levels (s2vt.runtime.inputs)
-        ev = read_json(evaluation_json, "evaluation")
+        ev = read_json(path, "evaluation")
     except NotText as e:
-        raise S2VTError(f"{evaluation_json} is not an evaluation JSON written by `s2vt evaluate` ({e})")
-    check_evaluation(ev, evaluation_json)
-    return atomic_write(Path(out_html), render(ev, video_path or store_sources(ev), title))
+        raise S2VTError(f"{path} is not an evaluation JSON written by `s2vt evaluate` ({e})")
+    check_evaluation(ev, path)
+    return ev
+
+
+def write_report(evaluation_json, out_html, video_path: Optional[Callable[[str], Path]] = None,
+                 title: str = "s2vt evaluation", against_json=None) -> Path:
+    """The HTML page of ``evaluation_json``; with ``against_json``, against that baseline's evaluation."""
+    ev = read_evaluation(evaluation_json)
+    base = read_evaluation(against_json) if against_json else None
+    if base is not None and set(base["videos"]) != set(ev["videos"]):
+        raise S2VTError(f"--against {against_json} captions other videos than {evaluation_json} "
+                        f"({len(set(base['videos']) ^ set(ev['videos']))} differ); evaluate both on the same split")
+    if base is not None and title == "s2vt evaluation":
+        title = "s2vt evaluation against a baseline"
+    return atomic_write(Path(out_html), render(ev, video_path or store_sources(ev), title, against=base))
 
 
 def plot_curves(metrics_path: Path, png: Path, best_epoch: Optional[int] = None) -> None:
