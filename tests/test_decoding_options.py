@@ -191,3 +191,13 @@ def test_metrics_in_epochs_and_tensorboard_events(tiny_features, tmp_path):
     assert [(e.step, e.value) for e in logged] == [(r["step"], pytest.approx(r["train_loss"])) for r in train_lines]
     assert "val/val_loss" in acc.Tags()["scalars"]
     assert (tmp_path / "t" / "curves.png").stat().st_size > 0
+
+
+def test_caption_attention_without_an_attention_model_is_refused_before_any_video(tiny_features, runs, capsys):
+    root, _ = tiny_features
+    videos = [str(v) for v in sorted((root / "videos").iterdir())[:2]]
+    capsys.readouterr()
+    assert main(["caption", *videos, "--checkpoint", str(runs["rgb", 0]), "--json", "--attention"]) == 2
+    said = capsys.readouterr()
+    assert said.out == ""  # no video was decoded
+    assert len(said.err.strip().splitlines()) == 1 and "no attention" in said.err and "--decoder s2vt" in said.err
