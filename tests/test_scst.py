@@ -128,6 +128,10 @@ def test_scst_takes_data_and_model_from_its_init_checkpoint(tiny_features, tmp_p
     for k in ("dataset", "annotations", "features", "seed"):
         assert now.train_config[k] == was.train_config[k], k
     assert now.train_config["features"] == str(stores["rgb"]) and now.train_config["objective"] == "scst"
+    before = init.read_bytes()  # never written over, whatever --overwrite says
+    assert main(["train", "--objective", "scst", "--init", str(init), "--out", str(tmp_path / "xe"), "--overwrite",
+                 "--max-steps", "1", "--quiet", "--no-val-meteor"]) == 2
+    assert init.read_bytes() == before
 
 
 def test_every_epoch_logs_a_train_point_and_validation_names_the_metric_that_selects(tiny_features, tmp_path, capsys):

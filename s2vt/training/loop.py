@@ -440,6 +440,9 @@ def _train_locked(cfg: TrainConfig, device: torch.device, rank: int, world: int,
     from tqdm import tqdm
 
     out = Path(cfg.out)
+    if cfg.init and out.is_dir() and Path(cfg.init).resolve().parent == out.resolve():
+        raise S2VTError(f"--out {out} holds --init {cfg.init}: a run never writes over the checkpoint it starts "
+                        "from; choose another --out")
     check_run_folder(out, resume, overwrite)
     ck = Checkpoint.load(out / "last.pt") if resume else None
     data = load_data(cfg, device, rank, world, log=print if rank == 0 else (lambda *a: None))
