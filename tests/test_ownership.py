@@ -276,3 +276,13 @@ def test_evaluate_locks_its_default_output_next_to_the_checkpoint(tiny_features,
         assert "another run is writing" in capsys.readouterr().err
     assert main(argv) == 0, capsys.readouterr().err
     assert (run / "eval_test_beam1.json").is_file() and not list(run.glob(".*s2vt-lock"))
+
+
+def test_a_failed_evaluate_or_report_leaves_no_new_folder(tmp_path, capsys):
+    from s2vt.cli.app import main
+
+    out = tmp_path / "new" / "deeper"
+    assert main(["report", str(tmp_path / "missing.json"), "--out", str(out / "r.html")]) != 0
+    assert main(["evaluate", "--dataset", "synthetic", "--annotations", str(tmp_path), "--checkpoint",
+                 str(tmp_path / "missing.pt"), "--features", str(tmp_path / "f.h5"), "--out", str(out / "e.json")]) != 0
+    assert not (tmp_path / "new").exists()

@@ -183,11 +183,26 @@ def file_lock(path, flag: str = "--out") -> Iterator[Path]:
     user file has), removed when the block ends; the kernel releases it however the process ends."""
     path = Path(path)
     lock = path.with_name(f".{path.name}{LOCK_SUFFIX}")
+    made = [d for d in (path.parent, *path.parent.parents) if not d.exists()]  # folders this lock creates
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = hold_lock_file(lock, f"another run is writing {path} (it holds {lock.name}): wait for it to finish, or "
-                              f"choose another {flag}", output=path)
+    try:
+        fd = hold_lock_file(lock, f"another run is writing {path} (it holds {lock.name}): wait for it to finish, "
+                                  f"or choose another {flag}", output=path)
+    except BaseException:
+        _remove_empty(made)
+        raise
     try:
         yield path
     finally:
         lock.unlink(missing_ok=True)
         os.close(fd)
+        _remove_empty(made)  # a command that wrote nothing leaves no new folder behind
+
+
+def _remove_empty(folders) -> None:
+    """Remove ``folders`` (innermost first) that are still empty; any that is not stays."""
+    for d in folders:
+        try:
+            d.rmdir()
+        except OSError:
+            return
