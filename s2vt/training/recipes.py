@@ -2,10 +2,10 @@
 flags (each given option overrides the recipe's).
 
 ``paper`` is TrainConfig's defaults: the paper's sizes (500-d embedding, two 1000-unit LSTMs, batches
-of 64, 30 epochs), made for MSVD's 1,200 training videos and about 48,000 captions. On a few dozen
-clips those settings take a few dozen optimiser steps and stop far from a usable model; ``small``
-is the demo's CPU recipe (a 128-d embedding, 256-unit LSTMs, batches of 32, a 10x larger learning
-rate, 20 epochs), which reaches a usable model on a few hundred clips in minutes on a CPU.
+of 64, 30 epochs), made for MSVD's 1,200 training videos and about 48,000 captions; on a few dozen
+clips they take only a few dozen optimiser steps. ``small`` is the demo's CPU recipe (a 128-d
+embedding, 256-unit LSTMs, batches of 32, a 10x larger learning rate, 20 epochs), which trains on a
+few hundred clips in minutes on a CPU.
 """
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ def few_steps_hint(captions: int, batch_size: int, epochs: int, recipe_name: Opt
     steps = epochs * math.ceil(captions / batch_size)
     if steps >= FEW_STEPS:
         return None
-    tip = ("--recipe small (a smaller model, batches of 32, a larger learning rate)" if recipe_name != "small"
-           else "more --epochs, or a smaller --batch-size")
+    tip = ("more --epochs, or --recipe small (a smaller model, batches of 32, a larger learning rate)"
+           if recipe_name != "small" else "more --epochs, or a smaller --batch-size")
     return (f"this run takes {steps} optimiser steps ({captions} training captions, batches of {batch_size}, "
             f"{epochs} epochs): fewer than {FEW_STEPS} rarely train a captioner; try {tip}")
