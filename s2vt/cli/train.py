@@ -45,6 +45,10 @@ INHERITED = ("dataset", "annotations", "features", "train_split", "val_split", "
 def init_settings(init: str) -> dict:
     """The options of ``init``'s recorded training config that a fine-tuning run starts from."""
     recorded = Checkpoint.load(init).train_config
+    for key in ("model", "decoding"):  # merged under the flags as objects: anything else is the file's fault
+        if key in recorded and not isinstance(recorded[key], dict):
+            raise S2VTError(f"--init {init}: its recorded config's '{key}' is not an object of {key} options; "
+                            "give the model flags, or train the init again")
     return {k: recorded[k] for k in INHERITED if k in recorded}
 
 
