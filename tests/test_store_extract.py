@@ -610,6 +610,60 @@ def test_damaged_staging_signature_names_the_folder_to_delete(tmp_path):
             FeatureWriter(tmp_path / "f.h5", {"stream": "rgb"})
 
 
+def _rewrite_group(g, index, arrays):
+    with open(g, "wb") as f:
+        np.savez(f, index=np.array(json.dumps(index)), **arrays)
+
+
+_F, _I = np.ones((2, 4), np.float32), np.arange(2)
+_DAMAGED_GROUPS = {
+    "no meta": ([{"kind": "video", "vid": "a"}], {"f0": _F, "i0": _I}),
+    "no arrays": ([{"kind": "video", "vid": "a", "meta": {}}], {}),
+    "index not a list": ({"kind": "video", "vid": "a"}, {}),
+    "unknown kind": ([{"kind": "other", "vid": "a"}], {}),
+    "failure without reason": ([{"kind": "failed", "vid": "a"}], {}),
+    "id not a string": ([{"kind": "video", "vid": 3, "meta": {}}], {"f0": _F, "i0": _I}),
+    "other width": ([{"kind": "video", "vid": "a", "meta": {}}], {"f0": np.ones((2, 3), np.float32), "i0": _I}),
+    "indices not per row": ([{"kind": "video", "vid": "a", "meta": {}}], {"f0": _F, "i0": np.arange(3)}),
+    "truncated": None,
+}
+
+
+@pytest.mark.parametrize("damage", sorted(_DAMAGED_GROUPS))
+def test_a_damaged_staged_group_is_dropped_and_its_videos_extracted_again(tmp_path, damage):
+    sig = {"stream": "rgb", "dim": 4}
+    w = FeatureWriter(tmp_path / "f.h5", sig, commit_videos=1)
+    for vid in ("a", "b"):
+        w.add(vid, _F * (vid == "b"), _I, {"fps": 1.0})
+    w.close()  # interrupted: two groups staged, nothing published
+    g = sorted(stage_dir(tmp_path / "f.h5").glob("g*.npz"))[0]
+    if _DAMAGED_GROUPS[damage] is None:
+        g.write_bytes(g.read_bytes()[:100])
+    else:
+        _rewrite_group(g, *_DAMAGED_GROUPS[damage])
+    w = FeatureWriter(tmp_path / "f.h5", sig)
+    assert w.done_ids() == {"b"} and not g.exists()
+    w.add("a", _F * 2, _I, {"fps": 1.0})
+    store = FeatureStore(w.finalize())
+    assert store.ids == ["a", "b"] and store.features("a")[0, 0] == 2 and store.features("b")[0, 0] == 1
+
+
+def test_a_staged_group_whose_data_is_damaged_is_named_with_the_fix(tmp_path):
+    sig = {"stream": "rgb", "dim": 4}
+    w = FeatureWriter(tmp_path / "f.h5", sig, commit_videos=1)
+    w.add("a", np.arange(4000, dtype=np.float32).reshape(1000, 4), np.arange(1000), {"fps": 1.0})
+    w.close()
+    g = next(stage_dir(tmp_path / "f.h5").glob("g*.npz"))
+    data = bytearray(g.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # inside the features: index and headers still read
+    g.write_bytes(bytes(data))
+    w = FeatureWriter(tmp_path / "f.h5", sig)
+    assert w.done_ids() == {"a"}
+    with pytest.raises(S2VTError, match=r"g000001.npz is damaged .*delete it and re-run: its videos are extracted again"):
+        w.finalize()
+    w.abandon()
+
+
 def _die_in_a_worker(*a, **k):
     from torch.utils.data import get_worker_info
 

@@ -37,6 +37,7 @@ from typing import Iterable, List, Optional
 
 import h5py
 import numpy as np
+from numpy.lib import format as npy_format
 
 from s2vt.runtime.inputs import check_input_file
 from s2vt.runtime.errors import S2VTError, SignatureMismatch
@@ -81,10 +82,52 @@ def _read_group(p: Path) -> List[dict]:
     return index
 
 
-def _group_vids(p: Path) -> List[tuple]:
-    """(kind, vid) of each record of a group file, reading only its index."""
+def _member_header(z, name: str):
+    """(shape, dtype) of the ``.npy`` member ``name`` of an open npz, from its header alone."""
+    with z.zip.open(name + ".npy") as m:
+        version = npy_format.read_magic(m)
+        read = {(1, 0): npy_format.read_array_header_1_0, (2, 0): npy_format.read_array_header_2_0}[version]
+        shape, _, dtype = read(m)
+    return shape, dtype
+
+
+def _record_problem(z, i: int, r, dim: Optional[int]) -> Optional[str]:
+    """Why record ``i`` of a group's index is not one a writer makes, or None."""
+    if not isinstance(r, dict) or r.get("kind") not in ("video", "failed") or id_problem(r.get("vid")):
+        return f"record {i} is not a video or failure with a valid id"
+    if r["kind"] == "failed":
+        return None if isinstance(r.get("reason"), str) else f"failure {r['vid']!r} has no reason"
+    if not isinstance(r.get("meta"), dict) or not {f"f{i}", f"i{i}"} <= set(z.files):
+        return f"video {r['vid']!r} has no meta or no arrays"
+    (fshape, fdtype), (ishape, idtype) = _member_header(z, f"f{i}"), _member_header(z, f"i{i}")
+    if (len(fshape) != 2 or fshape[0] < 1 or ishape != fshape[:1] or fdtype != np.float32
+            or idtype != np.int64 or (dim is not None and fshape[1] != dim)):
+        return f"video {r['vid']!r} has features {fshape} {fdtype} and frame indices {ishape} {idtype}"
+    return None
+
+
+def _read_staged_group(p: Path) -> List[dict]:
+    """``_read_group`` of a group an interrupted run left; S2VTError naming it when its data is damaged
+    (its index and headers were checked when the writer opened: only the bytes of an array get here)."""
+    try:
+        return _read_group(p)
+    except Exception as e:
+        raise S2VTError(f"{p} is damaged ({type(e).__name__}: {e}); delete it and re-run: its videos are "
+                        "extracted again") from None
+
+
+def _group_vids(p: Path, dim: Optional[int] = None) -> List[tuple]:
+    """(kind, vid) of each record of a group file, from its index and its members' headers (no
+    array is read); ValueError when the group is not one a writer makes (a damaged disk, an edit)."""
     with np.load(p, allow_pickle=False) as z:
-        return [(r["kind"], r["vid"]) for r in json.loads(str(z["index"]))]
+        index = json.loads(str(z["index"]))
+        if not isinstance(index, list):
+            raise ValueError("its index is not a list")
+        for i, r in enumerate(index):
+            problem = _record_problem(z, i, r, dim)
+            if problem:
+                raise ValueError(problem)
+        return [(r["kind"], r["vid"]) for r in index]
 
 
 def staged_ids(path) -> set:
@@ -202,7 +245,7 @@ class FeatureWriter:
         out = []
         for p in sorted(self.stage.glob("g*.npz")):
             try:
-                _group_vids(p)
+                _group_vids(p, self.signature.get("dim"))
                 out.append(p)
             except Exception:  # renamed only after its fsync, so only a damaged disk gets here: redo those videos
                 p.unlink(missing_ok=True)
@@ -288,7 +331,7 @@ class FeatureWriter:
                 self._work = h5py.File(work, "w")
                 _write_header(self._work, self.signature)
             for p in self._groups:  # left by an interrupted run, or committed before this file existed
-                _apply(self._work, _read_group(p))
+                _apply(self._work, _read_staged_group(p))
             self._built = True
         return self._work
 
