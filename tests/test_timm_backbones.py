@@ -187,6 +187,52 @@ def test_download_without_a_network_is_one_line_naming_the_flag(tmp_path, monkey
     assert backbone_spec("efficientnet_lite0").fetch is None  # the default needs no download
 
 
+def test_download_checks_the_host_first_and_keeps_the_hubs_retry_lines_quiet(monkeypatch, capfd):
+    """With no route to the weights' host, --download fails in one line before the library's loader
+    retries for a minute; behind a proxy nothing is checked (the loader uses the proxy); the hub's
+    own retry warnings are not printed."""
+    import logging
+    import socket
+
+    import timm
+
+    import s2vt.features.backbones.timm as tm
+    from s2vt.features.backbones.weights import check_reachable, fetch_weights
+
+    for var in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    tried = []
+
+    def no_route(address, timeout=None):
+        tried.append(address)
+        raise socket.gaierror(-2, "Name or service not known")
+
+    monkeypatch.setattr(socket, "create_connection", no_route)
+    monkeypatch.setattr(timm, "create_model", lambda *a, **k: pytest.fail("the loader ran"))
+    with pytest.raises(WeightsNotFound, match=r"\(ConnectionError: cannot reach huggingface.co: Name or service not "
+                       r"known\); check this machine's internet access, or pass the weights file with --weights$"):
+        fetch_weights(tm._fetch("resnet18"), "timm:resnet18")
+    assert tried == [("huggingface.co", 443)]
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.invalid:3128")
+    check_reachable("https://huggingface.co/timm")
+    assert len(tried) == 1
+
+    def noisy():
+        logging.getLogger("huggingface_hub").warning("Retrying in 8s [Retry 5/5].")
+        raise OSError("offline")
+
+    hub_log, handler = logging.getLogger("huggingface_hub"), logging.StreamHandler()
+    level = hub_log.level
+    hub_log.addHandler(handler)
+    capfd.readouterr()
+    try:
+        with pytest.raises(WeightsNotFound):
+            fetch_weights(noisy, "timm:resnet18")
+    finally:
+        hub_log.removeHandler(handler)
+    assert "Retrying" not in capfd.readouterr().err and hub_log.level == level
+
+
 @pytest.mark.parametrize("model,size,pool", [("mobilenetv3_large_100", 64, 1280), ("lcnet_050", 64, 1280),
                                              ("vit_tiny_patch16_224", 224, 192)])
 def test_the_feature_width_is_what_the_layer_outputs(model, size, pool, tmp_path, clip_videos):

@@ -22,7 +22,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from s2vt.features.backbones.weights import fetch_weights, file_digest, given_weights, load_state
+from s2vt.features.backbones.weights import check_reachable, fetch_weights, file_digest, given_weights, load_state
 from s2vt.runtime.errors import S2VTError, WeightsNotFound
 from s2vt.video.flow import OFFSET, SCALE
 from s2vt.runtime.devices import ieee_fp32
@@ -48,7 +48,10 @@ def resolve_flow_weights(method: str, weights: Optional[str] = None, download: b
     enum = _weights_enum(method)
     cached = Path(torch.hub.get_dir()) / "checkpoints" / enum.url.rsplit("/", 1)[-1]
     if not cached.is_file() and download:
-        fetch_weights(lambda: enum.get_state_dict(progress=True), method, "--flow-weights")  # torchvision's loader fills torch's cache
+        def fetch():  # torchvision's loader fills torch's cache
+            check_reachable(enum.url)
+            enum.get_state_dict(progress=True)
+        fetch_weights(fetch, method, "--flow-weights")
     if not cached.is_file():
         raise WeightsNotFound(f"no weights for {method}: pass --flow-weights FILE (a torchvision RAFT state dict), "
                               f"or put {cached.name} in {cached.parent}, or pass --download to let torchvision "

@@ -25,7 +25,7 @@ from torch import nn
 
 from s2vt.features.backbones.spec import BackboneSpec, Normalize, Preprocess
 from s2vt.features.backbones.timm import TIMM, TimmHead, timm_builder, timm_spec
-from s2vt.features.backbones.weights import fetch_weights, file_digest, given_weights, load_state
+from s2vt.features.backbones.weights import check_reachable, fetch_weights, file_digest, given_weights, load_state
 from s2vt.runtime.errors import S2VTError, WeightsNotFound
 
 # ----------------------------------------------------------------------------- heads: image -> feature at a layer
@@ -98,7 +98,9 @@ def _tv_fetch(name: str) -> Callable[[], None]:
     def fetch():
         import torchvision.models as tvm
 
-        tvm.get_model_weights(name).IMAGENET1K_V1.get_state_dict(progress=True)  # into torch's cache
+        weights = tvm.get_model_weights(name).IMAGENET1K_V1
+        check_reachable(weights.url)
+        weights.get_state_dict(progress=True)  # into torch's cache
     return fetch
 
 

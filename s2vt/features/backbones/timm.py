@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import difflib
 import functools
+import os
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -36,6 +37,7 @@ import torch
 from torch import nn
 
 from s2vt.features.backbones.spec import BackboneSpec, Preprocess
+from s2vt.features.backbones.weights import check_reachable
 from s2vt.runtime.errors import S2VTError
 
 TIMM = "timm:"
@@ -117,6 +119,7 @@ def _fetch(model: str) -> Callable[[], None]:
     def fetch():
         import timm
 
+        check_reachable(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
         timm.create_model(model, pretrained=True)  # timm's hub loader fills its cache
     return fetch
 

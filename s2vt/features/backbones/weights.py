@@ -5,6 +5,10 @@ request (``--download``) and identified by digest in a feature signature."""
 from __future__ import annotations
 
 import hashlib
+import logging
+import socket
+import urllib.parse
+import urllib.request
 import warnings
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -77,6 +81,9 @@ def fetch_weights(fetch: Callable[[], None], name: str, flag: str = "--weights")
     """``--download``: run the library's own loader (it writes to a temporary name and renames, so a
     failed download leaves nothing that a later run would take for the file); one line when it fails,
     naming ``flag``, the option that supplies the file instead."""
+    hub_log = logging.getLogger("huggingface_hub")  # its retry warnings: a line per try, a minute offline
+    level = hub_log.level
+    hub_log.setLevel(logging.ERROR)
     try:
         fetch()
     except KeyboardInterrupt:
@@ -85,6 +92,22 @@ def fetch_weights(fetch: Callable[[], None], name: str, flag: str = "--weights")
         why = " ".join(str(e).split())[:200] or type(e).__name__
         raise WeightsNotFound(f"--download could not fetch the weights of {name} ({type(e).__name__}: {why}); check "
                               f"this machine's internet access, or pass the weights file with {flag}") from None
+    finally:
+        hub_log.setLevel(level)
+
+
+def check_reachable(url: str, timeout: float = 5.0) -> None:
+    """ConnectionError at once when ``url``'s host cannot be reached directly (its name does not
+    resolve, no route, refused), before a library's loader retries for a minute. Nothing is checked
+    when a proxy is configured for it: the loader goes through the proxy."""
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname
+    if not host or (urllib.request.getproxies() and not urllib.request.proxy_bypass(host)):
+        return
+    try:
+        socket.create_connection((host, parts.port or (443 if parts.scheme == "https" else 80)), timeout).close()
+    except OSError as e:
+        raise ConnectionError(f"cannot reach {host}: {e.strerror or e}") from None
 
 
 def file_digest(path: Path) -> str:
