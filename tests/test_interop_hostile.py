@@ -351,3 +351,18 @@ def test_merge_never_replaces_a_fifo_or_an_input(tmp_path, capsys):
         rc, _, err = run(capsys, "merge-features", out, tmp_path / "in.h5", "--overwrite")
         assert rc == 2 and needle in err and len(err.splitlines()) == 1, err
     assert snapshot(tmp_path) == before and os.path.exists(tmp_path / "fifo")
+
+
+@linux
+def test_export_to_a_fifo_names_it_and_a_non_utf8_out_prints_its_bytes(tmp_path, capsys):
+    _store(tmp_path / "a.h5", ["v1"])
+    os.mkfifo(tmp_path / "fifo")
+    rc, _, err = run(capsys, "export-features", tmp_path / "a.h5", "--out", tmp_path / "fifo")
+    assert rc == 2 and err.endswith("--out " + str(tmp_path / "fifo") + " is a FIFO (named pipe), not a folder\n")
+    odd = os.fsdecode(bytes(tmp_path / "e") + b"\xff\xfe")  # a name that is not UTF-8
+    rc, out, _ = run(capsys, "export-features", tmp_path / "a.h5", "--out", odd)
+    assert rc == 0 and out.rstrip().endswith(str(tmp_path / "e") + "\\xff\\xfe") and "\\udc" not in out
+    (tmp_path / "reg").write_bytes(b"")
+    os.rename(tmp_path / "reg", odd + "\udcfd")
+    rc, _, err = run(capsys, "export-features", tmp_path / "a.h5", "--out", odd + "\udcfd")
+    assert rc == 2 and "\\xff\\xfe\\xfd is a file, not a folder" in err

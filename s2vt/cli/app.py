@@ -28,6 +28,7 @@ from s2vt.cli.train import add_train
 from s2vt.runtime.errors import S2VTError
 from s2vt.runtime.fileio import file_lock, folder_lock
 from s2vt.runtime.hostmem import keep_freed_memory
+from s2vt.runtime.inputs import SHOWN
 
 
 class Parser(argparse.ArgumentParser):
@@ -116,6 +117,8 @@ def main(argv=None) -> int:
     for name in ("stdout", "stderr"):  # started with that stream closed (2>&-): Python set it to None
         if getattr(sys, name) is None:
             setattr(sys, name, open(os.devnull, "w"))
+        with contextlib.suppress(AttributeError, ValueError):  # a file name's undecodable bytes print as \xNN
+            getattr(sys, name).reconfigure(errors=SHOWN)
     warnings.formatwarning = _one_line_warning  # a warning is one line, without a source excerpt
     os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")  # a broken video is reported once, by s2vt,
     os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # not also by OpenCV's and FFmpeg's loggers

@@ -26,7 +26,7 @@ from typing import IO, Optional, Tuple
 import numpy as np
 from numpy.lib import format as npy_format
 
-from s2vt.runtime.inputs import kind_problem
+from s2vt.runtime.inputs import kind_problem, shown
 
 FLOATS = ("float16", "float32", "float64")
 MAX_ARRAY_BYTES = 4 * 2 ** 30  # one video's features: far more than any real (frames, D) array holds
@@ -50,11 +50,6 @@ class ArrayInfo:
     shape: Tuple[int, ...]
     dtype: np.dtype
     fortran: bool = False
-
-
-def shown(name: str) -> str:
-    """``name`` printable whatever its bytes (a file name that is not UTF-8 shows its bytes as ``\\xNN``)."""
-    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def _said(e: BaseException) -> str:

@@ -39,11 +39,11 @@ import numpy as np
 
 from s2vt.runtime.errors import S2VTError
 from s2vt.runtime.fileio import SCRATCH_SUFFIX, atomic_write, fsync_dir
-from s2vt.runtime.inputs import kind_problem
+from s2vt.runtime.inputs import kind_problem, shown
 from s2vt.video.reader import VIDEO_EXTENSIONS
 from s2vt.data.ids import check_video_id, id_problem
 from s2vt.features.arrayfiles import (ArrayInfo, Unusable, inspect_h5, inspect_npy, inspect_npz, load_h5, load_npy,
-                                      load_npz, shown)
+                                      load_npz)
 from s2vt.features.signature import IMPORTED, STREAMS
 from s2vt.features.store import VERSION, FeatureStore, FeatureWriter
 

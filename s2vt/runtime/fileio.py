@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import IO, Callable, Iterator, Union
 
 from s2vt.runtime.errors import S2VTError
+from s2vt.runtime.inputs import kind_problem
 
 Writer = Union[bytes, str, Callable[[IO[bytes]], None]]
 
@@ -95,6 +96,12 @@ def probe_writable(path) -> Path:
     return path
 
 
+def check_not_other_kind(folder: Path, flag: str = "--out") -> None:
+    """S2VTError naming what ``folder`` is when it exists and is not a folder (a file, a FIFO, a device)."""
+    if folder.exists() and not folder.is_dir():
+        raise S2VTError(f"{flag} {folder} is {kind_problem(folder.stat().st_mode) or 'a file'}, not a folder")
+
+
 @contextlib.contextmanager
 def folder_lock(folder, flag: str = "--out") -> Iterator[Path]:
     """Hold an exclusive lock on ``folder`` (created if absent) while the block runs; S2VTError at
@@ -102,8 +109,7 @@ def folder_lock(folder, flag: str = "--out") -> Iterator[Path]:
     no file, and the kernel releases it however the process ends (``kill -9`` included). A
     folder this call created is removed again if the block leaves it empty."""
     folder = Path(folder)
-    if folder.exists() and not folder.is_dir():
-        raise S2VTError(f"{flag} {folder} is a file, not a folder")
+    check_not_other_kind(folder, flag)
     created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
     fd = os.open(str(folder), os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))

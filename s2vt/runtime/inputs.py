@@ -15,6 +15,7 @@ Every refusal is an :class:`InputError` (an ``S2VTError``): one line naming the 
 """
 from __future__ import annotations
 
+import codecs
 import json
 import os
 import re
@@ -32,6 +33,24 @@ _BRACKETS = re.compile(r"[\[\]{}]")
 _CONTROLS = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")  # Unicode's Cc, Zl, Zp but the tab
 _KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
           (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+
+
+SHOWN = "s2vt.shown"  # an encoding error handler: a file name's undecodable byte 0xNN is written as \\xNN
+
+
+def _show_bytes(e: UnicodeError):
+    if not isinstance(e, UnicodeEncodeError):
+        raise e
+    return "".join(f"\\x{ord(c) - 0xDC00:02x}" if 0xDC80 <= ord(c) <= 0xDCFF else c.encode("ascii", "backslashreplace")
+                   .decode() for c in e.object[e.start:e.end]), e.end
+
+
+codecs.register_error(SHOWN, _show_bytes)
+
+
+def shown(name: str) -> str:
+    """``name`` printable whatever its bytes (a file name that is not UTF-8 shows its bytes as ``\\xNN``)."""
+    return name.encode("utf-8", SHOWN).decode("utf-8")
 
 
 class InputError(S2VTError):

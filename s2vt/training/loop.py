@@ -39,7 +39,7 @@ from s2vt.data.corpora import DATASETS, load_corpus
 from s2vt.training.objectives import CrossEntropy
 from s2vt.training.recipes import RECIPES, few_steps_hint
 from s2vt.runtime.errors import S2VTError
-from s2vt.runtime.fileio import folder_lock, write_json
+from s2vt.runtime.fileio import check_not_other_kind, folder_lock, write_json
 from s2vt.runtime.hostmem import keep_freed_memory
 from s2vt.models.registry import build_model
 from s2vt.decoding.search import DecodeConfig
@@ -341,8 +341,7 @@ def leave_distributed(wait: bool, control) -> None:
 
 def check_run_folder(out: Path, resume: bool, overwrite: bool) -> None:
     """Refuse to replace another run's checkpoints unless asked to resume or overwrite."""
-    if out.exists() and not out.is_dir():
-        raise S2VTError(f"--out {out} is a file, not a folder")
+    check_not_other_kind(out)
     if resume:
         if not (out / "last.pt").is_file():
             raise S2VTError(f"--resume: {out / 'last.pt'} does not exist (train without --resume first)")
