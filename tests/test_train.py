@@ -159,11 +159,11 @@ def test_checkpoint_with_non_finite_weights_is_refused(tmp_path):
     d = torch.load(tmp_path / "a.pt", weights_only=True)
     d["model"]["proj.weight"][3, :5] = float("nan")
     torch.save(d, tmp_path / "a.pt")
-    with pytest.raises(checkpoint.CheckpointError, match=r"a.pt is damaged: non-finite .* in proj.weight$"):
+    with pytest.raises(checkpoint.CheckpointError, match=r"a.pt: malformed checkpoint: field 'model' is damaged: non-finite .* in proj.weight$"):
         checkpoint.Checkpoint.load(tmp_path / "a.pt")
     d["model"]["proj.weight"] = "w"
     torch.save(d, tmp_path / "a.pt")
-    with pytest.raises(checkpoint.CheckpointError, match="model is not a dict of tensors"):
+    with pytest.raises(checkpoint.CheckpointError, match="field 'model' is not a dict of tensors"):
         checkpoint.Checkpoint.load(tmp_path / "a.pt")
 
 

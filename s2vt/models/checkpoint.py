@@ -9,16 +9,15 @@ tensors and plain types, written atomically (``fileio.atomic_write``) and read w
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import torch
 
-from s2vt.runtime.config import from_dict
-from s2vt.runtime.errors import ConfigError
+from s2vt.runtime.config import check_fields, from_dict, option
+from s2vt.runtime.errors import ConfigError, FieldError, S2VTError
 from s2vt.decoding.search import DecodeConfig
-from s2vt.runtime.errors import S2VTError
 from s2vt.runtime.fileio import atomic_write
 from s2vt.runtime.inputs import InputError, check_input_file
 from s2vt.models.s2vt import DECODERS, ModelConfig
@@ -28,7 +27,6 @@ from s2vt.data.vocab import Vocab
 
 FORMAT = "s2vt-checkpoint"
 VERSION = 2
-_REQUIRED = ("model", "model_config", "vocab", "feature_signature")
 
 
 class CheckpointError(S2VTError):
@@ -39,12 +37,15 @@ class CheckpointError(S2VTError):
 class LoopState:
     """Where a training run is: the checkpoint's ``state``, all a resume needs besides the weights."""
 
-    step: int = 0           # optimiser steps taken
-    epoch: int = 0          # epochs finished
-    batch: int = 0          # batches of the current epoch finished
-    best: float = -math.inf  # best validation score (higher is better)
-    best_epoch: int = -1
-    stale: int = 0          # validations since the last improvement
+    step: int = option(0, "optimiser steps taken", low=0)
+    epoch: int = option(0, "epochs finished", low=0)
+    batch: int = option(0, "batches of the current epoch finished", low=0)
+    best: float = option(-math.inf, "best validation score (higher is better)", infinite=True)
+    best_epoch: int = option(-1, "epoch of the best validation score", low=-1)
+    stale: int = option(0, "validations since the last improvement", low=0)
+
+    def __post_init__(self):
+        check_fields(self)
 
 
 @dataclass
@@ -83,9 +84,11 @@ class Checkpoint:
 
     @classmethod
     def load(cls, path, map_location="cpu") -> "Checkpoint":
+        """The checkpoint at ``path``, every field checked as :data:`FIELDS` declares; CheckpointError
+        naming the file and the field otherwise."""
         path = Path(path)
         d = _read(path, map_location)
-        missing = [k for k in _REQUIRED if k not in d]
+        missing = [k for k, f in FIELDS.items() if f.required and k not in d]
         if d.get("format") != FORMAT or missing:
             raise CheckpointError(f"{path} is not an s2vt checkpoint"
                                   + (f" (missing {', '.join(missing)})" if missing else " (no format tag)"))
@@ -93,32 +96,80 @@ class Checkpoint:
         if decoder not in DECODERS:
             raise CheckpointError(f"{path} was trained with the decoder {decoder!r}, which this version of s2vt does "
                                   f"not know (known: {', '.join(DECODERS)}); use the s2vt version that trained it")
-        for key in ("model_config", "decoding", "config", "state", "feature_signature"):
-            value = d.get(key) or {}  # absent or empty: the defaults
-            problem = _plain(value) if isinstance(value, dict) else f"is a {type(value).__name__}, not a dict"
-            if problem:
-                raise _malformed(path, key, problem)
-        mc = _parse(path, "model_config", lambda: from_dict(ModelConfig, d["model_config"], "model_config"))
-        dec = _parse(path, "decoding", lambda: from_dict(DecodeConfig, d.get("decoding") or {}, "decoding"))
-        vocab = _parse(path, "vocab", lambda: Vocab.from_list(d["vocab"]))
-        if len(vocab) != mc.vocab_size:
-            raise CheckpointError(f"{path}: vocabulary of {len(vocab)} words but the model expects {mc.vocab_size}")
-        _check_weights(path, d["model"], mc)
-        _check_signature(path, d["feature_signature"], mc)
-        _check_resume_fields(path, d)
-        return cls(mc, d["model"], vocab, d["feature_signature"], dec, d.get("config") or {}, d.get("state") or {},
-                   d.get("optimizer"), d.get("scheduler"), d.get("rng"), str(path))
+        got = {key: f.read(path, key, d.get(key), d) for key, f in FIELDS.items()}
+        return cls(got["model_config"], got["model"], got["vocab"], got["feature_signature"], got["decoding"],
+                   got["config"], got["state"], got["optimizer"], got["scheduler"], got["rng"], str(path))
+
+
+@dataclass(frozen=True)
+class Field:
+    """How one field of a checkpoint file is read: whether it must be there, the type it is stored as,
+    whether it may hold tensors (else plain data only), how it is parsed (``parse(value, record)``;
+    its errors name the field) and what else it must satisfy (``problem(value, record)``: why not, or
+    None). An absent field is ``empty``'s value."""
+
+    required: bool = False
+    kind: type = dict
+    tensors: bool = False
+    parse: Optional[Callable[[Any, dict], Any]] = None
+    problem: Optional[Callable[[Any, dict], Optional[str]]] = None
+    empty: Callable[[], Any] = dict
+
+    def read(self, path: Path, key: str, value, record: dict):
+        if value is None:
+            value = self.empty()
+            if value is None:
+                return None
+        if not isinstance(value, self.kind):
+            raise _malformed(path, key, f"is a {type(value).__name__}, not a {self.kind.__name__}")
+        problem = None if self.tensors else _plain(value)
+        if not problem and self.parse is not None:
+            try:
+                value = self.parse(value, record)
+            except (ConfigError, TypeError, ValueError) as e:
+                raise CheckpointError(f"{path}: malformed checkpoint: field {key!r}: {e}") from None
+        problem = problem or (self.problem(value, record) if self.problem else None)
+        if problem:
+            raise _malformed(path, key, problem)
+        return value
+
+
+def _model_config(record: dict) -> ModelConfig:
+    return from_dict(ModelConfig, record["model_config"], "model_config")
+
+
+def _vocab(words, record: dict) -> Vocab:
+    vocab, size = Vocab.from_list(words), _model_config(record).vocab_size
+    if len(vocab) != size:
+        raise ValueError(f"{len(vocab)} words but the model expects {size} (model_config.vocab_size)")
+    return vocab
+
+
+def _state(state: dict, record: dict) -> dict:
+    try:
+        from_dict(LoopState, state, "loop state")
+    except FieldError as e:
+        raise ValueError(e.about(f"[{e.name!r}]")) from None
+    return state
+
+
+FIELDS: Dict[str, Field] = {  # in the order they are read: later checks may use earlier fields
+    "model_config": Field(required=True, parse=lambda v, r: _model_config(r)),
+    "vocab": Field(required=True, kind=list, parse=_vocab),
+    "model": Field(required=True, tensors=True, problem=lambda v, r: _weights_problem(v, _model_config(r))),
+    "feature_signature": Field(required=True, problem=lambda v, r: _signature_problem(v, _model_config(r))),
+    "decoding": Field(parse=lambda v, r: from_dict(DecodeConfig, v, "decoding")),
+    "config": Field(),
+    "state": Field(parse=_state),
+    "optimizer": Field(tensors=True, empty=lambda: None,
+                       problem=lambda v, r: _optimizer_problem(v, [tuple(t.shape) for t in r["model"].values()])),
+    "scheduler": Field(empty=lambda: None, problem=lambda v, r: _scheduler_problem(v)),
+    "rng": Field(tensors=True, empty=lambda: None, problem=lambda v, r: _rng_problem(v)),
+}
 
 
 def _malformed(path: Path, key: str, problem: str) -> CheckpointError:
     return CheckpointError(f"{path}: malformed checkpoint: field {key!r} {problem}")
-
-
-def _parse(path: Path, key: str, make):
-    try:
-        return make()
-    except (ConfigError, TypeError, ValueError) as e:
-        raise CheckpointError(f"{path}: malformed checkpoint: field {key!r}: {e}")
 
 
 _PLAIN = (str, int, float, bool, type(None))
@@ -140,75 +191,56 @@ def _plain(value, depth: int = 0) -> Optional[str]:
     return f"holds a {type(value).__name__} where plain data (strings, numbers, lists, dicts) belongs"
 
 
-def _check_signature(path: Path, sig, mc: ModelConfig) -> None:
+def _signature_problem(sig: dict, mc: ModelConfig) -> Optional[str]:
     """The feature signature: every key caption / evaluate / resume reads, and the model's feature size."""
-    if not isinstance(sig, dict):
-        raise _malformed(path, "feature_signature", f"is a {type(sig).__name__}, not a dict")
     problem = signature_problem(sig)
     if problem:
-        raise _malformed(path, "feature_signature", f"({problem}; see the signature table of features/README.md)")
+        return f"({problem}; see the signature table of features/README.md)"
     if sig["dim"] != mc.feat_dim:
-        raise _malformed(path, "feature_signature", f"says features of dim {sig['dim']}, but the model reads "
-                                                    f"{mc.feat_dim} (model_config.feat_dim)")
+        return f"says features of dim {sig['dim']}, but the model reads {mc.feat_dim} (model_config.feat_dim)"
     if not is_imported(sig):  # the settings that recompute the features (s2vt caption) must be ones extraction takes
         from s2vt.features.config import ExtractConfig
 
         try:
             ExtractConfig.from_signature(sig)
         except S2VTError as e:
-            raise _malformed(path, "feature_signature", f"({e})") from None
+            return f"({e})"
+    return None
 
 
-def _check_weights(path: Path, state, mc: ModelConfig) -> None:
+def _weights_problem(state: dict, mc: ModelConfig) -> Optional[str]:
     """Tensors only, fitting the recorded model (names, shapes, floating point: checked on a model
     built on the meta device, which allocates nothing), and finite ones: a damaged file can decode to
     NaN weights, which caption every video with an empty sentence (training never saves a non-finite model)."""
     from s2vt.models.registry import build_model
 
-    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
-                                              and v.layout == torch.strided for k, v in state.items()):
-        raise CheckpointError(f"{path}: malformed checkpoint: model is not a dict of tensors (field 'model', dense "
-                              "tensors named by strings)")
+    if not all(isinstance(k, str) and isinstance(v, torch.Tensor) and v.layout == torch.strided
+               for k, v in state.items()):
+        return "is not a dict of tensors (dense tensors named by strings)"
     with torch.device("meta"):
         why = mismatch(build_model(mc), state)
     if why:
-        raise _malformed(path, "model", f"(its weights do not fit its recorded model config): {why}")
+        return f"(its weights do not fit its recorded model config): {why}"
     bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
     if bad:
-        raise CheckpointError(f"{path} is damaged: non-finite (NaN or inf) weights in {', '.join(bad[:3])}"
-                              + (f" and {len(bad) - 3} more" if len(bad) > 3 else ""))
+        return (f"is damaged: non-finite (NaN or inf) weights in {', '.join(bad[:3])}"
+                + (f" and {len(bad) - 3} more" if len(bad) > 3 else ""))
+    return None
 
 
-def _check_resume_fields(path: Path, d: dict) -> None:
-    """What ``s2vt train --resume`` restores: the loop state, the optimiser, scheduler and RNG states."""
-    kinds = {f.name: (float if f.name == "best" else int) for f in fields(LoopState)}
-    for k, v in (d.get("state") or {}).items():
-        ok = k in kinds and isinstance(v, (int, float) if kinds[k] is float else int) and not isinstance(v, bool)
-        if not ok or (isinstance(v, int) and abs(v) > 2 ** 62):
-            raise _malformed(path, "state", f"[{k!r}] = {str(v)[:40]} is not a loop counter "
-                                            f"(known: {', '.join(kinds)})")
-    for key in ("optimizer", "scheduler", "rng"):
-        if d.get(key) is not None and not isinstance(d[key], dict):
-            raise _malformed(path, key, f"is a {type(d[key]).__name__}, not a dict")
-    problem = _optimizer_problem(d.get("optimizer"), [tuple(v.shape) for v in d["model"].values()])
-    if problem:
-        raise _malformed(path, "optimizer", problem)
-    problem = _scheduler_problem(d.get("scheduler"))
-    if problem:
-        raise _malformed(path, "scheduler", problem)
-    rng = d.get("rng") or {}
+def _rng_problem(rng: dict) -> Optional[str]:
+    """Why ``rng`` is not the random-generator states a resume restores (None: it is)."""
     want = torch.get_rng_state()
     for k in ("torch", "cuda"):
         v = rng.get(k)
         if (v is not None or k == "torch" and rng) and not (isinstance(v, torch.Tensor) and v.dtype == torch.uint8
-                                                           and (k == "cuda" or v.shape == want.shape)):
-            raise _malformed(path, "rng", f"[{k!r}] is not a random-generator state (a uint8 tensor)")
+                                                    and (k == "cuda" or v.shape == want.shape)):
+            return f"[{k!r}] is not a random-generator state (a uint8 tensor)"
+    return None
 
 
 def _scheduler_problem(sch) -> Optional[str]:
     """Why ``sch`` is not a learning-rate scheduler's state (None: it is, or it is absent)."""
-    if sch is None:
-        return None
     problem = _plain({k: v for k, v in sch.items() if k != "lr_lambdas"})
     if problem:
         return problem
@@ -221,8 +253,6 @@ def _scheduler_problem(sch) -> Optional[str]:
 
 def _optimizer_problem(opt, shapes) -> Optional[str]:
     """Why ``opt`` is not an optimiser state for parameters of ``shapes`` (None: it is, or it is absent)."""
-    if opt is None:
-        return None
     groups, state = opt.get("param_groups"), opt.get("state")
     if not isinstance(groups, list) or not isinstance(state, dict) or not all(
             isinstance(g, dict) and isinstance(g.get("params"), list) for g in groups):

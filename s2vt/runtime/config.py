@@ -22,13 +22,14 @@ INT64_MAX = 2 ** 63 - 1  # the largest integer numpy and torch take
 
 def option(default: Any, help: str, choices: Optional[Sequence] = None, low: Optional[float] = None,
            high: Optional[float] = None, low_open: bool = False, cli: bool = True, feature: Optional[str] = None,
-           when: Optional[dict] = None) -> Any:
+           when: Optional[dict] = None, infinite: bool = False) -> Any:
     """A dataclass field with its help text and allowed values (``low``/``high`` inclusive unless ``low_open``).
 
     ``feature``: the dotted key this field takes in a feature signature (it defines what a feature
-    means); ``when``: {field: value} under which the field applies (e.g. only for the flow stream)."""
+    means); ``when``: {field: value} under which the field applies (e.g. only for the flow stream);
+    ``infinite``: a float that may be +-inf (never NaN)."""
     meta = {"help": help, "choices": choices, "low": low, "high": high, "low_open": low_open, "cli": cli,
-            "feature": feature, "when": when or {}}
+            "feature": feature, "when": when or {}, "infinite": infinite}
     if isinstance(default, (list, dict)):
         return dataclasses.field(default_factory=lambda: type(default)(default), metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -60,7 +61,7 @@ def check_value(name: str, value: Any, f: dataclasses.Field, owner: str) -> None
     if m.get("choices") and value not in m["choices"]:
         raise FieldError(name, owner, f"must be one of {', '.join(map(str, m['choices']))}", _number(value))
     if tp in (int, float) and value is not None:
-        if not math.isfinite(value):
+        if isinstance(value, float) and (math.isnan(value) or (math.isinf(value) and not m.get("infinite"))):
             raise FieldError(name, owner, "must be a finite number", repr(value))
         low, high = m.get("low"), m.get("high")
         if tp is int and not -INT64_MAX - 1 <= value <= INT64_MAX:  # numpy and torch take 64-bit integers
