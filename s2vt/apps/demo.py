@@ -31,7 +31,7 @@ from s2vt.runtime.devices import resolve as resolve_device
 from s2vt.runtime.errors import S2VTError
 from s2vt.features.extract import extract
 from s2vt.features.config import ExtractConfig
-from s2vt.runtime.fileio import atomic_write, write_json
+from s2vt.runtime.fileio import atomic_write, check_not_other_kind, write_json
 from s2vt.evaluation.metrics import Meteor, score
 from s2vt.models.s2vt import ModelConfig
 from s2vt.data.synth import SynthConfig, generate
@@ -111,8 +111,7 @@ def _stage(msg: str) -> None:
 
 def prepare_workdir(wd: Path, fresh: bool) -> None:
     """Claim ``wd`` for the demo (marker file); with ``fresh``, delete the demo's own outputs only."""
-    if wd.exists() and not wd.is_dir():
-        raise S2VTError(f"--workdir {wd} is a file; give a folder")
+    check_not_other_kind(wd, "--workdir")
     marked = (wd / MARKER).exists()
     if wd.is_dir() and any(wd.iterdir()) and not marked:
         raise S2VTError(f"--workdir {wd} is not empty and was not written by `s2vt demo` (no {MARKER} file); "

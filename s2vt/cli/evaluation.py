@@ -19,7 +19,7 @@ from s2vt.evaluation.report import write_report
 from s2vt.runtime.devices import configure
 from s2vt.runtime.devices import resolve as resolve_device
 from s2vt.runtime.errors import S2VTError
-from s2vt.runtime.fileio import file_lock, probe_writable, write_json
+from s2vt.runtime.fileio import check_not_other_kind, file_lock, probe_writable, write_json
 from s2vt.runtime.inputs import check_input_file, read_json
 
 
@@ -104,8 +104,7 @@ def cmd_compare(args) -> int:
 
 def _check_benchmark_out(out: Path, overwrite: bool) -> None:
     """The results folder: a folder, writable, and not holding another program's benchmark files."""
-    if out.exists() and not out.is_dir():
-        raise S2VTError(f"--out {out} is a file; benchmark writes a folder of results")
+    check_not_other_kind(out)
     try:
         ours = json.loads((out / "benchmark.json").read_text()).keys() >= {"table", "spec", "results"}
     except (OSError, ValueError, AttributeError):

@@ -43,7 +43,7 @@ import numpy as np
 
 from s2vt.runtime.config import check_fields, option
 from s2vt.runtime.errors import S2VTError
-from s2vt.runtime.fileio import atomic_write, fsync_dir
+from s2vt.runtime.fileio import atomic_write, check_not_other_kind, fsync_dir
 from s2vt.runtime.workers import DieWithParent, usable_cores, worker_context
 
 COLOURS = {  # name -> BGR
@@ -277,8 +277,7 @@ def remove_dataset(out: Path) -> None:
 
 
 def _prepare(out: Path, overwrite: bool, clips: List[str]) -> None:
-    if out.exists() and not out.is_dir():
-        raise S2VTError(f"{out} is a file; give `s2vt synth` a folder")
+    check_not_other_kind(out, "")
     if out.is_dir() and any(out.iterdir()):
         ours = (out / MARKER).exists() or (out / "synth_config.json").exists()
         if not ours:

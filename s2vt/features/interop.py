@@ -38,7 +38,7 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 
 from s2vt.runtime.errors import S2VTError
-from s2vt.runtime.fileio import SCRATCH_SUFFIX, atomic_write, fsync_dir
+from s2vt.runtime.fileio import SCRATCH_SUFFIX, atomic_write, check_not_other_kind, fsync_dir
 from s2vt.runtime.inputs import kind_problem, shown
 from s2vt.video.reader import VIDEO_EXTENSIONS
 from s2vt.data.ids import check_video_id, id_problem
@@ -352,8 +352,7 @@ def _read_manifest(out: Path) -> Optional[dict]:
 def _check_export_folder(out: Path, store: FeatureStore, names: set, overwrite: bool) -> set:
     """The files of an earlier export in ``out`` (its manifest's); S2VTError when ``out`` holds files
     export-features did not write, or another store's export, and ``overwrite`` is not set."""
-    if out.exists() and not out.is_dir():
-        raise S2VTError(f"--out {out} is a file; give a folder to write one .npy per video into")
+    check_not_other_kind(out)
     if not out.is_dir():
         return set()
     earlier = _read_manifest(out)

@@ -99,7 +99,8 @@ def probe_writable(path) -> Path:
 def check_not_other_kind(folder: Path, flag: str = "--out") -> None:
     """S2VTError naming what ``folder`` is when it exists and is not a folder (a file, a FIFO, a device)."""
     if folder.exists() and not folder.is_dir():
-        raise S2VTError(f"{flag} {folder} is {kind_problem(folder.stat().st_mode) or 'a file'}, not a folder")
+        raise S2VTError(f"{flag + ' ' if flag else ''}{folder} is {kind_problem(folder.stat().st_mode) or 'a file'}, "
+                        "not a folder")
 
 
 @contextlib.contextmanager
