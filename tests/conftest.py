@@ -1,7 +1,13 @@
 import os
 from pathlib import Path
 
-import pytest
+# One process per core: pytest-xdist runs a worker per core, so each worker (and the commands it
+# starts) computes on its share of the cores. More threads than cores makes torch's OpenMP threads
+# spin against each other: a small model's training step then costs ten times its CPU time.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _WORKERS)))
+
+import pytest  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -372,3 +372,20 @@ def test_a_bad_java_timeout_is_a_setup_error_exit_2(tmp_path, monkeypatch, capsy
     monkeypatch.setenv("S2VT_JAVA_TIMEOUT", "abc")
     assert main(["score", "--references", str(tmp_path / "r.tsv"), "--candidates", str(tmp_path / "r.tsv")]) == 2
     assert "S2VT_JAVA_TIMEOUT='abc'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--num-frames", "4", "--stride", "3"], "--stride does not apply with --num-frames"),
+    (["--splits", "test"], "--splits applies only with --dataset NAME"),
+    (["--root", "."], "--root applies only with --dataset NAME"),
+])
+def test_extract_refuses_sampling_and_dataset_flags_that_do_not_apply(tmp_path, capsys, argv, needle):
+    one_line(capsys, ["extract", tmp_path, "--out", tmp_path / "o.h5", *argv], needle)
+    assert not (tmp_path / "o.h5").exists()
+
+
+def test_merge_into_a_folder_says_so_first(tmp_path, capsys):
+    (tmp_path / "d").mkdir()
+    for extra in ([], ["--overwrite"]):
+        one_line(capsys, ["merge-features", tmp_path / "d", tmp_path / "a.h5", *extra], "d is a folder; give the merged")
+    assert not any((tmp_path / "d").iterdir())

@@ -164,3 +164,23 @@ def test_files_that_are_not_readable_videos_say_why(tmp_path, monkeypatch):
 def test_an_unreadable_folder_is_reported_not_silently_skipped(tmp_path):
     with pytest.warns(UserWarning, match=r"cannot read folder .*missing.*its videos are skipped"):
         assert list(iter_video_paths(tmp_path / "missing")) == []
+
+
+def test_a_file_ffmpeg_cannot_open_is_reported_by_s2vt_alone(tmp_path):
+    """Neither FFmpeg's logger nor OpenCV's (its own AVI reader prints raw bytes of a truncated AVI)
+    writes to the process's stderr, for a library user as for the command."""
+    import subprocess
+    import sys
+
+    good = write(tmp_path / "ok.avi", numbered(20))
+    (tmp_path / "trunc.avi").write_bytes(good.read_bytes()[:3000])
+    (tmp_path / "text.mp4").write_text("not a video\n")
+    code = ("import sys\nfrom s2vt.video.reader import Sampling, iter_frames\n"
+            "for p in sys.argv[1:]:\n"
+            "    try:\n        print(p, len(list(iter_frames(p, Sampling(stride=1)))))\n"
+            "    except Exception as e:\n        print(p, type(e).__name__)\n")
+    r = subprocess.run([sys.executable, "-c", code, str(good), str(tmp_path / "trunc.avi"), str(tmp_path / "text.mp4")],
+                       capture_output=True, text=True, timeout=120)
+    assert r.stdout.split() == [str(good), "20", str(tmp_path / "trunc.avi"), "VideoError",
+                                str(tmp_path / "text.mp4"), "VideoError"]
+    assert r.stderr == ""

@@ -120,8 +120,6 @@ def main(argv=None) -> int:
         with contextlib.suppress(AttributeError, ValueError):  # a file name's undecodable bytes print as \xNN
             getattr(sys, name).reconfigure(errors=SHOWN)
     warnings.formatwarning = _one_line_warning  # a warning is one line, without a source excerpt
-    os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")  # a broken video is reported once, by s2vt,
-    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # not also by OpenCV's and FFmpeg's loggers
     if os.environ.get("WORLD_SIZE", "1") != "1":  # c10d prints C++ stack traces for failed connections
         os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "FATAL")  # before torch is imported; errors still raise
     try:

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 from s2vt.cli.common import DATASETS, RAW, examples
-from s2vt.data.corpora import load_corpus
+from s2vt.data.corpora import SPLITS, load_corpus
 from s2vt.data.ids import check_video_id
 from s2vt.features import interop
 from s2vt.features.config import ExtractConfig
@@ -36,9 +36,12 @@ def extract_items(args):
     items = []
     if args.dataset and not args.root:
         raise S2VTError("--dataset needs --root (the dataset folder)")
+    for given, flag in ((args.root, "--root"), (args.splits, "--splits")):
+        if given and not args.dataset:
+            raise S2VTError(f"{flag} applies only with --dataset NAME (the videos of a dataset's splits)")
     if args.dataset:
         corpus = load_corpus(args.dataset, args.root)
-        for s in args.splits:
+        for s in args.splits or SPLITS:
             items += [(v, corpus.video_path(v)) for v, _ in corpus.split_items(s)]
     if args.list:
         items += list_items(args.list)
@@ -47,10 +50,13 @@ def extract_items(args):
 
 def extract_config(args):
     """The ExtractConfig of parsed ``s2vt extract`` arguments."""
+    if args.num_frames and args.stride is not None:
+        raise S2VTError("--stride does not apply with --num-frames (K frames spread uniformly); give one of them")
     return ExtractConfig(**{**overrides(args, ExtractConfig), "device": args.device})
 
 
 def cmd_extract(args) -> int:
+    cfg = extract_config(args)
     items = extract_items(args)
     if not items:
         raise S2VTError("no videos given: pass folders/files, --list FILE or --dataset NAME --root DIR")
@@ -59,7 +65,6 @@ def cmd_extract(args) -> int:
     if shard and shard[1] > 1:
         items = shard_items(items, *shard)
         out = shard_path(args.out, *shard)
-    cfg = extract_config(args)
     if any(Path(p).exists() and out.exists() and Path(p).resolve() == out.resolve() for _, p in items):
         raise S2VTError(f"--out {out} is one of the videos to extract")
     summary = extract(items, out, cfg, progress=not args.quiet, shard=shard)
@@ -70,7 +75,7 @@ def cmd_extract(args) -> int:
 def cmd_merge(args) -> int:
     if any(Path(i).exists() and Path(args.out).exists() and Path(i).resolve() == Path(args.out).resolve() for i in args.inputs):
         raise S2VTError(f"{args.out} is also an input; merge into a new file")
-    if Path(args.out).exists() and not Path(args.out).is_file() and not Path(args.out).is_dir():
+    if Path(args.out).exists() and not Path(args.out).is_file():
         raise S2VTError(f"{args.out} is {kind_problem(os.stat(args.out).st_mode)}; give the merged HDF5 file's path")
     if Path(args.out).exists() and not args.overwrite:
         raise S2VTError(f"{args.out} exists; pass --overwrite to replace it, or choose another output")
@@ -100,7 +105,7 @@ def add_extract(sub, shared):
     s.add_argument("--list", help="text file of video paths (or 'id<TAB>path' lines; blank lines and # comments skipped)")
     s.add_argument("--dataset", help=f"take videos from a dataset ({DATASETS})")
     s.add_argument("--root", help="dataset root for --dataset")
-    s.add_argument("--splits", nargs="+", default=["train", "val", "test"], help="splits of --dataset to extract")
+    s.add_argument("--splits", nargs="+", help="splits of --dataset to extract (default: " + " ".join(SPLITS) + ")")
     add_arguments(s, ExtractConfig)
     s.add_argument("--shard", help="I/N: process every N-th video from the I-th, writing OUT.shardIofN.h5 "
                                    "(set automatically under torchrun)")

@@ -44,7 +44,9 @@ import numpy as np
 from s2vt.runtime.config import check_fields, option
 from s2vt.runtime.errors import S2VTError
 from s2vt.runtime.fileio import atomic_write, check_not_other_kind, fsync_dir
+from s2vt.data.corpora import SPLITS
 from s2vt.runtime.workers import DieWithParent, usable_cores, worker_context
+from s2vt.video.reader import open_capture
 
 COLOURS = {  # name -> BGR
     "red": (40, 40, 220),
@@ -195,7 +197,7 @@ def write_video(path: Path, frames: np.ndarray, fps: float) -> None:
         writer.write(f)
     writer.release()
     # OpenCV reports no failed write (a full disk): the file must hold every frame before it is published
-    cap = cv2.VideoCapture(str(tmp))
+    cap = open_capture(tmp)
     n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) if cap.isOpened() else 0
     cap.release()
     if n != len(frames):
@@ -205,7 +207,6 @@ def write_video(path: Path, frames: np.ndarray, fps: float) -> None:
     tmp.replace(path)
 
 
-SPLITS = ("train", "val", "test")
 MARKER = ".s2vt-synth"  # written first: the folder is generate's to replace with overwrite=True
 OWN_FILES = ("captions.tsv", "train.txt", "val.txt", "test.txt", "clips.jsonl", "synth_config.json", MARKER)
 CLIP_FILE = re.compile(r"clip\d{5}\.(avi|mp4)$")  # the clips generate writes in videos/ (via clipNNNNN.part.EXT)

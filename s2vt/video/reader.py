@@ -25,10 +25,27 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional, Tuple
 
-import cv2
-import numpy as np
+# a broken video is reported once, by s2vt, not also by OpenCV's and FFmpeg's loggers (each reads its
+# setting when it first logs or opens a file); a user's own setting is kept
+os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
+os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
 
-from s2vt.runtime.errors import S2VTError
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+
+from s2vt.runtime.errors import S2VTError  # noqa: E402
+
+def open_capture(path) -> cv2.VideoCapture:
+    """``path`` opened through FFmpeg alone, OpenCV's logger silent meanwhile: a file FFmpeg cannot
+    open is reported once, by s2vt (OpenCV's own AVI reader, tried next, prints raw bytes of it)."""
+    log = cv2.utils.logging
+    level = log.getLogLevel()
+    log.setLogLevel(log.LOG_LEVEL_SILENT)
+    try:
+        return cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
+    finally:
+        log.setLogLevel(level)
+
 
 @contextlib.contextmanager
 def opencv_threads_stopped() -> Iterator[None]:
@@ -85,7 +102,7 @@ def open_video(path) -> Tuple[cv2.VideoCapture, float, int]:
         raise VideoError(f"cannot read: permission denied: {path}")
     if path.stat().st_size == 0:
         raise VideoError(f"empty file (0 bytes): {path}")
-    cap = cv2.VideoCapture(str(path))
+    cap = open_capture(path)
     if not cap.isOpened():
         cap.release()
         raise VideoError(f"cannot open: not a video, or a codec OpenCV lacks: {path}")
