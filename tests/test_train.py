@@ -20,7 +20,7 @@ def cfg_for(tiny_features, out, **kw):
     base = dict(dataset="synthetic", annotations=str(root), features=str(stores["rgb"]), out=str(out), epochs=3,
                 batch_size=8, lr=3e-3, val_meteor=False, log_every=1, model=model)
     base.update(kw)
-    return TrainConfig(**base)
+    return TrainConfig.from_dict(base)
 
 
 def test_training_writes_run_directory(tiny_features, tmp_path):
@@ -35,7 +35,7 @@ def test_training_writes_run_directory(tiny_features, tmp_path):
     assert ck.feature_signature["stream"] == "rgb" and ck.vocab.to_list()[:4] == ["<pad>", "<bos>", "<eos>", "<unk>"]
     model = ck.build_model()
     assert model.cfg.feat_dim == 1280 and model.cfg.vocab_size == len(ck.vocab)
-    assert ck.decoding.max_len == 30 and ck.train_config["lr"] == 3e-3
+    assert ck.decoding.max_len == 30 and ck.train_config["optim"]["lr"] == 3e-3
 
 
 def test_resume_is_bitwise_equal_to_uninterrupted(tiny_features, tmp_path):
@@ -252,12 +252,12 @@ def test_two_process_ddp_matches_single_process_and_waits_out_a_long_validation(
 def test_sgd_and_adam_presets_are_resolved_in_the_library():
     from s2vt.training.loop import TrainConfig
 
-    assert TrainConfig(optimizer="sgd").resolved().lr == 0.01
-    assert TrainConfig().resolved().lr == 2e-4
-    assert TrainConfig(optimizer="sgd", lr=0.3).resolved().lr == 0.3
-    cfg = TrainConfig(optimizer="sgd")
+    assert TrainConfig.from_dict(dict(optimizer="sgd")).resolved().optim.lr == 0.01
+    assert TrainConfig().resolved().optim.lr == 2e-4
+    assert TrainConfig.from_dict(dict(optimizer="sgd", lr=0.3)).resolved().optim.lr == 0.3
+    cfg = TrainConfig.from_dict(dict(optimizer="sgd"))
     cfg.resolved().model.hidden = 7
-    assert cfg.lr is None and cfg.model.hidden == 1000  # the caller's config is never mutated
+    assert cfg.optim.lr is None and cfg.model.hidden == 1000  # the caller's config is never mutated
 
 
 @pytest.mark.parametrize("schedule, want", [
@@ -266,7 +266,7 @@ def test_sgd_and_adam_presets_are_resolved_in_the_library():
 def test_lr_schedules_per_epoch(schedule, want):
     from s2vt.training.loop import TrainConfig, make_optimizer, make_scheduler
 
-    cfg = TrainConfig(lr=1.0, schedule=schedule, step_epochs=2, gamma=0.5, epochs=5).resolved()
+    cfg = TrainConfig.from_dict(dict(lr=1.0, schedule=schedule, step_epochs=2, gamma=0.5, epochs=5)).resolved()
     model = S2VT(ModelConfig(feat_dim=4, vocab_size=6, embed=4, hidden=4))
     opt = make_optimizer(model, cfg)
     sched = make_scheduler(opt, cfg)
@@ -289,7 +289,7 @@ def test_training_config_checks_its_own_values(field, value, message):
     from s2vt.training.loop import TrainConfig
 
     with pytest.raises(ConfigError, match=message):
-        TrainConfig(**{field: value})
+        TrainConfig.from_dict({field: value})
 
 
 @pytest.mark.parametrize("field, value", [("max_words", -2), ("hidden", 0), ("dropout", 1.5), ("max_frames", 0)])
@@ -308,7 +308,7 @@ def test_config_file_merges_under_flags(tmp_path):
                                                  "model": {"hidden": 24, "embed": 9}, "workers": 2}))
     args = build_parser().parse_args(["train", "--config", str(tmp_path / "c.json"), "--epochs", "3", "--embed", "16"])
     cfg = train_config(args)
-    assert (cfg.epochs, cfg.lr, cfg.annotations, cfg.model.hidden, cfg.model.embed) == (3, 0.1, "A", 24, 16)
+    assert (cfg.epochs, cfg.optim.lr, cfg.annotations, cfg.model.hidden, cfg.model.embed) == (3, 0.1, "A", 24, 16)
     (tmp_path / "bad.json").write_text(json.dumps({"epochs": 3, "colour": "red"}))
     with pytest.raises(S2VTError, match=r"unknown options \['colour'\]"):
         train_config(build_parser().parse_args(["train", "--config", str(tmp_path / "bad.json")]))
