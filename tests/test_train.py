@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import os
 import socket
@@ -424,3 +425,60 @@ def test_compile_flag_is_gone_but_old_configs_still_load(capsys):
     with pytest.warns(UserWarning, match="compile is an option of an earlier s2vt that no longer exists; ignored"):
         cfg = TrainConfig.from_dict({"compile": True, "epochs": 3})  # a run's config.json from before
     assert cfg.epochs == 3 and not hasattr(cfg, "compile")
+
+
+def test_a_flat_options_dict_and_its_nested_form_are_one_config():
+    # the flat layout: config.json and checkpoints of earlier versions, and options named as the flags are
+    flat = {"epochs": 4, "lr": 0.1, "schedule": "step", "val_every": 2, "patience": 3, "log_every": 7,
+            "save_every": 5, "dist_timeout": 9, "objective": "scst", "init": "x.pt", "scst_samples": 2,
+            "model": {"hidden": 8}, "decoding": {"beam": 3}}
+    nested = {"epochs": 4, "optim": {"lr": 0.1, "schedule": "step"}, "validation": {"val_every": 2, "patience": 3},
+              "logging": {"log_every": 7, "save_every": 5}, "distributed": {"dist_timeout": 9}, "objective": "scst",
+              "scst": {"init": "x.pt", "scst_samples": 2}, "model": {"hidden": 8}, "decoding": {"beam": 3}}
+    cfg = TrainConfig.from_dict(flat)
+    assert cfg == TrainConfig.from_dict(nested)
+    assert (cfg.optim.lr, cfg.validation.patience, cfg.logging.log_every, cfg.scst.init) == (0.1, 3, 7, "x.pt")
+    assert TrainConfig.from_dict(json.loads(json.dumps(dataclasses.asdict(cfg)))) == cfg  # config.json round trip
+    assert cfg.with_options(lr=0.2, init="y.pt").optim.lr == 0.2 and cfg.optim.lr == 0.1
+    for given in ({"scst_samples": 3}, {"scst": {"scst_samples": 3}}):  # SCST options only with --objective scst
+        with pytest.raises(S2VTError, match=r"^--scst-samples \(TrainConfig.scst_samples\) applies only with "
+                                            r"--objective scst, got 3$"):
+            TrainConfig.from_dict(given)
+    with pytest.raises(S2VTError, match=r"unknown options \['lrr'\]"):
+        TrainConfig.from_dict({"optim": {"lrr": 1}})
+
+
+def _as_earlier_versions_wrote(d: dict) -> dict:
+    """A training config dict in the flat layout of earlier versions (every option at the top)."""
+    d = dict(d)
+    for group in ("optim", "validation", "logging", "distributed", "scst"):
+        d.update(d.pop(group))
+    return d
+
+
+def test_a_run_of_an_earlier_version_resumes_and_starts_scst(tiny_features, tmp_path, capsys):
+    from s2vt.cli.app import main
+
+    run = tmp_path / "old"
+    train(cfg_for(tiny_features, run, max_steps=4), progress=False)
+    written = json.loads((run / "config.json").read_text())
+    assert written["optim"]["lr"] == 3e-3 and "lr" not in written  # written nested
+    (run / "config.json").write_text(json.dumps(_as_earlier_versions_wrote(written)))
+    for name in ("last.pt", "best.pt"):
+        ck = checkpoint.Checkpoint.load(run / name)
+        ck.train_config = _as_earlier_versions_wrote(ck.train_config)
+        ck.save(run / name)
+    assert checkpoint.Checkpoint.load(run / "last.pt").train_config["lr"] == 3e-3
+    again = ["train", "--config", str(run / "config.json"), "--resume", "--quiet"]
+    assert main([*again, "--max-steps", "6", "--lr", "0.5"]) == 2  # a changed recipe is still refused
+    assert "different recipe (--lr: 0.003 -> 0.5)" in capsys.readouterr().err
+    assert main([*again, "--max-steps", "6", "--log-every", "2"]) == 0
+    assert checkpoint.Checkpoint.load(run / "last.pt").state["step"] == 6
+    sc = tmp_path / "sc"  # --init: the data and model of its recorded (flat) config
+    assert main(["train", "--objective", "scst", "--init", str(run / "best.pt"), "--out", str(sc), "--max-steps", "2",
+                 "--quiet", "--no-val-meteor"]) == 0
+    was, now = checkpoint.Checkpoint.load(run / "best.pt"), checkpoint.Checkpoint.load(sc / "last.pt")
+    assert now.model_config == was.model_config and now.state["step"] == 2
+    for k in ("dataset", "annotations", "features", "seed", "min_count"):
+        assert now.train_config[k] == was.train_config[k], k
+    assert now.train_config["scst"]["init"] == str(run / "best.pt") and now.train_config["objective"] == "scst"
