@@ -48,7 +48,6 @@ from s2vt.features.signature import check_complete
 from s2vt.features.store import FeatureStore, signature_diff
 from s2vt.data.vocab import Vocab
 
-LR_PRESETS = {"adam": 2e-4, "sgd": 0.01}
 # options a resumed run may change; any other difference from last.pt is refused
 RESUMABLE_CHANGES = {"epochs", "max_steps", "log_every", "save_every", "val_every", "patience", "device",
                      "dist_timeout", "val_timeout", "decoding", "tensorboard", "out", "annotations", "features"}  # paths may move; contents are checked
@@ -62,6 +61,7 @@ class TrainingDiverged(S2VTError):
 
 
 REMOVED_OPTIONS = {"workers", "preload", "compile"}  # TrainConfig fields of earlier versions
+LR_PRESETS = {"adam": 2e-4, "sgd": 0.01}  # OptimConfig.lr when none is given
 
 
 @dataclass
@@ -192,7 +192,8 @@ class TrainConfig:
     def with_options(self, **options) -> "TrainConfig":
         """A copy with ``options`` set, named as the flags are (``lr=`` sets ``optim.lr``)."""
         groups = configs(TrainConfig, inline=True)
-        return dataclasses.replace(self, **{k: dataclasses.replace(getattr(self, k), **v) if k in groups else v
+        return dataclasses.replace(self, **{k: dataclasses.replace(getattr(self, k), **v)
+                                            if k in groups and isinstance(v, dict) else v
                                             for k, v in grouped(options).items()})
 
     def resolved(self) -> "TrainConfig":
