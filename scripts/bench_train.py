@@ -164,7 +164,7 @@ def bench_baselines(B, args, device, ac) -> dict:
 
 def bench_ours(B, args, device, stream, n_samples, vocab_size) -> dict:
     """model_alone and end_to_end with the optimiser step s2vt train takes (train_step)."""
-    cfg = TrainConfig(batch_size=B, lr=1e-4, amp=args.amp, device=str(device))
+    cfg = TrainConfig.from_dict(dict(batch_size=B, lr=1e-4, amp=args.amp, device=str(device)))
     torch.manual_seed(0)
     model = S2VT(ModelConfig(feat_dim=args.feat_dim, vocab_size=vocab_size)).to(device).train()
     opt = make_optimizer(model, cfg)
@@ -200,7 +200,7 @@ def bench_scst(B, args, device, stream, n_samples, vocab, items) -> dict:
     """Seconds per SCST step, per CIDEr-D reward computation, per cross-entropy step (same model, batch B)."""
     from s2vt.training.scst import CiderD, SCSTLoss, reference_ids
 
-    cfg = TrainConfig(batch_size=B, lr=1e-5, amp=args.amp, device=str(device))
+    cfg = TrainConfig.from_dict(dict(batch_size=B, lr=1e-5, amp=args.amp, device=str(device)))
     torch.manual_seed(0)
     model = S2VT(ModelConfig(feat_dim=args.feat_dim, vocab_size=len(vocab))).to(device).train()
     opt = make_optimizer(model, cfg)

@@ -79,9 +79,10 @@ def test_attention_models_train_evaluate_fuse_and_caption_raw_files(tiny_feature
 
     root, stores = tiny_features
     for stream in ("rgb", "flow"):
-        train(TrainConfig(dataset="synthetic", annotations=str(root), features=str(stores[stream]),
-                          out=str(tmp_path / stream), epochs=1, batch_size=8, lr=3e-3, val_meteor=False,
-                          model=ModelConfig(embed=16, hidden=24, dropout=0.0, decoder="attention")), progress=False)
+        train(TrainConfig.from_dict(dict(dataset="synthetic", annotations=str(root), features=str(stores[stream]),
+                                         out=str(tmp_path / stream), epochs=1, batch_size=8, lr=3e-3, val_meteor=False,
+                                         model=ModelConfig(embed=16, hidden=24, dropout=0.0, decoder="attention"))),
+              progress=False)
     rgb, flow = str(tmp_path / "rgb" / "best.pt"), str(tmp_path / "flow" / "best.pt")
     corpus = load_corpus("synthetic", root)
     test = corpus.splits["test"]

@@ -18,8 +18,9 @@ def run(tiny_features, tmp_path_factory):
 
     root, stores = tiny_features
     out = tmp_path_factory.mktemp("cli") / "run"
-    train(TrainConfig(dataset="synthetic", annotations=str(root), features=str(stores["rgb"]), out=str(out),
-                      max_steps=2, batch_size=8, val_meteor=False, model=ModelConfig(embed=8, hidden=8)), progress=False)
+    train(TrainConfig.from_dict(dict(dataset="synthetic", annotations=str(root), features=str(stores["rgb"]), out=str(out),
+                                     max_steps=2, batch_size=8, val_meteor=False, model=ModelConfig(embed=8, hidden=8))),
+          progress=False)
     return root, stores, out / "best.pt"
 
 

@@ -24,9 +24,9 @@ def trained(tiny_features, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs")
     runs = {}
     for stream in ("rgb", "flow"):
-        cfg = TrainConfig(dataset="synthetic", annotations=str(root), features=str(stores[stream]),
-                          out=str(out / stream), epochs=3, batch_size=8, lr=5e-3, val_meteor=False,
-                          model=ModelConfig(embed=32, hidden=48, dropout=0.0))
+        cfg = TrainConfig.from_dict(dict(dataset="synthetic", annotations=str(root), features=str(stores[stream]),
+                                         out=str(out / stream), epochs=3, batch_size=8, lr=5e-3, val_meteor=False,
+                                         model=ModelConfig(embed=32, hidden=48, dropout=0.0)))
         train(cfg, progress=False)
         runs[stream] = out / stream / "best.pt"
     return root, stores, runs

@@ -266,7 +266,7 @@ def test_a_cpu_checkpoint_resumed_on_the_gpu_has_every_optimiser_state_tensor_on
 
     from s2vt.training.loop import TrainConfig, make_optimizer, restore
 
-    cfg = TrainConfig(lr=1e-3, optimizer=optimizer).resolved()
+    cfg = TrainConfig.from_dict(dict(lr=1e-3, optimizer=optimizer)).resolved()
     model = torch.nn.Linear(3, 2)
     opt = make_optimizer(model, cfg)
     model(torch.ones(4, 3)).square().sum().backward()
@@ -346,7 +346,7 @@ def test_every_op_of_the_amp_step_is_in_a_dtype_the_help_names(monkeypatch):
     for lstm in (model.lstm1, model.lstm2):
         lstm.register_forward_pre_hook(enter)
         lstm.register_forward_hook(lambda mod, args, out: setattr(rec, "in_lstm", rec.in_lstm - 1))
-    cfg = TrainConfig(amp=True, batch_size=2, lr=1e-3).resolved()
+    cfg = TrainConfig.from_dict(dict(amp=True, batch_size=2, lr=1e-3)).resolved()
     feats = torch.randn(2, 4, 6).to(torch.bfloat16)  # the bf16 feature bank
     words = torch.tensor([[1, 5, 6], [1, 7, 0]])
     targets = torch.tensor([[5, 6, 2], [7, 2, 0]])
@@ -437,7 +437,7 @@ def test_every_lstm_a_backward_pass_runs_through_is_in_training_mode(decoder, ob
 
     model = tiny_model(decoder)
     objective_fn = tiny_scst(model) if objective == "scst" else CrossEntropy(model)
-    cfg = TrainConfig(batch_size=3, lr=1e-3, log_every=1000).resolved()
+    cfg = TrainConfig.from_dict(dict(batch_size=3, lr=1e-3, log_every=1000)).resolved()
     with CudnnRnnRule(model) as rule:
         train_one_epoch(model, objective_fn, make_optimizer(model, cfg), [tiny_batch()], cfg, LoopState())
     assert rule.violations == [], f"backward through LSTMs in eval mode: {sorted(set(rule.violations))}"
@@ -576,7 +576,7 @@ def step_syncs(corpus, tmp_path, monkeypatch, decoder: str, objective: str, log_
     store, vids, table = corpus
     counter = HostSyncs()
     monkeypatch.setattr(torch.Tensor, "pin_memory", lambda t, *a, **k: counter.pin(t))
-    cfg = TrainConfig(batch_size=3, lr=1e-3, log_every=log_every).resolved()
+    cfg = TrainConfig.from_dict(dict(batch_size=3, lr=1e-3, log_every=log_every)).resolved()
     data = SimpleNamespace(sampler=SimpleNamespace(batches_per_epoch=lambda: 2), vocab=Vocab(WORDS))
     writer = RunWriter(tmp_path, cfg, data, rank=0, fresh=True)
     # cuDNN's LSTM asks the driver for the device; the native LSTM reads the same host lengths
@@ -603,7 +603,7 @@ def backward_syncs(decoder: str, objective: str) -> tuple:
 
     model = tiny_model(decoder)
     objective_fn = tiny_scst(model) if objective == "scst" else CrossEntropy(model)
-    cfg = TrainConfig(batch_size=3, lr=1e-3).resolved()
+    cfg = TrainConfig.from_dict(dict(batch_size=3, lr=1e-3)).resolved()
     reads, backward = BackwardReads(), torch.Tensor.backward
 
     def counted(loss, *a, **k):

@@ -18,7 +18,7 @@ def test_small_recipe_sets_the_demos_sizes_and_flags_override_it(tmp_path):
     paper, small = config(), config("--recipe", "small")
     assert (paper.recipe, paper.model.embed, paper.model.hidden, paper.batch_size, paper.epochs) == ("paper", 500, 1000, 64, 30)
     assert (small.recipe, small.model.embed, small.model.hidden, small.model.dropout) == ("small", 128, 256, 0.3)
-    assert (small.batch_size, small.epochs, small.lr, small.val_every, small.decoding.beam) == (32, 20, 2e-3, 5, 5)
+    assert (small.batch_size, small.epochs, small.optim.lr, small.validation.val_every, small.decoding.beam) == (32, 20, 2e-3, 5, 5)
     mine = config("--recipe", "small", "--hidden", "64", "--epochs", "3")
     assert (mine.model.hidden, mine.model.embed, mine.epochs, mine.batch_size) == (64, 128, 3, 32)
     saved = tmp_path / "config.json"  # a run's config.json records its recipe: --config starts from it again

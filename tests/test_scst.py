@@ -66,7 +66,7 @@ def _xe(tiny_features, out, decoder="s2vt", **kw):
                 batch_size=8, lr=3e-3, val_meteor=False, log_every=1,
                 model=ModelConfig(embed=16, hidden=24, dropout=0.0, decoder=decoder))
     base.update(kw)
-    return TrainConfig(**base)
+    return TrainConfig.from_dict(base)
 
 
 @pytest.mark.parametrize("decoder", ["s2vt", "attention"])

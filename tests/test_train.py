@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import os
 import socket
@@ -20,7 +21,7 @@ def cfg_for(tiny_features, out, **kw):
     base = dict(dataset="synthetic", annotations=str(root), features=str(stores["rgb"]), out=str(out), epochs=3,
                 batch_size=8, lr=3e-3, val_meteor=False, log_every=1, model=model)
     base.update(kw)
-    return TrainConfig(**base)
+    return TrainConfig.from_dict(base)
 
 
 def test_training_writes_run_directory(tiny_features, tmp_path):
@@ -35,7 +36,7 @@ def test_training_writes_run_directory(tiny_features, tmp_path):
     assert ck.feature_signature["stream"] == "rgb" and ck.vocab.to_list()[:4] == ["<pad>", "<bos>", "<eos>", "<unk>"]
     model = ck.build_model()
     assert model.cfg.feat_dim == 1280 and model.cfg.vocab_size == len(ck.vocab)
-    assert ck.decoding.max_len == 30 and ck.train_config["lr"] == 3e-3
+    assert ck.decoding.max_len == 30 and ck.train_config["optim"]["lr"] == 3e-3
 
 
 def test_resume_is_bitwise_equal_to_uninterrupted(tiny_features, tmp_path):
@@ -252,12 +253,12 @@ def test_two_process_ddp_matches_single_process_and_waits_out_a_long_validation(
 def test_sgd_and_adam_presets_are_resolved_in_the_library():
     from s2vt.training.loop import TrainConfig
 
-    assert TrainConfig(optimizer="sgd").resolved().lr == 0.01
-    assert TrainConfig().resolved().lr == 2e-4
-    assert TrainConfig(optimizer="sgd", lr=0.3).resolved().lr == 0.3
-    cfg = TrainConfig(optimizer="sgd")
+    assert TrainConfig.from_dict(dict(optimizer="sgd")).resolved().optim.lr == 0.01
+    assert TrainConfig().resolved().optim.lr == 2e-4
+    assert TrainConfig.from_dict(dict(optimizer="sgd", lr=0.3)).resolved().optim.lr == 0.3
+    cfg = TrainConfig.from_dict(dict(optimizer="sgd"))
     cfg.resolved().model.hidden = 7
-    assert cfg.lr is None and cfg.model.hidden == 1000  # the caller's config is never mutated
+    assert cfg.optim.lr is None and cfg.model.hidden == 1000  # the caller's config is never mutated
 
 
 @pytest.mark.parametrize("schedule, want", [
@@ -266,7 +267,7 @@ def test_sgd_and_adam_presets_are_resolved_in_the_library():
 def test_lr_schedules_per_epoch(schedule, want):
     from s2vt.training.loop import TrainConfig, make_optimizer, make_scheduler
 
-    cfg = TrainConfig(lr=1.0, schedule=schedule, step_epochs=2, gamma=0.5, epochs=5).resolved()
+    cfg = TrainConfig.from_dict(dict(lr=1.0, schedule=schedule, step_epochs=2, gamma=0.5, epochs=5)).resolved()
     model = S2VT(ModelConfig(feat_dim=4, vocab_size=6, embed=4, hidden=4))
     opt = make_optimizer(model, cfg)
     sched = make_scheduler(opt, cfg)
@@ -289,7 +290,7 @@ def test_training_config_checks_its_own_values(field, value, message):
     from s2vt.training.loop import TrainConfig
 
     with pytest.raises(ConfigError, match=message):
-        TrainConfig(**{field: value})
+        TrainConfig.from_dict({field: value})
 
 
 @pytest.mark.parametrize("field, value", [("max_words", -2), ("hidden", 0), ("dropout", 1.5), ("max_frames", 0)])
@@ -308,7 +309,7 @@ def test_config_file_merges_under_flags(tmp_path):
                                                  "model": {"hidden": 24, "embed": 9}, "workers": 2}))
     args = build_parser().parse_args(["train", "--config", str(tmp_path / "c.json"), "--epochs", "3", "--embed", "16"])
     cfg = train_config(args)
-    assert (cfg.epochs, cfg.lr, cfg.annotations, cfg.model.hidden, cfg.model.embed) == (3, 0.1, "A", 24, 16)
+    assert (cfg.epochs, cfg.optim.lr, cfg.annotations, cfg.model.hidden, cfg.model.embed) == (3, 0.1, "A", 24, 16)
     (tmp_path / "bad.json").write_text(json.dumps({"epochs": 3, "colour": "red"}))
     with pytest.raises(S2VTError, match=r"unknown options \['colour'\]"):
         train_config(build_parser().parse_args(["train", "--config", str(tmp_path / "bad.json")]))
@@ -424,3 +425,60 @@ def test_compile_flag_is_gone_but_old_configs_still_load(capsys):
     with pytest.warns(UserWarning, match="compile is an option of an earlier s2vt that no longer exists; ignored"):
         cfg = TrainConfig.from_dict({"compile": True, "epochs": 3})  # a run's config.json from before
     assert cfg.epochs == 3 and not hasattr(cfg, "compile")
+
+
+def test_a_flat_options_dict_and_its_nested_form_are_one_config():
+    # the flat layout: config.json and checkpoints of earlier versions, and options named as the flags are
+    flat = {"epochs": 4, "lr": 0.1, "schedule": "step", "val_every": 2, "patience": 3, "log_every": 7,
+            "save_every": 5, "dist_timeout": 9, "objective": "scst", "init": "x.pt", "scst_samples": 2,
+            "model": {"hidden": 8}, "decoding": {"beam": 3}}
+    nested = {"epochs": 4, "optim": {"lr": 0.1, "schedule": "step"}, "validation": {"val_every": 2, "patience": 3},
+              "logging": {"log_every": 7, "save_every": 5}, "distributed": {"dist_timeout": 9}, "objective": "scst",
+              "scst": {"init": "x.pt", "scst_samples": 2}, "model": {"hidden": 8}, "decoding": {"beam": 3}}
+    cfg = TrainConfig.from_dict(flat)
+    assert cfg == TrainConfig.from_dict(nested)
+    assert (cfg.optim.lr, cfg.validation.patience, cfg.logging.log_every, cfg.scst.init) == (0.1, 3, 7, "x.pt")
+    assert TrainConfig.from_dict(json.loads(json.dumps(dataclasses.asdict(cfg)))) == cfg  # config.json round trip
+    assert cfg.with_options(lr=0.2, init="y.pt").optim.lr == 0.2 and cfg.optim.lr == 0.1
+    for given in ({"scst_samples": 3}, {"scst": {"scst_samples": 3}}):  # SCST options only with --objective scst
+        with pytest.raises(S2VTError, match=r"^--scst-samples \(TrainConfig.scst_samples\) applies only with "
+                                            r"--objective scst, got 3$"):
+            TrainConfig.from_dict(given)
+    with pytest.raises(S2VTError, match=r"unknown options \['lrr'\]"):
+        TrainConfig.from_dict({"optim": {"lrr": 1}})
+
+
+def _as_earlier_versions_wrote(d: dict) -> dict:
+    """A training config dict in the flat layout of earlier versions (every option at the top)."""
+    d = dict(d)
+    for group in ("optim", "validation", "logging", "distributed", "scst"):
+        d.update(d.pop(group))
+    return d
+
+
+def test_a_run_of_an_earlier_version_resumes_and_starts_scst(tiny_features, tmp_path, capsys):
+    from s2vt.cli.app import main
+
+    run = tmp_path / "old"
+    train(cfg_for(tiny_features, run, max_steps=4), progress=False)
+    written = json.loads((run / "config.json").read_text())
+    assert written["optim"]["lr"] == 3e-3 and "lr" not in written  # written nested
+    (run / "config.json").write_text(json.dumps(_as_earlier_versions_wrote(written)))
+    for name in ("last.pt", "best.pt"):
+        ck = checkpoint.Checkpoint.load(run / name)
+        ck.train_config = _as_earlier_versions_wrote(ck.train_config)
+        ck.save(run / name)
+    assert checkpoint.Checkpoint.load(run / "last.pt").train_config["lr"] == 3e-3
+    again = ["train", "--config", str(run / "config.json"), "--resume", "--quiet"]
+    assert main([*again, "--max-steps", "6", "--lr", "0.5"]) == 2  # a changed recipe is still refused
+    assert "different recipe (--lr: 0.003 -> 0.5)" in capsys.readouterr().err
+    assert main([*again, "--max-steps", "6", "--log-every", "2"]) == 0
+    assert checkpoint.Checkpoint.load(run / "last.pt").state["step"] == 6
+    sc = tmp_path / "sc"  # --init: the data and model of its recorded (flat) config
+    assert main(["train", "--objective", "scst", "--init", str(run / "best.pt"), "--out", str(sc), "--max-steps", "2",
+                 "--quiet", "--no-val-meteor"]) == 0
+    was, now = checkpoint.Checkpoint.load(run / "best.pt"), checkpoint.Checkpoint.load(sc / "last.pt")
+    assert now.model_config == was.model_config and now.state["step"] == 2
+    for k in ("dataset", "annotations", "features", "seed", "min_count"):
+        assert now.train_config[k] == was.train_config[k], k
+    assert now.train_config["scst"]["init"] == str(run / "best.pt") and now.train_config["objective"] == "scst"

@@ -19,7 +19,7 @@ import statistics
 import time
 import warnings
 from collections import Counter
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -70,14 +70,15 @@ class DemoPreset:
         return from_dict(cls, {**d, "train": train}, "demo preset", nested={"synth": SynthConfig})
 
     def run_config(self, out: Path, seed: int, device: str, **fields) -> TrainConfig:
-        """The recipe of one run (``fields``: dataset, features, shuffle_frames, model, ...); amp on GPUs only."""
-        return replace(self.train, out=str(out), seed=seed, device=device, amp=self.train.amp and on_gpu(device),
-                       **fields)
+        """The recipe of one run (``fields``: dataset, features, shuffle_frames, model, ..., named as the flags
+        are); amp on GPUs only."""
+        return self.train.with_options(out=str(out), seed=seed, device=device, amp=self.train.amp and on_gpu(device),
+                                       **fields)
 
 
 def _recipe(model: ModelConfig, epochs: int, batch_size: int, lr: float, beam: int, **more) -> TrainConfig:
-    return TrainConfig(model=model, epochs=epochs, batch_size=batch_size, lr=lr, log_every=1000,
-                       decoding=DecodeConfig(beam=beam), **more)
+    return TrainConfig.from_dict(dict(model=model, epochs=epochs, batch_size=batch_size, lr=lr, log_every=1000,
+                                      decoding=DecodeConfig(beam=beam), **more))
 
 
 PRESETS = {

@@ -7,10 +7,10 @@ from s2vt.cli.common import DATASETS, RAW, examples
 from s2vt.decoding.search import DecodeConfig
 from s2vt.models.checkpoint import Checkpoint
 from s2vt.models.s2vt import ModelConfig
-from s2vt.runtime.config import add_arguments, overrides
+from s2vt.runtime.config import add_arguments, configs, merged, overrides
 from s2vt.runtime.errors import S2VTError
 from s2vt.runtime.inputs import read_json
-from s2vt.training.loop import TrainConfig, train
+from s2vt.training.loop import TrainConfig, grouped, train
 from s2vt.training.recipes import recipe
 
 
@@ -19,17 +19,19 @@ def train_config(args):
     base = read_json(args.config, "--config") if args.config else {}
     if not isinstance(base, dict):
         raise S2VTError(f"--config {args.config} must hold a JSON object (as a run's config.json)")
-    name = args.recipe if args.recipe is not None else base.get("recipe")
-    start = recipe(name) if isinstance(name, str) and name else {}  # under --config, whose values are under the flags
-    given = {**base, **overrides(args, TrainConfig)}
-    if given.get("objective") == "scst" and isinstance(given.get("init"), str) and given["init"]:
-        start = {**init_settings(given["init"]), **start}  # the model and data the init checkpoint was trained on
-    merged = {**start, **base, **overrides(args, TrainConfig)}
-    for key, cls in (("model", ModelConfig), ("decoding", DecodeConfig)):  # nested: flags over --config's values
+    base = grouped(base)  # the config.json of an earlier version is flat
+    for key in configs(TrainConfig):  # nested: flags over --config's values, option by option
         if not isinstance(base.get(key, {}), dict):
             raise S2VTError(f"--config {args.config}: '{key}' must be a JSON object of {key} options")
-        merged[key] = {**start.get(key, {}), **base.get(key, {}), **overrides(args, cls, key + "_")}
-    cfg = TrainConfig.from_dict(merged)
+    flags = {**overrides(args, TrainConfig), "model": overrides(args, ModelConfig, "model_"),
+             "decoding": overrides(args, DecodeConfig, "decoding_")}
+    name = args.recipe if args.recipe is not None else base.get("recipe")
+    start = recipe(name) if isinstance(name, str) and name else {}  # under --config, whose values are under the flags
+    given = merged(TrainConfig, base, flags)
+    init = given.get("scst", {}).get("init")
+    if given.get("objective") == "scst" and isinstance(init, str) and init:
+        start = {**init_settings(init), **start}  # the model and data the init checkpoint was trained on
+    cfg = TrainConfig.from_dict(merged(TrainConfig, start, base, flags))
     for req in ("dataset", "annotations", "features"):
         if not getattr(cfg, req):
             raise S2VTError(f"--{req} is required (or set it in --config)"
@@ -38,6 +40,7 @@ def train_config(args):
 
 
 # what --objective scst takes from its --init checkpoint's recorded config unless given: its data and its model
+# (top-level options, in the flat layout of earlier versions as in the nested one)
 INHERITED = ("dataset", "annotations", "features", "train_split", "val_split", "min_count", "shuffle_frames", "seed",
              "model", "decoding")
 

@@ -5,6 +5,9 @@ A config dataclass declares each field with :func:`option` (default, help, choic
 range). ``check_fields(self)`` in its ``__post_init__`` validates types, ranges, choices
 and finiteness, so Python callers and the CLI get the same errors. :func:`add_arguments`
 turns the fields into argparse flags whose help is the field's text (fairseq-style).
+A field declared with :func:`nested` holds another config; an ``inline`` one is a named group
+of the enclosing config's own options (its flags, in the field's place, and its ``when``
+conditions on the enclosing config's fields).
 """
 from __future__ import annotations
 
@@ -33,6 +36,31 @@ def option(default: Any, help: str, choices: Optional[Sequence] = None, low: Opt
     if isinstance(default, (list, dict)):
         return dataclasses.field(default_factory=lambda: type(default)(default), metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
+
+
+def nested(cls, inline: bool = False) -> Any:
+    """A field holding config ``cls`` (its default: ``cls()``). ``inline``: a group of the enclosing
+    config's options, whose flags and checks are the enclosing config's (see :func:`add_arguments`)."""
+    return dataclasses.field(default_factory=cls, metadata={"config": cls, "inline": inline})
+
+
+def configs(cls, inline: Optional[bool] = None) -> dict:
+    """{field: config class} of the fields of ``cls`` declared with :func:`nested` (``inline``: only
+    the inline groups, or only the others)."""
+    return {f.name: f.metadata["config"] for f in dataclasses.fields(cls) if "config" in f.metadata
+            and inline in (None, f.metadata["inline"])}
+
+
+def merged(cls, *layers: dict) -> dict:
+    """``cls``'s options from dicts of them, later over earlier; a nested config's dicts merge key by key."""
+    out: dict = {}
+    for d in layers:
+        out.update({k: v for k, v in d.items() if k not in configs(cls)})
+    for key in configs(cls):
+        parts = [d[key] for d in layers if key in d]
+        if parts:
+            out[key] = {k: v for part in parts for k, v in part.items()}
+    return out
 
 
 def flag(name: str) -> str:
@@ -89,30 +117,42 @@ def _number(v) -> str:
 
 def applies(obj, f: dataclasses.Field) -> bool:
     """Whether field ``f`` of ``obj`` applies: every condition of its ``when`` holds ({field: value},
-    or {field: (values...)} for one of several)."""
+    or {field: (values...)} for one of several). A condition on a field ``obj`` lacks is the enclosing
+    config's to check (``f`` is in an inline group)."""
     return all(getattr(obj, k) in v if isinstance(v, tuple) else getattr(obj, k) == v
-               for k, v in f.metadata.get("when", {}).items())
+               for k, v in f.metadata.get("when", {}).items() if hasattr(obj, k))
 
 
 def _conditions(when: dict) -> str:
     return " and ".join(f"{flag(k)} {' or '.join(map(str, v)) if isinstance(v, tuple) else v}" for k, v in when.items())
 
 
-def check_fields(obj) -> None:
+def check_fields(obj, within=None) -> None:
     """Validate every field of a config dataclass declared with :func:`option`; a field given a value
-    where it does not apply (its ``when`` does not hold) is refused rather than silently ignored."""
+    where it does not apply (its ``when`` does not hold) is refused rather than silently ignored. A
+    :func:`nested` field must hold its config; an inline group's fields are checked ``within`` ``obj``
+    (their ``when`` conditions name its fields, and it is named as their owner)."""
+    scope = obj if within is None else within
     for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if "config" in f.metadata:
+            if not isinstance(value, f.metadata["config"]):
+                raise ConfigError(f"{type(obj).__name__}.{f.name} must be a {f.metadata['config'].__name__}, "
+                                  f"got {type(value).__name__}")
+            if f.metadata["inline"]:
+                check_fields(value, scope)
         if "help" not in f.metadata:
             continue
-        value = getattr(obj, f.name)
         check_value(f.name, value, f, type(obj).__name__)
-        if not applies(obj, f) and value != f.default:
-            raise FieldError(f.name, type(obj).__name__, f"applies only with {_conditions(f.metadata['when'])}",
+        if not applies(scope, f) and value != f.default:
+            raise FieldError(f.name, type(scope).__name__, f"applies only with {_conditions(f.metadata['when'])}",
                              _number(value))
 
 
 def from_dict(cls, d: Any, what: str = "config", nested: Optional[dict] = None, ignore: Iterable[str] = ()):
-    """Build ``cls`` from a dict, refusing unknown keys; ``nested`` maps a field to its config class."""
+    """Build ``cls`` from a dict, refusing unknown keys; ``nested`` maps a field to its config class (the
+    fields declared with :func:`nested` are known without it). A nested value that is already its
+    config is taken as it is."""
     if not isinstance(d, dict):
         raise ConfigError(f"{what} must be a JSON object, got {type(d).__name__}")
     names = {f.name for f in dataclasses.fields(cls)}
@@ -120,16 +160,19 @@ def from_dict(cls, d: Any, what: str = "config", nested: Optional[dict] = None, 
     if unknown:
         raise ConfigError(f"{what}: unknown options {sorted(unknown)} (known: {', '.join(sorted(names))})")
     d = {k: v for k, v in d.items() if k in names}
-    for key, sub in (nested or {}).items():
-        if key in d:
+    for key, sub in {**configs(cls), **(nested or {})}.items():
+        if key in d and not isinstance(d[key], sub):
             d[key] = from_dict(sub, d[key], f"{what}.{key}")
     return cls(**d)
 
 
 def add_arguments(parser: argparse.ArgumentParser, cls, dest_prefix: str = "", skip: Iterable[str] = ()) -> None:
-    """One flag per field of ``cls`` with the field's help; defaults stay None (= not given)."""
+    """One flag per field of ``cls`` with the field's help, an inline group's in its place; defaults stay
+    None (= not given)."""
     for f in dataclasses.fields(cls):
         m = f.metadata
+        if m.get("inline") and f.name not in skip:
+            add_arguments(parser, m["config"], dest_prefix, skip)
         if f.name in skip or "help" not in m or not m.get("cli", True):
             continue
         tp = _base_type(f.type)
@@ -163,9 +206,14 @@ def as_flags(obj, fields) -> str:
 
 
 def overrides(args: argparse.Namespace, cls, dest_prefix: str = "") -> dict:
-    """The fields of ``cls`` given on the command line (not None)."""
+    """The fields of ``cls`` given on the command line (not None); an inline group's as a dict of them."""
     out = {}
     for f in dataclasses.fields(cls):
+        if f.metadata.get("inline"):
+            group = overrides(args, f.metadata["config"], dest_prefix)
+            if group:
+                out[f.name] = group
+            continue
         v = getattr(args, dest_prefix + f.name, None)
         if v is not None:
             out[f.name] = v

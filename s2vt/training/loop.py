@@ -32,7 +32,7 @@ from s2vt.training.batches import (BatchStream, CaptionTable, EpochSampler, Feat
 from s2vt.features.frames import StoreFeatures
 from s2vt.captioning.captioner import Captioner
 from s2vt.models.checkpoint import Checkpoint, LoopState, differences, vocab_difference
-from s2vt.runtime.config import INT64_MAX, check_fields, from_dict, option
+from s2vt.runtime.config import INT64_MAX, check_fields, configs, from_dict, nested, option
 from s2vt.runtime.errors import ConfigError
 from s2vt.runtime.devices import configure, resolve as resolve_device, torchrun_world
 from s2vt.data.corpora import DATASETS, load_corpus
@@ -48,7 +48,6 @@ from s2vt.features.signature import check_complete
 from s2vt.features.store import FeatureStore, signature_diff
 from s2vt.data.vocab import Vocab
 
-LR_PRESETS = {"adam": 2e-4, "sgd": 0.01}
 # options a resumed run may change; any other difference from last.pt is refused
 RESUMABLE_CHANGES = {"epochs", "max_steps", "log_every", "save_every", "val_every", "patience", "device",
                      "dist_timeout", "val_timeout", "decoding", "tensorboard", "out", "annotations", "features"}  # paths may move; contents are checked
@@ -62,10 +61,90 @@ class TrainingDiverged(S2VTError):
 
 
 REMOVED_OPTIONS = {"workers", "preload", "compile"}  # TrainConfig fields of earlier versions
+LR_PRESETS = {"adam": 2e-4, "sgd": 0.01}  # OptimConfig.lr when none is given
+
+
+@dataclass
+class OptimConfig:
+    """The optimiser and its learning-rate schedule."""
+
+    optimizer: str = option("adam", "optimiser", choices=("adam", "sgd"))
+    lr: Optional[float] = option(None, "learning rate (preset: adam 2e-4, sgd 0.01)", low=0.0, low_open=True, high=10.0)
+    momentum: float = option(0.9, "SGD momentum", low=0.0, high=0.999)
+    weight_decay: float = option(0.0, "L2 weight decay", low=0.0, high=1.0)
+    grad_clip: float = option(5.0, "clip the global gradient norm to this", low=0.0, low_open=True)
+    schedule: str = option("none", "learning-rate schedule per epoch", choices=("none", "step", "cosine"))
+    step_epochs: int = option(10, "step schedule: multiply the lr by --gamma every this many epochs", low=1, high=100_000)
+    gamma: float = option(0.5, "step schedule factor", low=0.0, low_open=True, high=1.0)
+
+    def __post_init__(self):
+        check_fields(self)
+
+    def resolved(self) -> "OptimConfig":
+        """A copy with the preset lr of the chosen optimiser where none is given."""
+        return dataclasses.replace(self, lr=self.lr if self.lr is not None else LR_PRESETS[self.optimizer])
+
+
+@dataclass
+class ValidationConfig:
+    """How often the run validates, what selects best.pt, and when it stops early."""
+
+    val_meteor: bool = option(True, "select the model on val METEOR of the captions --select-beam decodes "
+                                    "(else on val loss)")
+    select_beam: int = option(1, "beam of the val captions that select best.pt (1: greedy, cheap; the reported "
+                                 "numbers use the checkpoint's --beam)", low=1, high=100)
+    val_every: int = option(1, "validate every N epochs (and after the last)", low=1)
+    patience: int = option(0, "early stopping: validations without improvement (0: off)", low=0)
+
+    def __post_init__(self):
+        check_fields(self)
+
+
+@dataclass
+class LoggingConfig:
+    """What the run writes between epochs: train-loss lines, TensorBoard events, extra saves of last.pt."""
+
+    log_every: int = option(50, "write a train-loss line to metrics.jsonl every N steps", low=1)
+    tensorboard: bool = option(False, "also write metrics.jsonl's figures as TensorBoard events in OUT/tensorboard "
+                                      "(needs the tensorboard package: pip install -e '.[tensorboard]')")
+    save_every: int = option(0, "also write last.pt every N steps (0: once per epoch)", low=0)
+
+    def __post_init__(self):
+        check_fields(self)
+
+
+@dataclass
+class DistributedConfig:
+    """How long torchrun's processes wait for each other."""
+
+    dist_timeout: int = option(300, "seconds to wait for torchrun peers before giving up", low=1, high=604800)
+    val_timeout: int = option(7200, "torchrun: seconds the other processes wait while rank 0 validates and saves",
+                              low=1, high=604800)
+
+    def __post_init__(self):
+        check_fields(self)
+
+
+@dataclass
+class ScstConfig:
+    """Self-critical fine-tuning: its options apply only with TrainConfig.objective scst."""
+
+    init: str = option("", "--objective scst: the cross-entropy checkpoint to start from (RUN/best.pt)",
+                       when={"objective": "scst"})
+    scst_samples: int = option(5, "--objective scst: captions sampled per video", low=1, high=100,
+                               when={"objective": "scst"})
+
+    def __post_init__(self):
+        check_fields(self)
 
 
 @dataclass
 class TrainConfig:
+    """A training run. The options of one concern live in a group (``optim``, ``validation``, ``logging``,
+    ``distributed``, ``scst``) whose flags are this config's own (``--lr`` sets ``optim.lr``). Build one
+    from options named as the flags are with ``TrainConfig.from_dict({"lr": 2e-3, ...})``, and change
+    them with :meth:`with_options`."""
+
     recipe: str = option("paper", "start from a named recipe: paper (these defaults) or small (a few hundred clips "
                                   "or fewer, a CPU: the demo's); --config and flags override it", choices=tuple(RECIPES))
     dataset: str = option("", f"dataset format of --annotations ({', '.join(DATASETS)}); required")
@@ -77,66 +156,71 @@ class TrainConfig:
     epochs: int = option(30, "passes over every training caption", low=1, high=100_000)
     max_steps: int = option(0, "stop after this many optimiser steps (0: no limit)", low=0)
     batch_size: int = option(64, "(video, caption) pairs per optimiser step", low=1, high=16384)
-    optimizer: str = option("adam", "optimiser", choices=("adam", "sgd"))
-    lr: Optional[float] = option(None, "learning rate (preset: adam 2e-4, sgd 0.01)", low=0.0, low_open=True, high=10.0)
-    momentum: float = option(0.9, "SGD momentum", low=0.0, high=0.999)
-    weight_decay: float = option(0.0, "L2 weight decay", low=0.0, high=1.0)
-    grad_clip: float = option(5.0, "clip the global gradient norm to this", low=0.0, low_open=True)
-    schedule: str = option("none", "learning-rate schedule per epoch", choices=("none", "step", "cosine"))
-    step_epochs: int = option(10, "step schedule: multiply the lr by --gamma every this many epochs", low=1, high=100_000)
-    gamma: float = option(0.5, "step schedule factor", low=0.0, low_open=True, high=1.0)
+    optim: OptimConfig = nested(OptimConfig, inline=True)
     min_count: int = option(1, "vocabulary: keep words seen at least this often in the training split", low=1)
-    val_meteor: bool = option(True, "select the model on val METEOR of the captions --select-beam decodes "
-                                    "(else on val loss)")
-    select_beam: int = option(1, "beam of the val captions that select best.pt (1: greedy, cheap; the reported "
-                                 "numbers use the checkpoint's --beam)", low=1, high=100)
-    val_every: int = option(1, "validate every N epochs (and after the last)", low=1)
-    patience: int = option(0, "early stopping: validations without improvement (0: off)", low=0)
+    validation: ValidationConfig = nested(ValidationConfig, inline=True)
     shuffle_frames: bool = option(False, "the paper's random-frame-order ablation")
     seed: int = option(0, "seed of the data order, frame shuffling and initial weights", low=0, high=INT64_MAX)
     device: str = option("cpu", "cpu, cuda, cuda:1, ...")
     amp: bool = option(False, "mixed precision (CUDA only): a bf16 feature bank, the linear layers under bf16 "
                               "autocast, the LSTMs in fp32 (TF32 allowed); without it every op is IEEE fp32")
-    log_every: int = option(50, "write a train-loss line to metrics.jsonl every N steps", low=1)
-    tensorboard: bool = option(False, "also write metrics.jsonl's figures as TensorBoard events in OUT/tensorboard "
-                                      "(needs the tensorboard package: pip install -e '.[tensorboard]')")
-    save_every: int = option(0, "also write last.pt every N steps (0: once per epoch)", low=0)
-    dist_timeout: int = option(300, "seconds to wait for torchrun peers before giving up", low=1, high=604800)
-    val_timeout: int = option(7200, "torchrun: seconds the other processes wait while rank 0 validates and saves",
-                              low=1, high=604800)
+    logging: LoggingConfig = nested(LoggingConfig, inline=True)
+    distributed: DistributedConfig = nested(DistributedConfig, inline=True)
     objective: str = option("xe", "xe: cross-entropy on the captions; scst: self-critical fine-tuning of --init on "
                             "CIDEr-D (s2vt.training.scst)", choices=("xe", "scst"))
-    init: str = option("", "--objective scst: the cross-entropy checkpoint to start from (RUN/best.pt)",
-                       when={"objective": "scst"})
-    scst_samples: int = option(5, "--objective scst: captions sampled per video", low=1, high=100,
-                               when={"objective": "scst"})
-    model: ModelConfig = field(default_factory=ModelConfig)
-    decoding: DecodeConfig = field(default_factory=DecodeConfig)  # the checkpoint's decoding defaults
+    scst: ScstConfig = nested(ScstConfig, inline=True)
+    model: ModelConfig = nested(ModelConfig)
+    decoding: DecodeConfig = nested(DecodeConfig)  # the checkpoint's decoding defaults
 
     def __post_init__(self):
         check_fields(self)
-        if self.objective == "scst" and not self.init:
+        if self.objective == "scst" and not self.scst.init:
             raise ConfigError("--objective scst fine-tunes a trained model: give it with --init RUN/best.pt")
-        if not isinstance(self.model, ModelConfig):
-            raise ConfigError(f"TrainConfig.model must be a ModelConfig, got {type(self.model).__name__}")
-        if not isinstance(self.decoding, DecodeConfig):
-            raise ConfigError(f"TrainConfig.decoding must be a DecodeConfig, got {type(self.decoding).__name__}")
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
+        """The config of ``d``, nested (config.json) or flat (earlier versions, or options named as the flags
+        are: :func:`grouped`); a nested config may be given as its object (``"model": ModelConfig(...)``)."""
         removed = sorted(set(d) & REMOVED_OPTIONS) if isinstance(d, dict) else []
         if removed:  # a config.json of an earlier version still loads, and says what it no longer does
             one = len(removed) == 1
             warnings.warn(f"training config: {', '.join(removed)} {'is an option' if one else 'are options'} of an "
                           f"earlier s2vt that no longer {'exists' if one else 'exist'}; ignored", stacklevel=2)
             d = {k: v for k, v in d.items() if k not in REMOVED_OPTIONS}
-        return from_dict(cls, d, "training config", nested={"model": ModelConfig, "decoding": DecodeConfig})
+        return from_dict(cls, grouped(d), "training config")
+
+    def with_options(self, **options) -> "TrainConfig":
+        """A copy with ``options`` set, named as the flags are (``lr=`` sets ``optim.lr``)."""
+        groups = configs(TrainConfig, inline=True)
+        return dataclasses.replace(self, **{k: dataclasses.replace(getattr(self, k), **v)
+                                            if k in groups and isinstance(v, dict) else v
+                                            for k, v in grouped(options).items()})
 
     def resolved(self) -> "TrainConfig":
-        """A copy with presets filled in (the lr of the chosen optimiser)."""
-        lr = self.lr if self.lr is not None else LR_PRESETS[self.optimizer]
-        return dataclasses.replace(self, lr=lr, model=dataclasses.replace(self.model),
-                                   decoding=dataclasses.replace(self.decoding))
+        """A copy with presets filled in (the lr of the chosen optimiser), every nested config copied."""
+        copies = {k: dataclasses.replace(getattr(self, k)) for k in configs(TrainConfig)}
+        return dataclasses.replace(self, **{**copies, "optim": self.optim.resolved()})
+
+
+def grouped(d: dict) -> dict:
+    """``d`` with each option of a group moved into it (``lr`` into ``optim``): this reads the flat layout
+    of earlier versions (their config.json and the training config of their checkpoints), and options
+    named as the flags are. A nested dict, or anything not a dict, comes back as it is."""
+    if not isinstance(d, dict):
+        return d
+    out = dict(d)
+    for name, cls in configs(TrainConfig, inline=True).items():
+        own = [k for k in out if k in {f.name for f in dataclasses.fields(cls)}]
+        if own and isinstance(out.get(name, {}), dict):
+            out[name] = {**out.get(name, {}), **{k: out.pop(k) for k in own}}
+    return out
+
+
+def flat(d: dict) -> dict:
+    """A training config dict with each group's options at the top, as earlier versions recorded them."""
+    groups = configs(TrainConfig, inline=True)
+    return {k: v for name, value in d.items()
+            for k, v in (value.items() if name in groups and isinstance(value, dict) else [(name, value)])}
 
 
 @dataclass
@@ -162,16 +246,17 @@ def optimizer_flags(device: torch.device) -> dict:
 
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    fused = optimizer_flags(model_device(model))
-    if cfg.optimizer == "adam":
-        return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, **fused)
-    return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, **fused)
+    fused, o = optimizer_flags(model_device(model)), cfg.optim
+    if o.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=o.lr, weight_decay=o.weight_decay, **fused)
+    return torch.optim.SGD(model.parameters(), lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay, **fused)
 
 
 def make_scheduler(opt, cfg: TrainConfig):
-    if cfg.schedule == "step":
-        f = lambda e: cfg.gamma ** (e // cfg.step_epochs)
-    elif cfg.schedule == "cosine":
+    o = cfg.optim
+    if o.schedule == "step":
+        f = lambda e: o.gamma ** (e // o.step_epochs)
+    elif o.schedule == "cosine":
         f = lambda e: 0.5 * (1 + math.cos(math.pi * min(e, cfg.epochs) / cfg.epochs))
     else:
         f = lambda e: 1.0
@@ -187,7 +272,7 @@ def train_step(model, objective, optimizer, batch, cfg: TrainConfig, world: int 
     scaled = loss * (len(batch) * world / cfg.batch_size) if world > 1 else loss
     optimizer.zero_grad(set_to_none=True)
     scaled.backward()
-    gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip, foreach=True)
+    gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip, foreach=True)
     optimizer.step()
     return loss.detach(), torch.isfinite(loss.detach()) & torch.isfinite(gnorm)
 
@@ -238,9 +323,9 @@ def validate(model, data: TrainData, cfg: TrainConfig, meteor=None) -> dict:
         bank = data.stream.bank
         source = bank.source(data.table.vids) if bank is not None else StoreFeatures(data.store, cfg.model.max_frames)
         cap = Captioner([model], [source], data.vocab, model_device(model))
-        caps = cap.caption(list(data.val_refs), decoding=cfg.decoding, beam=cfg.select_beam, batch_size=256)
+        caps = cap.caption(list(data.val_refs), decoding=cfg.decoding, beam=cfg.validation.select_beam, batch_size=256)
         corpus, _ = score(data.val_refs, caps, meteor=meteor)
-        rec.update(val_meteor=corpus["METEOR"], val_cider=corpus["CIDEr"], val_beam=cfg.select_beam)
+        rec.update(val_meteor=corpus["METEOR"], val_cider=corpus["CIDEr"], val_beam=cfg.validation.select_beam)
     return rec
 
 
@@ -366,7 +451,7 @@ def check_resume(ck: Checkpoint, cfg: TrainConfig, vocab: Vocab, signature: dict
     sd = signature_diff(signature, ck.feature_signature)
     if sd:
         raise S2VTError(f"cannot resume {path}: features were extracted differently ({'; '.join(sd)})")
-    was, now = ck.train_config, asdict(cfg)
+    was, now = flat(ck.train_config), flat(asdict(cfg))  # compared option by option, whichever layout was recorded
     recipe = differences(was, {k: v for k, v in now.items() if k in was}, skip=RESUMABLE_CHANGES | {"model"},
                          as_flags=True)
     if recipe:
@@ -414,7 +499,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, meteor=
     import torch.distributed as dist
 
     joined = not dist.is_initialized()  # a group the caller made is the caller's to close
-    control = setup_distributed(device, world, cfg.dist_timeout, cfg.val_timeout)
+    control = setup_distributed(device, world, cfg.distributed.dist_timeout, cfg.distributed.val_timeout)
     finished = False
     try:
         result = _train(cfg, device, rank, world, resume, progress, meteor, overwrite, control)
@@ -439,8 +524,8 @@ def _train_locked(cfg: TrainConfig, device: torch.device, rank: int, world: int,
     from tqdm import tqdm
 
     out = Path(cfg.out)
-    if cfg.init and out.is_dir() and Path(cfg.init).resolve().parent == out.resolve():
-        raise S2VTError(f"--out {out} holds --init {cfg.init}: a run never writes over the checkpoint it starts "
+    if cfg.scst.init and out.is_dir() and Path(cfg.scst.init).resolve().parent == out.resolve():
+        raise S2VTError(f"--out {out} holds --init {cfg.scst.init}: a run never writes over the checkpoint it starts "
                         "from; choose another --out")
     check_run_folder(out, resume, overwrite)
     ck = Checkpoint.load(out / "last.pt") if resume else None
@@ -474,12 +559,12 @@ def _train_locked(cfg: TrainConfig, device: torch.device, rank: int, world: int,
     objective = scst if scst is not None else CrossEntropy(net)  # SCST runs in one process (scst.setup refuses torchrun)
     writer = RunWriter(out, cfg, data, rank, fresh=ck is None)
     writer.extra_log = scst.pop_stats if scst is not None else None
-    own_meteor = meteor is None and cfg.val_meteor and rank == 0 and bool(data.val_refs)
+    own_meteor = meteor is None and cfg.validation.val_meteor and rank == 0 and bool(data.val_refs)
     if own_meteor:
         from s2vt.evaluation.metrics import Meteor
 
         meteor = Meteor()
-    meteor = meteor if cfg.val_meteor and rank == 0 else None
+    meteor = meteor if cfg.validation.val_meteor and rank == 0 else None
     bar = tqdm(total=cfg.max_steps or cfg.epochs * data.sampler.batches_per_epoch(), initial=state.step,
                desc="train", unit="step", disable=not progress or rank != 0)
     save = lambda: writer.save_last(snapshot(model, optimizer, scheduler, state, cfg, data), state)
@@ -507,9 +592,9 @@ def run_epochs(model, objective, optimizer, scheduler, data: TrainData, cfg: Tra
     """The epoch loop: train, validate when due, keep the best, stop early on patience."""
     def on_step(st: LoopState, stats: dict) -> None:
         bar.update()
-        if st.step % cfg.log_every == 0 or st.batch == data.sampler.batches_per_epoch():  # a point per epoch at least
+        if st.step % cfg.logging.log_every == 0 or st.batch == data.sampler.batches_per_epoch():  # a point per epoch at least
             writer.log_train(st, stats, optimizer, world, bar)
-        if cfg.save_every and st.step % cfg.save_every == 0:
+        if cfg.logging.save_every and st.step % cfg.logging.save_every == 0:
             save()
 
     while state.epoch < cfg.epochs and not (cfg.max_steps and state.step >= cfg.max_steps):
@@ -520,7 +605,7 @@ def run_epochs(model, objective, optimizer, scheduler, data: TrainData, cfg: Tra
             break
         state.epoch, state.batch = state.epoch + 1, 0
         scheduler.step()
-        if state.epoch % cfg.val_every == 0 or state.epoch >= cfg.epochs:
+        if state.epoch % cfg.validation.val_every == 0 or state.epoch >= cfg.epochs:
             t = time.time()
             rec = validate(model, data, cfg, meteor) if writer.rank == 0 else {}
             writer.select(rec, state, meteor is not None, time.time() - t, bar)
@@ -531,8 +616,8 @@ def run_epochs(model, objective, optimizer, scheduler, data: TrainData, cfg: Tra
             save()
         if control is not None:
             state.stale = broadcast_int(state.stale, control)
-        if cfg.patience and state.stale >= cfg.patience:
-            bar.write(f"early stop: no improvement in {cfg.patience} validations")
+        if cfg.validation.patience and state.stale >= cfg.validation.patience:
+            bar.write(f"early stop: no improvement in {cfg.validation.patience} validations")
             break
     save()
 
@@ -562,7 +647,7 @@ class RunWriter:
     def __init__(self, out: Path, cfg: TrainConfig, data: TrainData, rank: int, fresh: bool):
         self.out, self.rank, self.cfg, self.val_seconds = out, rank, cfg, 0.0
         self.epoch_batches = max(data.sampler.batches_per_epoch(), 1)  # for fractional epochs in the log
-        self.tb = tensorboard_writer(out / "tensorboard") if cfg.tensorboard and rank == 0 else None
+        self.tb = tensorboard_writer(out / "tensorboard") if cfg.logging.tensorboard and rank == 0 else None
         self.extra_log = None  # () -> dict added to each train line (the SCST rewards)
         self.last_path, self.best_path, self.metrics = out / "last.pt", out / "best.pt", out / "metrics.jsonl"
         if rank == 0:

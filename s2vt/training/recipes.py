@@ -17,13 +17,13 @@ from s2vt.runtime.errors import ConfigError
 RECIPES = {
     "paper": {},
     "small": {"model": {"embed": 128, "hidden": 256, "dropout": 0.3, "max_frames": 80}, "epochs": 20,
-              "batch_size": 32, "lr": 2e-3, "val_every": 5, "decoding": {"beam": 5}},
+              "batch_size": 32, "optim": {"lr": 2e-3}, "validation": {"val_every": 5}, "decoding": {"beam": 5}},
 }
 FEW_STEPS = 300  # fewer optimiser steps than this rarely train the paper's model
 
 
 def recipe(name: str) -> dict:
-    """The TrainConfig options of recipe ``name`` (nested dicts for model and decoding), a fresh copy."""
+    """The TrainConfig options of recipe ``name`` (nested dicts for its groups, model and decoding), a fresh copy."""
     if name not in RECIPES:
         raise ConfigError(f"--recipe {name!r} is unknown; choose one of {', '.join(RECIPES)}")
     return {k: dict(v) if isinstance(v, dict) else v for k, v in RECIPES[name].items()}

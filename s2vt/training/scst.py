@@ -271,19 +271,19 @@ def setup(cfg, data, model, device, rank: int, world: int):
 
     if world > 1:
         raise ConfigError("--objective scst runs in one process; start it without torchrun")
-    init = Checkpoint.load(cfg.init)
+    init = Checkpoint.load(cfg.scst.init)
     if init.model_config.decoder != cfg.model.decoder:
-        raise ConfigError(f"--init {cfg.init} was trained with --decoder {init.model_config.decoder}, this run has "
+        raise ConfigError(f"--init {cfg.scst.init} was trained with --decoder {init.model_config.decoder}, this run has "
                           f"--decoder {cfg.model.decoder}: pass --decoder {init.model_config.decoder}")
     if init.vocab != data.vocab:
-        raise ConfigError(f"--init {cfg.init}: {vocab_difference(init.vocab, data.vocab)}; train on the same "
+        raise ConfigError(f"--init {cfg.scst.init}: {vocab_difference(init.vocab, data.vocab)}; train on the same "
                           "captions with the same --min-count")
     sd = signature_diff(data.store.signature, init.feature_signature)
     if sd:
-        raise ConfigError(f"--init {cfg.init} was trained on features extracted differently ({'; '.join(sd)})")
+        raise ConfigError(f"--init {cfg.scst.init} was trained on features extracted differently ({'; '.join(sd)})")
     diff = differences(dataclasses.asdict(init.model_config), dataclasses.asdict(cfg.model), skip=("dropout",))
     if diff:
-        raise ConfigError(f"--init {cfg.init} has another model ({'; '.join(diff)}): pass its model flags")
+        raise ConfigError(f"--init {cfg.scst.init} has another model ({'; '.join(diff)}): pass its model flags")
     model.load_state_dict(init.weights)
     vids = data.table.vids
     row = {v: i for i, v in enumerate(vids)}  # each video's row of the bank (one lookup per caption, not a search)
@@ -294,7 +294,7 @@ def setup(cfg, data, model, device, rank: int, world: int):
     if not any(refs):
         raise ConfigError(f"--objective scst: no video of the {cfg.train_split} split has a reference caption")
     cider = CiderD(refs, device="cpu")
-    loss = SCSTLoss(model, cider, cfg.scst_samples, cfg.model.max_words + 1)
+    loss = SCSTLoss(model, cider, cfg.scst.scst_samples, cfg.model.max_words + 1)
     table = CaptionTable([(v, c[:1]) for v, c in train_items if refs[row[v]]], data.vocab,
                          cfg.model.max_words, vids)
     s = data.stream
