@@ -97,7 +97,7 @@ def test_train_needs_dataset_and_records_the_selection_beam(tiny_features, tmp_p
     vals = [json.loads(line) for line in (tmp_path / "s" / "metrics.jsonl").read_text().splitlines()]
     vals = [r for r in vals if "val_meteor" in r]
     assert vals and all(r["val_beam"] == 2 for r in vals)
-    assert json.loads((tmp_path / "s" / "config.json").read_text())["validation"]["select_beam"] == 2
+    assert json.loads((tmp_path / "s" / "config.json").read_text())["select_beam"] == 2
 
 
 def test_benchmark_takes_a_checkpoint_per_seed(tiny_features, runs, tmp_path, capsys):

@@ -1,4 +1,3 @@
-import dataclasses
 import json
 import os
 import socket
@@ -36,7 +35,7 @@ def test_training_writes_run_directory(tiny_features, tmp_path):
     assert ck.feature_signature["stream"] == "rgb" and ck.vocab.to_list()[:4] == ["<pad>", "<bos>", "<eos>", "<unk>"]
     model = ck.build_model()
     assert model.cfg.feat_dim == 1280 and model.cfg.vocab_size == len(ck.vocab)
-    assert ck.decoding.max_len == 30 and ck.train_config["optim"]["lr"] == 3e-3
+    assert ck.decoding.max_len == 30 and ck.train_config["lr"] == 3e-3
 
 
 def test_resume_is_bitwise_equal_to_uninterrupted(tiny_features, tmp_path):
@@ -438,7 +437,9 @@ def test_a_flat_options_dict_and_its_nested_form_are_one_config():
     cfg = TrainConfig.from_dict(flat)
     assert cfg == TrainConfig.from_dict(nested)
     assert (cfg.optim.lr, cfg.validation.patience, cfg.logging.log_every, cfg.scst.init) == (0.1, 3, 7, "x.pt")
-    assert TrainConfig.from_dict(json.loads(json.dumps(dataclasses.asdict(cfg)))) == cfg  # config.json round trip
+    assert TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg  # config.json round trip
+    assert cfg.to_dict() == {**TrainConfig().to_dict(), **flat, "model": cfg.to_dict()["model"],
+                             "decoding": cfg.to_dict()["decoding"]}  # written flat, as it always was
     assert cfg.with_options(lr=0.2, init="y.pt").optim.lr == 0.2 and cfg.optim.lr == 0.1
     for given in ({"scst_samples": 3}, {"scst": {"scst_samples": 3}}):  # SCST options only with --objective scst
         with pytest.raises(S2VTError, match=r"^--scst-samples \(TrainConfig.scst_samples\) applies only with "
@@ -448,27 +449,15 @@ def test_a_flat_options_dict_and_its_nested_form_are_one_config():
         TrainConfig.from_dict({"optim": {"lrr": 1}})
 
 
-def _as_earlier_versions_wrote(d: dict) -> dict:
-    """A training config dict in the flat layout of earlier versions (every option at the top)."""
-    d = dict(d)
-    for group in ("optim", "validation", "logging", "distributed", "scst"):
-        d.update(d.pop(group))
-    return d
-
-
-def test_a_run_of_an_earlier_version_resumes_and_starts_scst(tiny_features, tmp_path, capsys):
+def test_config_json_keeps_the_flat_layout_and_a_run_resumes_and_starts_scst_from_it(tiny_features, tmp_path, capsys):
     from s2vt.cli.app import main
 
     run = tmp_path / "old"
     train(cfg_for(tiny_features, run, max_steps=4), progress=False)
     written = json.loads((run / "config.json").read_text())
-    assert written["optim"]["lr"] == 3e-3 and "lr" not in written  # written nested
-    (run / "config.json").write_text(json.dumps(_as_earlier_versions_wrote(written)))
-    for name in ("last.pt", "best.pt"):
-        ck = checkpoint.Checkpoint.load(run / name)
-        ck.train_config = _as_earlier_versions_wrote(ck.train_config)
-        ck.save(run / name)
-    assert checkpoint.Checkpoint.load(run / "last.pt").train_config["lr"] == 3e-3
+    groups = ("optim", "validation", "logging", "distributed", "scst")
+    assert written["lr"] == 3e-3 and not set(groups) & set(written)  # the layout earlier versions wrote
+    assert checkpoint.Checkpoint.load(run / "last.pt").train_config == written
     again = ["train", "--config", str(run / "config.json"), "--resume", "--quiet"]
     assert main([*again, "--max-steps", "6", "--lr", "0.5"]) == 2  # a changed recipe is still refused
     assert "different recipe (--lr: 0.003 -> 0.5)" in capsys.readouterr().err
@@ -481,4 +470,4 @@ def test_a_run_of_an_earlier_version_resumes_and_starts_scst(tiny_features, tmp_
     assert now.model_config == was.model_config and now.state["step"] == 2
     for k in ("dataset", "annotations", "features", "seed", "min_count"):
         assert now.train_config[k] == was.train_config[k], k
-    assert now.train_config["scst"]["init"] == str(run / "best.pt") and now.train_config["objective"] == "scst"
+    assert now.train_config["init"] == str(run / "best.pt") and now.train_config["objective"] == "scst"

@@ -55,7 +55,7 @@ class Checkpoint:
     vocab: Vocab
     feature_signature: dict
     decoding: DecodeConfig = field(default_factory=DecodeConfig)
-    train_config: dict = field(default_factory=dict)   # the resolved TrainConfig, as written to config.json (flat before its groups)
+    train_config: dict = field(default_factory=dict)   # the resolved TrainConfig, as written to config.json
     state: dict = field(default_factory=dict)          # loop state: step, epoch, batch, best, ...
     optimizer: Optional[dict] = None
     scheduler: Optional[dict] = None

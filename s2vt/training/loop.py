@@ -19,7 +19,7 @@ import math
 import os
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -195,6 +195,11 @@ class TrainConfig:
         return dataclasses.replace(self, **{k: dataclasses.replace(getattr(self, k), **v)
                                             if k in groups and isinstance(v, dict) else v
                                             for k, v in grouped(options).items()})
+
+    def to_dict(self) -> dict:
+        """The config as config.json and a checkpoint record it: every option at the top (the groups are
+        this code's, the file's layout is the one earlier versions wrote), model and decoding nested."""
+        return flat(asdict(self))
 
     def resolved(self) -> "TrainConfig":
         """A copy with presets filled in (the lr of the chosen optimiser), every nested config copied."""
@@ -451,7 +456,7 @@ def check_resume(ck: Checkpoint, cfg: TrainConfig, vocab: Vocab, signature: dict
     sd = signature_diff(signature, ck.feature_signature)
     if sd:
         raise S2VTError(f"cannot resume {path}: features were extracted differently ({'; '.join(sd)})")
-    was, now = flat(ck.train_config), flat(asdict(cfg))  # compared option by option, whichever layout was recorded
+    was, now = flat(ck.train_config), cfg.to_dict()  # compared option by option, whichever layout was recorded
     recipe = differences(was, {k: v for k, v in now.items() if k in was}, skip=RESUMABLE_CHANGES | {"model"},
                          as_flags=True)
     if recipe:
@@ -463,7 +468,7 @@ def snapshot(model, optimizer, scheduler, state: LoopState, cfg: TrainConfig, da
     device = model_device(model)
     rng = {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
     return Checkpoint(cfg.model, model.state_dict(), data.vocab, data.store.signature, cfg.decoding,
-                      train_config=asdict(cfg),
+                      train_config=cfg.to_dict(),
                       state=asdict(state), optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), rng=rng)
 
 
@@ -652,7 +657,7 @@ class RunWriter:
         self.last_path, self.best_path, self.metrics = out / "last.pt", out / "best.pt", out / "metrics.jsonl"
         if rank == 0:
             out.mkdir(parents=True, exist_ok=True)
-            write_json(asdict(cfg), out / "config.json", indent=2)
+            write_json(cfg.to_dict(), out / "config.json", indent=2)
             write_json(data.vocab.to_list(), out / "vocab.json", indent=0)
             if fresh:
                 self.best_path.unlink(missing_ok=True)
