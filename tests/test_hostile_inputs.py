@@ -389,3 +389,18 @@ def test_merge_into_a_folder_says_so_first(tmp_path, capsys):
     for extra in ([], ["--overwrite"]):
         one_line(capsys, ["merge-features", tmp_path / "d", tmp_path / "a.h5", *extra], "d is a folder; give the merged")
     assert not any((tmp_path / "d").iterdir())
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--momentum", "0.5"], "--momentum (OptimConfig.momentum) applies only with --optimizer sgd, got 0.5"),
+    (["--step-epochs", "3"], "--step-epochs (OptimConfig.step_epochs) applies only with --schedule step, got 3"),
+    (["--schedule", "cosine", "--gamma", "0.1"], "--gamma (OptimConfig.gamma) applies only with --schedule step"),
+    (["--no-val-meteor", "--select-beam", "3"], "--select-beam (ValidationConfig.select_beam) applies only with "
+                                                "--val-meteor True"),
+    (["--val-split", "", "--patience", "3"], "--patience applies only with a --val-split"),
+    (["--resume", "--overwrite"], "--resume continues the run in --out and --overwrite replaces it"),
+])
+def test_train_refuses_options_that_do_not_apply(tmp_path, capsys, argv, needle):
+    one_line(capsys, ["train", "--dataset", "synthetic", "--annotations", tmp_path, "--features", tmp_path / "f.h5",
+                      "--out", tmp_path / "run", *argv], needle)
+    assert not (tmp_path / "run").exists()

@@ -266,7 +266,8 @@ def test_sgd_and_adam_presets_are_resolved_in_the_library():
 def test_lr_schedules_per_epoch(schedule, want):
     from s2vt.training.loop import TrainConfig, make_optimizer, make_scheduler
 
-    cfg = TrainConfig.from_dict(dict(lr=1.0, schedule=schedule, step_epochs=2, gamma=0.5, epochs=5)).resolved()
+    step = dict(step_epochs=2, gamma=0.5) if schedule == "step" else {}
+    cfg = TrainConfig.from_dict(dict(lr=1.0, schedule=schedule, epochs=5, **step)).resolved()
     model = S2VT(ModelConfig(feat_dim=4, vocab_size=6, embed=4, hidden=4))
     opt = make_optimizer(model, cfg)
     sched = make_scheduler(opt, cfg)

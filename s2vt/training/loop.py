@@ -70,12 +70,13 @@ class OptimConfig:
 
     optimizer: str = option("adam", "optimiser", choices=("adam", "sgd"))
     lr: Optional[float] = option(None, "learning rate (preset: adam 2e-4, sgd 0.01)", low=0.0, low_open=True, high=10.0)
-    momentum: float = option(0.9, "SGD momentum", low=0.0, high=0.999)
+    momentum: float = option(0.9, "SGD momentum", low=0.0, high=0.999, when={"optimizer": "sgd"})
     weight_decay: float = option(0.0, "L2 weight decay", low=0.0, high=1.0)
     grad_clip: float = option(5.0, "clip the global gradient norm to this", low=0.0, low_open=True)
     schedule: str = option("none", "learning-rate schedule per epoch", choices=("none", "step", "cosine"))
-    step_epochs: int = option(10, "step schedule: multiply the lr by --gamma every this many epochs", low=1, high=100_000)
-    gamma: float = option(0.5, "step schedule factor", low=0.0, low_open=True, high=1.0)
+    step_epochs: int = option(10, "step schedule: multiply the lr by --gamma every this many epochs", low=1, high=100_000,
+                              when={"schedule": "step"})
+    gamma: float = option(0.5, "step schedule factor", low=0.0, low_open=True, high=1.0, when={"schedule": "step"})
 
     def __post_init__(self):
         check_fields(self)
@@ -92,7 +93,7 @@ class ValidationConfig:
     val_meteor: bool = option(True, "select the model on val METEOR of the captions --select-beam decodes "
                                     "(else on val loss)")
     select_beam: int = option(1, "beam of the val captions that select best.pt (1: greedy, cheap; the reported "
-                                 "numbers use the checkpoint's --beam)", low=1, high=100)
+                                 "numbers use the checkpoint's --beam)", low=1, high=100, when={"val_meteor": True})
     val_every: int = option(1, "validate every N epochs (and after the last)", low=1)
     patience: int = option(0, "early stopping: validations without improvement (0: off)", low=0)
 
@@ -176,6 +177,8 @@ class TrainConfig:
         check_fields(self)
         if self.objective == "scst" and not self.scst.init:
             raise ConfigError("--objective scst fine-tunes a trained model: give it with --init RUN/best.pt")
+        if self.validation.patience and not self.val_split:
+            raise ConfigError("--patience applies only with a --val-split: early stopping counts validations")
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -432,6 +435,8 @@ def leave_distributed(wait: bool, control) -> None:
 def check_run_folder(out: Path, resume: bool, overwrite: bool) -> None:
     """Refuse to replace another run's checkpoints unless asked to resume or overwrite."""
     check_not_other_kind(out)
+    if resume and overwrite:
+        raise S2VTError("--resume continues the run in --out and --overwrite replaces it: give one of them")
     if resume:
         if not (out / "last.pt").is_file():
             raise S2VTError(f"--resume: {out / 'last.pt'} does not exist (train without --resume first)")
