@@ -5,6 +5,7 @@ import os
 import re
 import subprocess
 import sys
+import warnings
 
 import pytest
 import torch
@@ -404,3 +405,18 @@ def test_train_refuses_options_that_do_not_apply(tmp_path, capsys, argv, needle)
     one_line(capsys, ["train", "--dataset", "synthetic", "--annotations", tmp_path, "--features", tmp_path / "f.h5",
                       "--out", tmp_path / "run", *argv], needle)
     assert not (tmp_path / "run").exists()
+
+
+def test_a_pickle_that_would_run_code_is_refused_in_one_line_as_weights_or_checkpoint(tmp_path, capsys):
+    from videos import numbered, write
+
+    video = write(tmp_path / "v.avi", numbered(4))
+    evil = tmp_path / "evil.pth"
+    evil.write_bytes(b'\x80\x04cos\nsystem\n(S"touch ' + str(tmp_path / "ran").encode() + b'"\ntR.')
+    with warnings.catch_warnings(record=True) as warned:  # a warning is a line of its own on stderr
+        warnings.simplefilter("always")
+        one_line(capsys, ["extract", video, "--cnn", "timm:resnet18", "--weights", evil, "--out", tmp_path / "o.h5"],
+                 "evil.pth is not a plain-tensor timm:resnet18 weights file")
+        one_line(capsys, ["caption", video, "--checkpoint", evil], "refusing to load", code=2)
+    assert not [str(w.message) for w in warned]
+    assert not (tmp_path / "ran").exists() and not (tmp_path / "o.h5").exists()

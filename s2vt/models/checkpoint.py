@@ -22,7 +22,7 @@ from s2vt.runtime.fileio import atomic_write
 from s2vt.runtime.inputs import InputError, check_input_file
 from s2vt.models.s2vt import DECODERS, ModelConfig
 from s2vt.features.signature import is_imported, signature_problem
-from s2vt.runtime.state_dicts import load_exactly, mismatch
+from s2vt.runtime.state_dicts import load_exactly, load_tensors, mismatch
 from s2vt.data.vocab import Vocab
 
 FORMAT = "s2vt-checkpoint"
@@ -286,7 +286,7 @@ def _read(path: Path, map_location) -> Dict[str, Any]:
     if path.stat().st_size == 0:
         raise CheckpointError(f"{path} is empty (0 bytes): not a checkpoint")
     try:
-        d = torch.load(path, map_location=map_location, weights_only=True)
+        d = load_tensors(path, map_location)
     except PermissionError:
         raise CheckpointError(f"cannot read {path}: permission denied")
     except Exception as e:  # includes pickle payloads that weights_only refuses

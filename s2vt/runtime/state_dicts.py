@@ -9,6 +9,7 @@ that wrapping or taking a tower out of a larger model adds or removes (``visual.
 """
 from __future__ import annotations
 
+import warnings
 from collections import Counter
 from typing import Callable, Dict, Iterable, Iterator, Optional, Sequence, Tuple
 
@@ -16,6 +17,14 @@ import torch
 from torch import nn
 
 from s2vt.runtime.errors import S2VTError
+
+
+def load_tensors(path, map_location="cpu"):
+    """``torch.load`` of plain tensors and types only (``weights_only``: a pickle that would run code is
+    refused); torch's own warning about a refused pickle is left out, its error is the caller's to word."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.load(path, map_location=map_location, weights_only=True)
 
 
 def _few(keys, n: int = 3) -> str:

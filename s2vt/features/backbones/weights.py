@@ -13,12 +13,11 @@ import warnings
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-import torch
 from torch import nn
 
 from s2vt.runtime.errors import WeightsNotFound
 from s2vt.runtime.inputs import check_input_file
-from s2vt.runtime.state_dicts import fitting_state, load_exactly, mismatch, prefix_hint, with_unused
+from s2vt.runtime.state_dicts import fitting_state, load_tensors, load_exactly, mismatch, prefix_hint, with_unused
 
 
 def read_state(path: Path, name: str) -> dict:
@@ -30,7 +29,7 @@ def read_state(path: Path, name: str) -> dict:
 
             state = load_file(str(path))
         else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            state = load_tensors(path)
     except Exception as e:  # pickles that would run code, damaged files, text files
         raise WeightsNotFound(f"{path} is not a plain-tensor {name} weights file (damaged, not a torch or safetensors "
                               f"file, or holding objects that would run code when loaded; {type(e).__name__})")
