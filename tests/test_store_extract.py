@@ -664,6 +664,25 @@ def test_a_staged_group_whose_data_is_damaged_is_named_with_the_fix(tmp_path):
     w.abandon()
 
 
+def test_a_staged_group_with_non_finite_features_or_a_folder_for_a_group_is_named(tmp_path):
+    sig = {"stream": "rgb", "dim": 4}
+    w = FeatureWriter(tmp_path / "f.h5", sig, commit_videos=1)
+    w.add("a", _F, _I, {"fps": 1.0})
+    w.close()
+    g = next(stage_dir(tmp_path / "f.h5").glob("g*.npz"))
+    _rewrite_group(g, [{"kind": "video", "vid": "a", "meta": {}}], {"f0": _F * np.nan, "i0": _I})
+    w = FeatureWriter(tmp_path / "f.h5", sig)
+    with pytest.raises(S2VTError, match=r"g000001.npz is damaged \(non-finite features of a\); delete it and re-run"):
+        w.finalize()
+    w.abandon()
+    assert not (tmp_path / "f.h5").exists()
+    FeatureWriter(tmp_path / "f.h5", sig).close()
+    g.mkdir()
+    with pytest.raises(S2VTError, match=r"g000001.npz is not a group file s2vt wrote \(a folder\); move it away"):
+        FeatureWriter(tmp_path / "f.h5", sig)
+    assert g.is_dir()
+
+
 def _die_in_a_worker(*a, **k):
     from torch.utils.data import get_worker_info
 

@@ -39,7 +39,7 @@ import h5py
 import numpy as np
 from numpy.lib import format as npy_format
 
-from s2vt.runtime.inputs import check_input_file
+from s2vt.runtime.inputs import check_input_file, kind_problem
 from s2vt.runtime.errors import S2VTError, SignatureMismatch
 from s2vt.runtime.fileio import SCRATCH_SUFFIX, atomic_write, fsync_dir, hold_lock_file, scratch_file
 from s2vt.data.ids import check_video_id, id_problem
@@ -110,10 +110,15 @@ def _read_staged_group(p: Path) -> List[dict]:
     """``_read_group`` of a group an interrupted run left; S2VTError naming it when its data is damaged
     (its index and headers were checked when the writer opened: only the bytes of an array get here)."""
     try:
-        return _read_group(p)
+        records = _read_group(p)
     except Exception as e:
-        raise S2VTError(f"{p} is damaged ({type(e).__name__}: {e}); delete it and re-run: its videos are "
-                        "extracted again") from None
+        records, why = None, f"{type(e).__name__}: {e}"
+    if records is not None:
+        bad = [r["vid"] for r in records if r["kind"] == "video" and not np.isfinite(r["features"]).all()]
+        why = f"non-finite features of {bad[0]}" if bad else None
+    if why:
+        raise S2VTError(f"{p} is damaged ({why}); delete it and re-run: its videos are extracted again")
+    return records
 
 
 def _group_vids(p: Path, dim: Optional[int] = None) -> List[tuple]:
@@ -244,6 +249,9 @@ class FeatureWriter:
     def _readable_groups(self) -> List[Path]:
         out = []
         for p in sorted(self.stage.glob("g*.npz")):
+            if not p.is_file() or p.is_symlink():
+                raise S2VTError(f"{p} is not a group file s2vt wrote ({kind_problem(os.lstat(p).st_mode) or 'a link'}); "
+                                "move it away")
             try:
                 _group_vids(p, self.signature.get("dim"))
                 out.append(p)
