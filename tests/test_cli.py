@@ -143,6 +143,27 @@ def test_an_oserror_naming_no_file_reads_cleanly(capsys, monkeypatch):
     assert "error::" not in err
 
 
+def test_file_names_with_control_characters_print_on_one_line(run, tmp_path, capsys):
+    from s2vt.cli.app import _one_line_warning
+
+    root, _, ck = run
+    video = sorted((root / "videos").iterdir())[0]
+    good, bad = tmp_path / "a\nb.avi", tmp_path / "c\td\x1b.avi"
+    good.write_bytes(video.read_bytes())
+    bad.write_text("not a video")
+    assert main(["caption", str(good), str(bad), "--checkpoint", str(ck)]) == 1
+    said = capsys.readouterr()
+    rows = [line.split("\t") for line in said.out.splitlines()]
+    assert [r[0] for r in rows] == [f"{tmp_path}/a\\nb.avi", f"{tmp_path}/c\\td\\x1b.avi"] and len(rows[0]) == 2
+    assert rows[1][1:] == [f"error: cannot open: not a video, or a codec OpenCV lacks: {tmp_path}/c\\td\\x1b.avi"]
+    assert said.err.splitlines() == [f"s2vt caption: {tmp_path}/c\\td\\x1b.avi: cannot open: not a video, or a "
+                                     f"codec OpenCV lacks: {tmp_path}/c\\td\\x1b.avi"]
+    err = refused(capsys, ["caption", good, "--checkpoint", tmp_path / "no\nne\u2028.pt"], 2)
+    assert err == f"s2vt caption: error: checkpoint not found: {tmp_path}/no\\nne\\u2028.pt\n"
+    line = _one_line_warning(UserWarning("two\nlines"), UserWarning, "f.py", 1)
+    assert line == "s2vt: warning: two\\nlines\n"
+
+
 def test_runs_with_its_error_stream_closed(tmp_path, tiny_synth):
     """Python sets sys.stderr to None when descriptor 2 is closed; the progress bars wrote to it."""
     root, _ = tiny_synth

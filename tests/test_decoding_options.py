@@ -158,6 +158,50 @@ def test_python_api_keeps_every_good_caption_and_says_why_the_others_failed(tiny
             s2vt.caption_videos(**kwargs)
 
 
+def test_python_api_refuses_arguments_of_the_wrong_type_with_one_line(tmp_path):
+    ck, store, notes = tmp_path / "best.pt", tmp_path / "f.h5", tmp_path / "ann"
+    calls = [(lambda: s2vt.load_checkpoint(5), "path must be a path (str or pathlib.Path), not int"),
+             (lambda: s2vt.load_checkpoint(None), "path must be a path (str or pathlib.Path), not None"),
+             (lambda: s2vt.extract_features(None, out=store), "videos must be a path (str or pathlib.Path) or a "
+                                                             "list of paths, not NoneType"),
+             (lambda: s2vt.extract_features(5, out=store), "videos must be a path (str or pathlib.Path) or a list "
+                                                          "of paths, not int"),
+             (lambda: s2vt.extract_features(tmp_path, out=None), "out must be a path (str or pathlib.Path), not None"),
+             (lambda: s2vt.extract_features(tmp_path, out=5), "out must be a path (str or pathlib.Path), not int"),
+             (lambda: s2vt.extract_features(tmp_path, out=store, device=None), "device must be a device name"),
+             (lambda: s2vt.caption_videos("a.mp4", ck, device=5), "device must be a device name (a str such as "
+                                                                  "'cpu', 'cuda' or 'cuda:1', or a torch.device), "
+                                                                  "not int"),
+             (lambda: s2vt.caption_videos("a.mp4", ck, device=None), "device must be a device name"),
+             (lambda: s2vt.evaluate_split(ck, store, "synthetic", None),
+              "annotations must be a path (str or pathlib.Path), not None"),
+             (lambda: s2vt.evaluate_split(ck, None, "synthetic", notes), "features must be a path"),
+             (lambda: s2vt.evaluate_split(ck, store, ["synthetic"], notes), "dataset must be a str"),
+             (lambda: s2vt.evaluate_split(ck, store, "synthetic", notes, device=5), "device must be a device name"),
+             (lambda: s2vt.evaluate_split(ck, store, "synthetic", notes, alpha=0.5),
+              "alpha is for fusion with a flow model: give checkpoint_flow and features_flow, or leave it out")]
+    for call, message in calls:
+        with pytest.raises(S2VTError) as e:
+            call()
+        assert message in str(e.value) and "\n" not in str(e.value), str(e.value)
+    assert not store.exists()
+
+
+def test_evaluate_split_refuses_alpha_without_a_flow_model_and_leaves_no_file_open(tiny_features, runs):
+    import gc
+    import warnings
+
+    root, stores = tiny_features
+    with pytest.raises(S2VTError, match="alpha is for fusion with a flow model"):
+        s2vt.evaluate_split(runs["rgb", 0], stores["rgb"], "synthetic", root, alpha=0.5)
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        r = s2vt.evaluate_split(runs["rgb", 0], stores["rgb"], "synthetic", root, beam=1)
+        gc.collect()
+    assert len(r["videos"]) == 4 and r["decoding"]["beam"] == 1
+    assert [str(w.message) for w in said if issubclass(w.category, ResourceWarning)] == []
+
+
 def test_report_header_and_keyframes_from_the_stores_sources(tiny_features, runs, tmp_path):
     root, stores = tiny_features
     ck = runs["rgb", 0]

@@ -132,12 +132,12 @@ def test_hostile_arrays_are_named_and_skipped(tmp_path, capsys):
     np.save(src / ".hidden.npy", np.ones((2, D), np.float32))
     np.save(src / "fine.npy", np.ones((4, D), np.float32))
     rc = main(["import-features", str(src), "--out", str(store), "--name", "n"])
-    out = capsys.readouterr().out
+    err = capsys.readouterr().err
     assert rc == 1
     for name, (_, needle) in HOSTILE.items():
-        line = next(l for l in out.splitlines() if f"refused: {file_id(name)}:" in l)
+        line = next(l for l in err.splitlines() if f"refused: {file_id(name)}:" in l)
         assert needle in line, line
-    assert "several files give the id 'dup'" in out and "starts with a dot" in out
+    assert "several files give the id 'dup'" in err and "starts with a dot" in err
     st = FeatureStore(store)
     assert st.ids == sorted([*good, "fine"])  # the good new one imported, the old ones untouched
     assert {v: st.features(v).tobytes() for v in good} == before

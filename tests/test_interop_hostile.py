@@ -29,9 +29,9 @@ def run(capsys, *argv):
     return rc, out, err
 
 
-def refused(out: str) -> dict:
-    """{id or file name: reason} of the 'refused:' lines of an import's summary."""
-    return dict(line.split("refused: ", 1)[1].split(": ", 1) for line in out.splitlines() if "refused: " in line)
+def refused(err: str) -> dict:
+    """{id or file name: reason} of the 'refused:' lines an import writes on stderr."""
+    return dict(line.split("refused: ", 1)[1].split(": ", 1) for line in err.splitlines() if "refused: " in line)
 
 
 def npy_bytes(descr, shape, data=b"", fortran=False) -> bytes:
@@ -92,9 +92,9 @@ def test_npy_headers_are_checked_before_any_data_is_read(tmp_path, capsys, monke
         (src / name).write_bytes(data)
     read, read_data = [], arrayfiles._read_data
     monkeypatch.setattr(arrayfiles, "_read_data", lambda f, info: read.append(info.shape) or read_data(f, info))
-    rc, out, _ = run(capsys, "import-features", src, "--out", tmp_path / "o.h5", "--name", "n")
+    rc, _, err = run(capsys, "import-features", src, "--out", tmp_path / "o.h5", "--name", "n")
     assert rc == 1 and read == [(2, D)] * 3  # only the three good arrays were read past their headers
-    why = refused(out)
+    why = refused(err)
     assert set(why) == {n[:-4] for n in NPY}
     for name, (_, needle) in NPY.items():
         assert needle in why[name[:-4]] and why[name[:-4]].startswith(name), why[name[:-4]]
@@ -120,8 +120,8 @@ def test_npz_members_are_checked_inside_the_zip(tmp_path, capsys):
     (src / "garbage.npz").write_bytes(b"PK\x03\x04" + b"\1" * 100)
     np.save(src / "plain.npy", np.ones((2, D)))
     os.rename(src / "plain.npy", src / "plain.npz")
-    rc, out, _ = run(capsys, "import-features", src, "--out", tmp_path / "o.h5", "--name", "n")
-    why = refused(out)
+    rc, _, err = run(capsys, "import-features", src, "--out", tmp_path / "o.h5", "--name", "n")
+    why = refused(err)
     assert rc == 1 and set(why) == {"bomb", "short", "text", "nested", "two", "empty", "cut", "garbage", "plain"}
     assert "(32000000000, 4) of float32 takes 477 GiB" in why["bomb"] and "truncated" in why["short"]
     assert "member 'notes.txt' is not an .npy array" in why["text"] and "'inner.zip' is not" in why["nested"]
@@ -148,8 +148,8 @@ def test_hdf5_entries_are_checked_for_kind_dtype_rank_and_size(tmp_path, capsys)
         f.create_dataset("tall", shape=(10 ** 12, 1), dtype="f4", chunks=(1024, 1))  # 3.6 TiB of nothing
         f.create_dataset("wide", shape=(10 ** 6, 10 ** 5), dtype="f4", chunks=(16, 1024))
         f.create_group("nofeatures")
-    rc, out, _ = run(capsys, "import-features", src, "--out", tmp_path / "o.h5", "--name", "n")
-    why = refused(out)
+    rc, _, err = run(capsys, "import-features", src, "--out", tmp_path / "o.h5", "--name", "n")
+    why = refused(err)
     assert rc == 1 and FeatureStore(tmp_path / "o.h5").ids == ["grouped", "ok"]
     expect = {"compound": "structured dtype", "named_type": "a named datatype",
               "soft": "a soft link to '/nowhere', which names nothing", "external": "an external link (to missing.h5:/x)", "string": "a string", "empty": "empty dataspace",
@@ -164,8 +164,8 @@ def test_values_beyond_float32_skip_that_file_only(tmp_path, capsys):
     src = tmp_path / "src"
     good(src, "a", "b")
     np.save(src / "big.npy", np.full((2, D), 4e38))
-    rc, out, _ = run(capsys, "import-features", src, "--out", tmp_path / "o.h5", "--name", "n")
-    assert rc == 1 and "beyond float32's range" in refused(out)["big"]
+    rc, _, err = run(capsys, "import-features", src, "--out", tmp_path / "o.h5", "--name", "n")
+    assert rc == 1 and "beyond float32's range" in refused(err)["big"]
     assert FeatureStore(tmp_path / "o.h5").ids == ["a", "b"]
 
 
@@ -194,10 +194,10 @@ def test_entries_that_are_not_files_are_named(tmp_path, capsys):
     sock = socket.socket(socket.AF_UNIX)
     try:
         sock.bind(str(src / "sock.npz"))
-        rc, out, _ = run(capsys, "import-features", src, "--out", tmp_path / "o.h5", "--name", "n")
+        rc, _, err = run(capsys, "import-features", src, "--out", tmp_path / "o.h5", "--name", "n")
     finally:
         sock.close()
-    assert rc == 1 and refused(out) == {
+    assert rc == 1 and refused(err) == {
         "fifo": "fifo.npy: a FIFO (named pipe), not a regular file",
         "folder": "folder.npy: a folder, not a regular file",
         "dangling": "dangling.npy: a symbolic link to nothing", "looping": "looping.npy: a symbolic link loop",
@@ -237,8 +237,8 @@ def test_names_that_are_not_utf8_are_shown_and_non_ascii_names_kept(tmp_path, ca
     good(src, "ok")
     with open(os.path.join(os.fsencode(src), b"caf\xe9.npy"), "wb") as f:
         np.save(f, np.ones((2, D), np.float32))
-    rc, out, _ = run(capsys, "import-features", src, "--out", tmp_path / "o.h5", "--name", "résnet-Ω")
-    assert rc == 1 and "refused: caf\\xe9.npy: video id 'caf\\udce9' is not UTF-8 text" in out
+    rc, _, err = run(capsys, "import-features", src, "--out", tmp_path / "o.h5", "--name", "résnet-Ω")
+    assert rc == 1 and "refused: caf\\xe9.npy: video id 'caf\\udce9' is not UTF-8 text" in err
     st = FeatureStore(tmp_path / "o.h5")
     assert st.ids == ["ok"] and st.signature["backbone"] == "imported:résnet-Ω"
     rc, _, err = run(capsys, "import-features", src, "--out", tmp_path / "p.h5", "--name", os.fsdecode(b"r\xe9snet"))
@@ -366,3 +366,18 @@ def test_export_to_a_fifo_names_it_and_a_non_utf8_out_prints_its_bytes(tmp_path,
     os.rename(tmp_path / "reg", odd + "\udcfd")
     rc, _, err = run(capsys, "export-features", tmp_path / "a.h5", "--out", odd + "\udcfd")
     assert rc == 2 and "\\xff\\xfe\\xfd is a file, not a folder" in err
+
+
+def test_refused_files_are_lines_on_stderr_with_control_characters_escaped(tmp_path, capsys):
+    src = tmp_path / "src"
+    good(src, "a", "b")
+    (src / "bad.npy").write_bytes(b"junk")
+    np.save(src / "vid\nnew.npy", np.ones((2, D), np.float32))
+    rc, out, err = run(capsys, "import-features", src, "--out", tmp_path / "o.h5", "--name", "n")
+    assert rc == 1
+    assert out.splitlines() == [f"imported 2 videos, skipped 0 already in the store, refused 2 -> {tmp_path / 'o.h5'}"]
+    assert err.splitlines() == [
+        "s2vt import-features: refused: bad: bad.npy: not an .npy array: text",
+        "s2vt import-features: refused: vid\\nnew.npy: video id 'vid\\nnew' contains a control character; "
+        "rename the file or map it with --id-map"]
+    assert FeatureStore(tmp_path / "o.h5").ids == ["a", "b"]

@@ -90,6 +90,27 @@ def test_jvm_failure_is_reported_not_hung(tmp_path, monkeypatch):
     assert m.proc.poll() is not None
 
 
+def test_java_pipes_are_closed_when_a_tool_ends(tmp_path, monkeypatch):
+    import gc
+    import warnings
+
+    from s2vt.evaluation.metrics import run_java
+
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "java").write_text("#!/bin/sh\nexit 0\n")  # a METEOR that ends at once
+    (fake / "java").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake}:{os.environ['PATH']}")
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        assert run_java(["sh", "-c", "echo out; echo err >&2"], "a tool", 20) == b"out\n"
+        with Meteor(timeout=20) as m:
+            pass
+        gc.collect()
+    assert [m.proc.stdin.closed, m.proc.stdout.closed, m.proc.stderr.closed] == [True, True, True]
+    assert [str(w.message) for w in said if issubclass(w.category, ResourceWarning)] == []
+
+
 def test_missing_java_named_with_fix(monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(MetricError, match="apt-get install default-jre-headless"):

@@ -92,7 +92,7 @@ def test_cli_exit_status_says_whether_anything_failed(tmp_path):
     (tmp_path / "bad.mp4").write_bytes(b"")
     r = subprocess.run(args + [str(good), str(tmp_path / "bad.mp4"), "--out", str(tmp_path / "b.h5")],
                        capture_output=True, text=True)
-    assert r.returncode == 1 and "failed: bad: empty file" in r.stdout
+    assert r.returncode == 1 and "failed: bad: empty file" in r.stderr
 
 
 def test_rerun_skips_finished_and_signature_mismatch_refused(tmp_path):
@@ -844,3 +844,25 @@ def test_more_workers_than_cores_is_one_warning(tmp_path, monkeypatch, recwarn):
     extract(items, tmp_path / "f.h5", ExtractConfig(**{**CFG, "workers": 2}), progress=False)
     said = [str(w.message) for w in recwarn if "worker" in str(w.message)]
     assert said == ["--workers 2: more decoding processes than the cores this run may use (1); they will take turns on them"]
+
+
+def test_cli_failed_videos_and_the_merge_warning_are_lines_on_stderr(tmp_path, capsys):
+    from s2vt.cli.app import main
+
+    d = tmp_path / "v"
+    _videos(d, 2)
+    (d / "bad.avi").write_text("not a video\n")
+    out = tmp_path / "a.h5"
+    flags = ["--quiet", "--stride", "4", "--input-size", "64", "--workers", "0"]
+    assert main(["extract", str(d), "--out", str(out), *flags]) == 1
+    said = capsys.readouterr()
+    assert len(said.out.splitlines()) == 1 and said.out.startswith("extracted 2 videos (")
+    assert said.out.rstrip().endswith(f"skipped 0 already done, failed 1 -> {out}")
+    assert said.err.splitlines() == [f"s2vt extract: failed: bad: cannot open: not a video, or a codec OpenCV lacks: "
+                                     f"{d / 'bad.avi'}"]
+    assert main(["extract", str(d / "v0.avi"), "--out", str(tmp_path / "s.h5"), "--shard", "0/2", *flags]) == 0
+    capsys.readouterr()
+    assert main(["merge-features", str(tmp_path / "m.h5"), str(tmp_path / "s.shard0of2.h5")]) == 0
+    said = capsys.readouterr()
+    assert said.out.splitlines() == [f"merged 1 stores into {tmp_path / 'm.h5'}"]
+    assert said.err.splitlines() == ["[s2vt] warning: merging without shard(s) 1/2: their videos will be absent"]

@@ -198,7 +198,7 @@ def test_missing_features_are_skipped_with_a_count(tiny_features, tmp_path, caps
         del f["videos"]["clip00000"]
         del f["videos"]["clip00001"]
     train(cfg_for(tiny_features, tmp_path / "r", features=str(partial), max_steps=1), progress=False)
-    assert "skipping 2 train / 0 val videos without features" in capsys.readouterr().out
+    assert "skipping 2 train / 0 val videos without features" in capsys.readouterr().err
 
 
 def _free_port():

@@ -27,7 +27,7 @@ def load_checkpoint(path: PathLike):
     feature signature, decoding defaults, training config); ``.build_model()`` gives the model."""
     from s2vt.models.checkpoint import Checkpoint
 
-    return Checkpoint.load(path)
+    return Checkpoint.load(_path(path, "path"))
 
 
 class Captions(dict):
@@ -59,6 +59,21 @@ def _path_or_none(value, what: str) -> Optional[str]:
     return None if value is None else str(value)
 
 
+def _path(value, what: str) -> str:
+    """A path that must be given, as a string; S2VTError naming ``what`` for None or anything else."""
+    if value is None:
+        raise S2VTError(f"{what} must be a path (str or pathlib.Path), not None")
+    return _path_or_none(value, what)
+
+
+def _no_flow(given: dict, what: str) -> None:
+    """Refuse options that weigh or feed a flow model (``given``: {name: value}) when there is none."""
+    named = [k for k, v in given.items() if v is not None]
+    if named:
+        raise S2VTError(f"{' and '.join(named)} {'are' if len(named) > 1 else 'is'} for fusion with a flow model: "
+                        f"give {what}, or leave {'them' if len(named) > 1 else 'it'} out")
+
+
 def caption_videos(videos: Union[PathLike, Sequence[PathLike]], checkpoint: PathLike,
                    checkpoint_flow: Optional[PathLike] = None, device: str = "cpu",
                    weights: Optional[PathLike] = None, weights_flow: Optional[PathLike] = None,
@@ -71,14 +86,12 @@ def caption_videos(videos: Union[PathLike, Sequence[PathLike]], checkpoint: Path
     weight files when not the offline default; ``decoding``: beam, max_len, len_penalty, alpha
     (default: the checkpoint's; alpha 0.5)."""
     keys = _paths(videos, "videos")
-    cks = [_path_or_none(checkpoint, "checkpoint")] + ([_path_or_none(checkpoint_flow, "checkpoint_flow")]
-                                                       if checkpoint_flow is not None else [])
-    if cks[0] is None:
-        raise S2VTError("checkpoint must be a path (str or pathlib.Path), not None")
+    cks = [_path(checkpoint, "checkpoint")] + ([_path_or_none(checkpoint_flow, "checkpoint_flow")]
+                                               if checkpoint_flow is not None else [])
     cnn = [_path_or_none(weights, "weights")] + ([_path_or_none(weights_flow, "weights_flow")] if checkpoint_flow else [])
-    if not checkpoint_flow and (decoding.get("alpha") is not None or weights_flow is not None):
-        raise S2VTError("alpha and weights_flow weigh and feed a flow model: give checkpoint_flow, or leave them out")
-    resolve_device(device)  # a device name this machine has, checked before any model loads
+    if not checkpoint_flow:
+        _no_flow({"alpha": decoding.get("alpha"), "weights_flow": weights_flow}, "checkpoint_flow")
+    resolve_device(device, "device")  # a device name this machine has, checked before any model loads
     cap = video_captioner(cks, cnn, device=device, streams=list(STREAMS) if checkpoint_flow else None)
     dec = cap.decoding.given(**decoding)  # a flow model is fused by the decoding's alpha
     done, failed = {}, {}
@@ -98,8 +111,10 @@ def extract_features(videos: Union[PathLike, Sequence[PathLike]], out: PathLike,
     from s2vt.features.extract import extract, unique_items, video_items
     from s2vt.features.config import ExtractConfig
 
-    items = unique_items(video_items([videos] if isinstance(videos, (str, Path)) else list(videos)))
-    return extract(items, Path(out), ExtractConfig(**options, device=device), progress=progress)
+    paths, out = _paths(videos, "videos"), _path(out, "out")  # every argument checked before any folder is read
+    resolve_device(device, "device")
+    return extract(unique_items(video_items(paths)), Path(out), ExtractConfig(**options, device=device),
+                   progress=progress)
 
 
 def evaluate_split(checkpoint: PathLike, features: PathLike, dataset: str, annotations: PathLike,
@@ -115,11 +130,17 @@ def evaluate_split(checkpoint: PathLike, features: PathLike, dataset: str, annot
     if (checkpoint_flow is None) != (features_flow is None):
         raise S2VTError("checkpoint_flow and features_flow come together: the flow model and the flow store its "
                         "captions are made from; give both or neither")
-    members = [Member(_path_or_none(checkpoint, "checkpoint"), _path_or_none(features, "features"))]
+    if checkpoint_flow is None:
+        _no_flow({"alpha": decoding.get("alpha")}, "checkpoint_flow and features_flow")
+    members = [Member(_path(checkpoint, "checkpoint"), _path(features, "features"))]
     if checkpoint_flow is not None:
-        members.append(Member(_path_or_none(checkpoint_flow, "checkpoint_flow"),
-                              _path_or_none(features_flow, "features_flow")))
-    resolve_device(device)
+        members.append(Member(_path(checkpoint_flow, "checkpoint_flow"), _path(features_flow, "features_flow")))
+    annotations = _path(annotations, "annotations")
+    for what, value in (("dataset", dataset), ("split", split)):
+        if not isinstance(value, str):
+            raise S2VTError(f"{what} must be a str (a dataset name such as 'msvd', a split such as 'test'), "
+                            f"not {type(value).__name__}")
+    resolve_device(device, "device")
     cap = Captioner.from_members(members, device, streams=list(STREAMS) if checkpoint_flow else None)
     with Meteor() as meteor:
         r = evaluate_captioner(cap, dataset, annotations, split, cap.decoding.given(**decoding), meteor)

@@ -29,6 +29,7 @@ from s2vt.data.corpora import load_corpus
 from s2vt.decoding.search import DecodeConfig
 from s2vt.runtime.devices import resolve as resolve_device
 from s2vt.runtime.errors import S2VTError
+from s2vt.runtime.inputs import print_summary
 from s2vt.features.extract import extract
 from s2vt.features.config import ExtractConfig
 from s2vt.runtime.fileio import atomic_write, check_not_other_kind, write_json
@@ -159,8 +160,7 @@ def make_features(wd: Path, p: DemoPreset, corpus, device: str) -> Dict[str, Pat
                              workers=p.workers, device=device, precision="bf16" if on_gpu(device) else "fp32")
         stores[stream] = wd / "features" / f"{stream}.h5"
         stores[stream].parent.mkdir(exist_ok=True)
-        summary = extract(items, stores[stream], ecfg)
-        print("\n".join(summary.lines()))
+        print_summary(extract(items, stores[stream], ecfg), "demo")
     return stores
 
 

@@ -18,6 +18,7 @@ from typing import Dict, List, Optional
 from s2vt.data.attributes import accuracy, load_truth
 from s2vt.apps.demo import COLUMNS as DEMO_COLUMNS
 from s2vt.apps.demo import _stage, begin, on_gpu, results_table
+from s2vt.runtime.inputs import print_summary
 from s2vt.features.extract import extract
 from s2vt.features.config import ExtractConfig
 from s2vt.runtime.fileio import atomic_write, write_json
@@ -59,7 +60,7 @@ def rgb_store(wd: Path, p, corpus, device: str) -> Path:
     store.parent.mkdir(exist_ok=True)
     ecfg = ExtractConfig(stream="rgb", stride=p.stride, input_size=p.input_size, crop_ratio=1.0, workers=p.workers,
                          device=device, precision="bf16" if on_gpu(device) else "fp32")
-    print("\n".join(extract(items, store, ecfg).lines()))
+    print_summary(extract(items, store, ecfg), "demo")
     return store
 
 

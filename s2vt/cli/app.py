@@ -28,13 +28,13 @@ from s2vt.cli.train import add_train
 from s2vt.runtime.errors import S2VTError
 from s2vt.runtime.fileio import file_lock, folder_lock
 from s2vt.runtime.hostmem import keep_freed_memory
-from s2vt.runtime.inputs import SHOWN
+from s2vt.runtime.inputs import SHOWN, escaped, shown
 
 
 class Parser(argparse.ArgumentParser):
     """A usage error is one line, as every other error: what is wrong, and where the help is."""
     def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+        self.exit(2, f"{self.prog}: error: {escaped(message)} (see `{self.prog} --help`)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -110,7 +110,7 @@ def _interrupted(args, e: KeyboardInterrupt) -> int:
 
 
 def _one_line_warning(message, category, filename, lineno, line=None) -> str:
-    return f"s2vt: warning: {message}\n"
+    return f"s2vt: warning: {escaped(str(message))}\n"
 
 
 def main(argv=None) -> int:
@@ -131,22 +131,23 @@ def main(argv=None) -> int:
             with output_lock(args):
                 return args.fn(args)
         except S2VTError as e:
-            print(f"s2vt {args.command}: error: {e}", file=sys.stderr)
+            print(f"s2vt {args.command}: error: {escaped(str(e))}", file=sys.stderr)
             return getattr(e, "exit_code", 2)
         except OSError as e:
-            where = f" {e.filename}:" if e.filename else ""  # h5py's errors name no file
+            where = f" {shown(str(e.filename))}:" if e.filename else ""  # h5py's errors name no file
             reason = e.strerror or e
             if isinstance(e, (FileExistsError, NotADirectoryError)) and e.filename:
                 reason = "a file stands where a folder is needed"  # an output path through a file
-            print(f"s2vt {args.command}: error:{where} {reason} (check the path, its permissions and free space)",
-                  file=sys.stderr)
+            print(f"s2vt {args.command}: error:{where} {escaped(str(reason))} "
+                  "(check the path, its permissions and free space)", file=sys.stderr)
             return 1
         except KeyboardInterrupt as e:
             return _interrupted(args, e)
         except Exception as e:  # a bug: one line, the traceback on request
             if os.environ.get("S2VT_DEBUG"):
                 raise
-            print(f"s2vt {args.command}: internal error: {type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''} "
+            first = escaped(str(e).splitlines()[0][:300]) if str(e) else ""
+            print(f"s2vt {args.command}: internal error: {type(e).__name__}: {first} "
                   "(set S2VT_DEBUG=1 for the traceback)", file=sys.stderr)
             return 1
     except Stopped as e:

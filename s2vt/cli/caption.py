@@ -3,13 +3,13 @@ fused."""
 from __future__ import annotations
 
 import json
-import sys
 
 from s2vt.captioning.videos import video_captioner
 from s2vt.cli.common import RAW, decode_flags, examples, needs_flow
 from s2vt.features.signature import STREAMS
 from s2vt.runtime.devices import resolve as resolve_device
 from s2vt.runtime.errors import S2VTError
+from s2vt.runtime.inputs import escaped, say, shown
 from s2vt.video.reader import VideoError
 
 
@@ -38,11 +38,12 @@ def cmd_caption(args) -> int:
             if args.attention:
                 att = cap.attention(v, text)
                 rec["attention"] = att[0] if len(att) == 1 else dict(zip(STREAMS, att))
-            print(json.dumps(rec) if args.json else f"{v}\t{text}", flush=True)
+            print(json.dumps(rec) if args.json else f"{shown(v)}\t{escaped(text)}", flush=True)
         except (VideoError, S2VTError) as e:
             rc = 1
-            print(json.dumps({"video": v, "error": str(e)}) if args.json else f"{v}\terror: {e}", flush=True)
-            print(f"s2vt caption: {v}: {e}", file=sys.stderr)
+            print(json.dumps({"video": v, "error": str(e)}) if args.json else f"{shown(v)}\terror: {escaped(str(e))}",
+                  flush=True)
+            say(f"s2vt caption: {shown(v)}: {e}")
     return rc
 
 

@@ -7,12 +7,13 @@ from s2vt.cli.common import DATASETS, RAW, examples
 from s2vt.data.corpora import load_corpus
 from s2vt.data.synth import SynthConfig, generate
 from s2vt.runtime.config import add_arguments, overrides
+from s2vt.runtime.inputs import shown
 
 
 def cmd_synth(args) -> int:
     cfg = SynthConfig(**overrides(args, SynthConfig))
     out = generate(args.out_dir, cfg, workers=args.workers, overwrite=args.overwrite)
-    print(f"wrote {cfg.train + cfg.val + cfg.test} clips to {out}")
+    print(f"wrote {cfg.train + cfg.val + cfg.test} clips to {shown(str(out))}")
     return 0
 
 

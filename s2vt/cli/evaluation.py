@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
-import sys
 from pathlib import Path
 
 from s2vt.captioning.captioner import Captioner, Member
@@ -20,7 +19,7 @@ from s2vt.runtime.devices import configure
 from s2vt.runtime.devices import resolve as resolve_device
 from s2vt.runtime.errors import S2VTError
 from s2vt.runtime.fileio import check_not_other_kind, file_lock, probe_writable, write_json
-from s2vt.runtime.inputs import check_input_file, read_json
+from s2vt.runtime.inputs import check_input_file, read_json, say, shown
 
 
 def cmd_evaluate(args) -> int:
@@ -49,7 +48,7 @@ def _evaluate(args, lock) -> int:
     probe_writable(out)  # fail before the work, not after
     with Meteor() as meteor:  # one JVM for every scoring below
         r = evaluate_captioner(cap, args.dataset, args.annotations, args.split, dec, meteor,
-                               log=lambda m: print(m, file=sys.stderr), progress=not args.quiet)
+                               log=say, progress=not args.quiet)
     _write_evaluation(args, r, out, members, dec)
     return 0
 
@@ -58,8 +57,8 @@ def _write_evaluation(args, r: dict, out: Path, members, dec) -> None:
     r.update(checkpoints=[m.checkpoint for m in members], features=[m.features for m in members])
     refs = r["videos"].keys() | set(r["missing"])
     if r["missing"]:
-        print(f"s2vt evaluate: {len(r['missing'])} of {len(refs)} {args.split} videos have no features in every store "
-              f"(e.g. {r['missing'][:3]}); scored the other {len(r['videos'])}", file=sys.stderr)
+        say(f"s2vt evaluate: {len(r['missing'])} of {len(refs)} {args.split} videos have no features in every store "
+            f"(e.g. {r['missing'][:3]}); scored the other {len(r['videos'])}")
     write_json(r, out)
     print(json.dumps({"metrics_x100": {k: round(100 * v, 2) for k, v in r["metrics"].items()},
                       "beam": dec.beam, "alpha": r["alpha"], "videos": len(r["videos"]), "missing": len(r["missing"]),
@@ -83,8 +82,7 @@ def cmd_score(args) -> int:
     if args.per_video:
         out["per_video"] = per
     if only_r or only_c:
-        print(f"s2vt score: {len(only_r)} ids without a candidate, {len(only_c)} without references (listed in the JSON)",
-              file=sys.stderr)
+        say(f"s2vt score: {len(only_r)} ids without a candidate, {len(only_c)} without references (listed in the JSON)")
     print(json.dumps(out, indent=1))
     return 0
 
@@ -141,7 +139,7 @@ def cmd_benchmark(args) -> int:
     print("(x100; mean ± standard deviation where a row has several seeds)")
     for name, line in payload["verdicts"].items():
         print(f"  {name}: {line}")
-    print(f"\nwritten: {Path(args.out) / 'benchmark.md'}, {Path(args.out) / 'benchmark.json'}")
+    print(f"\nwritten: {shown(str(Path(args.out) / 'benchmark.md'))}, {shown(str(Path(args.out) / 'benchmark.json'))}")
     return 0
 
 
@@ -156,7 +154,7 @@ def cmd_report(args) -> int:
                        args.overwrite, is_report)
     if out.suffix.lower() not in (".html", ".htm"):
         raise S2VTError(f"--out {out}: the report is an HTML page; give a .html path")
-    print(f"wrote {write_report(args.evaluation, out, path_of, against_json=args.against)}")
+    print(f"wrote {shown(str(write_report(args.evaluation, out, path_of, against_json=args.against)))}")
     return 0
 
 

@@ -15,7 +15,7 @@ from s2vt.features.shards import env_shard, parse_shard, shard_items, shard_path
 from s2vt.features.store import merge_stores
 from s2vt.runtime.config import add_arguments, overrides
 from s2vt.runtime.errors import S2VTError
-from s2vt.runtime.inputs import kind_problem, read_lines
+from s2vt.runtime.inputs import kind_problem, print_summary, read_lines, shown
 
 
 def list_items(path: str):
@@ -67,9 +67,7 @@ def cmd_extract(args) -> int:
         out = shard_path(args.out, *shard)
     if any(Path(p).exists() and out.exists() and Path(p).resolve() == out.resolve() for _, p in items):
         raise S2VTError(f"--out {out} is one of the videos to extract")
-    summary = extract(items, out, cfg, progress=not args.quiet, shard=shard)
-    print("\n".join(summary.lines()))
-    return 1 if summary.failed else 0
+    return print_summary(extract(items, out, cfg, progress=not args.quiet, shard=shard), "extract")
 
 
 def cmd_merge(args) -> int:
@@ -80,7 +78,7 @@ def cmd_merge(args) -> int:
     if Path(args.out).exists() and not args.overwrite:
         raise S2VTError(f"{args.out} exists; pass --overwrite to replace it, or choose another output")
     out = merge_stores(args.out, args.inputs)
-    print(f"merged {len(args.inputs)} stores into {out}")
+    print(f"merged {len(args.inputs)} stores into {shown(str(out))}")
     return 0
 
 
@@ -123,11 +121,10 @@ def add_interop(sub, shared):
     """import-features / export-features: per-video arrays made elsewhere, in and out (s2vt/interop.py)."""
     def cmd_import(args) -> int:
         summary = interop.import_features(args.src, args.out, args.name, args.stream, args.id_map, args.overwrite)
-        print("\n".join(summary.lines()))
-        return 1 if summary.failed else 0
+        return print_summary(summary, "import-features")
 
     def cmd_export(args) -> int:
-        print(f"exported {interop.export_features(args.store, args.out, args.overwrite)} videos -> {args.out}")
+        print(f"exported {interop.export_features(args.store, args.out, args.overwrite)} videos -> {shown(args.out)}")
         return 0
 
     s = sub.add_parser("import-features", help="make a feature store of per-video .npy/.npz arrays or an HDF5 file",

@@ -142,6 +142,16 @@ def _pump(stream, sink: list, answered: Optional[threading.Event] = None) -> Non
         answered.set()  # an exit is an answer too
 
 
+def _close_pipes(p: subprocess.Popen, pumps: List[threading.Thread]) -> None:
+    """Close an exited process's pipes once the threads reading them have drained them (a thread still
+    reading after 5 s keeps its pipe: closing it under the read could block)."""
+    for t in pumps:
+        t.join(timeout=5)
+    for stream, t in zip((p.stdout, p.stderr), pumps):
+        if stream is not None and not t.is_alive():
+            stream.close()
+
+
 def run_java(cmd: List[str], what: str, timeout: float) -> bytes:
     """Run a Java tool that reads a file and writes to stdout; its output. Bounded twice: its first
     output (or its exit) within :func:`java_timeout`, then the whole run within ``timeout`` seconds."""
@@ -166,7 +176,7 @@ def run_java(cmd: List[str], what: str, timeout: float) -> bytes:
         if p.poll() is None:
             p.kill()
         p.wait()
-    pumps[1].join(timeout=5)
+        _close_pipes(p, pumps)
     if p.returncode != 0:
         stderr = _lines_of(b"".join(err).decode("utf-8", errors="replace")) or "(no stderr)"
         raise MetricError(f"{what} failed (exit {p.returncode}): {stderr}")
@@ -274,13 +284,15 @@ class Meteor:
             return float(self._read()), scores, stats
 
     def close(self) -> None:
+        """End the process and close its three pipes (once more does nothing)."""
+        try:
+            self.proc.stdin.close()
+        except OSError:  # a dead process: the flush fails, the pipe is closed all the same
+            pass
         if self.proc.poll() is None:
-            try:
-                self.proc.stdin.close()
-            except OSError:
-                pass
             self.proc.kill()
         self.proc.wait()
+        _close_pipes(self.proc, self._threads)
 
     def __enter__(self):
         return self

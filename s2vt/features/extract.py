@@ -34,6 +34,7 @@ from s2vt.features.shards import check_shard
 from s2vt.features.store import BackgroundWriter, FeatureWriter, already_complete
 from s2vt.runtime.devices import configure
 from s2vt.runtime.errors import S2VTError
+from s2vt.runtime.inputs import shown
 
 
 def _int_at_least(flag: str, value, low: int) -> None:
@@ -51,15 +52,20 @@ class ExtractSummary:
     out: str = ""
 
     def lines(self) -> List[str]:
+        """The counts (for stdout)."""
         fps = self.frames / self.seconds if self.seconds else 0.0
-        out = [f"extracted {self.done} videos ({self.frames} frames, {fps:.1f} frames/s), "
-               f"skipped {self.skipped} already done, failed {len(self.failed)} -> {self.out}"]
+        return [f"extracted {self.done} videos ({self.frames} frames, {fps:.1f} frames/s), "
+                f"skipped {self.skipped} already done, failed {len(self.failed)} -> {shown(self.out)}"]
+
+    def problems(self) -> List[str]:
+        """One line per failed video (the first 20, then one line counting the rest by reason; for stderr)."""
         failed = sorted(self.failed.items())
-        out += [f"  failed: {v}: {r}" for v, r in failed[:20]]
+        out = [f"failed: {v}: {r}" for v, r in failed[:20]]
         if len(failed) > 20:
             kinds = Counter(r.split(":")[0] for _, r in failed)
-            out.append(f"  ... and {len(failed) - 20} more; by reason: " + ", ".join(f"{k} ({n})" for k, n in kinds.most_common()))
-            out.append("  (every failure and its reason is in the store's /failed group)")
+            out.append(f"... and {len(failed) - 20} more failed; by reason: "
+                       + ", ".join(f"{k} ({n})" for k, n in kinds.most_common())
+                       + " (every failure and its reason is in the store's /failed group)")
         return out
 
 

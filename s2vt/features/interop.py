@@ -219,9 +219,13 @@ class ImportSummary:
     out: str = ""
 
     def lines(self) -> List[str]:
-        out = [f"imported {self.done} videos, skipped {self.skipped} already in the store, "
-               f"refused {len(self.failed)} -> {self.out}"]
-        return out + [f"  refused: {k}: {r}" for k, r in sorted(self.failed.items())]
+        """The counts (for stdout)."""
+        return [f"imported {self.done} videos, skipped {self.skipped} already in the store, "
+                f"refused {len(self.failed)} -> {shown(self.out)}"]
+
+    def problems(self) -> List[str]:
+        """One line per refused file (for stderr)."""
+        return [f"refused: {k}: {r}" for k, r in sorted(self.failed.items())]
 
 
 def _check_out(out: Path, src: Path, id_map: Optional[str]) -> None:

@@ -39,7 +39,7 @@ import h5py
 import numpy as np
 from numpy.lib import format as npy_format
 
-from s2vt.runtime.inputs import check_input_file, kind_problem
+from s2vt.runtime.inputs import check_input_file, kind_problem, say
 from s2vt.runtime.errors import S2VTError, SignatureMismatch
 from s2vt.runtime.fileio import SCRATCH_SUFFIX, atomic_write, fsync_dir, hold_lock_file, scratch_file
 from s2vt.data.ids import check_video_id, id_problem
@@ -670,7 +670,7 @@ def merge_stores(out, inputs: Iterable) -> Path:
         check_signature(s.signature, sig, str(s.path))
     missing = missing_shards([s.signature.get("shard") for s in inputs])
     if missing:
-        print(f"[s2vt] warning: merging without shard(s) {', '.join(missing)}: their videos will be absent")
+        say(f"[s2vt] warning: merging without shard(s) {', '.join(missing)}: their videos will be absent")
     out = Path(out)
     if out.is_dir():
         raise S2VTError(f"{out} is a folder; give the merged HDF5 file's path")

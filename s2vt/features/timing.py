@@ -60,7 +60,7 @@ def time_stages(items: Sequence[Tuple[str, str]], cfg: ExtractConfig, workdir, b
     s = extract(items, Path(workdir) / "bench.h5", cfg, backbone=backbone, progress=False)
     extract_s = time.perf_counter() - t
     if s.failed or s.frames != images:
-        raise S2VTError(f"benchmark extraction failed: {s.lines()}")
+        raise S2VTError(f"benchmark extraction failed: {'; '.join(s.lines() + s.problems())}")
     name = device_name(device)
     cores = usable_cores()
     bound = max(decode_s, cnn_s, (decode_cpu + cnn_cpu) / cores)

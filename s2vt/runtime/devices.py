@@ -73,11 +73,16 @@ def normalize(device: DeviceLike) -> torch.device:
 
 
 def resolve(device: DeviceLike, flag: str = "--device") -> torch.device:
-    """The normalised device named ``device``, or ConfigError saying what this machine has."""
+    """The normalised device named ``device`` (a name or a torch.device), or ConfigError saying what this
+    machine has."""
+    if not isinstance(device, (str, torch.device)):  # torch.device(5) would be cuda:5, None a page of overloads
+        raise ConfigError(f"{flag} must be a device name (a str such as 'cpu', 'cuda' or 'cuda:1', or a "
+                          f"torch.device), not {type(device).__name__}")
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError) as e:
-        raise ConfigError(f"{flag} {device!r} is not a device name (cpu, cuda, cuda:1, ...): {e}")
+        raise ConfigError(f"{flag} {device!r} is not a device name (cpu, cuda, cuda:1, ...): "
+                          f"{str(e).splitlines()[0] if str(e) else type(e).__name__}")
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise ConfigError(f"{flag} {device}: no CUDA GPU is available here; use {flag} cpu")

@@ -41,6 +41,7 @@ from s2vt.training.recipes import RECIPES, few_steps_hint
 from s2vt.runtime.errors import S2VTError
 from s2vt.runtime.fileio import check_not_other_kind, folder_lock, write_json
 from s2vt.runtime.hostmem import keep_freed_memory
+from s2vt.runtime.inputs import say
 from s2vt.models.registry import build_model
 from s2vt.decoding.search import DecodeConfig
 from s2vt.models.s2vt import ModelConfig
@@ -343,7 +344,7 @@ def model_device(model) -> torch.device:
 
 # ----------------------------------------------------------------------------- setup
 
-def load_data(cfg: TrainConfig, device: torch.device, rank: int, world: int, log=print) -> TrainData:
+def load_data(cfg: TrainConfig, device: torch.device, rank: int, world: int, log=say) -> TrainData:
     """Captions, vocabulary (training split only) and a batch stream over the feature bank."""
     if not cfg.dataset:
         raise ConfigError(f"--dataset is required: the format of --annotations ({', '.join(DATASETS)})")
@@ -539,10 +540,10 @@ def _train_locked(cfg: TrainConfig, device: torch.device, rank: int, world: int,
                         "from; choose another --out")
     check_run_folder(out, resume, overwrite)
     ck = Checkpoint.load(out / "last.pt") if resume else None
-    data = load_data(cfg, device, rank, world, log=print if rank == 0 else (lambda *a: None))
+    data = load_data(cfg, device, rank, world, log=say if rank == 0 else (lambda *a: None))
     hint = few_steps_hint(len(data.table), cfg.batch_size, cfg.epochs, cfg.recipe)
     if hint and rank == 0 and cfg.objective == "xe":
-        print(f"[s2vt] note: {hint}")
+        say(f"[s2vt] note: {hint}")
     cfg.model.feat_dim, cfg.model.vocab_size = int(data.store.signature["dim"]), len(data.vocab)  # our own copy
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model).to(device)
