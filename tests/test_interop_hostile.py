@@ -381,3 +381,17 @@ def test_refused_files_are_lines_on_stderr_with_control_characters_escaped(tmp_p
         "s2vt import-features: refused: vid\\nnew.npy: video id 'vid\\nnew' contains a control character; "
         "rename the file or map it with --id-map"]
     assert FeatureStore(tmp_path / "o.h5").ids == ["a", "b"]
+
+
+def test_a_store_as_source_is_named_and_an_id_map_that_names_no_file_warns(tmp_path, capsys):
+    _store(tmp_path / "s.h5", ["v1"])
+    rc, _, err = run(capsys, "import-features", tmp_path / "s.h5", "--out", tmp_path / "o.h5", "--name", "x")
+    assert rc == 2 and "s.h5 is already an s2vt feature store: give it as --features" in err
+    assert not (tmp_path / "o.h5").exists()
+    good(tmp_path / "src", "a", "b")
+    (tmp_path / "map.txt").write_text("other vidZ\n")
+    with pytest.warns(UserWarning, match="map.txt names none of the 2 files of .*src; their own names are the"):
+        rc, _, _ = run(capsys, "import-features", tmp_path / "src", "--out", tmp_path / "o.h5", "--name", "x",
+                       "--id-map", tmp_path / "map.txt")
+    assert rc == 0
+    assert FeatureStore(tmp_path / "o.h5").ids == ["a", "b"]

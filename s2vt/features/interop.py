@@ -30,6 +30,7 @@ import contextlib
 import errno
 import json
 import os
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,7 +46,7 @@ from s2vt.data.ids import check_video_id, id_problem
 from s2vt.features.arrayfiles import (ArrayInfo, Unusable, inspect_h5, inspect_npy, inspect_npz, load_h5, load_npy,
                                       load_npz)
 from s2vt.features.signature import IMPORTED, STREAMS
-from s2vt.features.store import VERSION, FeatureStore, FeatureWriter
+from s2vt.features.store import FORMAT as STORE_FORMAT, VERSION, FeatureStore, FeatureWriter
 
 ARRAY_SUFFIXES = (".npy", ".npz")
 
@@ -169,8 +170,12 @@ def _h5_names(src: Path) -> List[str]:
     try:
         with h5py.File(src, "r") as f:
             names = list(f.keys())
+            is_store = f.attrs.get("format") == STORE_FORMAT
     except OSError as e:
         raise S2VTError(f"{shown(str(src))}: not a folder of .npy/.npz files nor a readable HDF5 file ({e})")
+    if is_store:
+        raise S2VTError(f"{shown(str(src))} is already an s2vt feature store: give it as --features as it is, or "
+                        "combine stores with `s2vt merge-features`")
     if not names:
         raise S2VTError(f"{shown(str(src))}: no top-level (T, D) dataset (or group with a 'features' dataset) "
                         "in this HDF5 file")
@@ -192,6 +197,9 @@ def scan(src, id_map: Optional[str] = None) -> Source:
         found = [(n, n) for n in _h5_names(src)]
         out = Source(src, h5=True)
     rename = read_id_map(id_map, [i for i, _ in found]) if id_map else {}
+    if id_map and not rename:
+        warnings.warn(f"--id-map {shown(str(id_map))} names none of the {len(found)} files of {shown(str(src))}; "
+                      "their own names are the video ids")
     by_id: Dict[str, List[str]] = {}
     for fid, where in found:
         by_id.setdefault(rename.get(fid, fid), []).append(where)
