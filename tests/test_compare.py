@@ -45,7 +45,7 @@ def evaluations(msvd_dir, tmp_path_factory):
     """Evaluation JSONs written by s2vt.evaluation.evaluate on real MSVD references: a weak and a strong system,
     3 seeds each, and a JSON of the previous format."""
     from s2vt.evaluation.evaluate import evaluate
-    from s2vt.evaluation.metrics import Meteor, ptb_tokenize
+    from s2vt.evaluation.metrics import ptb_tokenize, shared_meteor
 
     refs = {}
     for line in (msvd_dir / "sents_test_lc_nopunc.txt").read_text().splitlines():
@@ -56,12 +56,12 @@ def evaluations(msvd_dir, tmp_path_factory):
     caps = {(kind, s): _captions(refs, vids, kind, s) for kind in ("weak", "strong") for s in range(3)}
     ptb_tokenize([c for cs in caps.values() for c in cs.values()] + [r for rs in refs.values() for r in rs])
     out, evs = tmp_path_factory.mktemp("evals"), {}
-    with Meteor() as meteor:
-        for (kind, s), c in caps.items():
-            ev = evaluate(FixedCaptions(c), refs, meteor=meteor)
-            ev.update(dataset="msvd", split="test")
-            evs[kind, s] = ev
-            (out / f"{kind}{s}.json").write_text(json.dumps(ev))
+    meteor = shared_meteor()
+    for (kind, s), c in caps.items():
+        ev = evaluate(FixedCaptions(c), refs, meteor=meteor)
+        ev.update(dataset="msvd", split="test")
+        evs[kind, s] = ev
+        (out / f"{kind}{s}.json").write_text(json.dumps(ev))
     old = dict(evs["weak", 0], videos={v: {k: x for k, x in r.items() if k != "stats"}
                                        for v, r in evs["weak", 0]["videos"].items()})
     del old["format"]

@@ -5,13 +5,12 @@ import sys
 
 import pytest
 
-from s2vt.evaluation.metrics import Meteor, MetricError, ptb_tokenize, score
+from s2vt.evaluation.metrics import Meteor, MetricError, ptb_tokenize, score, shared_meteor
 
 
 @pytest.fixture(scope="module")
 def meteor():
-    with Meteor() as m:
-        yield m
+    return shared_meteor()  # the process's METEOR, as every evaluation in a process uses it
 
 
 @pytest.fixture(scope="module")
@@ -190,3 +189,19 @@ def test_tokenized_lines_are_cached_and_equal_a_fresh_tokenization(monkeypatch):
 
     monkeypatch.setattr(metrics.subprocess, "run", no_jvm)
     assert metrics.ptb_tokenize(list(reversed(lines))) == list(reversed(fresh))
+
+
+def test_one_process_shares_one_meteor_and_replaces_one_that_died_or_was_cut_short():
+    from s2vt.evaluation import metrics
+
+    m = metrics.shared_meteor()
+    refs, cand = {"v": ["a man is playing a guitar"]}, {"v": "a man is playing a guitar"}
+    first = score(refs, cand)[0]["METEOR"]
+    assert metrics.shared_meteor() is m and score(refs, cand, meteor=m)[0]["METEOR"] == first
+    m.broken = True  # as after an error or an interrupt in the middle of a conversation
+    fresh = metrics.shared_meteor()
+    assert fresh is not m and m.proc.poll() is not None and fresh.usable()
+    fresh.proc.kill()
+    fresh.proc.wait()
+    again = metrics.shared_meteor()
+    assert again is not fresh and score(refs, cand)[0]["METEOR"] == first

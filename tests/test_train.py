@@ -385,7 +385,7 @@ def test_bank_and_store_paths_train_the_same_checkpoint(tiny_features, tmp_path,
 def test_tune_alpha_picks_the_best_weight_and_breaks_ties_towards_half():
     from s2vt.decoding.search import DecodeConfig
     from s2vt.evaluation.evaluate import tune_alpha
-    from s2vt.evaluation.metrics import Meteor
+    from s2vt.evaluation.metrics import shared_meteor
 
     refs = {"v1": ["a red ball moves left"], "v2": ["a blue box grows"]}
     seen = []
@@ -401,18 +401,18 @@ def test_tune_alpha_picks_the_best_weight_and_breaks_ties_towards_half():
             good = abs(weights[0] - 0.3) < 1e-9
             return {v: refs[v][0] if good else "nothing at all" for v in vids}
 
-    with Meteor() as meteor:
-        best, tuning = tune_alpha(Fake(), refs, grid=(0.0, 0.3, 0.5, 1.0), meteor=meteor)
-        curve = tuning["curve"]
-        assert best == 0.3 and curve[0.3] > max(v for a, v in curve.items() if a != 0.3)
-        assert {d.beam for d in seen} == {4} and tuning["decoding"]["beam"] == 4  # the checkpoint's decoding
-        best, _ = tune_alpha(Fake(), refs, grid=[0.0, 0.4, 0.7, 1.0], meteor=meteor)
-        assert best == 0.4  # all tie: nearest 0.5
-        best, _ = tune_alpha(Fake(), refs, grid=[0.0, 0.4, 0.6, 1.0], meteor=meteor)
-        assert best == 0.6  # equally near 0.5: the larger
-        seen.clear()
-        _, tuning = tune_alpha(Fake(), refs, DecodeConfig(beam=2, len_penalty=0.5), grid=[0.5], meteor=meteor)
-        assert [(d.beam, d.len_penalty) for d in seen] == [(2, 0.5)] and tuning["decoding"]["len_penalty"] == 0.5
+    meteor = shared_meteor()
+    best, tuning = tune_alpha(Fake(), refs, grid=(0.0, 0.3, 0.5, 1.0), meteor=meteor)
+    curve = tuning["curve"]
+    assert best == 0.3 and curve[0.3] > max(v for a, v in curve.items() if a != 0.3)
+    assert {d.beam for d in seen} == {4} and tuning["decoding"]["beam"] == 4  # the checkpoint's decoding
+    best, _ = tune_alpha(Fake(), refs, grid=[0.0, 0.4, 0.7, 1.0], meteor=meteor)
+    assert best == 0.4  # all tie: nearest 0.5
+    best, _ = tune_alpha(Fake(), refs, grid=[0.0, 0.4, 0.6, 1.0], meteor=meteor)
+    assert best == 0.6  # equally near 0.5: the larger
+    seen.clear()
+    _, tuning = tune_alpha(Fake(), refs, DecodeConfig(beam=2, len_penalty=0.5), grid=[0.5], meteor=meteor)
+    assert [(d.beam, d.len_penalty) for d in seen] == [(2, 0.5)] and tuning["decoding"]["len_penalty"] == 0.5
 
 
 def test_compile_flag_is_gone_but_old_configs_still_load(capsys):

@@ -125,7 +125,7 @@ def evaluate_split(checkpoint: PathLike, features: PathLike, dataset: str, annot
     With a flow model, alpha is tuned on val with the same decoding unless given."""
     from s2vt.captioning.captioner import Captioner, Member
     from s2vt.evaluation.evaluate import evaluate_captioner
-    from s2vt.evaluation.metrics import Meteor
+    from s2vt.evaluation.metrics import shared_meteor
 
     if (checkpoint_flow is None) != (features_flow is None):
         raise S2VTError("checkpoint_flow and features_flow come together: the flow model and the flow store its "
@@ -142,7 +142,6 @@ def evaluate_split(checkpoint: PathLike, features: PathLike, dataset: str, annot
                             f"not {type(value).__name__}")
     resolve_device(device, "device")
     cap = Captioner.from_members(members, device, streams=list(STREAMS) if checkpoint_flow else None)
-    with Meteor() as meteor:
-        r = evaluate_captioner(cap, dataset, annotations, split, cap.decoding.given(**decoding), meteor)
+    r = evaluate_captioner(cap, dataset, annotations, split, cap.decoding.given(**decoding), shared_meteor())
     r.update(checkpoints=[m.checkpoint for m in members], features=[m.features for m in members])
     return r

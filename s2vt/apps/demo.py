@@ -33,7 +33,7 @@ from s2vt.runtime.inputs import print_summary
 from s2vt.features.extract import extract
 from s2vt.features.config import ExtractConfig
 from s2vt.runtime.fileio import atomic_write, check_not_other_kind, write_json
-from s2vt.evaluation.metrics import Meteor, score
+from s2vt.evaluation.metrics import score, shared_meteor
 from s2vt.models.s2vt import ModelConfig
 from s2vt.data.synth import SynthConfig, generate
 from s2vt.evaluation.stats import PerVideo, compare, findings_markdown, mean_spread, print_findings
@@ -322,17 +322,17 @@ def run_demo(workdir="demo_out", preset: str = "cpu", fresh: bool = False, devic
     stores = make_features(wd, p, corpus, device)
     timings["features"] = time.time() - t
 
-    with Meteor() as meteor:  # one METEOR process for validation and evaluation
-        _stage(f"3/6 training (seeds {seeds}): RGB, Flow, RGB random frame order")
-        t = time.time()
-        runs, timings["validation"] = train_all(wd, p, data, stores, seeds, device, meteor)
-        timings["training"] = time.time() - t
+    meteor = shared_meteor()  # one METEOR process for validation and evaluation
+    _stage(f"3/6 training (seeds {seeds}): RGB, Flow, RGB random frame order")
+    t = time.time()
+    runs, timings["validation"] = train_all(wd, p, data, stores, seeds, device, meteor)
+    timings["training"] = time.time() - t
 
-        _stage("4/6 benchmark: fusion weight on val, every row on test")
-        t = time.time()
-        per_seed, alphas, per_video = evaluate_all(wd / "bench", p, data, corpus, stores, runs, seeds, device,
-                                                   meteor)
-        timings["evaluation"] = time.time() - t
+    _stage("4/6 benchmark: fusion weight on val, every row on test")
+    t = time.time()
+    per_seed, alphas, per_video = evaluate_all(wd / "bench", p, data, corpus, stores, runs, seeds, device,
+                                               meteor)
+    timings["evaluation"] = time.time() - t
 
     _stage("5/6 results on the test split")
     table = results_table(per_seed)

@@ -22,7 +22,7 @@ from s2vt.runtime.inputs import print_summary
 from s2vt.features.extract import extract
 from s2vt.features.config import ExtractConfig
 from s2vt.runtime.fileio import atomic_write, write_json
-from s2vt.evaluation.metrics import Meteor
+from s2vt.evaluation.metrics import shared_meteor
 from s2vt.evaluation.stats import PerVideo, compare, findings_markdown, mean_std, paired, paired_words, print_findings
 from s2vt.training.loop import TrainConfig, train
 
@@ -181,15 +181,15 @@ def run_study(workdir="demo_out", study: str = "decoders", preset: str = "cpu", 
     t = time.time()
     store = rgb_store(wd, p, corpus, device)
     timings["features"] = time.time() - t
-    with Meteor() as meteor:
-        _stage(f"3/5 training (seeds {seeds}): S2VT and attention, cross-entropy then SCST")
-        t = time.time()
-        rewards = train_rows(wd, p, preset, data, store, seeds, device, meteor)
-        timings["training"] = time.time() - t
-        _stage("4/5 every row on the test split")
-        t = time.time()
-        per_seed, per_video = evaluate_rows(wd, p, data, corpus, store, seeds, device, meteor)
-        timings["evaluation"] = time.time() - t
+    meteor = shared_meteor()  # one METEOR process for validation and evaluation
+    _stage(f"3/5 training (seeds {seeds}): S2VT and attention, cross-entropy then SCST")
+    t = time.time()
+    rewards = train_rows(wd, p, preset, data, store, seeds, device, meteor)
+    timings["training"] = time.time() - t
+    _stage("4/5 every row on the test split")
+    t = time.time()
+    per_seed, per_video = evaluate_rows(wd, p, data, corpus, store, seeds, device, meteor)
+    timings["evaluation"] = time.time() - t
 
     _stage("5/5 results on the test split")
     table = study_table(per_seed)

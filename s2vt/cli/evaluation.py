@@ -13,7 +13,7 @@ from s2vt.data.corpora import load_corpus
 from s2vt.evaluation.benchmark import benchmark, check_spec
 from s2vt.evaluation.compare import compare, groups_of, load_systems, table
 from s2vt.evaluation.evaluate import evaluate_captioner
-from s2vt.evaluation.metrics import Meteor, read_tsv, score
+from s2vt.evaluation.metrics import read_tsv, score, shared_meteor
 from s2vt.evaluation.report import write_report
 from s2vt.runtime.devices import configure
 from s2vt.runtime.devices import resolve as resolve_device
@@ -46,9 +46,8 @@ def _evaluate(args, lock) -> int:
     lock(out)
     check_output(out, [x for m in members for x in (m.checkpoint, m.features)] + [args.annotations], args.overwrite, is_evaluation)
     probe_writable(out)  # fail before the work, not after
-    with Meteor() as meteor:  # one JVM for every scoring below
-        r = evaluate_captioner(cap, args.dataset, args.annotations, args.split, dec, meteor,
-                               log=say, progress=not args.quiet)
+    r = evaluate_captioner(cap, args.dataset, args.annotations, args.split, dec, shared_meteor(),
+                           log=say, progress=not args.quiet)
     _write_evaluation(args, r, out, members, dec)
     return 0
 

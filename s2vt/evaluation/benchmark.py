@@ -10,7 +10,6 @@ beyond seed noise (:mod:`s2vt.evaluation.stats`).
 """
 from __future__ import annotations
 
-import contextlib
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -21,7 +20,7 @@ from s2vt.decoding.search import DecodeConfig, fusion_weights
 from s2vt.runtime.errors import S2VTError
 from s2vt.evaluation.evaluate import evaluate, split_refs, tune_alpha
 from s2vt.runtime.fileio import write_json
-from s2vt.evaluation.metrics import Meteor
+from s2vt.evaluation.metrics import Meteor, shared_meteor
 from s2vt.evaluation.stats import PerSeed, PerVideo, compare, findings_markdown, mean_spread, verdict
 from s2vt.runtime.devices import configure
 
@@ -248,8 +247,8 @@ def benchmark(spec: list, out_dir, flags: Optional[dict] = None, device: str = "
     columns, paper_of, alphas = [], {}, {}
     total = sum(e.seeds * len(e.splits) * sum(all(m in e.models() for m in ms) for ms in ROW_MEMBERS.values())
                 for e in entries)
-    with (contextlib.nullcontext(meteor) if meteor is not None else Meteor()) as meteor, \
-            tqdm(total=total, desc="benchmark", unit="row", disable=not progress) as bar:  # one JVM for all
+    meteor = meteor if meteor is not None else shared_meteor()  # one JVM for all
+    with tqdm(total=total, desc="benchmark", unit="row", disable=not progress) as bar:
         for entry in entries:
             found, alphas[entry.name], stats = benchmark_entry(entry, out_dir, flags, device, meteor, bar)
             for split in entry.splits:

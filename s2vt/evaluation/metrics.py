@@ -15,6 +15,7 @@ without METEOR on a machine without Java.
 """
 from __future__ import annotations
 
+import atexit
 import contextlib
 import io
 import os
@@ -223,6 +224,11 @@ class Meteor:
         for t in self._threads:
             t.start()
         self._lock = threading.Lock()
+        self.broken = False
+
+    def usable(self) -> bool:
+        """Whether the process runs and no conversation with it was cut short."""
+        return not self.broken and self.proc.poll() is None
 
     def _pump_out(self):
         for raw in self.proc.stdout:
@@ -273,6 +279,7 @@ class Meteor:
         """:meth:`compute_score`, and each item's ``SCORE`` statistics line (s2vt.evaluation.metric_stats)."""
         assert gts.keys() == res.keys(), "references and candidates must cover the same ids"
         with self._lock:
+            self.broken = True  # until the conversation ends as the protocol says (an error, an interrupt)
             stats = []
             for k in gts:
                 assert len(res[k]) == 1, f"{k}: one candidate expected"
@@ -281,7 +288,9 @@ class Meteor:
                 stats.append(self._read())
             self._send("EVAL ||| " + " ||| ".join(stats))
             scores = [float(self._read()) for _ in stats]
-            return float(self._read()), scores, stats
+            corpus = float(self._read())
+            self.broken = False
+            return corpus, scores, stats
 
     def close(self) -> None:
         """End the process and close its three pipes (once more does nothing)."""
@@ -305,6 +314,36 @@ class Meteor:
             self.close()
         except Exception:
             pass
+
+
+_SHARED: Dict[tuple, Meteor] = {}
+_SHARED_LOCK = threading.Lock()
+
+
+def shared_meteor() -> Meteor:
+    """This Python process's METEOR: started on first use and kept until the process ends, so that
+    every evaluation in one process (a benchmark's rows, ``evaluate_split`` called in a loop, a
+    training run's validations) pays the JVM's start and paraphrase-table load (about 10 s of CPU)
+    once. A process that died or a conversation cut short (an error, an interrupt) is replaced; a
+    different ``java`` or start timeout gets its own."""
+    key = (java(), java_timeout())
+    with _SHARED_LOCK:
+        m = _SHARED.get(key)
+        if m is None or not m.usable():
+            if m is not None:
+                m.close()
+            elif not _SHARED:
+                atexit.register(close_shared)
+            m = _SHARED[key] = Meteor()
+        return m
+
+
+def close_shared() -> None:
+    """End the shared METEOR processes (at exit; a later ``shared_meteor`` starts a new one)."""
+    with _SHARED_LOCK:
+        for m in _SHARED.values():
+            m.close()
+        _SHARED.clear()
 
 
 def score(references: Dict[str, List[str]], candidates: Dict[str, str], meteor: Optional[Meteor] = None,
@@ -348,13 +387,7 @@ def score(references: Dict[str, List[str]], candidates: Dict[str, str], meteor: 
             per[k][f"Bleu_{n + 1}"] = float(s)
     lines = None
     if use_meteor:
-        own = meteor is None
-        m = meteor or Meteor()
-        try:
-            ms, mss, lines = m.compute_stats(gts, res)
-        finally:
-            if own:
-                m.close()
+        ms, mss, lines = (meteor or shared_meteor()).compute_stats(gts, res)
         corpus["METEOR"] = ms
         for k, s in zip(ids, mss):
             per[k]["METEOR"] = s

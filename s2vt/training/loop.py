@@ -570,11 +570,10 @@ def _train_locked(cfg: TrainConfig, device: torch.device, rank: int, world: int,
     objective = scst if scst is not None else CrossEntropy(net)  # SCST runs in one process (scst.setup refuses torchrun)
     writer = RunWriter(out, cfg, data, rank, fresh=ck is None)
     writer.extra_log = scst.pop_stats if scst is not None else None
-    own_meteor = meteor is None and cfg.validation.val_meteor and rank == 0 and bool(data.val_refs)
-    if own_meteor:
-        from s2vt.evaluation.metrics import Meteor
+    if meteor is None and cfg.validation.val_meteor and rank == 0 and data.val_refs:
+        from s2vt.evaluation.metrics import shared_meteor
 
-        meteor = Meteor()
+        meteor = shared_meteor()
     meteor = meteor if cfg.validation.val_meteor and rank == 0 else None
     bar = tqdm(total=cfg.max_steps or cfg.epochs * data.sampler.batches_per_epoch(), initial=state.step,
                desc="train", unit="step", disable=not progress or rank != 0)
@@ -585,8 +584,6 @@ def _train_locked(cfg: TrainConfig, device: torch.device, rank: int, world: int,
             snapshot(model, optimizer, scheduler, state, cfg, data).save(writer.best_path)
     finally:
         bar.close()
-        if own_meteor:
-            meteor.close()
     return summary(out, state, writer.val_seconds)
 
 
