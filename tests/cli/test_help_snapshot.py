@@ -1,12 +1,12 @@
 """Every command's ``--help`` is a contract: flags, defaults and examples stay as recorded.
 
 The snapshot was taken from the command line as users know it; a change to a flag shows here
-as a diff. Regenerate on purpose with ``S2VT_UPDATE_SNAPSHOT=1 python -m pytest tests/test_help_snapshot.py``.
+as a diff. Regenerate on purpose with ``S2VT_UPDATE_SNAPSHOT=1 python -m pytest tests/cli/test_help_snapshot.py``.
 """
 import os
 from pathlib import Path
 
-SNAPSHOT = Path(__file__).parent / "snapshots" / "help.txt"
+SNAPSHOT = Path(__file__).resolve().parents[1] / "snapshots" / "help.txt"
 
 
 def all_help() -> str:

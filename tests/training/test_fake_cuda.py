@@ -664,7 +664,7 @@ def script(name: str):
     import importlib.util
     from pathlib import Path
 
-    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py")
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[2] / "scripts" / f"{name}.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
@@ -692,7 +692,7 @@ def test_every_entry_point_that_runs_a_network_on_the_gpu_sets_ieee_fp32_first(g
         "evaluate": ("s2vt.captioning.captioner.Captioner", "from_members", lambda: main(
             ["evaluate", "--checkpoint", str(tmp_path / "a.pt"), "--features", str(tmp_path / "a.h5"), "--dataset",
              "synthetic", "--annotations", str(tmp_path), "--device", "cuda", "--out", str(tmp_path / "e.json")])),
-        "benchmark and the demo's evaluation": ("s2vt.evaluation.benchmark", "Meteor", lambda: benchmark([], tmp_path, {}, "cuda")),
+        "benchmark and the demo's evaluation": ("s2vt.evaluation.benchmark", "shared_meteor", lambda: benchmark([], tmp_path, {}, "cuda")),
         "the study's evaluation": ("s2vt.apps.study", "load_truth", lambda: evaluate_rows(
             tmp_path, None, tmp_path, None, tmp_path, [0], "cuda", None)),
         "bench_decode": (None, "S2VT", lambda mod: mod.main(mod.parse_args(["--device", "cuda"]))),
