@@ -1,11 +1,10 @@
 import json
-import subprocess
-import sys
 
 import pytest
 
 from s2vt.data.corpora import load_corpus, msvd_split_of
 from s2vt.runtime.errors import DataError, S2VTError
+from commands import s2vt_in_process
 
 
 def test_msvd_counts_on_real_files(msvd_dir):
@@ -23,8 +22,9 @@ def test_msvd_video_path_and_split(msvd_dir):
 
 
 def test_dataset_info_cli_prints_msvd_counts(msvd_dir):
-    out = subprocess.run([sys.executable, "-m", "s2vt", "dataset-info", "msvd", "--root", str(msvd_dir)],
-                         capture_output=True, text=True, check=True).stdout
+    r = s2vt_in_process("dataset-info", "msvd", "--root", msvd_dir)
+    assert r.returncode == 0, r.stderr
+    out = r.stdout
     st = json.loads(out)["splits"]
     assert (st["train"]["videos"], st["train"]["captions"]) == (1200, 48774)
     assert (st["val"]["videos"], st["val"]["captions"]) == (100, 4290)
@@ -136,7 +136,6 @@ def test_unknown_dataset_and_missing_root(tmp_path):
 
 def test_cli_bad_input_is_one_line_not_traceback(tmp_path):
     root = _generic(tmp_path, b"a\tok\nb\t\xff\n")
-    r = subprocess.run([sys.executable, "-m", "s2vt", "dataset-info", "generic", "--root", str(root)],
-                       capture_output=True, text=True)
+    r = s2vt_in_process("dataset-info", "generic", "--root", root)
     assert r.returncode == 2
     assert "captions.tsv:2" in r.stderr and "Traceback" not in r.stderr

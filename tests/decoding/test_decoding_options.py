@@ -4,8 +4,6 @@ recorded, several seeds per benchmark row, and the Python API."""
 import json
 import re
 import statistics
-import subprocess
-import sys
 
 import pytest
 
@@ -13,6 +11,7 @@ import s2vt
 from s2vt.runtime.errors import S2VTError
 from s2vt.models.checkpoint import Checkpoint
 from s2vt.cli.app import main
+from commands import s2vt_in_process
 
 
 def cli(*args) -> int:
@@ -131,8 +130,7 @@ def test_python_api_captions_a_raw_file_like_the_command(tiny_features, runs, ca
     video = sorted((root / "videos").iterdir())[0]
     assert set(s2vt.__all__) >= {"caption_videos", "load_checkpoint", "extract_features", "evaluate_split"}
     caps = s2vt.caption_videos([video], checkpoint=runs["rgb", 0], beam=2)
-    r = subprocess.run([sys.executable, "-m", "s2vt", "caption", str(video), "--checkpoint", str(runs["rgb", 0]),
-                        "--beam", "2"], capture_output=True, text=True)
+    r = s2vt_in_process("caption", video, "--checkpoint", runs["rgb", 0], "--beam", "2")
     assert r.returncode == 0 and r.stdout.strip() == f"{video}\t{caps[str(video)]}"
     assert s2vt.load_checkpoint(runs["rgb", 0]).decoding.beam == 3
     with pytest.raises(SystemExit) as e:

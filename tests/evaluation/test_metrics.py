@@ -116,22 +116,23 @@ def test_missing_java_named_with_fix(monkeypatch, tmp_path):
         Meteor()
 
 
-def test_score_cli(tmp_path, meteor):
+def test_score_cli(tmp_path, meteor, capsys):
+    from s2vt.cli.app import main
+
     (tmp_path / "r.tsv").write_text("v1\ta red ball moves left\nv1\ta red circle goes left\nv2\ta box spins\nv3\tx y\n")
     (tmp_path / "c.tsv").write_text("v1\ta red ball moves left\nv2\ta green box spins\nv9\torphan\n")
-    r = subprocess.run([sys.executable, "-m", "s2vt", "score", "--references", str(tmp_path / "r.tsv"),
-                        "--candidates", str(tmp_path / "c.tsv"), "--per-video"], capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
-    out = json.loads(r.stdout)
+    rc = main(["score", "--references", str(tmp_path / "r.tsv"), "--candidates", str(tmp_path / "c.tsv"), "--per-video"])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    out = json.loads(out)
     assert out["videos"] == 2 and out["missing_candidates"] == ["v3"] and out["missing_references"] == ["v9"]
     direct, _ = score({"v1": ["a red ball moves left", "a red circle goes left"], "v2": ["a box spins"]},
                       {"v1": "a red ball moves left", "v2": "a green box spins"}, meteor=meteor)
     for k, v in direct.items():
         assert out["metrics"][k] == pytest.approx(v, abs=1e-9)
     (tmp_path / "c2.tsv").write_text("v1\tone\nv1\ttwo\n")
-    r = subprocess.run([sys.executable, "-m", "s2vt", "score", "--references", str(tmp_path / "r.tsv"),
-                        "--candidates", str(tmp_path / "c2.tsv")], capture_output=True, text=True)
-    assert r.returncode == 2 and "c2.tsv:2: second candidate" in r.stderr
+    rc = main(["score", "--references", str(tmp_path / "r.tsv"), "--candidates", str(tmp_path / "c2.tsv")])
+    assert rc == 2 and "c2.tsv:2: second candidate" in capsys.readouterr().err
 
 
 METEOR_THEN_WAIT = """

@@ -20,6 +20,7 @@ from s2vt.features.store import BackgroundWriter, FeatureStore, FeatureWriter, c
 
 from processes import wait_until_gone
 from videos import moving_square, write
+from commands import s2vt_in_process
 
 CFG = dict(stride=4, input_size=64, crop_ratio=1.0, workers=0)
 
@@ -84,15 +85,15 @@ def test_bad_videos_reported_others_extracted(tmp_path):
         st.features("zero")
 
 
-def test_cli_exit_status_says_whether_anything_failed(tmp_path):
+def test_cli_exit_status_says_whether_anything_failed(tmp_path, capsys):
+    from s2vt.cli.app import main
+
     good = write(tmp_path / "good.avi", moving_square(8))
-    args = [sys.executable, "-m", "s2vt", "extract", "--quiet", "--stride", "4", "--input-size", "64", "--workers", "0"]
-    r = subprocess.run(args + [str(good), "--out", str(tmp_path / "a.h5")], capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
+    args = ["extract", "--quiet", "--stride", "4", "--input-size", "64", "--workers", "0"]
+    assert main(args + [str(good), "--out", str(tmp_path / "a.h5")]) == 0, capsys.readouterr().err
     (tmp_path / "bad.mp4").write_bytes(b"")
-    r = subprocess.run(args + [str(good), str(tmp_path / "bad.mp4"), "--out", str(tmp_path / "b.h5")],
-                       capture_output=True, text=True)
-    assert r.returncode == 1 and "failed: bad: empty file" in r.stderr
+    assert main(args + [str(good), str(tmp_path / "bad.mp4"), "--out", str(tmp_path / "b.h5")]) == 1
+    assert "failed: bad: empty file" in capsys.readouterr().err
 
 
 def test_rerun_skips_finished_and_signature_mismatch_refused(tmp_path):
@@ -354,8 +355,7 @@ def test_two_ranks_under_torchrun_environment_then_merge(tmp_path):
         assert p.returncode == 0, err.decode()[-2000:]
     shards = [tmp_path / "f.shard0of2.h5", tmp_path / "f.shard1of2.h5"]
     assert [len(FeatureStore(s)) for s in shards] == [3, 2]
-    r = subprocess.run([sys.executable, "-m", "s2vt", "merge-features", str(out)] + [str(s) for s in shards],
-                       capture_output=True, text=True)
+    r = s2vt_in_process("merge-features", out, *shards)
     assert r.returncode == 0, r.stderr
     m = FeatureStore(out)
     assert m.ids == ["v0", "v1", "v2", "v3", "v4"] and "shard" not in m.signature

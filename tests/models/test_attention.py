@@ -7,6 +7,7 @@ from s2vt.models.checkpoint import Checkpoint, CheckpointError
 from s2vt.decoding.search import Fusion, beam_search, greedy
 from s2vt.models.s2vt import ModelConfig
 from s2vt.data.vocab import Vocab
+from commands import s2vt_in_process
 
 
 def tiny(seed=0, **kw):
@@ -70,8 +71,6 @@ def test_checkpoint_records_and_rebuilds_the_decoder(tmp_path):
 
 def test_attention_models_train_evaluate_fuse_and_caption_raw_files(tiny_features, tmp_path):
     import json
-    import subprocess
-    import sys
 
     from s2vt.captioning.captioner import Captioner, Member
     from s2vt.data.corpora import load_corpus
@@ -91,8 +90,8 @@ def test_attention_models_train_evaluate_fuse_and_caption_raw_files(tiny_feature
     caps = fused.caption(test, weights=[0.5, 0.5], beam=2)
     assert set(caps) == set(test)
     video = str(corpus.video_path(test[0]))
-    p = subprocess.run([sys.executable, "-m", "s2vt", "caption", video, "--checkpoint", rgb, "--checkpoint-flow", flow,
-                        "--json", "--attention", "--beam", "2"], capture_output=True, text=True)
+    p = s2vt_in_process("caption", video, "--checkpoint", rgb, "--checkpoint-flow", flow, "--json", "--attention",
+                        "--beam", "2")
     assert p.returncode == 0, p.stderr
     rec = json.loads(p.stdout.strip().splitlines()[-1])
     frames = 4  # 16 frames, one in 4
@@ -101,6 +100,5 @@ def test_attention_models_train_evaluate_fuse_and_caption_raw_files(tiny_feature
         assert [a["word"] for a in att] == rec["caption"].split() + ["<eos>"]
         for a in att:
             assert len(a["weights"]) == frames and abs(sum(a["weights"]) - 1) < 1e-4
-    p = subprocess.run([sys.executable, "-m", "s2vt", "caption", video, "--checkpoint", rgb, "--attention"],
-                       capture_output=True, text=True)
+    p = s2vt_in_process("caption", video, "--checkpoint", rgb, "--attention")
     assert p.returncode == 2 and "add --json" in p.stderr and len(p.stderr.strip().splitlines()) == 1
