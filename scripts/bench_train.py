@@ -43,7 +43,8 @@ from s2vt.runtime.hostmem import keep_freed_memory
 from s2vt.models.s2vt import run_lstm
 from s2vt.models.s2vt import ModelConfig, S2VT
 from s2vt.features.store import FeatureStore, FeatureWriter
-from s2vt.training.loop import TrainConfig, make_optimizer, train_step
+from s2vt.training.config import TrainConfig
+from s2vt.training.loop import make_optimizer, train_step
 from s2vt.training.objectives import CrossEntropy
 from s2vt.data.vocab import Vocab
 

@@ -37,7 +37,8 @@ from s2vt.evaluation.metrics import score, shared_meteor
 from s2vt.models.s2vt import ModelConfig
 from s2vt.data.synth import SynthConfig, generate
 from s2vt.evaluation.stats import PerVideo, compare, findings_markdown, mean_spread, print_findings
-from s2vt.training.loop import TrainConfig, train
+from s2vt.training.config import TrainConfig
+from s2vt.training.loop import train
 from s2vt.training.recipes import recipe
 
 MARKER = ".s2vt-demo"

@@ -24,7 +24,8 @@ from s2vt.features.config import ExtractConfig
 from s2vt.runtime.fileio import atomic_write, write_json
 from s2vt.evaluation.metrics import shared_meteor
 from s2vt.evaluation.stats import PerVideo, compare, findings_markdown, mean_std, paired, paired_words, print_findings
-from s2vt.training.loop import TrainConfig, train
+from s2vt.training.config import TrainConfig
+from s2vt.training.loop import train
 
 ROWS = ("RGB S2VT", "RGB attention", "RGB S2VT + SCST", "RGB attention + SCST")
 COLUMNS = tuple(c for c in DEMO_COLUMNS if c[0] != "all three")  # the demo's, but "all three"

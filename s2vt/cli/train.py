@@ -10,7 +10,8 @@ from s2vt.models.s2vt import ModelConfig
 from s2vt.runtime.config import add_arguments, configs, merged, overrides
 from s2vt.runtime.errors import S2VTError
 from s2vt.runtime.inputs import read_json
-from s2vt.training.loop import TrainConfig, grouped, train
+from s2vt.training.config import TrainConfig, grouped
+from s2vt.training.loop import train
 from s2vt.training.recipes import recipe
 
 

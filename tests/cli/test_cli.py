@@ -14,7 +14,8 @@ from s2vt.cli.app import main
 @pytest.fixture(scope="module")
 def run(tiny_features, tmp_path_factory):
     from s2vt.models.s2vt import ModelConfig
-    from s2vt.training.loop import TrainConfig, train
+    from s2vt.training.config import TrainConfig
+    from s2vt.training.loop import train
 
     root, stores = tiny_features
     out = tmp_path_factory.mktemp("cli") / "run"

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from s2vt.models.s2vt import ModelConfig
-from s2vt.training.loop import TrainConfig, train
+from s2vt.training.config import TrainConfig
+from s2vt.training.loop import train
 from commands import s2vt_in_process
 
 

@@ -74,7 +74,8 @@ def test_attention_models_train_evaluate_fuse_and_caption_raw_files(tiny_feature
 
     from s2vt.captioning.captioner import Captioner, Member
     from s2vt.data.corpora import load_corpus
-    from s2vt.training.loop import TrainConfig, train
+    from s2vt.training.config import TrainConfig
+    from s2vt.training.loop import train
 
     root, stores = tiny_features
     for stream in ("rgb", "flow"):

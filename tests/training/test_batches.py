@@ -158,7 +158,8 @@ def test_a_batch_smaller_than_the_world_is_refused_in_one_line(tmp_path, monkeyp
     """Rank r takes every world-th sample of a global batch: with fewer samples than processes, a rank
     would get an empty batch."""
     from s2vt.runtime.config import ConfigError
-    from s2vt.training.loop import TrainConfig, train
+    from s2vt.training.config import TrainConfig
+    from s2vt.training.loop import train
 
     with pytest.raises(ConfigError, match=r"^--batch-size 1 is split across 2 processes .* pass --batch-size 2 or more$"):
         EpochSampler(10, 1, rank=1, world=2)

@@ -264,7 +264,9 @@ def test_a_cpu_checkpoint_resumed_on_the_gpu_has_every_optimiser_state_tensor_on
     import io
     from types import SimpleNamespace
 
-    from s2vt.training.loop import TrainConfig, make_optimizer, restore
+    from s2vt.training.config import TrainConfig
+
+    from s2vt.training.loop import make_optimizer, restore
 
     cfg = TrainConfig.from_dict(dict(lr=1e-3, optimizer=optimizer)).resolved()
     model = torch.nn.Linear(3, 2)
@@ -330,7 +332,8 @@ def test_every_op_of_the_amp_step_is_in_a_dtype_the_help_names(monkeypatch):
     would send cuDNN's LSTM to fp16), the loss in fp32; nothing in fp16. Checked under CPU autocast, whose
     policy for these ops is the same; the LSTM check is the device-independent part."""
     from s2vt.models.s2vt import ModelConfig, S2VT
-    from s2vt.training.loop import TrainConfig, make_optimizer, train_step
+    from s2vt.training.config import TrainConfig
+    from s2vt.training.loop import make_optimizer, train_step
 
     torch.manual_seed(0)
     model = S2VT(ModelConfig(feat_dim=6, vocab_size=12, embed=4, hidden=5, dropout=0.0))
@@ -433,7 +436,8 @@ def test_every_lstm_a_backward_pass_runs_through_is_in_training_mode(decoder, ob
     """cuDNN's rule, emulated: the backward of an LSTM called in eval mode is recorded. SCST samples with
     dropout off and backpropagates through the same LSTMs: they stay in training mode, the dropout
     layers alone are switched off."""
-    from s2vt.training.loop import TrainConfig, make_optimizer, train_one_epoch, LoopState
+    from s2vt.training.config import TrainConfig
+    from s2vt.training.loop import make_optimizer, train_one_epoch, LoopState
 
     model = tiny_model(decoder)
     objective_fn = tiny_scst(model) if objective == "scst" else CrossEntropy(model)
@@ -571,7 +575,9 @@ def step_syncs(corpus, tmp_path, monkeypatch, decoder: str, objective: str, log_
     and :func:`backward_syncs` counts the real one on the CPU."""
     from types import SimpleNamespace
 
-    from s2vt.training.loop import LoopState, RunWriter, TrainConfig, make_optimizer, train_one_epoch
+    from s2vt.training.config import TrainConfig
+
+    from s2vt.training.loop import LoopState, RunWriter, make_optimizer, train_one_epoch
 
     store, vids, table = corpus
     counter = HostSyncs()
@@ -599,7 +605,8 @@ def step_syncs(corpus, tmp_path, monkeypatch, decoder: str, objective: str, log_
 def backward_syncs(decoder: str, objective: str) -> tuple:
     """The syncs of one training step's backward pass (on real CPU tensors, every tensor counted as the
     device's) and the number of ops it ran."""
-    from s2vt.training.loop import TrainConfig, make_optimizer, train_step
+    from s2vt.training.config import TrainConfig
+    from s2vt.training.loop import make_optimizer, train_step
 
     model = tiny_model(decoder)
     objective_fn = tiny_scst(model) if objective == "scst" else CrossEntropy(model)

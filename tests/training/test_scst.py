@@ -8,7 +8,8 @@ import torch
 from s2vt.models import checkpoint
 from s2vt.models.s2vt import ModelConfig
 from s2vt.training.scst import CiderD
-from s2vt.training.loop import TrainConfig, train
+from s2vt.training.config import TrainConfig
+from s2vt.training.loop import train
 
 WORDS = "a the red blue green circle square ball moves left right up down is moving to quickly".split()
 

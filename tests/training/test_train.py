@@ -11,7 +11,8 @@ import torch
 from s2vt.models import checkpoint
 from s2vt.runtime.errors import S2VTError
 from s2vt.models.s2vt import ModelConfig, S2VT
-from s2vt.training.loop import TrainConfig, TrainingDiverged, train
+from s2vt.training.config import TrainConfig
+from s2vt.training.loop import TrainingDiverged, train
 
 
 def cfg_for(tiny_features, out, **kw):
@@ -250,7 +251,7 @@ def test_two_process_ddp_matches_single_process_and_waits_out_a_long_validation(
 # ----------------------------------------------------------------------------- recipe and config
 
 def test_sgd_and_adam_presets_are_resolved_in_the_library():
-    from s2vt.training.loop import TrainConfig
+    from s2vt.training.config import TrainConfig
 
     assert TrainConfig.from_dict(dict(optimizer="sgd")).resolved().optim.lr == 0.01
     assert TrainConfig().resolved().optim.lr == 2e-4
@@ -264,7 +265,8 @@ def test_sgd_and_adam_presets_are_resolved_in_the_library():
     ("none", [1, 1, 1, 1, 1]), ("step", [1, 1, 0.5, 0.5, 0.25]), ("cosine", [1, 0.904508, 0.654508, 0.345492, 0.095492]),
 ])
 def test_lr_schedules_per_epoch(schedule, want):
-    from s2vt.training.loop import TrainConfig, make_optimizer, make_scheduler
+    from s2vt.training.config import TrainConfig
+    from s2vt.training.loop import make_optimizer, make_scheduler
 
     step = dict(step_epochs=2, gamma=0.5) if schedule == "step" else {}
     cfg = TrainConfig.from_dict(dict(lr=1.0, schedule=schedule, epochs=5, **step)).resolved()
@@ -287,7 +289,7 @@ def test_lr_schedules_per_epoch(schedule, want):
 ])
 def test_training_config_checks_its_own_values(field, value, message):
     from s2vt.runtime.errors import ConfigError
-    from s2vt.training.loop import TrainConfig
+    from s2vt.training.config import TrainConfig
 
     with pytest.raises(ConfigError, match=message):
         TrainConfig.from_dict({field: value})
@@ -417,7 +419,7 @@ def test_tune_alpha_picks_the_best_weight_and_breaks_ties_towards_half():
 
 def test_compile_flag_is_gone_but_old_configs_still_load(capsys):
     from s2vt.cli.app import main
-    from s2vt.training.loop import TrainConfig
+    from s2vt.training.config import TrainConfig
 
     with pytest.raises(SystemExit) as e:
         main(["train", "--dataset", "synthetic", "--compile"])
