@@ -1,7 +1,5 @@
 """Learned optical flow (--flow-method raft_small|raft_large): torchvision's RAFT on the
 extraction device, with weight files of randomly initialised models written here."""
-import subprocess
-import sys
 from types import SimpleNamespace
 
 import numpy as np
@@ -13,6 +11,7 @@ from s2vt.video.flow import flow_to_image
 from s2vt.features.raft import LearnedFlow, flow_images, resolve_flow_weights
 
 from videos import moving_square, write
+from commands import s2vt_in_process
 
 
 @pytest.fixture(scope="module")
@@ -46,10 +45,9 @@ def test_raft_small_extracts_flow_features_on_the_cpu_and_caption_recomputes_the
     write(tmp_path / "v" / "right.avi", moving_square(n=9, dx=3, seed=1))
     write(tmp_path / "v" / "left.avi", moving_square(n=9, dx=-3, seed=2))
     out = tmp_path / "raft.h5"
-    r = subprocess.run([sys.executable, "-m", "s2vt", "extract", str(tmp_path / "v"), "--stream", "flow",
-                        "--flow-method", "raft_small", "--flow-weights", str(raft_weights), "--out", str(out),
-                        "--stride", "4", "--input-size", "128", "--crop-ratio", "1", "--workers", "1"],
-                       capture_output=True, text=True)
+    r = s2vt_in_process("extract", tmp_path / "v", "--stream", "flow", "--flow-method", "raft_small", "--flow-weights",
+                        raft_weights, "--out", out, "--stride", "4", "--input-size", "128", "--crop-ratio", "1",
+                        "--workers", "1")
     assert r.returncode == 0, r.stderr
     store = FeatureStore(out)
     sig = store.signature

@@ -148,8 +148,8 @@ def test_killed_run_resumes_to_identical_store(tmp_path):
     staged = len(_run_and_kill(cmd + ["--out", str(out)], out, lambda: len(_staged(out)) >= 3))
     assert 3 <= staged < 10, f"kill came too late ({staged} staged)"
     assert not out.exists()  # nothing published half-done
-    r = subprocess.run(cmd + ["--out", str(out)], capture_output=True, text=True, check=True)
-    assert f"skipped {staged} already done" in r.stdout
+    r = s2vt_in_process(*cmd[3:], "--out", out)  # the resume: in this process
+    assert r.returncode == 0 and f"skipped {staged} already done" in r.stdout, r.stderr
     assert len(FeatureStore(out).ids) == 10
     _same_store(tmp_path / "ref.h5", out)
     assert not (tmp_path / "killed.h5.parts").exists()
@@ -258,7 +258,7 @@ def test_three_kills_at_different_points_then_resume_equals_clean_run(tmp_path):
     counts.append(len(_run_and_kill(cmd, out, lambda: len(_staged(out)) >= counts[1] + 2)))
     assert counts[0] < counts[1] < counts[2] < 12, f"kills did not land part-way: {counts}"
     assert not out.exists()
-    r = subprocess.run(cmd, capture_output=True, text=True)
+    r = s2vt_in_process(*cmd[3:])  # the resume: in this process
     assert r.returncode == 1 and f"skipped {counts[2]} already done" in r.stdout, r.stdout + r.stderr
     _same_store(tmp_path / "ref.h5", out)
     assert set(FeatureStore(out).failed) == {"broken"} and not parts.exists()
