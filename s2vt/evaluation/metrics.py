@@ -323,8 +323,7 @@ _SHARED_LOCK = threading.Lock()
 def shared_meteor() -> Meteor:
     """This Python process's METEOR: started on first use and kept until the process ends, so that
     every evaluation in one process (a benchmark's rows, ``evaluate_split`` called in a loop, a
-    training run's validations) pays the JVM's start and paraphrase-table load (about 10 s of CPU)
-    once. A process that died or a conversation cut short (an error, an interrupt) is replaced; a
+    training run's validations) pays the JVM's start and paraphrase-table load once. A process that died or a conversation cut short (an error, an interrupt) is replaced; a
     different ``java`` or start timeout gets its own."""
     key = (java(), java_timeout())
     with _SHARED_LOCK:
