@@ -29,7 +29,7 @@ from s2vt.data.corpora import load_corpus
 from s2vt.decoding.search import DecodeConfig
 from s2vt.runtime.devices import resolve as resolve_device
 from s2vt.runtime.errors import S2VTError
-from s2vt.runtime.inputs import print_summary
+from s2vt.runtime.console import print_summary
 from s2vt.features.extract import extract
 from s2vt.features.config import ExtractConfig
 from s2vt.runtime.fileio import atomic_write, check_not_other_kind, write_json

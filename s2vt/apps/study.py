@@ -18,7 +18,7 @@ from typing import Dict, List, Optional
 from s2vt.data.attributes import accuracy, load_truth
 from s2vt.apps.demo import COLUMNS as DEMO_COLUMNS
 from s2vt.apps.demo import _stage, begin, on_gpu, results_table
-from s2vt.runtime.inputs import print_summary
+from s2vt.runtime.console import print_summary
 from s2vt.features.extract import extract
 from s2vt.features.config import ExtractConfig
 from s2vt.runtime.fileio import atomic_write, write_json

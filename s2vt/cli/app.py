@@ -28,7 +28,7 @@ from s2vt.cli.train import add_train
 from s2vt.runtime.errors import S2VTError
 from s2vt.runtime.fileio import file_lock, folder_lock
 from s2vt.runtime.hostmem import keep_freed_memory
-from s2vt.runtime.inputs import SHOWN, escaped, shown
+from s2vt.runtime.console import SHOWN, escaped, shown
 
 
 class Parser(argparse.ArgumentParser):

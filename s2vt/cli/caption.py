@@ -9,7 +9,7 @@ from s2vt.cli.common import RAW, decode_flags, examples, needs_flow
 from s2vt.features.signature import STREAMS
 from s2vt.runtime.devices import resolve as resolve_device
 from s2vt.runtime.errors import S2VTError
-from s2vt.runtime.inputs import escaped, say, shown
+from s2vt.runtime.console import escaped, say, shown
 from s2vt.video.reader import VideoError
 
 

@@ -7,7 +7,7 @@ from s2vt.cli.common import DATASETS, RAW, examples
 from s2vt.data.corpora import load_corpus
 from s2vt.data.synth import SynthConfig, generate
 from s2vt.runtime.config import add_arguments, overrides
-from s2vt.runtime.inputs import shown
+from s2vt.runtime.console import shown
 
 
 def cmd_synth(args) -> int:

@@ -19,7 +19,8 @@ from s2vt.runtime.devices import configure
 from s2vt.runtime.devices import resolve as resolve_device
 from s2vt.runtime.errors import S2VTError
 from s2vt.runtime.fileio import check_not_other_kind, file_lock, probe_writable, write_json
-from s2vt.runtime.inputs import check_input_file, read_json, say, shown
+from s2vt.runtime.inputs import check_input_file, read_json
+from s2vt.runtime.console import say, shown
 
 
 def cmd_evaluate(args) -> int:

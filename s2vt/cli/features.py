@@ -15,7 +15,8 @@ from s2vt.features.shards import env_shard, parse_shard, shard_items, shard_path
 from s2vt.features.store import merge_stores
 from s2vt.runtime.config import add_arguments, overrides
 from s2vt.runtime.errors import S2VTError
-from s2vt.runtime.inputs import kind_problem, print_summary, read_lines, shown
+from s2vt.runtime.inputs import kind_problem, read_lines
+from s2vt.runtime.console import print_summary, shown
 
 
 def list_items(path: str):

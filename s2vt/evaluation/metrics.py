@@ -323,16 +323,15 @@ _SHARED_LOCK = threading.Lock()
 def shared_meteor() -> Meteor:
     """This Python process's METEOR: started on first use and kept until the process ends, so that
     every evaluation in one process (a benchmark's rows, ``evaluate_split`` called in a loop, a
-    training run's validations) pays the JVM's start and paraphrase-table load once. A process that died or a conversation cut short (an error, an interrupt) is replaced; a
-    different ``java`` or start timeout gets its own."""
+    training run's validations) pays the JVM's start and paraphrase-table load once. A process that
+    died or a conversation cut short (an error, an interrupt) is replaced; a different ``java`` or start
+    timeout gets its own."""
     key = (java(), java_timeout())
     with _SHARED_LOCK:
         m = _SHARED.get(key)
         if m is None or not m.usable():
             if m is not None:
                 m.close()
-            elif not _SHARED:
-                atexit.register(close_shared)
             m = _SHARED[key] = Meteor()
         return m
 
@@ -343,6 +342,9 @@ def close_shared() -> None:
         for m in _SHARED.values():
             m.close()
         _SHARED.clear()
+
+
+atexit.register(close_shared)
 
 
 def score(references: Dict[str, List[str]], candidates: Dict[str, str], meteor: Optional[Meteor] = None,

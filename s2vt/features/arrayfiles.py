@@ -26,7 +26,8 @@ from typing import IO, Optional, Tuple
 import numpy as np
 from numpy.lib import format as npy_format
 
-from s2vt.runtime.inputs import kind_problem, shown
+from s2vt.runtime.inputs import kind_problem
+from s2vt.runtime.console import shown
 
 FLOATS = ("float16", "float32", "float64")
 MAX_ARRAY_BYTES = 4 * 2 ** 30  # one video's features: far more than any real (frames, D) array holds

@@ -34,7 +34,7 @@ from s2vt.features.shards import check_shard
 from s2vt.features.store import BackgroundWriter, FeatureWriter, already_complete
 from s2vt.runtime.devices import configure
 from s2vt.runtime.errors import S2VTError
-from s2vt.runtime.inputs import shown
+from s2vt.runtime.console import shown
 
 
 def _int_at_least(flag: str, value, low: int) -> None:

@@ -40,7 +40,8 @@ import numpy as np
 
 from s2vt.runtime.errors import S2VTError
 from s2vt.runtime.fileio import SCRATCH_SUFFIX, atomic_write, check_not_other_kind, fsync_dir
-from s2vt.runtime.inputs import kind_problem, shown
+from s2vt.runtime.inputs import kind_problem
+from s2vt.runtime.console import shown
 from s2vt.video.reader import VIDEO_EXTENSIONS
 from s2vt.data.ids import check_video_id, id_problem
 from s2vt.features.arrayfiles import (ArrayInfo, Unusable, inspect_h5, inspect_npy, inspect_npz, load_h5, load_npy,

@@ -39,7 +39,8 @@ import h5py
 import numpy as np
 from numpy.lib import format as npy_format
 
-from s2vt.runtime.inputs import check_input_file, kind_problem, say
+from s2vt.runtime.inputs import check_input_file, kind_problem
+from s2vt.runtime.console import say
 from s2vt.runtime.errors import S2VTError, SignatureMismatch
 from s2vt.runtime.fileio import SCRATCH_SUFFIX, atomic_write, fsync_dir, hold_lock_file, scratch_file
 from s2vt.data.ids import check_video_id, id_problem
@@ -250,8 +251,8 @@ class FeatureWriter:
         out = []
         for p in sorted(self.stage.glob("g*.npz")):
             if not p.is_file() or p.is_symlink():
-                raise S2VTError(f"{p} is not a group file s2vt wrote ({kind_problem(os.lstat(p).st_mode) or 'a link'}); "
-                                "move it away")
+                kind = "a symbolic link" if p.is_symlink() else kind_problem(os.stat(p).st_mode)
+                raise S2VTError(f"{p} is not a group file s2vt wrote ({kind}); move it away")
             try:
                 _group_vids(p, self.signature.get("dim"))
                 out.append(p)

@@ -96,7 +96,9 @@ class Checkpoint:
         if decoder not in DECODERS:
             raise CheckpointError(f"{path} was trained with the decoder {decoder!r}, which this version of s2vt does "
                                   f"not know (known: {', '.join(DECODERS)}); use the s2vt version that trained it")
-        got = {key: f.read(path, key, d.get(key), d) for key, f in FIELDS.items()}
+        got: Dict[str, Any] = {}
+        for key, f in FIELDS.items():  # in order: a field's parser and check see the fields read before it
+            got[key] = f.read(path, key, d.get(key), got)
         return cls(got["model_config"], got["model"], got["vocab"], got["feature_signature"], got["decoding"],
                    got["config"], got["state"], got["optimizer"], got["scheduler"], got["rng"], str(path))
 
@@ -104,9 +106,9 @@ class Checkpoint:
 @dataclass(frozen=True)
 class Field:
     """How one field of a checkpoint file is read: whether it must be there, the type it is stored as,
-    whether it may hold tensors (else plain data only), how it is parsed (``parse(value, record)``;
-    its errors name the field) and what else it must satisfy (``problem(value, record)``: why not, or
-    None). An absent field is ``empty``'s value."""
+    whether it may hold tensors (else plain data only), how it is parsed (``parse(value, got)``, ``got``
+    the fields read before it; its errors name the field) and what else it must satisfy
+    (``problem(value, got)``: why not, or None). An absent field is ``empty``'s value."""
 
     required: bool = False
     kind: type = dict
@@ -115,7 +117,7 @@ class Field:
     problem: Optional[Callable[[Any, dict], Optional[str]]] = None
     empty: Callable[[], Any] = dict
 
-    def read(self, path: Path, key: str, value, record: dict):
+    def read(self, path: Path, key: str, value, got: dict):
         if value is None:
             value = self.empty()
             if value is None:
@@ -125,27 +127,23 @@ class Field:
         problem = None if self.tensors else _plain(value)
         if not problem and self.parse is not None:
             try:
-                value = self.parse(value, record)
+                value = self.parse(value, got)
             except (ConfigError, TypeError, ValueError) as e:
                 raise CheckpointError(f"{path}: malformed checkpoint: field {key!r}: {e}") from None
-        problem = problem or (self.problem(value, record) if self.problem else None)
+        problem = problem or (self.problem(value, got) if self.problem else None)
         if problem:
             raise _malformed(path, key, problem)
         return value
 
 
-def _model_config(record: dict) -> ModelConfig:
-    return from_dict(ModelConfig, record["model_config"], "model_config")
-
-
-def _vocab(words, record: dict) -> Vocab:
-    vocab, size = Vocab.from_list(words), _model_config(record).vocab_size
+def _vocab(words, got: dict) -> Vocab:
+    vocab, size = Vocab.from_list(words), got["model_config"].vocab_size
     if len(vocab) != size:
         raise ValueError(f"{len(vocab)} words but the model expects {size} (model_config.vocab_size)")
     return vocab
 
 
-def _state(state: dict, record: dict) -> dict:
+def _state(state: dict, got: dict) -> dict:
     try:
         from_dict(LoopState, state, "loop state")
     except FieldError as e:
@@ -154,17 +152,17 @@ def _state(state: dict, record: dict) -> dict:
 
 
 FIELDS: Dict[str, Field] = {  # in the order they are read: later checks may use earlier fields
-    "model_config": Field(required=True, parse=lambda v, r: _model_config(r)),
+    "model_config": Field(required=True, parse=lambda v, got: from_dict(ModelConfig, v, "model_config")),
     "vocab": Field(required=True, kind=list, parse=_vocab),
-    "model": Field(required=True, tensors=True, problem=lambda v, r: _weights_problem(v, _model_config(r))),
-    "feature_signature": Field(required=True, problem=lambda v, r: _signature_problem(v, _model_config(r))),
-    "decoding": Field(parse=lambda v, r: from_dict(DecodeConfig, v, "decoding")),
+    "model": Field(required=True, tensors=True, problem=lambda v, got: _weights_problem(v, got["model_config"])),
+    "feature_signature": Field(required=True, problem=lambda v, got: _signature_problem(v, got["model_config"])),
+    "decoding": Field(parse=lambda v, got: from_dict(DecodeConfig, v, "decoding")),
     "config": Field(),
     "state": Field(parse=_state),
     "optimizer": Field(tensors=True, empty=lambda: None,
-                       problem=lambda v, r: _optimizer_problem(v, [tuple(t.shape) for t in r["model"].values()])),
-    "scheduler": Field(empty=lambda: None, problem=lambda v, r: _scheduler_problem(v)),
-    "rng": Field(tensors=True, empty=lambda: None, problem=lambda v, r: _rng_problem(v)),
+                       problem=lambda v, got: _optimizer_problem(v, [tuple(t.shape) for t in got["model"].values()])),
+    "scheduler": Field(empty=lambda: None, problem=lambda v, got: _scheduler_problem(v)),
+    "rng": Field(tensors=True, empty=lambda: None, problem=lambda v, got: _rng_problem(v)),
 }
 
 

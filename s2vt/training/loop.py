@@ -39,7 +39,7 @@ from s2vt.training.recipes import few_steps_hint
 from s2vt.runtime.errors import S2VTError
 from s2vt.runtime.fileio import check_not_other_kind, folder_lock, write_json
 from s2vt.runtime.hostmem import keep_freed_memory
-from s2vt.runtime.inputs import say
+from s2vt.runtime.console import say
 from s2vt.models.registry import build_model
 from s2vt.features.signature import check_complete
 from s2vt.features.store import FeatureStore, signature_diff
